@@ -1,0 +1,48 @@
+"""The ``dvcm-pipeline`` command line.
+
+Each job lives in its own module and adds its commands with ``register(app, bench)``;
+this file only assembles them and turns user errors into one clear line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from dvcm.errors import DvcmError
+
+app = typer.Typer(
+    name="dvcm-pipeline",
+    help="Scalable image coding for humans and machines: prepare, train, sweep, evaluate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+bench = typer.Typer(help="Benchmarks: print a table and its ratios, measured side by side.", no_args_is_help=True)
+app.add_typer(bench, name="bench")
+
+# One module per job; each defines register(app, bench).
+COMMAND_MODULES: tuple[str, ...] = (
+    "pipeline.codec_commands",
+)
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(_name).register(app, bench)
+
+
+def main() -> None:
+    """Entry point: run the app; a user error is one line on stderr and exit code 2."""
+    try:
+        app()
+    except DvcmError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.secho("interrupted; rerun the same command to resume", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Connecting to Ray: a local instance on a laptop, the cluster when ``--address``/``RAY_ADDRESS`` is set."""
+
+from __future__ import annotations
+
+import os
+
+from pipeline.errors import UserError
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Start or join Ray once per process.
+
+    ``address`` (or ``RAY_ADDRESS``) joins an existing cluster; otherwise a local instance
+    is started with ``num_cpus`` CPUs (all cores when None). Safe to call twice.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
+    # Workers must import dvcm and pipeline even on nodes whose cwd is elsewhere.
+    env_vars = {k: os.environ[k] for k in ("PYTHONPATH", "MLFLOW_TRACKING_URI") if k in os.environ}
+    if env_vars:
+        kwargs["runtime_env"] = {"env_vars": env_vars}
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=num_cpus, **kwargs)
+    except ConnectionError as exc:
+        raise UserError(f"cannot reach the Ray cluster at {address!r} ({exc}); check --address / RAY_ADDRESS") from None
