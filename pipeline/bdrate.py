@@ -1,0 +1,134 @@
+"""Bjøntegaard delta rate and delta quality between rate–quality curves.
+
+The arithmetic is the ``bjontegaard`` package's (FAU-LMS), with piecewise cubic Hermite
+interpolation (``pchip``), the method of the JCT-VC / JVET common-test-condition
+spreadsheets. This module only orders the points, rejects curves that cannot be
+interpolated (fewer than two points, not monotone, no overlap) with ``nan`` and a reason,
+and writes the table (Markdown and CSV).
+
+Sign convention: BD-rate < 0 means the test curve needs fewer bits than the reference
+for the same quality; BD-quality > 0 means it reaches a higher quality at the same rate.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import bjontegaard
+import numpy as np
+
+from pipeline.atomic import atomic_write_text
+
+METHOD = "pchip"
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One rate–quality curve: ``rates`` (bpp or bits) and ``quality`` (PSNR, mAP, ...)."""
+
+    label: str
+    rates: tuple[float, ...]
+    quality: tuple[float, ...]
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def sorted(self) -> tuple[np.ndarray, np.ndarray]:
+        """Points ordered by increasing rate, non-finite points dropped."""
+        r = np.asarray(self.rates, dtype=np.float64)
+        q = np.asarray(self.quality, dtype=np.float64)
+        keep = np.isfinite(r) & np.isfinite(q) & (r > 0)
+        r, q = r[keep], q[keep]
+        order = np.argsort(r, kind="stable")
+        return r[order], q[order]
+
+
+def _why_not(curve: Curve) -> str | None:
+    r, q = curve.sorted()
+    if len(r) < 2:
+        return f"{curve.label}: fewer than 2 points"
+    if np.any(np.diff(r) <= 0) or np.any(np.diff(q) <= 0):
+        return f"{curve.label}: quality is not strictly increasing with rate"
+    return None
+
+
+def bd_delta(reference: Curve, test: Curve, method: str = METHOD) -> tuple[float, float, str]:
+    """(BD-rate in %, BD-quality in quality units, note). ``nan`` with a note when undefined."""
+    for c in (reference, test):
+        why = _why_not(c)
+        if why:
+            return math.nan, math.nan, why
+    r0, q0 = reference.sorted()
+    r1, q1 = test.sorted()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rate = float(bjontegaard.bd_rate(r0, q0, r1, q1, method=method, require_matching_points=False))
+        qual = float(bjontegaard.bd_psnr(r0, q0, r1, q1, method=method, require_matching_points=False))
+    note = "; ".join(str(w.message) for w in caught)
+    return rate, qual, note
+
+
+def bd_rate(reference: Curve, test: Curve, method: str = METHOD) -> float:
+    """BD-rate of ``test`` against ``reference`` in percent."""
+    return bd_delta(reference, test, method)[0]
+
+
+def bd_quality(reference: Curve, test: Curve, method: str = METHOD) -> float:
+    """BD-quality (BD-PSNR, BD-mAP, ...) of ``test`` against ``reference``."""
+    return bd_delta(reference, test, method)[1]
+
+
+TABLE_COLUMNS = ("metric", "reference", "test", "bd_rate_percent", "bd_quality", "note")
+
+
+def bd_table(curves: list[Curve], references: list[str], metric: str) -> list[dict]:
+    """One row per (reference, other curve) pair, for every reference label present."""
+    by_label = {c.label: c for c in curves}
+    rows: list[dict] = []
+    for ref_label in references:
+        ref = by_label.get(ref_label)
+        if ref is None:
+            continue
+        for c in curves:
+            if c.label == ref_label:
+                continue
+            rate, qual, note = bd_delta(ref, c)
+            rows.append(
+                {"metric": metric, "reference": ref_label, "test": c.label,
+                 "bd_rate_percent": rate, "bd_quality": qual, "note": note}
+            )
+    return rows
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return "n/a" if math.isnan(v) else f"{v:+.2f}"
+    return str(v).replace("|", "/")
+
+
+def table_markdown(rows: list[dict]) -> str:
+    """The BD table as a Markdown table."""
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    lines += ["| " + " | ".join(_fmt(r[c]) for c in TABLE_COLUMNS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def table_csv(rows: list[dict]) -> str:
+    """The BD table as CSV text."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(TABLE_COLUMNS), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def write_table(rows: list[dict], out_dir: Path) -> tuple[Path, Path]:
+    """Write ``bd_table.md`` and ``bd_table.csv`` atomically into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md, cs = out_dir / "bd_table.md", out_dir / "bd_table.csv"
+    atomic_write_text(md, table_markdown(rows))
+    atomic_write_text(cs, table_csv(rows))
+    return md, cs

@@ -1,0 +1,74 @@
+"""BD-rate / BD-quality (pipeline.bdrate) against hand-known and published values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pipeline.bdrate import Curve, bd_delta, bd_quality, bd_rate, bd_table, table_csv, table_markdown, write_table
+
+REF = Curve("ref", (0.1, 0.2, 0.4, 0.8), (30.0, 32.5, 35.0, 37.0))
+
+
+def test_identical_curves_give_zero() -> None:
+    rate, qual, _ = bd_delta(REF, REF)
+    assert rate == pytest.approx(0.0, abs=1e-9)
+    assert qual == pytest.approx(0.0, abs=1e-9)
+
+
+def test_half_the_rate_gives_minus_fifty_percent() -> None:
+    half = Curve("half", tuple(r * 0.5 for r in REF.rates), REF.quality)
+    assert bd_rate(REF, half) == pytest.approx(-50.0, abs=1e-9)
+    # and the reverse comparison costs +100 %
+    assert bd_rate(half, REF) == pytest.approx(100.0, abs=1e-9)
+
+
+def test_quality_shift_gives_bd_quality() -> None:
+    up = Curve("up", REF.rates, tuple(q + 0.7 for q in REF.quality))
+    assert bd_quality(REF, up) == pytest.approx(0.7, abs=1e-9)
+    assert bd_rate(REF, up) < 0
+
+
+# Published worked examples: the JCT-VC common-test-condition spreadsheet (PCHIP) values
+# that Netflix's VMAF repository checks its own BD-rate code against
+# (github.com/Netflix/vmaf, python/test/bd_rate_calculator_test.py, class
+# BDrateCalculatorJCTVCTest: -0.00465215420752807 and -0.018779823450567612 as fractions).
+JCTVC_CASES = [
+    (
+        [(108048.8736, 43.6471), (61279.976, 40.3953), (33905.6656, 37.247), (18883.6928, 34.2911)],
+        [(108061.2784, 43.6768), (61299.9936, 40.4232), (33928.7472, 37.2761), (18910.912, 34.3147)],
+        -0.465215420752807,
+    ),
+    (
+        [(40433.8848, 37.5761), (7622.7456, 35.3756), (2394.488, 33.8977), (1017.6184, 32.0603)],
+        [(40370.12, 37.5982), (7587.0024, 35.4025), (2390.0944, 33.9194), (1017.0984, 32.0822)],
+        -1.8779823450567612,
+    ),
+]
+
+
+@pytest.mark.parametrize(("anchor", "test", "expected_percent"), JCTVC_CASES)
+def test_matches_jctvc_spreadsheet(anchor: list, test: list, expected_percent: float) -> None:
+    a = Curve("anchor", tuple(r for r, _ in anchor), tuple(q for _, q in anchor))
+    t = Curve("test", tuple(r for r, _ in test), tuple(q for _, q in test))
+    assert bd_rate(a, t) == pytest.approx(expected_percent, abs=1e-4)
+
+
+def test_undefined_curves_are_nan_with_a_reason() -> None:
+    one = Curve("one", (0.3,), (33.0,))
+    rate, qual, note = bd_delta(REF, one)
+    assert math.isnan(rate) and math.isnan(qual) and "fewer than 2" in note
+    bumpy = Curve("bumpy", (0.1, 0.2, 0.3), (30.0, 29.0, 31.0))
+    assert "not strictly increasing" in bd_delta(REF, bumpy)[2]
+    far = Curve("far", (10.0, 20.0), (60.0, 70.0))
+    assert math.isnan(bd_rate(REF, far))
+
+
+def test_table_files(tmp_path) -> None:
+    half = Curve("half", tuple(r * 0.5 for r in REF.rates), REF.quality)
+    rows = bd_table([REF, half], references=["ref", "missing"], metric="psnr")
+    assert len(rows) == 1 and rows[0]["test"] == "half"
+    md, cs = write_table(rows, tmp_path)
+    assert "-50.00" in md.read_text() and md.read_text() == table_markdown(rows)
+    assert cs.read_text() == table_csv(rows)
