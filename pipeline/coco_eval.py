@@ -1,0 +1,127 @@
+"""Detection accuracy with pycocotools: COCO results JSON, ``COCOeval``, mAP@0.5 and the full stats.
+
+Two kinds of reference:
+
+* ``gt``: the annotations file (``instances_val2014.json``).
+* ``uncompressed``: the uncompressed YOLOv3's own detections, kept above a score threshold,
+  turned into a COCO ground truth. Use it when the ground truth does not fit the weights in
+  use (seeded random weights): it then measures how far compression moves the detector
+  away from what it sees on the original image.
+
+Detections come in as ``{"boxes": [N,4] xyxy, "scores": [N], "labels": [N] 0..79}`` in the
+pixels of the image the detector saw; :func:`to_coco_results` maps them back to the original
+image size and to COCO category ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from pipeline.errors import UserError
+
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+DEFAULT_REFERENCE_SCORE = 0.5
+
+
+def load_coco(path: str | Path) -> COCO:
+    """Load a COCO annotations file; a missing or malformed file is a :class:`UserError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"annotations file {path} does not exist; pass --coco-annotations with a COCO instances JSON")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"annotations file {path} is not valid JSON ({exc}); pass a COCO instances JSON") from None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
+        raise UserError(f"annotations file {path} lacks the 'images', 'annotations' and 'categories' lists of a COCO instances JSON")
+    try:
+        return coco_from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"annotations file {path} is malformed ({type(exc).__name__}: {exc}); check it is COCO instances JSON") from None
+
+
+def coco_from_dict(data: Mapping[str, Any]) -> COCO:
+    """A :class:`COCO` index over an in-memory dataset dict (no file, no printing)."""
+    coco = COCO()
+    coco.dataset = dict(data)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def to_coco_results(
+    image_id: int,
+    det: Mapping[str, Any],
+    input_hw: tuple[int, int],
+    original_hw: tuple[int, int],
+    category_ids: Sequence[int],
+) -> list[dict]:
+    """COCO result entries (xywh in original pixels) for one image's detections.
+
+    ``input_hw`` is the size the detector saw (512×512 on the COCO path), ``original_hw``
+    the image's own size; boxes are scaled per axis and clipped to the image.
+    """
+    boxes = np.asarray(det["boxes"], dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(det["scores"], dtype=np.float64).reshape(-1)
+    labels = np.asarray(det["labels"], dtype=np.int64).reshape(-1)
+    sy = original_hw[0] / input_hw[0]
+    sx = original_hw[1] / input_hw[1]
+    boxes = boxes * np.array([sx, sy, sx, sy])
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, original_hw[1])
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, original_hw[0])
+    out = []
+    for (x0, y0, x1, y1), s, c in zip(boxes, scores, labels):
+        w, h = x1 - x0, y1 - y0
+        if w <= 0 or h <= 0:
+            continue
+        out.append({"image_id": int(image_id), "category_id": int(category_ids[int(c)]),
+                    "bbox": [float(x0), float(y0), float(w), float(h)], "score": float(s)})
+    return out
+
+
+def results_as_ground_truth(
+    results: Iterable[Mapping[str, Any]],
+    images: Sequence[Mapping[str, Any]],
+    categories: Sequence[Mapping[str, Any]],
+    score_thres: float = DEFAULT_REFERENCE_SCORE,
+) -> COCO:
+    """Turn detections (COCO result entries) into a COCO ground truth: the ``uncompressed`` reference."""
+    anns = []
+    for r in results:
+        if r["score"] < score_thres:
+            continue
+        x, y, w, h = r["bbox"]
+        anns.append({"id": len(anns) + 1, "image_id": int(r["image_id"]), "category_id": int(r["category_id"]),
+                     "bbox": [x, y, w, h], "area": float(w * h), "iscrowd": 0})
+    return coco_from_dict({"images": [dict(i) for i in images], "annotations": anns,
+                           "categories": [dict(c) for c in categories]})
+
+
+def evaluate(coco_gt: COCO, results: Sequence[Mapping[str, Any]], image_ids: Sequence[int]) -> dict[str, float]:
+    """COCOeval (bbox) over ``image_ids``; returns the 12 standard stats by name (``AP50`` = mAP@0.5).
+
+    With no detections at all every stat is 0. With no ground-truth box in the images
+    pycocotools reports -1, which is returned as is.
+    """
+    ids = sorted({int(i) for i in image_ids})
+    if not ids:
+        raise UserError("no images to evaluate; check --image-list and the annotations")
+    if not results:
+        return {k: 0.0 for k in STAT_NAMES}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes([dict(r) for r in results])
+        ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        ev.params.imgIds = ids
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {k: float(v) for k, v in zip(STAT_NAMES, ev.stats)}

@@ -1,0 +1,92 @@
+"""mAP path (pipeline.coco_eval) on a small COCO-format fixture, with real pycocotools."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.coco_eval import evaluate, load_coco, results_as_ground_truth, to_coco_results
+from pipeline.errors import UserError
+
+IMAGES = [{"id": 1, "file_name": "a.jpg", "width": 640, "height": 480},
+          {"id": 2, "file_name": "b.jpg", "width": 500, "height": 400}]
+CATEGORIES = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}]
+# Four 100x100 boxes (area 10^4: "medium" in COCO's ranges), two per image.
+BOXES = [(1, 1, [10, 10, 100, 100]), (1, 3, [300, 200, 100, 100]),
+         (2, 1, [50, 50, 100, 100]), (2, 3, [250, 150, 100, 100])]
+
+
+def _write_fixture(path: Path) -> Path:
+    anns = [{"id": i + 1, "image_id": im, "category_id": c, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
+            for i, (im, c, b) in enumerate(BOXES)]
+    path.write_text(json.dumps({"images": IMAGES, "annotations": anns, "categories": CATEGORIES}))
+    return path
+
+
+def _dets(shift: dict[int, float]) -> list[dict]:
+    """One detection per GT box; box k is shifted right by shift[k] pixels, scores descend with k."""
+    return [{"image_id": im, "category_id": c, "bbox": [b[0] + shift.get(k, 0.0), b[1], b[2], b[3]],
+             "score": 0.9 - 0.1 * k} for k, (im, c, b) in enumerate(BOXES)]
+
+
+def test_ground_truth_as_detections_is_perfect(tmp_path: Path) -> None:
+    gt = load_coco(_write_fixture(tmp_path / "ann.json"))
+    stats = evaluate(gt, _dets({}), [1, 2])
+    assert stats["AP50"] == pytest.approx(1.0)
+    assert stats["AP"] == pytest.approx(1.0)
+
+
+def test_shifted_boxes_give_hand_computed_map(tmp_path: Path) -> None:
+    """Hand computation.
+
+    Boxes 2 and 3 (the two lowest scores) are shifted 50 px right: IoU = 50*100 / (150*100) = 1/3,
+    below every COCO threshold, so they are false positives and their GT boxes are missed.
+    Boxes 0 and 1 (highest scores) are exact. Per category one GT of two is found first,
+    so precision is 1 up to recall 0.5 and there is nothing beyond. COCO's 101-point
+    interpolation counts recall thresholds 0.00..0.50 = 51 of 101 points: AP = 51/101 at
+    every IoU threshold, hence AP50 = AP75 = AP = 51/101 ≈ 0.50495.
+
+    Then a 20 px shift on box 2 (IoU = 80/120 = 2/3) is a hit at IoU 0.5 but a miss at 0.75:
+    AP50 becomes 1 for category "person" (boxes 0 and 2) while "car" stays at 51/101.
+    """
+    gt = load_coco(_write_fixture(tmp_path / "ann.json"))
+    stats = evaluate(gt, _dets({2: 50.0, 3: 50.0}), [1, 2])
+    assert stats["AP50"] == pytest.approx(51 / 101, abs=1e-6)
+    assert stats["AP75"] == pytest.approx(51 / 101, abs=1e-6)
+    assert stats["AR100"] == pytest.approx(0.5, abs=1e-6)
+
+    stats = evaluate(gt, _dets({2: 20.0, 3: 50.0}), [1, 2])
+    assert stats["AP50"] == pytest.approx((1.0 + 51 / 101) / 2, abs=1e-6)
+    assert stats["AP75"] == pytest.approx(51 / 101, abs=1e-6)
+
+
+def test_boxes_map_back_to_original_size() -> None:
+    det = {"boxes": [[128.0, 256.0, 256.0, 512.0]], "scores": [0.8], "labels": [2]}
+    (r,) = to_coco_results(7, det, input_hw=(512, 512), original_hw=(480, 640), category_ids=[1, 2, 3])
+    assert r["category_id"] == 3 and r["image_id"] == 7
+    assert r["bbox"] == pytest.approx([160.0, 240.0, 160.0, 240.0])
+
+
+def test_uncompressed_reference_mode(tmp_path: Path) -> None:
+    """The detector's own detections as GT: the same detections score 1, dropped ones lower recall."""
+    dets = _dets({})
+    gt = results_as_ground_truth(dets, IMAGES, CATEGORIES, score_thres=0.5)
+    # all four scores (0.9..0.6) pass 0.5: a perfect match
+    assert evaluate(gt, dets, [1, 2])["AP50"] == pytest.approx(1.0)
+    # dropping the two lowest-scoring detections halves the recall in each category
+    assert evaluate(gt, dets[:2], [1, 2])["AP50"] == pytest.approx(51 / 101, abs=1e-6)
+    assert evaluate(gt, [], [1, 2])["AP50"] == 0.0
+
+
+def test_bad_annotation_files(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="does not exist"):
+        load_coco(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        load_coco(bad)
+    bad.write_text(json.dumps({"images": []}))
+    with pytest.raises(UserError, match="lacks"):
+        load_coco(bad)
