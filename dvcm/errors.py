@@ -19,3 +19,7 @@ class DarknetWeightsError(DvcmError):
 
 class CheckpointError(DvcmError):
     """A checkpoint cannot be loaded (unknown model, wrong format, unsafe content)."""
+
+
+class ConfigError(DvcmError, ValueError):
+    """A model name or configuration is invalid."""

@@ -1,0 +1,107 @@
+"""Codec checkpoints: configuration, YOLO provenance and entropy tables in one safe file.
+
+Saved with ``torch.save`` (a plain dict of strings, numbers and tensors) and loaded with
+``torch.load(weights_only=True)``: a checkpoint from elsewhere cannot run code.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dvcm.errors import CheckpointError, ConfigError
+from dvcm.models import MODEL_NAMES, ScalableCodec, build
+
+FORMAT = "dvcm-checkpoint"
+VERSION = 1
+
+
+def atomic_write_bytes(path: str | Path, write: Any) -> None:
+    """Call ``write(file_object)`` on a temp file next to ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def checkpoint_dict(model: ScalableCodec, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint content; updates the entropy tables first (``update(force=True)``)."""
+    model.update(force=True)
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": model.name,
+        "config": dict(model.config),
+        "yolo": dict(model.yolo_provenance or {}),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "extra": dict(extra or {}),
+    }
+
+
+def save_checkpoint(path: str | Path, model: ScalableCodec, extra: dict[str, Any] | None = None) -> None:
+    """Write a loadable, codable checkpoint atomically (temp file, then rename)."""
+    content = checkpoint_dict(model, extra)
+    atomic_write_bytes(path, lambda f: torch.save(content, f))
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read and validate a checkpoint file without building the model (safe unpickling only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure here means "not a checkpoint we can trust"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} is not a loadable dvcm checkpoint ({first[:200]})") from None
+    if not isinstance(content, dict) or content.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a dvcm checkpoint (no '{FORMAT}' marker); pass a file written by dvcm")
+    if content.get("version") != VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {content.get('version')}, this dvcm reads {VERSION}")
+    if content.get("model") not in MODEL_NAMES:
+        raise CheckpointError(
+            f"{path} holds unknown model {content.get('model')!r}; this dvcm knows {', '.join(MODEL_NAMES)}"
+        )
+    for key in ("config", "state_dict"):
+        if not isinstance(content.get(key), dict):
+            raise CheckpointError(f"{path} has no valid '{key}' entry")
+    return content
+
+
+def load_checkpoint(path: str | Path, yolo_provenance: dict[str, Any] | None = None) -> tuple[ScalableCodec, dict]:
+    """Build the codec a checkpoint describes and restore its weights and entropy tables.
+
+    With ``yolo_provenance`` (``YOLOv3.provenance``), refuse a checkpoint trained with
+    another YOLO front. Returns ``(model in eval mode, metadata)``.
+    """
+    content = read_checkpoint(path)
+    saved = content.get("yolo") or {}
+    if yolo_provenance and saved.get("weights_sha256") and saved["weights_sha256"] != yolo_provenance.get("weights_sha256"):
+        raise CheckpointError(
+            f"{path} was trained with YOLO weights sha256 {saved['weights_sha256'][:12]}…, "
+            f"but the YOLO in use has {str(yolo_provenance.get('weights_sha256'))[:12]}…; pass the same --yolo-weights"
+        )
+    try:
+        model = build(content["model"], **content["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    try:
+        model.load_state_dict(content["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit {content['model']} {content['config']} ({str(exc)[:200]})") from None
+    model.yolo_provenance = saved or None
+    model.eval()
+    meta = {k: v for k, v in content.items() if k != "state_dict"}
+    return model, meta

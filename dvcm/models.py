@@ -1,0 +1,440 @@
+"""The two scalable codecs: the proposed disentangled model and the Choi & Bajić 2022 baseline.
+
+Both share one base (Ballé et al. 2018 scale hyperprior, GDN/IGDN, CompressAI entropy
+models and rANS) and one latent layout: a base latent y1 for the machine (decoded alone to
+the YOLOv3 layer-13 features ŝ) and an enhancement latent y2 that, with y1, gives the image x̂.
+Configurations are (M1, M2, H) with N fixed; H=2 is one hyperprior per latent, H=1 one shared
+hyperprior whose z travels in the base layer.
+
+Proposed (paper Fig. 2/3, Table 1)::
+
+    s = V_front(x)                      (frozen YOLOv3 layers 0-12, 256 ch at H/8)
+    y1 = g_a1(concat(s, bicubic(x, H/8)))    conv5s1 N, conv5s1 N, conv5s2 M1    -> H/16
+    y2 = g_a2(x)                             conv5s2 N, N, N, M2                 -> H/16
+    ŝ  = g_s1(ŷ1)                            deconv5s1 N, deconv5s1 N, deconv5s2 256
+    x̂  = g_s2(concat(ŷ1, ŷ2))               deconv5s2 N, N, N, 3
+
+Choi & Bajić 2022 on the same base: y = g_a(x) with M1+M2 channels, y1 = y[:M1], y2 = y[M1:],
+ŝ = LST(ŷ1) with g_s1's layer plan, x̂ = g_s(ŷ). s is not an encoder input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from compressai.entropy_models import EntropyBottleneck
+from compressai.latent_codecs import GaussianConditionalLatentCodec, HyperLatentCodec
+from compressai.layers import GDN
+from compressai.models import CompressionModel
+from compressai.models.utils import conv, deconv
+from compressai.registry import MODELS as COMPRESSAI_MODELS
+from compressai.registry import register_model
+from torch import Tensor
+
+from dvcm.errors import ConfigError
+
+C_S = 256  # channels of YOLOv3 layer-12 output (s)
+PAD_MULTIPLE = 64  # total downsampling of the hyper-latents: 2**6
+
+
+def _abs(x: Tensor) -> Tensor:
+    return torch.abs(x)
+
+
+class Lambda(nn.Module):
+    """A parameter-free function as a layer, so transforms stay plain ``nn.Sequential``s."""
+
+    def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(x)
+
+
+class Float64WhenEval(nn.Module):
+    """Run the wrapped module in float64 outside training.
+
+    The hyper-synthesis h_s predicts the scales whose *indexes* select the rANS tables: the
+    encoder and the decoder must get identical indexes, or the whole decode is corrupted.
+    float32 convolutions differ in their last bits between thread counts and devices, often
+    enough to flip an index somewhere in a large image; in float64 those differences are far
+    below the spacing of the scale table. h_s works at 1/64 resolution, so this is cheap.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            return self.module(x)
+        params = {k: v.double() for k, v in self.module.state_dict(keep_vars=True).items()}
+        out = torch.func.functional_call(self.module, params, (x.double(),))
+        return out.to(x.dtype)
+
+
+def hyper_analysis(M: int, N: int) -> nn.Sequential:
+    """h_a of Ballé 2018 (on |y|), latent M channels -> z with N channels at 1/4 the size."""
+    return nn.Sequential(
+        Lambda(_abs),
+        conv(M, N, stride=1, kernel_size=3),
+        nn.ReLU(inplace=True),
+        conv(N, N),
+        nn.ReLU(inplace=True),
+        conv(N, N),
+    )
+
+
+def hyper_synthesis(M: int, N: int) -> nn.Module:
+    """h_s of Ballé 2018: ẑ -> scales of the M latent channels (float64 at coding time)."""
+    return Float64WhenEval(
+        nn.Sequential(
+            deconv(N, N),
+            nn.ReLU(inplace=True),
+            deconv(N, N),
+            nn.ReLU(inplace=True),
+            conv(N, M, stride=1, kernel_size=3),
+            nn.ReLU(inplace=True),
+        )
+    )
+
+
+def hyperprior(M: int, N: int) -> HyperLatentCodec:
+    """A whole scale hyperprior side branch (h_a, EntropyBottleneck, h_s) as one CompressAI module."""
+    return HyperLatentCodec(EntropyBottleneck(N), hyper_analysis(M, N), hyper_synthesis(M, N))
+
+
+def scale_coder() -> GaussianConditionalLatentCodec:
+    """A zero-mean Gaussian conditional coder of a latent, given its scales."""
+    return GaussianConditionalLatentCodec(chunks=("scales",))
+
+
+def feature_synthesis(M1: int, N: int) -> nn.Sequential:
+    """g_s1 / LST: ŷ1 (H/16) -> ŝ (256 channels, H/8). Table 1, third column."""
+    return nn.Sequential(
+        deconv(M1, N, stride=1),
+        GDN(N, inverse=True),
+        deconv(N, N, stride=1),
+        GDN(N, inverse=True),
+        deconv(N, C_S, stride=2),
+    )
+
+
+def pixel_synthesis(M: int, N: int) -> nn.Sequential:
+    """g_s2 / g_s: concat(ŷ1, ŷ2) (H/16) -> x̂ (3 channels, H). Table 1, fourth column."""
+    return nn.Sequential(
+        deconv(M, N),
+        GDN(N, inverse=True),
+        deconv(N, N),
+        GDN(N, inverse=True),
+        deconv(N, N),
+        GDN(N, inverse=True),
+        deconv(N, 3),
+    )
+
+
+def image_analysis(M: int, N: int) -> nn.Sequential:
+    """g_a2 / g_a: x (H) -> latent with M channels (H/16). Table 1, second column."""
+    return nn.Sequential(
+        conv(3, N),
+        GDN(N),
+        conv(N, N),
+        GDN(N),
+        conv(N, N),
+        GDN(N),
+        conv(N, M),
+    )
+
+
+def padded_size(h: int, w: int) -> tuple[int, int]:
+    """The size an image is padded to before coding: the next multiples of 64."""
+    return (math.ceil(h / PAD_MULTIPLE) * PAD_MULTIPLE, math.ceil(w / PAD_MULTIPLE) * PAD_MULTIPLE)
+
+
+def feature_size(h: int, w: int) -> tuple[int, int]:
+    """Spatial size of s = V_front(x) for an H×W image: ⌈H/8⌉ × ⌈W/8⌉."""
+    return (math.ceil(h / 8), math.ceil(w / 8))
+
+
+def _pad_to(t: Tensor, hw: tuple[int, int]) -> Tensor:
+    dh, dw = hw[0] - t.shape[-2], hw[1] - t.shape[-1]
+    if dh == 0 and dw == 0:
+        return t
+    return F.pad(t, (0, dw, 0, dh), mode="replicate")
+
+
+class ScalableCodec(CompressionModel):
+    """Common base: latent coding of (y1, y2), padding, the frozen V_front, compress/decompress.
+
+    Subclasses define the transforms through ``analysis``, ``feature_synthesis`` (``g_s1``)
+    and ``pixel_synthesis`` (``g_s2``). ``forward(x, s=None)`` returns ``x_hat``, ``s_hat``,
+    ``s`` and the likelihoods of every latent: ``y1, z1, y2, z2`` (H=2) or ``y1, y2, z`` (H=1).
+    """
+
+    name: str = ""
+
+    def __init__(self, N: int = 192, M1: int = 64, M2: int = 192, H: int = 2, front: nn.Module | None = None) -> None:
+        super().__init__()
+        if H not in (1, 2):
+            raise ConfigError(f"H must be 1 or 2 (hyperprior blocks), got {H}")
+        if min(N, M1, M2) < 1:
+            raise ConfigError(f"N, M1, M2 must be positive, got N={N}, M1={M1}, M2={M2}")
+        self.N, self.M1, self.M2, self.H = int(N), int(M1), int(M2), int(H)
+        if front is None:
+            from dvcm.yolo import build_front
+
+            front = build_front()
+        self.front = front
+        for p in self.front.parameters():
+            p.requires_grad_(False)
+        self.front.eval()
+        if H == 2:
+            self.hyper1 = hyperprior(M1, N)
+            self.hyper2 = hyperprior(M2, N)
+        else:
+            self.hyper = hyperprior(M1 + M2, N)
+        self.coder1 = scale_coder()
+        self.coder2 = scale_coder()
+        self._fingerprint: bytes | None = None
+        # YOLOv3.provenance of the front (weights digest, split layer); saved in checkpoints.
+        self.yolo_provenance: dict[str, Any] | None = None
+
+    # -- configuration -------------------------------------------------------------------
+    @property
+    def config(self) -> dict[str, int]:
+        return {"N": self.N, "M1": self.M1, "M2": self.M2, "H": self.H}
+
+    @property
+    def downsampling_factor(self) -> int:
+        return PAD_MULTIPLE
+
+    def train(self, mode: bool = True) -> "ScalableCodec":
+        super().train(mode)
+        self.front.eval()  # V_front is frozen: BN statistics never move
+        return self
+
+    # -- transforms (subclasses) ---------------------------------------------------------
+    def analysis(self, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def synthesize_features(self, y1_hat: Tensor) -> Tensor:
+        return self.g_s1(y1_hat)
+
+    def synthesize_pixels(self, y1_hat: Tensor, y2_hat: Tensor) -> Tensor:
+        return self.g_s2(torch.cat([y1_hat, y2_hat], dim=1))
+
+    # -- training / quantised forward ----------------------------------------------------
+    def features(self, x: Tensor) -> Tensor:
+        """s = V_front(x) with the frozen front (no gradients)."""
+        with torch.no_grad():
+            return self.front(x)
+
+    def _prepare(self, x: Tensor, s: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Pad x and s to the coding size; returns (x_pad, s_pad, s)."""
+        h, w = x.shape[-2:]
+        if s is None:
+            s = self.features(x)
+        fh, fw = feature_size(h, w)
+        if s.shape[-2:] != (fh, fw) or s.shape[1] != C_S:
+            raise ValueError(f"s has shape {tuple(s.shape)}, expected [B, {C_S}, {fh}, {fw}] for a {h}x{w} image")
+        ph, pw = padded_size(h, w)
+        return _pad_to(x, (ph, pw)), _pad_to(s, (ph // 8, pw // 8)), s
+
+    def forward(self, x: Tensor, s: Tensor | None = None) -> dict[str, Any]:
+        h, w = x.shape[-2:]
+        x_pad, s_pad, s = self._prepare(x, s)
+        y1, y2 = self.analysis(x_pad, s_pad)
+        if self.H == 2:
+            h1, h2 = self.hyper1(y1), self.hyper2(y2)
+            scales1, scales2 = h1["params"], h2["params"]
+            lik_z = {"z1": h1["likelihoods"]["z"], "z2": h2["likelihoods"]["z"]}
+        else:
+            hy = self.hyper(torch.cat([y1, y2], dim=1))
+            scales1, scales2 = hy["params"].split([self.M1, self.M2], dim=1)
+            lik_z = {"z": hy["likelihoods"]["z"]}
+        c1, c2 = self.coder1(y1, scales1), self.coder2(y2, scales2)
+        y1_hat, y2_hat = c1["y_hat"], c2["y_hat"]
+        fh, fw = feature_size(h, w)
+        s_hat = self.synthesize_features(y1_hat)[..., :fh, :fw]
+        x_hat = self.synthesize_pixels(y1_hat, y2_hat)[..., :h, :w]
+        likelihoods = {"y1": c1["likelihoods"]["y"], "y2": c2["likelihoods"]["y"], **lik_z}
+        return {"x_hat": x_hat, "s_hat": s_hat, "s": s, "likelihoods": likelihoods, "y1_hat": y1_hat, "y2_hat": y2_hat}
+
+    # -- entropy coding ------------------------------------------------------------------
+    def compress(self, x: Tensor) -> dict[str, Any]:
+        """Code one image into base strings (what the machine needs) and enhancement strings.
+
+        Returns ``base`` and ``enhancement`` (lists of bytes), ``hw`` and ``padded_hw``.
+        """
+        if x.shape[0] != 1:
+            raise ValueError("compress codes one image at a time (batch size 1)")
+        h, w = x.shape[-2:]
+        x_pad, s_pad, _ = self._prepare(x, None)
+        y1, y2 = self.analysis(x_pad, s_pad)
+        if self.H == 2:
+            h1, h2 = self.hyper1.compress(y1), self.hyper2.compress(y2)
+            c1 = self.coder1.compress(y1, h1["params"])
+            c2 = self.coder2.compress(y2, h2["params"])
+            base = [h1["strings"][0][0], c1["strings"][0][0]]
+            enhancement = [h2["strings"][0][0], c2["strings"][0][0]]
+        else:
+            hy = self.hyper.compress(torch.cat([y1, y2], dim=1))
+            scales1, scales2 = hy["params"].split([self.M1, self.M2], dim=1)
+            c1, c2 = self.coder1.compress(y1, scales1), self.coder2.compress(y2, scales2)
+            base = [hy["strings"][0][0], c1["strings"][0][0]]
+            enhancement = [c2["strings"][0][0]]
+        return {"base": base, "enhancement": enhancement, "hw": (h, w), "padded_hw": x_pad.shape[-2:]}
+
+    def _latent_shapes(self, padded_hw: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+        ph, pw = padded_hw
+        return (ph // 16, pw // 16), (ph // 64, pw // 64)
+
+    def _decode_base_latent(self, base: list[bytes], padded_hw: tuple[int, int]) -> tuple[Tensor, Tensor | None]:
+        """Decode ŷ1 (and, for H=1, the shared scales of ŷ2) from the base strings."""
+        y_shape, z_shape = self._latent_shapes(padded_hw)
+        z_str, y1_str = base
+        hyper = self.hyper1 if self.H == 2 else self.hyper
+        params = hyper.decompress([[z_str]], z_shape)["params"]
+        scales2 = None
+        if self.H == 1:
+            params, scales2 = params.split([self.M1, self.M2], dim=1)
+        y1_hat = self.coder1.decompress([[y1_str]], y_shape, params)["y_hat"]
+        return y1_hat, scales2
+
+    def decompress_base(self, base: list[bytes], hw: tuple[int, int], padded_hw: tuple[int, int]) -> dict[str, Tensor]:
+        """Machine side: the base strings alone give ŷ1 and ŝ."""
+        y1_hat, _ = self._decode_base_latent(base, padded_hw)
+        fh, fw = feature_size(*hw)
+        return {"y1_hat": y1_hat, "s_hat": self.synthesize_features(y1_hat)[..., :fh, :fw]}
+
+    def decompress(
+        self, base: list[bytes], enhancement: list[bytes], hw: tuple[int, int], padded_hw: tuple[int, int]
+    ) -> dict[str, Tensor]:
+        """Human side: base and enhancement strings give x̂ (and ŝ)."""
+        y_shape, z_shape = self._latent_shapes(padded_hw)
+        y1_hat, scales2 = self._decode_base_latent(base, padded_hw)
+        if self.H == 2:
+            z2_str, y2_str = enhancement
+            scales2 = self.hyper2.decompress([[z2_str]], z_shape)["params"]
+        else:
+            (y2_str,) = enhancement
+        y2_hat = self.coder2.decompress([[y2_str]], y_shape, scales2)["y_hat"]
+        h, w = hw
+        fh, fw = feature_size(h, w)
+        return {
+            "x_hat": self.synthesize_pixels(y1_hat, y2_hat)[..., :h, :w],
+            "s_hat": self.synthesize_features(y1_hat)[..., :fh, :fw],
+            "y1_hat": y1_hat,
+            "y2_hat": y2_hat,
+        }
+
+    @property
+    def segment_counts(self) -> tuple[int, int]:
+        """Number of strings in the base and in the enhancement layer."""
+        return (2, 2) if self.H == 2 else (2, 1)
+
+    # -- identity of the coding model ----------------------------------------------------
+    def update(self, scale_table: Tensor | None = None, force: bool = False, update_quantiles: bool = False) -> bool:
+        updated = super().update(scale_table=scale_table, force=force, update_quantiles=update_quantiles)
+        self._fingerprint = self.compute_fingerprint()
+        return updated
+
+    def load_state_dict(self, state_dict: dict[str, Tensor], strict: bool = True):  # type: ignore[override]
+        result = super().load_state_dict(state_dict, strict=strict)
+        self._fingerprint = self.compute_fingerprint()
+        return result
+
+    def compute_fingerprint(self) -> bytes:
+        """8 bytes of sha256 over the model name, configuration and every tensor of the state."""
+        digest = hashlib.sha256(json.dumps({"name": self.name, **self.config}, sort_keys=True).encode())
+        for key, value in sorted(self.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        return digest.digest()[:8]
+
+    @property
+    def fingerprint(self) -> bytes | None:
+        """Set by ``update()`` or ``load_state_dict()``; None until the entropy tables exist."""
+        return self._fingerprint
+
+
+@register_model("dvcm-proposed")
+class ProposedCodec(ScalableCodec):
+    """The proposed disentangled codec: s = V_front(x) is an input of the base analysis g_a1."""
+
+    name = "proposed"
+
+    def __init__(self, N: int = 192, M1: int = 64, M2: int = 192, H: int = 2, front: nn.Module | None = None) -> None:
+        super().__init__(N=N, M1=M1, M2=M2, H=H, front=front)
+        self.g_a1 = nn.Sequential(
+            conv(C_S + 3, N, stride=1),
+            GDN(N),
+            conv(N, N, stride=1),
+            GDN(N),
+            conv(N, M1, stride=2),
+        )
+        self.g_a2 = image_analysis(M2, N)
+        self.g_s1 = feature_synthesis(M1, N)
+        self.g_s2 = pixel_synthesis(M1 + M2, N)
+
+    def analysis(self, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        x_small = F.interpolate(x, size=s.shape[-2:], mode="bicubic", align_corners=False)
+        return self.g_a1(torch.cat([s, x_small], dim=1)), self.g_a2(x)
+
+
+@register_model("dvcm-choi2022")
+class Choi2022Codec(ScalableCodec):
+    """Choi & Bajić 2022 latent-space scalability on the same base: one g_a, y split in (y1, y2)."""
+
+    name = "choi2022"
+
+    def __init__(self, N: int = 192, M1: int = 128, M2: int = 64, H: int = 1, front: nn.Module | None = None) -> None:
+        super().__init__(N=N, M1=M1, M2=M2, H=H, front=front)
+        self.g_a = image_analysis(M1 + M2, N)
+        self.g_s1 = feature_synthesis(M1, N)  # the latent-space transform (LST)
+        self.g_s2 = pixel_synthesis(M1 + M2, N)
+
+    def analysis(self, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        y = self.g_a(x)
+        return y[:, : self.M1], y[:, self.M1 :]
+
+
+MODEL_NAMES: tuple[str, ...] = ("proposed", "choi2022")
+
+
+def build(
+    name: str, front: nn.Module | None = None, yolo_provenance: dict[str, Any] | None = None, **config: int
+) -> ScalableCodec:
+    """Build a codec by name (``proposed`` or ``choi2022``) with config keys N, M1, M2, H.
+
+    ``front`` is the frozen V_front (``YOLOv3.front``); without it an untrained front of the
+    right shape is made (its weights then come from a checkpoint).
+    """
+    key = f"dvcm-{name}"
+    if name not in MODEL_NAMES or key not in COMPRESSAI_MODELS:
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    unknown = set(config) - {"N", "M1", "M2", "H"}
+    if unknown:
+        raise ConfigError(f"unknown config keys {sorted(unknown)} for model {name!r}; expected N, M1, M2, H")
+    model = COMPRESSAI_MODELS[key](front=front, **config)
+    model.yolo_provenance = yolo_provenance
+    return model
+
+
+def parse_config(text: str) -> tuple[int, int, int]:
+    """Parse a configuration ``M1,M2,H`` (the paper's tuple), e.g. ``64,192,2``."""
+    parts = [p.strip() for p in text.strip().strip("()").split(",")]
+    try:
+        m1, m2, h = (int(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"configuration {text!r} does not parse; write M1,M2,H such as 64,192,2") from None
+    if m1 < 1 or m2 < 1 or h not in (1, 2):
+        raise ConfigError(f"configuration {text!r} is invalid: M1 and M2 must be positive and H 1 or 2")
+    return m1, m2, h

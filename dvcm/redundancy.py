@@ -1,0 +1,168 @@
+"""Redundancy between two latents, Rdn(y_i | y_j) = 1 − H(y_i | y_j) / H(y_i) (paper Sec. 5).
+
+Estimator (as DESIGN.md describes it):
+
+1. Split each latent [B, M, h, w] into 1×1×M *fibers* (one vector per spatial position);
+   both latents must share the spatial grid.
+2. Cluster the fibers of y_j into K clusters with k-means (``scipy.cluster.vq.kmeans2``,
+   k-means++ seeding).
+3. H(y_i) is the cross-entropy, in bits per fiber, of the quantised fibers of y_i under a
+   CompressAI ``EntropyBottleneck`` (factorised over the M channels) fitted to them;
+   H(y_i | y_j) ≈ Σ_k p(k)·H(y_i | cluster k) with one bottleneck fitted per cluster.
+
+To keep small clusters from scoring themselves on the samples they were fitted to (which
+would pass for redundancy), every bottleneck is fitted on one half of the fibers and scored
+on the other half. The K per-cluster bottlenecks are fitted together as one bottleneck with
+K·M channels (cluster k in channels k·M..k·M+M−1, padded rows masked), so the cost is that
+of two small fits whatever K is.
+
+Rdn ≈ 1 when y_j determines y_i, ≈ 0 when they are independent; estimation noise can give
+small negative values, which are reported as they are.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from compressai.entropy_models import EntropyBottleneck
+from scipy.cluster.vq import kmeans2
+from torch import Tensor
+
+from dvcm.errors import DvcmError
+
+DEFAULT_K = 16
+DEFAULT_FIBERS = 4096
+DEFAULT_STEPS = 300
+
+
+def fibers(y: Tensor) -> Tensor:
+    """[B, M, h, w] → [B·h·w, M] (one row per spatial position)."""
+    if y.dim() != 4:
+        raise DvcmError(f"a latent must be [B, M, h, w], got shape {tuple(y.shape)}")
+    return y.detach().permute(0, 2, 3, 1).reshape(-1, y.shape[1]).to(torch.float32)
+
+
+def _fit_bits(train: Tensor, train_mask: Tensor, test: Tensor, test_mask: Tensor, steps: int, seed: int) -> Tensor:
+    """Fit one EntropyBottleneck on ``train`` rows [n, C] (mask [n, C]) and return the bits of
+    each rounded ``test`` value [m, C] (0 where masked)."""
+    torch.manual_seed(seed)
+    eb = EntropyBottleneck(train.shape[1])
+    params = [p for n, p in eb.named_parameters() if not n.endswith("quantiles")]
+    opt = torch.optim.Adam(params, lr=2e-2)
+    denom = train_mask.sum().clamp_min(1.0)
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        _, lik = eb(train, training=True)
+        loss = -(torch.log2(lik) * train_mask).sum() / denom
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        # Likelihood of the integer values themselves (CompressAI's quantisation grid).
+        lik, _, _ = eb._likelihood(torch.round(test).t().unsqueeze(1))
+        lik = eb.likelihood_lower_bound(lik).squeeze(1).t()
+        return -torch.log2(lik) * test_mask
+
+
+def _split(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    perm = rng.permutation(n)
+    half = max(1, n // 2)
+    return perm[:half], perm[half:] if n > 1 else perm[:half]
+
+
+def redundancy(
+    y_i: Tensor,
+    y_j: Tensor,
+    K: int = DEFAULT_K,
+    num_fibers: int | None = DEFAULT_FIBERS,
+    seed: int = 0,
+    steps: int = DEFAULT_STEPS,
+) -> dict[str, float]:
+    """Rdn(y_i | y_j) for two latents on the same spatial grid (any number of channels each).
+
+    ``num_fibers`` caps the fibers sampled (None: all). Returns ``rdn``, ``H_i`` and
+    ``H_i_given_j`` (bits per fiber on held-out fibers), ``K`` and ``fibers`` used.
+    """
+    fi, fj = fibers(y_i), fibers(y_j)
+    if fi.shape[0] != fj.shape[0]:
+        raise DvcmError(f"latents are on different grids: {tuple(y_i.shape)} vs {tuple(y_j.shape)}")
+    if K < 1:
+        raise DvcmError(f"K must be at least 1, got {K}")
+    rng = np.random.default_rng(seed)
+    n = fi.shape[0]
+    if num_fibers is not None and n > num_fibers:
+        keep = torch.from_numpy(rng.choice(n, size=num_fibers, replace=False))
+        fi, fj = fi[keep], fj[keep]
+        n = num_fibers
+    K = min(K, n)
+    _, labels = kmeans2(fj.double().numpy(), K, minit="++", seed=seed)
+    fit_idx, test_idx = _split(n, rng)
+
+    # H(y_i): one bottleneck over all fibers.
+    ones_fit = torch.ones_like(fi[fit_idx])
+    bits = _fit_bits(fi[fit_idx], ones_fit, fi[test_idx], torch.ones_like(fi[test_idx]), steps, seed)
+    h_i = float(bits.sum() / len(test_idx))
+
+    # H(y_i | y_j): K bottlenecks side by side, one per cluster of y_j.
+    M = fi.shape[1]
+    lab = torch.from_numpy(labels)
+    fit_lab, test_lab = lab[fit_idx], lab[test_idx]
+
+    def stack(rows: Tensor, row_lab: Tensor) -> tuple[Tensor, Tensor]:
+        counts = torch.bincount(row_lab, minlength=K)
+        n_max = max(int(counts.max()), 1)
+        data = torch.zeros(n_max, K * M)
+        mask = torch.zeros(n_max, K * M)
+        for k in range(K):
+            sel = rows[row_lab == k]
+            data[: len(sel), k * M : (k + 1) * M] = sel
+            mask[: len(sel), k * M : (k + 1) * M] = 1.0
+        return data, mask
+
+    fit_data, fit_mask = stack(fi[fit_idx], fit_lab)
+    test_data, test_mask = stack(fi[test_idx], test_lab)
+    bits = _fit_bits(fit_data, fit_mask, test_data, test_mask, steps, seed + 1)
+    h_cond = float(bits.sum() / len(test_idx))  # Σ_k p(k)·H(y_i | k) with p(k) = n_k / n
+    rdn = 1.0 - h_cond / h_i if h_i > 0 else math.nan
+    return {"rdn": rdn, "H_i": h_i, "H_i_given_j": h_cond, "K": K, "fibers": n}
+
+
+@torch.no_grad()
+def _latents(model: torch.nn.Module, images: Iterable[Tensor]) -> tuple[Tensor, Tensor]:
+    ys1, ys2 = [], []
+    for x in images:
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        out = model(x)
+        ys1.append(fibers(out["y1_hat"]))
+        ys2.append(fibers(out["y2_hat"]))
+    if not ys1:
+        raise DvcmError("no images given for the redundancy estimate")
+    return torch.cat(ys1), torch.cat(ys2)
+
+
+def model_redundancy(
+    model: torch.nn.Module,
+    images: Iterable[Tensor],
+    K: int = DEFAULT_K,
+    num_fibers: int | None = DEFAULT_FIBERS,
+    seed: int = 0,
+    steps: int = DEFAULT_STEPS,
+) -> dict[str, float]:
+    """Rdn(ŷ1|ŷ2) and Rdn(ŷ2|ŷ1) of a codec over a set of images ([3,H,W] or [1,3,H,W] in [0,1]).
+
+    The model runs in eval mode (quantised latents) and is put back in its previous mode.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        f1, f2 = _latents(model, images)
+    finally:
+        model.train(was_training)
+    y1, y2 = f1.t()[None, :, :, None], f2.t()[None, :, :, None]  # back to [1, M, n, 1]
+    r12 = redundancy(y1, y2, K=K, num_fibers=num_fibers, seed=seed, steps=steps)
+    r21 = redundancy(y2, y1, K=K, num_fibers=num_fibers, seed=seed, steps=steps)
+    return {"rdn_y1_given_y2": r12["rdn"], "rdn_y2_given_y1": r21["rdn"],
+            "H_y1": r12["H_i"], "H_y2": r21["H_i"], "K": r12["K"], "fibers": r12["fibers"]}
