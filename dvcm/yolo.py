@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 import torch
@@ -363,9 +363,9 @@ def seed_weights(model: YOLOv3, seed: int) -> YOLOv3:
     for layer in model.darknet_convs():
         weight = layer.conv.weight
         bound = 1.0 / math.sqrt(weight[0].numel())
-        weight.copy_(torch.empty(weight.shape).uniform_(-bound, bound, generator=gen))
+        weight.uniform_(-bound, bound, generator=gen)
         if layer.conv.bias is not None:
-            layer.conv.bias.copy_(torch.empty(layer.conv.bias.shape).uniform_(-bound, bound, generator=gen))
+            layer.conv.bias.uniform_(-bound, bound, generator=gen)
         if layer.bn is not None:
             layer.bn.reset_parameters()  # gamma 1, beta 0, mean 0, var 1, num_batches_tracked 0
     return model
@@ -427,7 +427,7 @@ def save_darknet_weights(
     return path
 
 
-def _read_header(f, path: Path, size: int) -> DarknetHeader:  # noqa: ANN001 - a binary file object
+def _read_header(f: BinaryIO, path: Path, size: int) -> DarknetHeader:
     head = f.read(12)
     if len(head) < 12:
         raise DarknetWeightsError(
@@ -483,7 +483,7 @@ def load_darknet_weights(model: YOLOv3, path: str | Path) -> DarknetHeader:
             offset += n
     for layer in model.darknet_convs():
         if layer.bn is not None:
-            layer.bn.num_batches_tracked.zero_()
+            layer.bn.num_batches_tracked.zero_()  # not in the file; may be uninitialised memory
     return header
 
 
@@ -506,8 +506,8 @@ def build_yolov3(weights: str | Path | None = None, seed: int = 0, num_classes: 
     with torch.device("meta"):
         model = YOLOv3(num_classes)
     model.to_empty(device="cpu")
-    seed_weights(model, seed)
     if weights is None:
+        seed_weights(model, seed)
         warnings.warn(
             f"YOLOv3 uses seeded random weights (seed {seed}): detections are meaningless; pass --yolo-weights",
             UserWarning,
@@ -516,7 +516,7 @@ def build_yolov3(weights: str | Path | None = None, seed: int = 0, num_classes: 
         source, digest = f"seeded-random:{seed}", _darknet_sha256(model)
     else:
         path = Path(weights)
-        load_darknet_weights(model, path)
+        load_darknet_weights(model, path)  # sets every float; ``seed`` is unused
         source, digest = str(path), _file_sha256(path)
     model.provenance = {
         "weights": source,
