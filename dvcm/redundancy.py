@@ -22,8 +22,9 @@ small negative values, which are reported as they are.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -34,8 +35,9 @@ from torch import Tensor
 from dvcm.errors import DvcmError
 
 DEFAULT_K = 16
-DEFAULT_FIBERS = 4096
-DEFAULT_STEPS = 300
+DEFAULT_FIBERS = 2048
+DEFAULT_STEPS = 200
+SMALL_FIT = 1 << 20  # values per fit step below which one thread is used
 
 
 def fibers(y: Tensor) -> Tensor:
@@ -48,6 +50,24 @@ def fibers(y: Tensor) -> Tensor:
 def _fit_bits(train: Tensor, train_mask: Tensor, test: Tensor, test_mask: Tensor, steps: int, seed: int) -> Tensor:
     """Fit one EntropyBottleneck on ``train`` rows [n, C] (mask [n, C]) and return the bits of
     each rounded ``test`` value [m, C] (0 where masked)."""
+    with _few_threads(train.numel()):
+        return _fit_bits_inner(train, train_mask, test, test_mask, steps, seed)
+
+
+@contextlib.contextmanager
+def _few_threads(numel: int) -> Iterator[None]:
+    """Small fits run on one thread: hundreds of tiny steps lose more to thread hand-offs
+    (and to oversubscription next to other workers) than they gain from parallelism."""
+    prev = torch.get_num_threads()
+    if numel < SMALL_FIT:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
+def _fit_bits_inner(train: Tensor, train_mask: Tensor, test: Tensor, test_mask: Tensor, steps: int, seed: int) -> Tensor:
     torch.manual_seed(seed)
     eb = EntropyBottleneck(train.shape[1])
     params = [p for n, p in eb.named_parameters() if not n.endswith("quantiles")]
