@@ -26,6 +26,8 @@ app.add_typer(bench, name="bench")
 # One module per job; each defines register(app, bench).
 COMMAND_MODULES: tuple[str, ...] = (
     "pipeline.codec_commands",
+    "pipeline.train",
+    "pipeline.sweep",
 )
 
 for _name in COMMAND_MODULES:

@@ -1,0 +1,199 @@
+"""MLflow tracking for training: URI resolution, reachability, parent/nested runs, logging helpers.
+
+One process writes to MLflow: the CLI driver of a sweep (fed by Ray Tune results). That keeps a
+local SQLite store free of concurrent writers and means Ray workers never need to reach the
+tracking server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import UserError
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+EXPERIMENT_NAME = "dvcm"
+TAG_SWEEP = "dvcm.sweep"
+TAG_TRIAL = "dvcm.trial"
+TAG_FAILURE = "dvcm.failure_reason"
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the cwd.
+
+    A relative SQLite path is made absolute so that every process (and a later ``mlflow ui``
+    started in the same directory) sees the same file.
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        rel = uri[len("sqlite:///"):]
+        uri = "sqlite:///" + str((Path.cwd() / rel).resolve())
+    elif "://" not in uri:
+        uri = str(Path(uri).resolve())  # a plain directory: the file store
+    return uri
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Raise ``UserError`` (one line) if the tracking store cannot be used, before any training."""
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as resp:
+                if resp.status != 200:
+                    raise UserError(f"MLflow tracking server {uri} answered HTTP {resp.status}; check --tracking-uri")
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise UserError(
+                f"MLflow tracking server {uri} is unreachable ({reason}); start it or fix --tracking-uri/MLFLOW_TRACKING_URI"
+            ) from None
+    elif uri.startswith("sqlite:///"):
+        parent = Path(uri[len("sqlite:///"):]).parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise UserError(f"MLflow SQLite store {uri}: directory {parent} is missing or not writable")
+
+
+def client(uri: str):  # -> mlflow.MlflowClient
+    """An ``MlflowClient`` on ``uri``."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(uri: str, name: str = EXPERIMENT_NAME) -> str:
+    """Get or create the experiment that holds every sweep."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return c.create_experiment(name)
+    except Exception:  # created concurrently by another process
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def start_parent_run(uri: str, sweep_name: str, params: dict[str, Any], existing_run_id: str | None = None) -> str:
+    """Create (or reopen, on ``--resume``) the parent run of a sweep; return its id."""
+    c = client(uri)
+    if existing_run_id:
+        try:
+            c.get_run(existing_run_id)
+            c.update_run(existing_run_id, status="RUNNING")
+            return existing_run_id
+        except Exception:
+            pass  # the store was replaced: start a fresh parent run
+    run = c.create_run(experiment_id(uri), run_name=sweep_name, tags={TAG_SWEEP: sweep_name})
+    log_params(uri, run.info.run_id, params)
+    return run.info.run_id
+
+
+def start_trial_run(uri: str, parent_run_id: str, trial_name: str, tags: dict[str, str], params: dict[str, Any]) -> str:
+    """Create, or find again after a resume, the nested run of one trial under the parent run."""
+    c = client(uri)
+    parent = c.get_run(parent_run_id)
+    found = c.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`{TAG_TRIAL}` = '{trial_name}'",
+        max_results=1,
+    )
+    if found:
+        run_id = found[0].info.run_id
+        c.update_run(run_id, status="RUNNING")
+        return run_id
+    all_tags = {"mlflow.parentRunId": parent_run_id, TAG_TRIAL: trial_name, **tags}
+    run = c.create_run(parent.info.experiment_id, run_name=trial_name, tags=all_tags)
+    log_params(uri, run.info.run_id, params)
+    return run.info.run_id
+
+
+def log_params(uri: str, run_id: str, params: dict[str, Any]) -> None:
+    """Log params in one batch (values stringified, ``None`` skipped)."""
+    from mlflow.entities import Param
+
+    batch = [Param(k, str(v)) for k, v in params.items() if v is not None]
+    if batch:
+        client(uri).log_batch(run_id, params=batch)
+
+
+def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int) -> None:
+    """Log numeric metrics at ``step`` in one batch."""
+    import math
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [
+        Metric(k, float(v), now, step)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+    ]
+    if batch:
+        client(uri).log_batch(run_id, metrics=batch)
+
+
+def log_artifact(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    """Upload one local file as an artifact of ``run_id``."""
+    client(uri).log_artifact(run_id, str(path), artifact_path)
+
+
+def log_dict(uri: str, run_id: str, data: dict[str, Any], name: str) -> None:
+    """Store a dict as a JSON artifact."""
+    client(uri).log_dict(run_id, data, name)
+
+
+def end_run(uri: str, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
+    """Close a run; a failed run gets its reason as a tag."""
+    c = client(uri)
+    if reason:
+        c.set_tag(run_id, TAG_FAILURE, reason[:5000])
+    c.set_terminated(run_id, status=status)
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file (hex), e.g. the digest of ``dataset.json``."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def text_digest(text: str) -> str:
+    """sha256 of a text (hex)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def code_version() -> str:
+    """The git commit of the checkout (``-dirty`` when modified), else the package version."""
+    here = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return "dvcm==" + version("dvcm")
+        except PackageNotFoundError:
+            return "unknown"
+
+
+def resolved_config_json(config: dict[str, Any]) -> str:
+    """The resolved trial config as stable JSON (for the artifact and for digests)."""
+    return json.dumps(config, sort_keys=True, indent=2, default=str)
