@@ -9,8 +9,8 @@ Two kinds of reference:
   away from what it sees on the original image.
 
 Detections come in as ``{"boxes": [N,4] xyxy, "scores": [N], "labels": [N] 0..79}`` in the
-pixels of the image the detector saw; :func:`to_coco_results` maps them back to the original
-image size and to COCO category ids.
+pixels of the image the detector saw; ``dvcm.yolo.detections_to_coco`` maps them back to the
+original image size and to COCO category ids.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -56,36 +55,6 @@ def coco_from_dict(data: Mapping[str, Any]) -> COCO:
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
-
-
-def to_coco_results(
-    image_id: int,
-    det: Mapping[str, Any],
-    input_hw: tuple[int, int],
-    original_hw: tuple[int, int],
-    category_ids: Sequence[int],
-) -> list[dict]:
-    """COCO result entries (xywh in original pixels) for one image's detections.
-
-    ``input_hw`` is the size the detector saw (512×512 on the COCO path), ``original_hw``
-    the image's own size; boxes are scaled per axis and clipped to the image.
-    """
-    boxes = np.asarray(det["boxes"], dtype=np.float64).reshape(-1, 4)
-    scores = np.asarray(det["scores"], dtype=np.float64).reshape(-1)
-    labels = np.asarray(det["labels"], dtype=np.int64).reshape(-1)
-    sy = original_hw[0] / input_hw[0]
-    sx = original_hw[1] / input_hw[1]
-    boxes = boxes * np.array([sx, sy, sx, sy])
-    boxes[:, 0::2] = boxes[:, 0::2].clip(0, original_hw[1])
-    boxes[:, 1::2] = boxes[:, 1::2].clip(0, original_hw[0])
-    out = []
-    for (x0, y0, x1, y1), s, c in zip(boxes, scores, labels):
-        w, h = x1 - x0, y1 - y0
-        if w <= 0 or h <= 0:
-            continue
-        out.append({"image_id": int(image_id), "category_id": int(category_ids[int(c)]),
-                    "bbox": [float(x0), float(y0), float(w), float(h)], "score": float(s)})
-    return out
 
 
 def results_as_ground_truth(

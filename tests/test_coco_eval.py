@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.coco_eval import evaluate, load_coco, results_as_ground_truth, to_coco_results
+import torch
+
+from dvcm.yolo import detections_to_coco
+from pipeline.coco_eval import evaluate, load_coco, results_as_ground_truth
 from pipeline.errors import UserError
 
 IMAGES = [{"id": 1, "file_name": "a.jpg", "width": 640, "height": 480},
@@ -63,8 +66,10 @@ def test_shifted_boxes_give_hand_computed_map(tmp_path: Path) -> None:
 
 
 def test_boxes_map_back_to_original_size() -> None:
-    det = {"boxes": [[128.0, 256.0, 256.0, 512.0]], "scores": [0.8], "labels": [2]}
-    (r,) = to_coco_results(7, det, input_hw=(512, 512), original_hw=(480, 640), category_ids=[1, 2, 3])
+    """512x512 detector input → a 640x480 original: x scales by 1.25, y by 0.9375; label 2 is COCO id 3."""
+    det = {"boxes": torch.tensor([[128.0, 256.0, 256.0, 512.0]]), "scores": torch.tensor([0.8]),
+           "labels": torch.tensor([2])}
+    (r,) = detections_to_coco(det, 7, scale_xy=(640 / 512, 480 / 512))
     assert r["category_id"] == 3 and r["image_id"] == 7
     assert r["bbox"] == pytest.approx([160.0, 240.0, 160.0, 240.0])
 
