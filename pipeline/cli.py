@@ -26,6 +26,7 @@ app.add_typer(bench, name="bench")
 # One module per job; each defines register(app, bench).
 COMMAND_MODULES: tuple[str, ...] = (
     "pipeline.codec_commands",
+    "pipeline.prepare",
     "pipeline.train",
     "pipeline.sweep",
 )

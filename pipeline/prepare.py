@@ -1,0 +1,823 @@
+"""``dvcm-pipeline prepare``: images -> WebDataset shards of (PNG, s = V_front(image), JSON).
+
+One Ray task writes one shard. The frozen YOLOv3 front is built once on the driver and put
+in the object store (about 2.3 MB pickled); each task fetches it, so no task rebuilds
+YOLOv3 (3 s) and no actor pool is needed: ``bench prepare`` reports the per-task fetch time
+next to the work per shard. Tasks are submitted with a bounded number in flight, each
+streams its frames (decode -> V_front in batches -> encode -> tar), so memory does not grow
+with the dataset.
+
+Output (see :mod:`pipeline.shards`): ``<out>/<split>/shard-NNNNNN.tar`` plus, per shard,
+``shard-NNNNNN.json`` (its manifest rows, feature statistics and skipped inputs, written
+after the tar) -- a shard with both files and the same plan digest is finished and a rerun
+skips it. ``plan.json`` at the root ties the folder to one dataset and set of options; a
+folder holding another plan's shards is refused unless ``--overwrite``. ``manifest.parquet``
+and ``dataset.json`` are written last.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import os
+import sys
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Iterator, Optional
+
+import numpy as np
+import typer
+
+from pipeline.atomic import atomic_write_bytes, atomic_write_json
+from pipeline.errors import UserError
+from pipeline.shards import (
+    FEATURE_CHANNELS,
+    FEATURE_DTYPES,
+    FEATURE_STRIDE,
+    FORMAT,
+    AtomicTarWriter,
+    ChannelStats,
+    decode_features,
+    encode_features,
+    remove_stale_temp_files,
+    shard_name,
+)
+from pipeline.sources import DATASETS, FrameRef, Listing, file_sha256, list_source, parse_frames
+
+TOOL = "dvcm-pipeline prepare"
+PLAN_FILE = "plan.json"
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _tool_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return f"dvcm {version('dvcm')}"
+    except Exception:  # noqa: BLE001 - not installed as a distribution
+        return "dvcm (source tree)"
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """Everything one worker needs to write one shard."""
+
+    split: str
+    index: int
+    path: str
+    refs: tuple[FrameRef, ...]
+    plan_digest: str
+    feature_dtype: str
+    batch_size: int
+    torch_threads: int | None = None
+    use_gpu: bool = False
+
+    @property
+    def sidecar(self) -> Path:
+        return Path(self.path).with_suffix(".json")
+
+
+@dataclass
+class ShardResult:
+    """What a finished shard contributed (also stored as its sidecar JSON)."""
+
+    split: str
+    index: int
+    name: str
+    plan_digest: str
+    rows: list[dict]
+    skipped: list[dict]
+    stats: dict
+    tar_bytes: int
+    tar_sha256: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class DiskFullError(OSError):
+    """No space left while writing a shard (the temp file was removed)."""
+
+
+# ---------------------------------------------------------------- one shard
+
+
+def _decode(ref: FrameRef) -> tuple[np.ndarray, bytes] | str:
+    """(RGB uint8 HxWx3, lossless PNG bytes) or the reason the frame is unusable."""
+    from PIL import Image
+
+    try:
+        data = Path(ref.path).read_bytes()
+    except OSError as exc:
+        return f"cannot read file ({exc.strerror})"
+    if not data:
+        return "zero-byte file"
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            fmt, mode = im.format, im.mode
+            rgb = im.convert("RGB")
+    except Exception as exc:  # noqa: BLE001 - any decoder failure means the file is unusable
+        return f"corrupt image ({type(exc).__name__}: {str(exc)[:120]})"
+    arr = np.asarray(rgb)
+    if fmt == "PNG" and mode == "RGB":
+        return arr, data  # already lossless RGB PNG: keep the original bytes
+    buf = io.BytesIO()
+    rgb.save(buf, format="PNG", compress_level=6)
+    return arr, buf.getvalue()
+
+
+def _features(front: Any, images: list[np.ndarray], device: str) -> list[np.ndarray]:
+    """V_front of each image (batched when sizes agree), float32 [256, ceil(H/8), ceil(W/8)]."""
+    import torch
+
+    x = torch.from_numpy(np.stack(images)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    with torch.no_grad():
+        s = front(x).float().cpu().numpy()
+    return [s[i] for i in range(len(images))]
+
+
+def _batches(refs: tuple[FrameRef, ...], size: int) -> Iterator[tuple[FrameRef, ...]]:
+    for i in range(0, len(refs), size):
+        yield refs[i : i + size]
+
+
+def write_shard(task: ShardTask, front: Any) -> ShardResult:
+    """Decode, run V_front, encode and write one shard atomically; returns its manifest rows and stats."""
+    import torch
+
+    if task.torch_threads:
+        torch.set_num_threads(task.torch_threads)
+    device = "cuda" if task.use_gpu and torch.cuda.is_available() else "cpu"
+    t0 = time.perf_counter()
+    front = front.to(device).eval()
+    timings = Counter({"load_front": time.perf_counter() - t0})
+    stats = ChannelStats()
+    rows: list[dict] = []
+    skipped: list[dict] = []
+    name = Path(task.path).name
+    try:
+        with AtomicTarWriter(task.path) as tar:
+            for batch in _batches(task.refs, task.batch_size):
+                t = time.perf_counter()
+                decoded: list[tuple[FrameRef, np.ndarray, bytes]] = []
+                for ref in batch:
+                    out = _decode(ref)
+                    if isinstance(out, str):
+                        skipped.append({"split": ref.split, "input": ref.source, "reason": out})
+                    else:
+                        decoded.append((ref, out[0], out[1]))
+                timings["decode"] += time.perf_counter() - t
+                t = time.perf_counter()
+                feats: dict[str, np.ndarray] = {}
+                by_size: dict[tuple[int, ...], list[int]] = {}
+                for i, (_, arr, _) in enumerate(decoded):
+                    by_size.setdefault(arr.shape, []).append(i)
+                for idxs in by_size.values():
+                    for i, s in zip(idxs, _features(front, [decoded[i][1] for i in idxs], device)):
+                        feats[decoded[i][0].key] = s
+                timings["v_front"] += time.perf_counter() - t
+                for ref, arr, png in decoded:
+                    t = time.perf_counter()
+                    members = encode_features(feats[ref.key], task.feature_dtype)
+                    stats.update(decode_features(members["s.npy"], members.get("s_range.npy")))
+                    meta = {
+                        "source": ref.source,
+                        "sequence": ref.sequence,
+                        "frame": ref.frame,
+                        "width": int(arr.shape[1]),
+                        "height": int(arr.shape[0]),
+                        "split": ref.split,
+                    }
+                    members = {"png": png, **members, "json": json.dumps(meta, sort_keys=True).encode()}
+                    digest = hashlib.sha256()
+                    for k in sorted(members):
+                        digest.update(k.encode() + b"\0" + members[k])
+                    timings["encode"] += time.perf_counter() - t
+                    t = time.perf_counter()
+                    tar.write(ref.key, members)
+                    timings["write"] += time.perf_counter() - t
+                    rows.append(
+                        {
+                            "key": ref.key,
+                            "split": ref.split,
+                            "shard": f"{task.split}/{name}",
+                            "index_in_shard": len(rows),
+                            "source": ref.source,
+                            "sequence": ref.sequence,
+                            "frame": ref.frame,
+                            "width": int(arr.shape[1]),
+                            "height": int(arr.shape[0]),
+                            "bytes": sum(len(v) for v in members.values()),
+                            "sha256": digest.hexdigest(),
+                        }
+                    )
+            t = time.perf_counter()
+            tar.commit()
+            timings["write"] += time.perf_counter() - t
+        tar_bytes = Path(task.path).stat().st_size
+        result = ShardResult(
+            task.split, task.index, name, task.plan_digest, rows, skipped, stats.to_dict(), tar_bytes,
+            file_sha256(Path(task.path)), dict(timings),
+        )
+        sidecar = asdict(result)
+        sidecar.pop("timings")
+        atomic_write_json(task.sidecar, sidecar)
+    except OSError as exc:
+        if exc.errno in DISK_ERRNOS:
+            Path(task.path).unlink(missing_ok=True)
+            raise DiskFullError(exc.errno, f"no space left writing {task.path}") from None
+        raise
+    return result
+
+
+def _finished(task: ShardTask) -> ShardResult | None:
+    """The stored result of a shard finished by an earlier run with the same plan, else None."""
+    try:
+        d = json.loads(task.sidecar.read_text())
+        if d.get("plan_digest") != task.plan_digest or Path(task.path).stat().st_size != d["tar_bytes"]:
+            return None
+        return ShardResult(**d)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# ---------------------------------------------------------------- planning
+
+
+@dataclass
+class Plan:
+    """The shards to write and the options that define them."""
+
+    out: Path
+    listing: Listing
+    tasks: list[ShardTask]
+    fingerprint: dict
+
+
+def _canonical_digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def make_plan(
+    listing: Listing,
+    out: Path,
+    yolo_provenance: dict,
+    feature_dtype: str,
+    frames: str | int,
+    shard_size: int,
+    batch_size: int,
+    torch_threads: int | None = None,
+    use_gpu: bool = False,
+) -> Plan:
+    """Cut each split's frames into shards of ``shard_size`` in listing order."""
+    fingerprint = {
+        "format": FORMAT,
+        "dataset": listing.dataset,
+        "source_root": listing.root,
+        "layout": listing.layout,
+        "list_digests": listing.list_digests,
+        "frames": frames,
+        "shard_size": shard_size,
+        "feature_dtype": feature_dtype,
+        "yolo_weights_sha256": yolo_provenance.get("weights_sha256"),
+        "split_layer": yolo_provenance.get("split_layer"),
+    }
+    base_digest = _canonical_digest(fingerprint)
+    tasks = []
+    for split in listing.splits():
+        refs = [r for r in listing.items if r.split == split]
+        for index, start in enumerate(range(0, len(refs), shard_size)):
+            chunk = tuple(refs[start : start + shard_size])
+            digest = _canonical_digest([base_digest, split, index, [r.key for r in chunk]])
+            path = out / split / shard_name(index)
+            tasks.append(ShardTask(split, index, str(path), chunk, digest, feature_dtype, batch_size, torch_threads, use_gpu))
+    return Plan(out, listing, tasks, fingerprint)
+
+
+def claim_out_dir(out: Path, fingerprint: dict, overwrite: bool) -> None:
+    """Refuse a folder holding another plan's shards; with ``overwrite`` clear our files first."""
+    plan_path = out / PLAN_FILE
+    ours = [out / PLAN_FILE, out / "dataset.json", out / "manifest.parquet"]
+    shard_files = sorted(out.glob("*/shard-*.tar")) + sorted(out.glob("*/shard-*.json"))
+    if overwrite:
+        for path in ours + shard_files:
+            path.unlink(missing_ok=True)
+    elif plan_path.is_file():
+        try:
+            old = json.loads(plan_path.read_text())
+        except ValueError:
+            old = {}
+        if old != fingerprint:
+            diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+            raise UserError(
+                f"--out {out} already holds shards of another preparation (differs in: {', '.join(diff)}; "
+                f"it holds {old.get('dataset')!r} from {old.get('source_root')!r}); "
+                "choose another --out or pass --overwrite to replace them"
+            )
+    elif shard_files or (out / "dataset.json").exists():
+        raise UserError(
+            f"--out {out} already holds shards that this tool did not plan (no {PLAN_FILE}); "
+            "choose another --out or pass --overwrite to replace them"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(out)
+    atomic_write_json(plan_path, fingerprint)
+
+
+# ---------------------------------------------------------------- running
+
+
+def _run_tasks_ray(tasks: list[ShardTask], front: Any, num_gpus: float, on_done: Any) -> list[ShardResult]:
+    import ray
+
+    front_box = [ray.put(front)]  # boxed so the task times its own fetch
+    remote = ray.remote(num_cpus=1, num_gpus=num_gpus or 0, max_retries=2, retry_exceptions=False)(_write_shard_task)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    window = max(2, 2 * cpus)
+    results: list[ShardResult] = []
+    pending: dict[Any, ShardTask] = {}
+    queue = list(tasks)
+    try:
+        while queue or pending:
+            while queue and len(pending) < window:
+                task = queue.pop(0)
+                pending[remote.remote(task, front_box)] = task
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:
+                    cause = getattr(exc, "cause", None)
+                    if isinstance(cause, OSError) and cause.errno in DISK_ERRNOS:
+                        raise DiskFullError(cause.errno, str(cause)) from None
+                    raise
+                results.append(result)
+                on_done(result)
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+    return results
+
+
+def _write_shard_task(task: ShardTask, front_box: list) -> ShardResult:
+    """Ray task body: fetch the shared front from the object store, then :func:`write_shard`."""
+    import ray
+
+    t = time.perf_counter()
+    front = ray.get(front_box[0])
+    fetched = time.perf_counter() - t
+    result = write_shard(task, front)
+    result.timings["load_front"] = result.timings.get("load_front", 0.0) + fetched
+    return result
+
+
+def _run_tasks_local(tasks: list[ShardTask], front: Any, on_done: Any) -> list[ShardResult]:
+    results = []
+    for task in tasks:
+        result = write_shard(task, front)
+        results.append(result)
+        on_done(result)
+    return results
+
+
+def finalize(plan: Plan, results: list[ShardResult], yolo_provenance: dict, feature_dtype: str) -> dict:
+    """Write ``manifest.parquet`` and ``dataset.json`` from all shard results (in plan order)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    order = {(t.split, t.index): i for i, t in enumerate(plan.tasks)}
+    results = sorted(results, key=lambda r: order[(r.split, r.index)])
+    stats = ChannelStats()
+    rows: list[dict] = []
+    skipped = list(plan.listing.skipped)
+    splits: dict[str, dict] = {}
+    for r in results:
+        stats.merge(ChannelStats.from_dict(r.stats))
+        rows.extend(r.rows)
+        skipped.extend(r.skipped)
+        entry = splits.setdefault(r.split, {"samples": 0, "shards": []})
+        entry["samples"] += len(r.rows)
+        entry["shards"].append({"name": r.name, "samples": len(r.rows), "bytes": r.tar_bytes, "sha256": r.tar_sha256})
+    schema = pa.schema(
+        [
+            ("key", pa.string()), ("split", pa.string()), ("shard", pa.string()), ("index_in_shard", pa.int32()),
+            ("source", pa.string()), ("sequence", pa.string()), ("frame", pa.int32()), ("width", pa.int32()),
+            ("height", pa.int32()), ("bytes", pa.int64()), ("sha256", pa.string()),
+        ]
+    )
+    table = pa.Table.from_pylist(rows, schema=schema)
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    atomic_write_bytes(plan.out / "manifest.parquet", buf.getvalue().to_pybytes())
+    reasons = Counter(_reason_kind(s["reason"]) for s in skipped)
+    info = {
+        "format": FORMAT,
+        "provenance": {
+            "dataset": plan.listing.dataset,
+            "layout": plan.listing.layout,
+            "source_root": plan.listing.root,
+            "list_digests": plan.listing.list_digests,
+            "yolo": {k: yolo_provenance.get(k) for k in ("weights", "weights_sha256", "split_layer", "random_weights")},
+            "feature_dtype": feature_dtype,
+            "feature_stride": FEATURE_STRIDE,
+            "frames": plan.fingerprint["frames"],
+            "shard_size": plan.fingerprint["shard_size"],
+            "tool": TOOL,
+            "tool_version": _tool_version(),
+        },
+        "counts": {
+            "written": len(rows),
+            "skipped": len(skipped),
+            "skipped_by_reason": dict(sorted(reasons.items())),
+            "by_split": {k: {"samples": v["samples"], "shards": len(v["shards"])} for k, v in splits.items()},
+        },
+        "splits": splits,
+        "skipped": skipped,
+        "s_stats_count": stats.n,
+        "s_mean": stats.mean.tolist(),
+        "s_std": stats.std.tolist(),
+    }
+    atomic_write_json(plan.out / "dataset.json", info)
+    return info
+
+
+def _reason_kind(reason: str) -> str:
+    return reason.split(" (")[0]
+
+
+def estimate(listing: Listing, feature_dtype: str, probe: int = 32) -> dict:
+    """Sample count and estimated output bytes from the headers of up to ``probe`` images."""
+    from PIL import Image
+
+    refs = listing.items[:: max(1, len(listing.items) // probe)][:probe]
+    per_sample = []
+    for ref in refs:
+        try:
+            with Image.open(ref.path) as im:
+                w, h = im.size
+                fmt = im.format
+        except (OSError, SyntaxError, ValueError):
+            continue
+        hs, ws = -(-h // FEATURE_STRIDE), -(-w // FEATURE_STRIDE)
+        s_bytes = FEATURE_CHANNELS * hs * ws * (2 if feature_dtype == "float16" else 1) + 128
+        png = os.path.getsize(ref.path) if fmt == "PNG" else int(w * h * 3 * 0.6)
+        per_sample.append(s_bytes + png + 1536 + 200)  # + tar headers + json
+    mean = float(np.mean(per_sample)) if per_sample else 0.0
+    return {"samples": len(listing.items), "bytes": int(mean * len(listing.items)), "per_sample": int(mean)}
+
+
+@dataclass
+class PrepareReport:
+    """What a prepare run did."""
+
+    info: dict
+    shards_written: int
+    shards_skipped: int
+    frames_written: int
+    seconds: float
+    timings: dict[str, float]
+
+
+def run_prepare(
+    listing: Listing,
+    out: str | Path,
+    yolo_weights: str | None = None,
+    yolo_seed: int = 0,
+    frames: str | int = "all",
+    shard_size: int = 128,
+    batch_size: int = 8,
+    feature_dtype: str = "float16",
+    num_gpus_per_worker: float = 0.0,
+    overwrite: bool = False,
+    use_ray: bool = True,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    progress: bool = True,
+    front: Any = None,
+    yolo_provenance: dict | None = None,
+) -> PrepareReport:
+    """Prepare ``listing`` into ``out``; resumes finished shards. ``use_ray=False`` runs in this process."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    if feature_dtype not in FEATURE_DTYPES:
+        raise UserError(f"--feature-dtype {feature_dtype!r} is not supported; use one of {', '.join(FEATURE_DTYPES)}")
+    if shard_size < 1 or batch_size < 1:
+        raise UserError("--shard-size and --batch-size must be at least 1")
+    out = Path(out).expanduser().resolve()
+    if front is None:
+        from dvcm.yolo import build_yolov3
+
+        yolo = build_yolov3(yolo_weights, seed=yolo_seed)
+        front, yolo_provenance = yolo.front, dict(yolo.provenance)
+        del yolo
+    assert yolo_provenance is not None
+    plan = make_plan(
+        listing, out, yolo_provenance, feature_dtype, frames, shard_size, batch_size,
+        torch_threads=1 if use_ray else None, use_gpu=num_gpus_per_worker > 0,
+    )
+    claim_out_dir(out, plan.fingerprint, overwrite)
+    done = {(t.split, t.index): r for t in plan.tasks if (r := _finished(t)) is not None}
+    todo = [t for t in plan.tasks if (t.split, t.index) not in done]
+    t0 = time.perf_counter()
+    timings: Counter = Counter()
+    with Progress(
+        TextColumn("prepare {task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
+        TimeRemainingColumn(), disable=not progress, transient=False,
+    ) as bar:
+        total = sum(len(t.refs) for t in plan.tasks)
+        job = bar.add_task(listing.dataset, total=total, completed=sum(len(r.rows) + len(r.skipped) for r in done.values()))
+
+        def on_done(result: ShardResult) -> None:
+            timings.update(result.timings)
+            bar.advance(job, len(result.rows) + len(result.skipped))
+
+        try:
+            if use_ray and todo:
+                from pipeline.ray_runtime import init_ray
+
+                init_ray(address, num_cpus)
+                new = _run_tasks_ray(todo, front, num_gpus_per_worker, on_done)
+            else:
+                new = _run_tasks_local(todo, front, on_done)
+        except DiskFullError as exc:
+            remove_stale_temp_files(out)
+            raise UserError(
+                f"disk full while writing shards under {out} ({exc.strerror}); free space or choose another --out, "
+                "then rerun: finished shards are kept and the rest resumes"
+            ) from None
+    seconds = time.perf_counter() - t0
+    info = finalize(plan, list(done.values()) + new, yolo_provenance, feature_dtype)
+    return PrepareReport(info, len(new), len(done), sum(len(r.rows) for r in new), seconds, dict(timings))
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _listing_for(dataset: str, root: str | None, frames: str | int, image_list: str | None,
+                 val_fraction: float, sample_seed: int) -> Listing:
+    if dataset == "sample":
+        from pipeline.sample_data import generate_sample
+
+        base = Path(root) if root else Path(os.environ.get("DVCM_CACHE", Path.home() / ".cache" / "dvcm")) / "sample"
+        parts = generate_sample(base, seed=sample_seed)
+        return list_source("sample", parts.vimeo_root, frames)
+    return list_source(dataset, root, frames, image_list, val_fraction)
+
+
+def _print_summary(report: PrepareReport, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    info = report.info
+    table = Table(title=f"prepared {info['provenance']['dataset']} -> {out}")
+    for col in ("split", "shards", "samples"):
+        table.add_column(col, justify="right" if col != "split" else "left")
+    for split, entry in info["splits"].items():
+        table.add_row(split, str(len(entry["shards"])), str(entry["samples"]))
+    console = Console(stderr=False)
+    console.print(table)
+    rate = report.frames_written / report.seconds if report.seconds > 0 else 0.0
+    yolo = info["provenance"]["yolo"]
+    label = "random-weight YOLOv3" if yolo.get("random_weights") else "YOLOv3"
+    console.print(
+        f"shards written {report.shards_written}, already finished {report.shards_skipped}; "
+        f"{report.frames_written} frames in {report.seconds:.1f} s ({rate:.1f} frames/s); "
+        f"features from {label} (sha256 {str(yolo.get('weights_sha256'))[:12]}, layer {yolo.get('split_layer')})"
+    )
+    counts = info["counts"]
+    if counts["skipped"]:
+        kinds = ", ".join(f"{n} {k}" for k, n in counts["skipped_by_reason"].items())
+        typer.secho(f"warning: skipped {counts['skipped']} inputs ({kinds}); listed in {out / 'dataset.json'}",
+                    err=True, fg=typer.colors.YELLOW)
+
+
+def prepare(
+    dataset: Annotated[str, typer.Option(help=f"One of: {', '.join(DATASETS)}.")],
+    out: Annotated[Path, typer.Option(help="Output folder for shards, manifest.parquet and dataset.json.")],
+    root: Annotated[Optional[str], typer.Option(help="Dataset folder (for sample: where to generate it).")] = None,
+    frames: Annotated[str, typer.Option(help="Frames per sequence: all, middle or N (evenly spaced).")] = "all",
+    shard_size: Annotated[int, typer.Option(help="Samples per shard.")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Frames per V_front batch.")] = 8,
+    feature_dtype: Annotated[str, typer.Option(help="float16, or uint8 with per-channel scale.")] = "float16",
+    yolo_weights: Annotated[Optional[Path], typer.Option(help="Darknet yolov3.weights; seeded random without.")] = None,
+    yolo_seed: Annotated[int, typer.Option(help="Seed of the random YOLOv3 when no weights are given.")] = 0,
+    num_gpus_per_worker: Annotated[float, typer.Option(help="GPUs per shard task (fractions share a GPU).")] = 0.0,
+    num_cpus: Annotated[Optional[int], typer.Option(help="CPUs of a local Ray instance (default: all).")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: RAY_ADDRESS or local).")] = None,
+    image_list: Annotated[Optional[str], typer.Option(help="coco2014: file of image names/ids (5k subset).")] = None,
+    val_fraction: Annotated[float, typer.Option(help="folder: fraction of files hashed into val.")] = 0.05,
+    sample_seed: Annotated[int, typer.Option(help="sample: generator seed.")] = 0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print counts and the size estimate; write nothing.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace shards already in --out.")] = False,
+) -> None:
+    """Write WebDataset shards of (image PNG, YOLOv3 layer-12 features s, metadata) for training/evaluation."""
+    frames_sel = parse_frames(frames)
+    if yolo_weights is not None and not yolo_weights.is_file():
+        raise UserError(f"--yolo-weights {yolo_weights} does not exist; give a Darknet yolov3.weights file")
+    listing = _listing_for(dataset, root, frames_sel, image_list, val_fraction, sample_seed)
+    if dry_run:
+        est = estimate(listing, feature_dtype)
+        by_split = Counter(r.split for r in listing.items)
+        shards = sum(-(-n // shard_size) for n in by_split.values())
+        typer.echo(
+            f"dry run: {est['samples']} samples ({', '.join(f'{k} {v}' for k, v in by_split.items())}) in {shards} shards, "
+            f"about {est['bytes'] / 1e9:.2f} GB ({est['per_sample'] / 1e6:.2f} MB per sample); "
+            f"{len(listing.skipped)} inputs would be skipped; nothing written"
+        )
+        return
+    report = run_prepare(
+        listing, out, str(yolo_weights) if yolo_weights else None, yolo_seed, frames_sel, shard_size, batch_size,
+        feature_dtype, num_gpus_per_worker, overwrite, True, address, num_cpus,
+    )
+    _print_summary(report, Path(out))
+
+
+def register(app: typer.Typer, bench: typer.Typer) -> None:
+    """Add ``prepare``, ``bench prepare`` and ``bench loader``."""
+    app.command("prepare")(prepare)
+    bench.command("prepare")(bench_prepare)
+    bench.command("loader")(bench_loader)
+
+
+# ---------------------------------------------------------------- benchmarks
+
+
+def _fixture(work: Path, name: str, sequences: int) -> Listing:
+    from pipeline.sample_data import generate_sample
+
+    parts = generate_sample(work / name, seed=0, train_sequences=sequences, val_sequences=1, coco_images=0, kodak_images=0)
+    return list_source("vimeo90k", parts.vimeo_root, "all")
+
+
+@contextmanager
+def _bench_setup(work_dir: Path | None, prefix: str, sequences: int) -> Iterator[tuple[Path, Listing, Any]]:
+    """(work folder, 1x fixture listing, seeded YOLOv3) for a benchmark; a temp folder unless given."""
+    import tempfile
+
+    from dvcm.yolo import build_yolov3
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        work = Path(work_dir or tmp)
+        listing = _fixture(work, "fixture-1x", sequences)
+        yield work, listing, build_yolov3(None, seed=0)
+
+
+def _peak_rss_of(cmd: list[str]) -> tuple[float, int]:
+    """Run ``cmd``; return (peak RSS in MiB summed over its process tree, exit code)."""
+    import subprocess
+
+    import psutil
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    peak = 0
+    parent = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        total = 0
+        try:
+            for p in [parent, *parent.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            pass
+        peak = max(peak, total)
+        time.sleep(0.05)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if proc.returncode:
+        typer.echo(err[-2000:], err=True)
+    return peak / 2**20, proc.returncode
+
+
+def bench_prepare(
+    sequences: Annotated[int, typer.Option(help="Vimeo-shaped sequences (7 frames of 448x256 each) in the 1x fixture.")] = 4,
+    shard_size: Annotated[int, typer.Option(help="Samples per shard (small, so that every core gets shards).")] = 4,
+    num_cpus: Annotated[Optional[int], typer.Option(help="CPUs for Ray (default: all cores).")] = None,
+    memory: Annotated[bool, typer.Option(help="Also measure peak RSS of prepare at 1x and 8x the fixture.")] = True,
+    work_dir: Annotated[Optional[Path], typer.Option(help="Where fixtures and shards go (default: a temp dir).")] = None,
+) -> None:
+    """Frames/s of prepare: Ray on all cores vs the same code in one plain process; stage times; peak RSS."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline.ray_runtime import init_ray
+
+    console = Console()
+    with _bench_setup(work_dir, "dvcm-bench-prepare-", sequences) as (work, listing, yolo):
+        front, prov = yolo.front, dict(yolo.provenance)
+        common = dict(shard_size=shard_size, front=front, yolo_provenance=prov, progress=False, overwrite=True)
+        plain = run_prepare(listing, work / "out-plain", use_ray=False, **common)
+        t = time.perf_counter()
+        init_ray(None, num_cpus)
+        ray_start = time.perf_counter() - t
+        import ray
+
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        on_ray = run_prepare(listing, work / "out-ray", use_ray=True, **common)
+        n = plain.frames_written
+        table = Table(title=f"prepare throughput, {n} frames of 448x256, random-weight YOLOv3 front")
+        for col in ("run", "workers", "seconds", "frames/s", "decode s", "V_front s", "encode s", "write s", "front fetch s"):
+            table.add_column(col, justify="right" if col != "run" else "left")
+        for label, rep, workers in (("plain process", plain, 1), ("Ray tasks", on_ray, cpus)):
+            tm = rep.timings
+            table.add_row(
+                label, str(workers), f"{rep.seconds:.2f}", f"{rep.frames_written / rep.seconds:.2f}",
+                *(f"{tm.get(k, 0.0):.2f}" for k in ("decode", "v_front", "encode", "write", "load_front")),
+            )
+        console.print(table)
+        stages = {k: on_ray.timings.get(k, 0.0) for k in ("decode", "v_front", "encode", "write")}
+        bound = max(stages, key=stages.get)
+        share = stages[bound] / max(sum(stages.values()), 1e-9)
+        console.print(
+            f"speed-up Ray/plain: {plain.seconds / on_ray.seconds:.2f}x on {cpus} CPUs (Ray start {ray_start:.1f} s, not counted); "
+            f"bound by {bound} ({share:.0%} of task time); front fetch per task "
+            f"{on_ray.timings.get('load_front', 0.0) / max(on_ray.shards_written, 1):.2f} s vs "
+            f"{sum(stages.values()) / max(on_ray.shards_written, 1):.2f} s of work per shard"
+        )
+        ray.shutdown()
+        if not memory:
+            return
+        big = _fixture(work, "fixture-8x", sequences * 8)
+        rows = []
+        for label, lst in (("1x", listing), ("8x", big)):
+            cmd = [
+                sys.executable, "-m", "pipeline.cli", "prepare", "--dataset", "vimeo90k", "--root", lst.root,
+                "--out", str(work / f"out-mem-{label}"), "--shard-size", str(shard_size), "--overwrite",
+            ]
+            if num_cpus:
+                cmd += ["--num-cpus", str(num_cpus)]
+            peak, rc = _peak_rss_of(cmd)
+            if rc:
+                raise UserError(f"bench prepare: the {label} prepare run failed (exit {rc})")
+            rows.append((label, len(lst.items), peak))
+        mem = Table(title="peak RSS of prepare (driver + Ray processes), same workers")
+        for col in ("fixture", "frames", "peak RSS MiB"):
+            mem.add_column(col, justify="right")
+        for label, frames_n, peak in rows:
+            mem.add_row(label, str(frames_n), f"{peak:.0f}")
+        console.print(mem)
+        console.print(f"peak 8x / peak 1x: {rows[1][2] / rows[0][2]:.2f} (target <= 1.2)")
+
+
+def bench_loader(
+    sequences: Annotated[int, typer.Option(help="Vimeo-shaped sequences in the fixture.")] = 4,
+    crop: Annotated[int, typer.Option(help="Crop size.")] = 256,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 8,
+    epochs: Annotated[int, typer.Option(help="Passes over the fixture per reader.")] = 2,
+    work_dir: Annotated[Optional[Path], typer.Option(help="Where the fixture and shards go (default: a temp dir).")] = None,
+) -> None:
+    """Samples/s of the WebDataset reader vs reading PNG files and computing s on the fly."""
+    import random as _random
+
+    import torch
+    from PIL import Image
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline.shards import make_loader
+
+    console = Console()
+    with _bench_setup(work_dir, "dvcm-bench-loader-", sequences) as (work, listing, yolo):
+        front = yolo.front.eval()
+        out = work / "shards"
+        run_prepare(listing, out, shard_size=8, use_ray=False, front=front, yolo_provenance=dict(yolo.provenance),
+                    progress=False)
+        t = time.perf_counter()
+        n_shards = 0
+        for epoch in range(epochs):
+            for x, s in make_loader(str(out), "train", crop=crop, batch_size=batch_size, shuffle_buffer=64, epoch=epoch):
+                n_shards += x.shape[0]
+        t_shards = time.perf_counter() - t
+        refs = [r for r in listing.items if r.split == "train"]
+        rng = _random.Random(0)
+        t = time.perf_counter()
+        n_png = 0
+        for _ in range(epochs):
+            order = refs[:]
+            rng.shuffle(order)
+            for i in range(0, len(order) - batch_size + 1, batch_size):
+                crops = []
+                for ref in order[i : i + batch_size]:
+                    with Image.open(ref.path) as im:
+                        arr = np.asarray(im.convert("RGB"))
+                    h, w = arr.shape[:2]
+                    top = rng.randrange(0, (h - crop) // 8 + 1) * 8
+                    left = rng.randrange(0, (w - crop) // 8 + 1) * 8
+                    crops.append(arr[top : top + crop, left : left + crop])
+                x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div_(255.0)
+                with torch.no_grad():
+                    front(x)
+                n_png += len(crops)
+        t_png = time.perf_counter() - t
+        table = Table(title=f"loader throughput, {crop}x{crop} crops, batch {batch_size}, random-weight YOLOv3 front")
+        for col in ("reader", "samples", "seconds", "samples/s"):
+            table.add_column(col, justify="right" if col != "reader" else "left")
+        table.add_row("WebDataset shards (s stored)", str(n_shards), f"{t_shards:.2f}", f"{n_shards / t_shards:.1f}")
+        table.add_row("PNG files + V_front on the fly", str(n_png), f"{t_png:.2f}", f"{n_png / t_png:.1f}")
+        console.print(table)
+        console.print(f"speed-up shards / on-the-fly: {(n_shards / t_shards) / (n_png / t_png):.1f}x (target >= 5x)")

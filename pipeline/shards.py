@@ -1,0 +1,394 @@
+"""WebDataset shards of (image, s = V_front(image)): the writer helpers and the reader.
+
+On disk (written by ``dvcm-pipeline prepare``)::
+
+    <root>/dataset.json             provenance, counts, skipped inputs, per-channel s_mean/s_std
+    <root>/manifest.parquet         one row per sample: key, split, shard, sizes, sha256
+    <root>/<split>/shard-000000.tar samples: <key>.png, <key>.s.npy [, <key>.s_range.npy], <key>.json
+
+``s.npy`` is float16 [256, ceil(H/8), ceil(W/8)], or uint8 with ``s_range.npy`` (float32
+[256, 2]: per-channel min and max of that frame) when prepared with ``--feature-dtype uint8``.
+
+Reader: :func:`make_loader` yields (x [B,3,crop,crop] in [0,1], s [B,256,crop/8,crop/8]
+float32) from random crops whose corners are multiples of 8 pixels, so that the s window is
+exactly the features of the image window (away from borders, where V_front's receptive field
+is cut). Shards are split by rank (Ray Train world rank) and then by DataLoader worker; when a
+split has fewer shards than ``world_size * max(num_workers, 1)``, every reader walks all
+shards and keeps every n-th sample instead, so that each rank still gets data.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from pipeline.errors import UserError
+
+FORMAT = "dvcm-shards/1"
+FEATURE_CHANNELS = 256
+FEATURE_STRIDE = 8
+FEATURE_DTYPES: tuple[str, ...] = ("float16", "uint8")
+
+
+# ---------------------------------------------------------------- writer helpers
+
+
+def shard_name(index: int) -> str:
+    """Stable shard file name: ``shard-000000.tar``."""
+    return f"shard-{index:06d}.tar"
+
+
+def encode_features(s: np.ndarray, dtype: str) -> dict[str, bytes]:
+    """Sample members for features ``s`` [C,h,w] float32: ``s.npy`` (+ ``s_range.npy`` for uint8)."""
+    if dtype == "float16":
+        return {"s.npy": _npy_bytes(s.astype(np.float16))}
+    if dtype == "uint8":
+        lo = s.min(axis=(1, 2)).astype(np.float32)
+        hi = s.max(axis=(1, 2)).astype(np.float32)
+        span = np.where(hi > lo, hi - lo, 1.0).astype(np.float32)
+        q = np.clip(np.rint((s - lo[:, None, None]) / span[:, None, None] * 255.0), 0, 255).astype(np.uint8)
+        return {"s.npy": _npy_bytes(q), "s_range.npy": _npy_bytes(np.stack([lo, hi], axis=1))}
+    raise UserError(f"--feature-dtype {dtype!r} is not supported; use one of {', '.join(FEATURE_DTYPES)}")
+
+
+def decode_features(s_npy: bytes, s_range_npy: bytes | None = None) -> np.ndarray:
+    """Inverse of :func:`encode_features`: float32 [C,h,w] exactly as the reader sees it."""
+    arr = np.load(io.BytesIO(s_npy), allow_pickle=False)
+    if s_range_npy is None:
+        return arr.astype(np.float32)
+    rng = np.load(io.BytesIO(s_range_npy), allow_pickle=False).astype(np.float32)
+    lo, hi = rng[:, 0][:, None, None], rng[:, 1][:, None, None]
+    return (lo + arr.astype(np.float32) * ((hi - lo) / np.float32(255.0))).astype(np.float32)
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+class ChannelStats:
+    """Per-channel count, mean and sum of squared deviations (M2), merged exactly (Chan et al.).
+
+    Each frame adds its spatial positions; partial results of Ray tasks merge on the driver
+    in a fixed order, so the result does not depend on scheduling.
+    """
+
+    def __init__(self, channels: int = FEATURE_CHANNELS) -> None:
+        self.n = 0
+        self.mean = np.zeros(channels, np.float64)
+        self.m2 = np.zeros(channels, np.float64)
+
+    def update(self, s: np.ndarray) -> None:
+        """Add one frame's features [C, h, w]."""
+        x = s.reshape(s.shape[0], -1).astype(np.float64)
+        other = ChannelStats(x.shape[0])
+        other.n = x.shape[1]
+        other.mean = x.mean(axis=1)
+        other.m2 = ((x - other.mean[:, None]) ** 2).sum(axis=1)
+        self.merge(other)
+
+    def merge(self, other: "ChannelStats") -> None:
+        if other.n == 0:
+            return
+        if self.n == 0:
+            self.n, self.mean, self.m2 = other.n, other.mean.copy(), other.m2.copy()
+            return
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        self.mean = self.mean + delta * (other.n / n)
+        self.m2 = self.m2 + other.m2 + delta**2 * (self.n * other.n / n)
+        self.n = n
+
+    @property
+    def std(self) -> np.ndarray:
+        return np.sqrt(self.m2 / max(self.n, 1))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "mean": self.mean.tolist(), "m2": self.m2.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ChannelStats":
+        out = cls(len(d["mean"]))
+        out.n = int(d["n"])
+        out.mean = np.asarray(d["mean"], np.float64)
+        out.m2 = np.asarray(d["m2"], np.float64)
+        return out
+
+
+class AtomicTarWriter:
+    """A deterministic tar (fixed mtime, owner, mode; members in given order) written to a temp file.
+
+    ``commit()`` fsyncs and renames it into place; leaving the ``with`` block without a
+    commit (an error, a full disk) deletes the temp file, so nothing half-written remains.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        import webdataset as wds
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.fchmod(fd, 0o644)
+        self._file = os.fdopen(fd, "wb")
+        self._writer = wds.TarWriter(self._file, user="dvcm", group="dvcm", mode=0o444, mtime=0.0, encoder=False)
+        self._committed = False
+
+    def write(self, key: str, members: dict[str, bytes]) -> None:
+        self._writer.write({"__key__": key, **members})
+
+    def commit(self) -> None:
+        self._writer.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._tmp, self.path)
+        self._committed = True
+
+    def __enter__(self) -> "AtomicTarWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._committed:
+            for close in (self._writer.close, self._file.close):  # both, even when the disk is full
+                try:
+                    close()
+                except (OSError, ValueError):
+                    pass
+            Path(self._tmp).unlink(missing_ok=True)
+
+
+def remove_stale_temp_files(folder: Path) -> int:
+    """Delete temp files that a killed run left (``.<name>.*.tmp``); returns how many."""
+    count = 0
+    for tmp in folder.glob("**/.*.tmp"):
+        tmp.unlink(missing_ok=True)
+        count += 1
+    return count
+
+
+# ---------------------------------------------------------------- reader
+
+
+def join_url(root: str, *parts: str) -> str:
+    """The one place that joins shard locations: local paths or fsspec-style URLs (``s3://...``)."""
+    if "://" in root:
+        return "/".join([root.rstrip("/"), *parts])
+    return str(Path(root, *parts))
+
+
+def _read_text(url: str) -> str:
+    if "://" in url:
+        import fsspec
+
+        with fsspec.open(url, "rt") as f:
+            return f.read()
+    return Path(url).read_text(encoding="utf-8")
+
+
+def read_dataset_info(root: str) -> dict:
+    """``dataset.json`` of a prepared shard folder; a clear error when it is missing or empty."""
+    url = join_url(str(root), "dataset.json")
+    try:
+        info = json.loads(_read_text(url))
+    except FileNotFoundError:
+        raise UserError(
+            f"{root} is not a prepared dataset (no dataset.json); run `dvcm-pipeline prepare --out {root}` first"
+        ) from None
+    except ValueError as exc:
+        raise UserError(f"{url} is not valid JSON ({exc}); rerun prepare with --overwrite") from None
+    if info.get("format") != FORMAT:
+        raise UserError(f"{url} has format {info.get('format')!r}, expected {FORMAT!r}; rerun prepare")
+    if not info.get("counts", {}).get("written"):
+        raise UserError(f"{root} holds no samples (every input was skipped); see skipped in {url}")
+    return info
+
+
+def check_provenance(info: dict, yolo_provenance: dict) -> None:
+    """Refuse features computed by another YOLO front than the one in use."""
+    prov = info.get("provenance", {}).get("yolo", {})
+    stored = (prov.get("weights_sha256"), prov.get("split_layer"))
+    used = (yolo_provenance.get("weights_sha256"), yolo_provenance.get("split_layer"))
+    if stored != used:
+        raise UserError(
+            f"the shards' features come from YOLO weights sha256 {stored[0]} at split layer {stored[1]}, "
+            f"but the YOLO front in use has sha256 {used[0]} at split layer {used[1]}; "
+            "use the same --yolo-weights/--yolo-seed or rerun prepare with them"
+        )
+
+
+def feature_stats(info: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) of s per channel over the whole prepared set, each [256] float32."""
+    mean = torch.tensor(info["s_mean"], dtype=torch.float32)
+    std = torch.tensor(info["s_std"], dtype=torch.float32)
+    return mean, std
+
+
+def shard_urls(root: str, split: str) -> list[str]:
+    """Shard locations of ``split`` (those holding samples), in name order."""
+    info = read_dataset_info(root)
+    splits = info.get("splits", {})
+    if split not in splits:
+        raise UserError(f"{root} has no split {split!r}; it has: {', '.join(sorted(splits)) or 'none'}")
+    return [join_url(str(root), split, s["name"]) for s in splits[split]["shards"] if s["samples"] > 0]
+
+
+def _decode_sample(sample: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(sample["png"])) as im:
+        img = np.asarray(im.convert("RGB"))
+    x = torch.from_numpy(img.copy()).permute(2, 0, 1).float().div_(255.0)
+    s = torch.from_numpy(decode_features(sample["s.npy"], sample.get("s_range.npy")))
+    return x, s
+
+
+def _crop_stage(crop: int | None, rng_seed: tuple[int, ...]) -> Callable[[Iterator[dict]], Iterator[tuple]]:
+    def stage(src: Iterator[dict]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        rng = random.Random(_seed(*rng_seed, _worker_id()[0]))
+        for sample in src:
+            x, s = _decode_sample(sample)
+            if crop is None:
+                yield x, s
+                continue
+            h, w = x.shape[1:]
+            if h < crop or w < crop:
+                continue  # too small for this crop size
+            top = rng.randrange(0, (h - crop) // FEATURE_STRIDE + 1) * FEATURE_STRIDE
+            left = rng.randrange(0, (w - crop) // FEATURE_STRIDE + 1) * FEATURE_STRIDE
+            fs, ft, fl = crop // FEATURE_STRIDE, top // FEATURE_STRIDE, left // FEATURE_STRIDE
+            yield (
+                x[:, top : top + crop, left : left + crop].contiguous(),
+                s[:, ft : ft + fs, fl : fl + fs].contiguous(),
+            )
+
+    return stage
+
+
+def _seed(*parts: int) -> int:
+    """A seed from integers that is the same in every process (unlike ``hash`` of strings)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
+
+
+def _worker_id() -> tuple[int, int]:
+    info = torch.utils.data.get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+def _every_nth(rank: int, world_size: int) -> Callable[[Iterator[dict]], Iterator[dict]]:
+    """Sample-level split when there are too few shards: reader r of n keeps samples r, r+n, ..."""
+
+    def stage(src: Iterator[dict]) -> Iterator[dict]:
+        worker, workers = _worker_id()
+        readers = world_size * workers
+        me = rank * workers + worker
+        for i, sample in enumerate(src):
+            if i % readers == me:
+                yield sample
+
+    return stage
+
+
+class ShardLoader:
+    """Iterable of (x, s) batches over one split; see :func:`make_loader`."""
+
+    def __init__(self, urls: list[str], crop: int | None, batch_size: int, num_workers: int, shuffle_buffer: int,
+                 seed: int, epoch: int, rank: int, world_size: int, repeat: bool) -> None:
+        self.urls, self.crop, self.batch_size, self.num_workers = urls, crop, batch_size, num_workers
+        self.shuffle_buffer, self.seed, self.epoch = shuffle_buffer, seed, epoch
+        self.rank, self.world_size, self.repeat = rank, world_size, repeat
+
+    def _pipeline(self, epoch: int) -> Any:
+        import webdataset as wds
+
+        readers = self.world_size * max(self.num_workers, 1)
+        by_shard = len(self.urls) >= readers
+        rank, world = self.rank, self.world_size
+
+        def nodesplitter(src: Iterable[Any], group: Any = None) -> Iterator[Any]:
+            for i, item in enumerate(src):
+                if i % world == rank:
+                    yield item
+
+        shuffle = self.shuffle_buffer > 1
+        ds = wds.WebDataset(
+            self.urls,
+            nodesplitter=nodesplitter if by_shard else None,
+            workersplitter=wds.split_by_worker if by_shard else None,
+            shardshuffle=len(self.urls) if shuffle else False,
+            detshuffle=True,
+            seed=self.seed * 1_000_003 + epoch,
+            empty_check=False,
+        )
+        if not by_shard:
+            ds = ds.compose(_every_nth(rank, world))
+        if shuffle:
+            ds = ds.shuffle(self.shuffle_buffer, rng=random.Random(_seed(self.seed, epoch, rank, 1)))
+        ds = ds.compose(_crop_stage(self.crop, (self.seed, epoch, rank)))
+        if self.crop is None:
+            return ds.batched(1, collation_fn=_stack, partial=True)
+        return ds.batched(self.batch_size, collation_fn=_stack, partial=False)
+
+    def _one_epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        pipe = self._pipeline(epoch)
+        if self.num_workers <= 0:
+            yield from pipe
+            return
+        loader = torch.utils.data.DataLoader(pipe, batch_size=None, num_workers=self.num_workers)
+        yield from loader
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch = self.epoch
+        while True:
+            yield from self._one_epoch(epoch)
+            if not self.repeat:
+                return
+            epoch += 1
+
+
+def _stack(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
+
+
+def make_loader(
+    root: str,
+    split: str = "train",
+    crop: int | None = 256,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    shuffle_buffer: int = 256,
+    seed: int = 0,
+    epoch: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    yolo_provenance: dict | None = None,
+    repeat: bool = False,
+) -> ShardLoader:
+    """Batches (x [B,3,crop,crop] in [0,1], s [B,256,crop/8,crop/8] float32) from prepared shards.
+
+    ``crop=None`` yields whole frames one at a time (B = 1). Crops smaller frames than
+    ``crop`` are left out. The order depends only on (seed, epoch, rank), not on timing.
+    """
+    if crop is not None and (crop <= 0 or crop % FEATURE_STRIDE):
+        raise UserError(f"crop {crop} must be a positive multiple of {FEATURE_STRIDE} so the s window matches exactly")
+    if batch_size < 1:
+        raise UserError(f"batch size {batch_size} must be at least 1")
+    if not 0 <= rank < world_size:
+        raise UserError(f"rank {rank} is outside world size {world_size}")
+    info = read_dataset_info(root)
+    if yolo_provenance is not None:
+        check_provenance(info, yolo_provenance)
+    urls = shard_urls(root, split)
+    if not urls:
+        raise UserError(f"split {split!r} of {root} holds no samples; prepare more data or pick another split")
+    return ShardLoader(urls, crop, batch_size, num_workers, shuffle_buffer, seed, epoch, rank, world_size, repeat)
