@@ -163,6 +163,16 @@ def feature_size(h: int, w: int) -> tuple[int, int]:
     return (math.ceil(h / 8), math.ceil(w / 8))
 
 
+def _bare_front(front: nn.Module | None) -> nn.Module:
+    """The V_front module itself (unwrapped from ``dvcm.yolo.FrozenModule``), so that checkpoint keys
+    do not depend on how the caller froze it; a fresh untrained front when None."""
+    from dvcm.yolo import SPLIT_LAYER, FrozenModule, YoloFront, yolov3_layers
+
+    if front is None:
+        return YoloFront(yolov3_layers(), 0, SPLIT_LAYER, in_channels=3)
+    return front.module if isinstance(front, FrozenModule) else front
+
+
 def _pad_to(t: Tensor, hw: tuple[int, int]) -> Tensor:
     dh, dw = hw[0] - t.shape[-2], hw[1] - t.shape[-1]
     if dh == 0 and dw == 0:
@@ -187,11 +197,7 @@ class ScalableCodec(CompressionModel):
         if min(N, M1, M2) < 1:
             raise ConfigError(f"N, M1, M2 must be positive, got N={N}, M1={M1}, M2={M2}")
         self.N, self.M1, self.M2, self.H = int(N), int(M1), int(M2), int(H)
-        if front is None:
-            from dvcm.yolo import build_front
-
-            front = build_front()
-        self.front = front
+        self.front = _bare_front(front)
         for p in self.front.parameters():
             p.requires_grad_(False)
         self.front.eval()
