@@ -29,6 +29,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pipeline.prepare",
     "pipeline.train",
     "pipeline.sweep",
+    "pipeline.evaluate",
+    "pipeline.report",
 )
 
 for _name in COMMAND_MODULES:
