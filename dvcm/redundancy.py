@@ -37,6 +37,7 @@ from dvcm.errors import DvcmError
 DEFAULT_K = 16
 DEFAULT_FIBERS = 2048
 DEFAULT_STEPS = 200
+MIN_BITS = 1e-3  # bits per fiber below which H(y_i) counts as zero and Rdn is undefined (NaN)
 SMALL_FIT = 1 << 20  # values per fit step below which one thread is used
 
 
@@ -145,7 +146,9 @@ def redundancy(
     test_data, test_mask = stack(fi[test_idx], test_lab)
     bits = _fit_bits(fit_data, fit_mask, test_data, test_mask, steps, seed + 1)
     h_cond = float(bits.sum() / len(test_idx))  # Σ_k p(k)·H(y_i | k) with p(k) = n_k / n
-    rdn = 1.0 - h_cond / h_i if h_i > 0 else math.nan
+    # A latent that carries (almost) nothing, e.g. all zeros from an untrained codec, has no
+    # redundancy to measure: report NaN rather than a meaningless ratio of two tiny numbers.
+    rdn = 1.0 - h_cond / h_i if h_i > MIN_BITS else math.nan
     return {"rdn": rdn, "H_i": h_i, "H_i_given_j": h_cond, "K": K, "fibers": n}
 
 

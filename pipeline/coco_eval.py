@@ -28,7 +28,7 @@ from pycocotools.cocoeval import COCOeval
 from pipeline.errors import UserError
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-DEFAULT_REFERENCE_SCORE = 0.5
+DEFAULT_REFERENCE_SCORE = 0.25  # darknet's default display threshold
 
 
 def load_coco(path: str | Path) -> COCO:

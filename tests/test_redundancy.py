@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -41,6 +43,12 @@ def test_half_duplicate_lands_between(latents) -> None:
     r = redundancy(latents["half"], latents["y_j"], K=8, steps=150)
     # half the channels are a function of y_j: roughly their share of H(y_i) is removed
     assert 0.2 < r["rdn"] < 0.8
+
+
+def test_constant_latent_has_undefined_redundancy() -> None:
+    """An all-zero latent (an untrained codec's) carries no information: Rdn is NaN, not 1."""
+    zeros = torch.zeros(1, 4, 16, 16)
+    assert math.isnan(redundancy(zeros, zeros, K=4, steps=50)["rdn"])
 
 
 def test_grids_must_match() -> None:

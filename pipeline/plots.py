@@ -1,0 +1,173 @@
+"""Evaluation plots (matplotlib, headless): the paper's Fig. 4–6 and the redundancy curves.
+
+* ``rate_accuracy.png``: mAP@0.5 against base-layer bpp on COCO (Fig. 4);
+* ``psnr_bpp.png`` and ``msssim_bpp.png``: Kodak PSNR / MS-SSIM against total bpp (Fig. 5);
+* ``redundancy.png``: Rdn(ŷ1|ŷ2) and Rdn(ŷ2|ŷ1) over training epochs (and at evaluation);
+* ``channels_<key>.png``: the top-8 channels by rate of ŷ1 and ŷ2 for one image (Fig. 6).
+
+Every model curve is labelled with its model name and configuration (M1,M2,H), every point
+with its λ; anchors with codec and parameter. When the detector has random weights the
+COCO figure says "random-weight YOLOv3".
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from pipeline.bdrate import Curve  # noqa: E402
+
+METRICS = {
+    "coco_map50": ("coco", "bpp_base", "map50", "base-layer bpp (512×512)", "mAP@0.5"),
+    "kodak_psnr": ("kodak", "bpp", "psnr", "bpp (base + enhancement)", "PSNR (dB, RGB)"),
+    "kodak_ms_ssim": ("kodak", "bpp", "ms_ssim", "bpp (base + enhancement)", "MS-SSIM"),
+}
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def curves(results: list[dict], metric: str) -> list[Curve]:
+    """Rate–quality curves for ``metric``: one per (model, configuration) across λ, one per anchor codec."""
+    dataset, xkey, ykey, _, _ = METRICS[metric]
+    groups: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
+    kinds: dict[str, str] = {}
+    for res in results:
+        entry = res.get("datasets", {}).get(dataset)
+        if not entry:
+            continue
+        for p in entry["points"]:
+            if p["codec"] == "uncompressed" or not (_finite(p.get(xkey)) and _finite(p.get(ykey))):
+                continue
+            if res["kind"] == "model":
+                cfg = res.get("config", {})
+                label = f"{res.get('model')} ({cfg.get('M1')},{cfg.get('M2')},{cfg.get('H')})"
+                lam = res.get("lmbda")
+                point = f"λ={lam:g}" if _finite(lam) else res["key"][:8]
+                kinds[label] = "model"
+            else:
+                label = p["label"].split(" quality=")[0].split(" qp=")[0]
+                point = str(p["param"])
+                kinds[label] = "anchor"
+            groups[label].append((float(p[xkey]), float(p[ykey]), point))
+    out = []
+    for label, pts in groups.items():
+        pts.sort()
+        out.append(Curve(label, tuple(x for x, _, _ in pts), tuple(y for _, y, _ in pts),
+                         meta={"kind": kinds[label], "points": [n for _, _, n in pts]}))
+    return out
+
+
+def _uncompressed(results: list[dict]) -> float | None:
+    for res in results:
+        for p in res.get("datasets", {}).get("coco", {}).get("points", []):
+            if p["codec"] == "uncompressed" and _finite(p.get("map50")):
+                return float(p["map50"])
+    return None
+
+
+def _detector(results: list[dict]) -> str:
+    return next((r.get("detector") for r in results if r.get("detector")), "YOLOv3")
+
+
+def plot_metric(results: list[dict], metric: str, path: Path) -> Path | None:
+    """One rate–quality figure; None when there is nothing to draw."""
+    cs = curves(results, metric)
+    dataset, _, _, xlabel, ylabel = METRICS[metric]
+    unc = _uncompressed(results) if metric == "coco_map50" else None
+    if not cs and unc is None:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for c in cs:
+        style = "o-" if c.meta["kind"] == "model" else "s--"
+        ax.plot(c.rates, c.quality, style, label=c.label, markersize=5)
+        if c.meta["kind"] == "model":
+            for x, y, n in zip(c.rates, c.quality, c.meta["points"]):
+                ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    title = {"coco": "COCO rate–accuracy", "kodak": "Kodak rate–distortion"}[dataset]
+    if metric == "coco_map50":
+        det = _detector(results)
+        if unc is not None:
+            ax.axhline(unc, color="k", linestyle=":", label=f"uncompressed ({det})")
+        title += f" — detector: {det}"
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_redundancy(results: list[dict], histories: dict[str, list[tuple[int, float, float]]], path: Path) -> Path | None:
+    """Rdn over epochs (training history) plus the value measured at evaluation (star at the last epoch)."""
+    evals = [(r["label"], r["redundancy"]) for r in results if r.get("kind") == "model" and r.get("redundancy")]
+    if not histories and not evals:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (label, hist) in enumerate(sorted(histories.items())):
+        ep = [h[0] for h in hist]
+        ax.plot(ep, [h[1] for h in hist], "o-", color=f"C{i}", label=f"{label}: Rdn(ŷ1|ŷ2)")
+        ax.plot(ep, [h[2] for h in hist], "x--", color=f"C{i}", label=f"{label}: Rdn(ŷ2|ŷ1)")
+    last = max((h[-1][0] for h in histories.values() if h), default=0)
+    for j, (label, red) in enumerate(evals):
+        c = f"C{len(histories) + j}"
+        ax.plot([last], [red["rdn_y1_given_y2"]], "*", color=c, markersize=11, label=f"{label}: Rdn(ŷ1|ŷ2) at evaluation")
+        ax.plot([last], [red["rdn_y2_given_y1"]], "P", color=c, markersize=9, label=f"{label}: Rdn(ŷ2|ŷ1) at evaluation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("Rdn = 1 − H(y_i|y_j)/H(y_i)")
+    ax.set_title("Redundancy between base and enhancement latents", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_channels(res: dict, path: Path) -> Path | None:
+    """Top-8 channels by rate of ŷ1 (top row) and ŷ2 (bottom row) for one image (paper Fig. 6)."""
+    cr = res.get("channel_rates")
+    if not cr:
+        return None
+    fig, axes = plt.subplots(2, 8, figsize=(16, 4.6))
+    for row, name in enumerate(("y1", "y2")):
+        chans = cr.get(name, [])
+        for col in range(8):
+            ax = axes[row][col]
+            ax.axis("off")
+            if col < len(chans):
+                ch = chans[col]
+                ax.imshow(ch["map"], cmap="coolwarm")
+                ax.set_title(f"ŷ{name[1]} ch {ch['channel']}\n{ch['bits']:.0f} bits", fontsize=8)
+    fig.suptitle(f"Top-8 channels by rate — {res['label']} — image {cr['image']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_all(results: list[dict], folder: Path, histories: dict | None = None) -> list[Path]:
+    """Every figure for these results into ``folder``; returns the files written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [
+        plot_metric(results, "coco_map50", folder / "rate_accuracy.png"),
+        plot_metric(results, "kodak_psnr", folder / "psnr_bpp.png"),
+        plot_metric(results, "kodak_ms_ssim", folder / "msssim_bpp.png"),
+        plot_redundancy(results, histories or {}, folder / "redundancy.png"),
+    ]
+    for res in results:
+        if res.get("kind") == "model":
+            paths.append(plot_channels(res, folder / f"channels_{res['key'][:16]}.png"))
+    return [p for p in paths if p is not None]

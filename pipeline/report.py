@@ -1,0 +1,125 @@
+"""``dvcm-pipeline report``: one self-contained HTML page from an ``evaluate`` output folder.
+
+The page inlines every plot as a base64 PNG and carries the BD-rate table and a summary of
+each operating point, so it can be mailed or opened offline (no external resource).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from pipeline.atomic import atomic_write_text
+from pipeline.errors import UserError
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#222;max-width:1150px}
+h1{font-size:22px} h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}
+th,td{border:1px solid #bbb;padding:3px 8px;text-align:right} th{background:#eee}
+td.l,th.l,td:last-child{text-align:left} .note{color:#a40;font-size:13px}
+img{max-width:100%;border:1px solid #ddd;margin:6px 0}
+"""
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None or v == "":
+        return "–"
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return html.escape(str(v))
+    return "n/a" if math.isnan(f) else f"{f:.{digits}f}"
+
+
+def _table(headers: list[str], rows: list[list[str]], left: int = 1) -> str:
+    th = "".join(f'<th class="{"l" if i < left else ""}">{html.escape(h)}</th>' for i, h in enumerate(headers))
+    body = "".join("<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(r)) + "</tr>"
+                   for r in rows)
+    return f"<table><tr>{th}</tr>{body}</table>"
+
+
+def build_report(eval_dir: Path) -> str:
+    """The HTML text for the results under ``eval_dir``."""
+    if not eval_dir.is_dir():
+        raise UserError(f"{eval_dir} is not a folder; pass the --out folder of 'dvcm-pipeline evaluate'")
+    results = []
+    for p in sorted(eval_dir.glob("*/results.json")):
+        try:
+            results.append(json.loads(p.read_text()))
+        except ValueError:
+            raise UserError(f"{p} is not valid JSON; rerun evaluate with --overwrite") from None
+    if not results:
+        raise UserError(f"no */results.json under {eval_dir}; run 'dvcm-pipeline evaluate --out {eval_dir}' first")
+    detector = next((r.get("detector") for r in results if r.get("detector")), "YOLOv3")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>dvcm evaluation</title><style>{CSS}</style></head><body>",
+             "<h1>dvcm evaluation report</h1>",
+             f"<p>Detector on the COCO path: <b>{html.escape(detector)}</b>. Rates come from real bitstreams; "
+             "anchors count codestream bytes only (container in its own column).</p>"]
+    if detector.startswith("random-weight"):
+        parts.append("<p class='note'>These COCO accuracies use a random-weight YOLOv3: they measure how compression "
+                     "moves its detections, not real detection accuracy.</p>")
+    notices = [n for r in results for n in r.get("notices", [])]
+    if notices:
+        parts.append("<ul class='note'>" + "".join(f"<li>{html.escape(n)}</li>" for n in notices) + "</ul>")
+
+    rows = []
+    for r in results:
+        for d, entry in sorted(r.get("datasets", {}).items()):
+            for p in entry.get("points", []):
+                rows.append([html.escape(p["label"]), d, _fmt(p.get("bpp"), 4), _fmt(p.get("bpp_base"), 4),
+                             _fmt(p.get("bpp_enh"), 4), _fmt(p.get("container_bpp"), 4), _fmt(p.get("map50")),
+                             _fmt(p.get("psnr"), 2), _fmt(p.get("ms_ssim"), 4), str(p.get("images")),
+                             str(entry.get("skipped", 0))])
+    parts.append("<h2>Operating points</h2>")
+    parts.append(_table(["codec", "dataset", "bpp", "bpp base", "bpp enh", "container bpp", f"mAP@0.5 ({detector})",
+                         "PSNR", "MS-SSIM", "images", "skipped"], rows, left=2))
+
+    red_rows = [[html.escape(r["label"]), _fmt(r["redundancy"].get("rdn_y1_given_y2")),
+                 _fmt(r["redundancy"].get("rdn_y2_given_y1")), str(r["redundancy"].get("K")),
+                 str(r["redundancy"].get("fibers"))] for r in results if r.get("redundancy")]
+    if red_rows:
+        parts.append("<h2>Redundancy</h2>")
+        parts.append(_table(["model", "Rdn(ŷ1|ŷ2)", "Rdn(ŷ2|ŷ1)", "K", "fibers"], red_rows))
+
+    bd = eval_dir / "bd_table.csv"
+    parts.append("<h2>BD-rate (piecewise cubic, Bjøntegaard)</h2>")
+    if bd.is_file():
+        with open(bd, newline="") as f:
+            bd_rows = list(csv.DictReader(f))
+        parts.append("<p>Negative BD-rate: the test curve needs fewer bits than the reference for the same quality.</p>")
+        parts.append(_table(["metric", "reference", "test", "BD-rate %", "BD-quality", "note"],
+                            [[html.escape(b["metric"]), html.escape(b["reference"]), html.escape(b["test"]),
+                              _fmt(b["bd_rate_percent"], 2), _fmt(b["bd_quality"], 4), html.escape(b["note"])]
+                             for b in bd_rows], left=3))
+    else:
+        parts.append("<p class='note'>no bd_table.csv in this folder</p>")
+
+    parts.append("<h2>Plots</h2>")
+    for png in sorted((eval_dir / "plots").glob("*.png")):
+        data = base64.b64encode(png.read_bytes()).decode("ascii")
+        parts.append(f"<h3>{html.escape(png.stem)}</h3><img alt='{html.escape(png.stem)}' src='data:image/png;base64,{data}'>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def report_command(
+    eval_dir: Annotated[Path, typer.Option(help="The --out folder of 'dvcm-pipeline evaluate'.")] = Path("eval"),
+    out: Annotated[Optional[Path], typer.Option(help="HTML file to write (default: <eval-dir>/report.html).")] = None,
+) -> None:
+    """Write one self-contained HTML page with the plots and the BD-rate table."""
+    target = out or eval_dir / "report.html"
+    atomic_write_text(target, build_report(eval_dir))
+    typer.echo(f"report written to {target}")
+
+
+def register(app: typer.Typer, bench: typer.Typer) -> None:  # noqa: ARG001 - no benchmark here
+    """Add ``report``."""
+    app.command("report")(report_command)
