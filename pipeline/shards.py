@@ -59,9 +59,17 @@ def encode_features(s: np.ndarray, dtype: str) -> dict[str, bytes]:
     raise UserError(f"--feature-dtype {dtype!r} is not supported; use one of {', '.join(FEATURE_DTYPES)}")
 
 
-def decode_features(s_npy: bytes, s_range_npy: bytes | None = None) -> np.ndarray:
-    """Inverse of :func:`encode_features`: float32 [C,h,w] exactly as the reader sees it."""
+def decode_features(
+    s_npy: bytes, s_range_npy: bytes | None = None, window: tuple[int, int, int] | None = None
+) -> np.ndarray:
+    """Inverse of :func:`encode_features`: float32 [C,h,w] exactly as the reader sees it.
+
+    ``window`` = (top, left, size) in feature cells converts only that square.
+    """
     arr = np.load(io.BytesIO(s_npy), allow_pickle=False)
+    if window is not None:
+        top, left, size = window
+        arr = arr[:, top : top + size, left : left + size]
     if s_range_npy is None:
         return arr.astype(np.float32)
     rng = np.load(io.BytesIO(s_range_npy), allow_pickle=False).astype(np.float32)
@@ -241,34 +249,32 @@ def shard_urls(root: str, split: str) -> list[str]:
     return [join_url(str(root), split, s["name"]) for s in splits[split]["shards"] if s["samples"] > 0]
 
 
-def _decode_sample(sample: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def _decode_sample(sample: dict, crop: int | None, rng: random.Random) -> tuple[np.ndarray, np.ndarray] | None:
+    """Decode one sample, cropping before any float conversion; None when the frame is smaller than ``crop``."""
     from PIL import Image
 
     with Image.open(io.BytesIO(sample["png"])) as im:
         img = np.asarray(im.convert("RGB"))
-    x = torch.from_numpy(img.copy()).permute(2, 0, 1).float().div_(255.0)
-    s = torch.from_numpy(decode_features(sample["s.npy"], sample.get("s_range.npy")))
-    return x, s
+    window = None
+    if crop is not None:
+        h, w = img.shape[:2]
+        if h < crop or w < crop:
+            return None
+        top = rng.randrange(0, (h - crop) // FEATURE_STRIDE + 1) * FEATURE_STRIDE
+        left = rng.randrange(0, (w - crop) // FEATURE_STRIDE + 1) * FEATURE_STRIDE
+        img = img[top : top + crop, left : left + crop]
+        window = (top // FEATURE_STRIDE, left // FEATURE_STRIDE, crop // FEATURE_STRIDE)
+    x = img.transpose(2, 0, 1).astype(np.float32) * np.float32(1.0 / 255.0)  # numpy: no thread-pool start-up
+    return x, decode_features(sample["s.npy"], sample.get("s_range.npy"), window)
 
 
 def _crop_stage(crop: int | None, rng_seed: tuple[int, ...]) -> Callable[[Iterator[dict]], Iterator[tuple]]:
-    def stage(src: Iterator[dict]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def stage(src: Iterator[dict]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         rng = random.Random(_seed(*rng_seed, _worker_id()[0]))
         for sample in src:
-            x, s = _decode_sample(sample)
-            if crop is None:
-                yield x, s
-                continue
-            h, w = x.shape[1:]
-            if h < crop or w < crop:
-                continue  # too small for this crop size
-            top = rng.randrange(0, (h - crop) // FEATURE_STRIDE + 1) * FEATURE_STRIDE
-            left = rng.randrange(0, (w - crop) // FEATURE_STRIDE + 1) * FEATURE_STRIDE
-            fs, ft, fl = crop // FEATURE_STRIDE, top // FEATURE_STRIDE, left // FEATURE_STRIDE
-            yield (
-                x[:, top : top + crop, left : left + crop].contiguous(),
-                s[:, ft : ft + fs, fl : fl + fs].contiguous(),
-            )
+            pair = _decode_sample(sample, crop, rng)
+            if pair is not None:  # frames smaller than the crop are left out
+                yield pair
 
     return stage
 
@@ -356,8 +362,8 @@ class ShardLoader:
             epoch += 1
 
 
-def _stack(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
+def _stack(batch: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(np.stack([b[0] for b in batch])), torch.from_numpy(np.stack([b[1] for b in batch]))
 
 
 def make_loader(
