@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 import typer
 
@@ -37,8 +38,14 @@ for _name in COMMAND_MODULES:
     importlib.import_module(_name).register(app, bench)
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
+    return f"warning: {message}\n"
+
+
 def main() -> None:
     """Entry point: run the app; a user error is one line on stderr and exit code 2."""
+    warnings.formatwarning = _one_line_warning
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
     try:
         app()
     except DvcmError as exc:

@@ -300,3 +300,12 @@ def generate_sample(
     _write_kodak(parts.kodak_root, seed, kodak_images)
     atomic_write_json(marker, params)
     return parts
+
+
+def sample_image(seed: int = 1, size: tuple[int, int] = (768, 512)) -> np.ndarray:
+    """One deterministic natural-looking scene as an H×W×3 uint8 array; ``size`` is (width, height).
+
+    The embedded default image of the demo and the benchmarks: no file or download needed.
+    """
+    img, _ = next(_scene(seed, size, 1, (0, 0), 5))
+    return img
