@@ -6,34 +6,17 @@ Saved with ``torch.save`` (a plain dict of strings, numbers and tensors) and loa
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from dvcm.errors import CheckpointError, ConfigError
+from dvcm.fileio import atomic_open
 from dvcm.models import MODEL_NAMES, ScalableCodec, build
 
 FORMAT = "dvcm-checkpoint"
 VERSION = 1
-
-
-def atomic_write_bytes(path: str | Path, write: Any) -> None:
-    """Call ``write(file_object)`` on a temp file next to ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def checkpoint_dict(model: ScalableCodec, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -53,7 +36,8 @@ def checkpoint_dict(model: ScalableCodec, extra: dict[str, Any] | None = None) -
 def save_checkpoint(path: str | Path, model: ScalableCodec, extra: dict[str, Any] | None = None) -> None:
     """Write a loadable, codable checkpoint atomically (temp file, then rename)."""
     content = checkpoint_dict(model, extra)
-    atomic_write_bytes(path, lambda f: torch.save(content, f))
+    with atomic_open(path) as f:
+        torch.save(content, f)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

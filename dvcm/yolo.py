@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import struct
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -42,6 +40,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from dvcm.errors import DarknetWeightsError
+from dvcm.fileio import atomic_open
 
 __all__ = [
     "ANCHORS",
@@ -412,18 +411,9 @@ def save_darknet_weights(
 ) -> Path:
     """Write ``model`` as a Darknet ``.weights`` file, atomically (temp file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in _darknet_chunks(model, version, seen):
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        for chunk in _darknet_chunks(model, version, seen):
+            f.write(chunk)
     return path
 
 
