@@ -149,8 +149,18 @@ def write_shard(task: ShardTask, front: Any) -> ShardResult:
     """Decode, run V_front, encode and write one shard atomically; returns its manifest rows and stats."""
     import torch
 
+    threads_before = torch.get_num_threads()
     if task.torch_threads:
         torch.set_num_threads(task.torch_threads)
+    try:
+        return _write_shard(task, front)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _write_shard(task: ShardTask, front: Any) -> ShardResult:
+    import torch
+
     device = "cuda" if task.use_gpu and torch.cuda.is_available() else "cpu"
     t0 = time.perf_counter()
     front = front.to(device).eval()
@@ -500,8 +510,12 @@ def run_prepare(
     progress: bool = True,
     front: Any = None,
     yolo_provenance: dict | None = None,
+    torch_threads: int | None = None,
 ) -> PrepareReport:
-    """Prepare ``listing`` into ``out``; resumes finished shards. ``use_ray=False`` runs in this process."""
+    """Prepare ``listing`` into ``out``; resumes finished shards. ``use_ray=False`` runs in this process.
+
+    ``torch_threads`` per shard: default 1 on Ray (one task per CPU), torch's default in-process.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     if feature_dtype not in FEATURE_DTYPES:
@@ -518,7 +532,7 @@ def run_prepare(
     assert yolo_provenance is not None
     plan = make_plan(
         listing, out, yolo_provenance, feature_dtype, frames, shard_size, batch_size,
-        torch_threads=1 if use_ray else None, use_gpu=num_gpus_per_worker > 0,
+        torch_threads=torch_threads or (1 if use_ray else None), use_gpu=num_gpus_per_worker > 0,
     )
     claim_out_dir(out, plan.fingerprint, overwrite)
     done = {(t.split, t.index): r for t in plan.tasks if (r := _finished(t)) is not None}
@@ -719,9 +733,11 @@ def bench_prepare(
         front, prov = yolo.front, dict(yolo.provenance)
         common = dict(shard_size=shard_size, front=front, yolo_provenance=prov, progress=False, overwrite=True)
         plain = run_prepare(listing, work / "out-plain", use_ray=False, **common)
+        plain1 = run_prepare(listing, work / "out-plain-1t", use_ray=False, torch_threads=1, **common)
         t = time.perf_counter()
         init_ray(None, num_cpus)
         import ray
+        import torch
 
         cpus = int(ray.cluster_resources().get("CPU", 1))
         # Start one worker per CPU and import torch/dvcm there, as the plain process already did.
@@ -730,12 +746,18 @@ def bench_prepare(
         on_ray = run_prepare(listing, work / "out-ray", use_ray=True, **common)
         n = plain.frames_written
         table = Table(title=f"prepare throughput, {n} frames of 448x256, random-weight YOLOv3 front")
-        for col in ("run", "workers", "seconds", "frames/s", "decode s", "V_front s", "encode s", "write s", "front fetch s"):
+        for col in ("run", "processes x torch threads", "seconds", "frames/s", "decode s", "V_front s", "encode s",
+                    "write s", "front fetch s"):
             table.add_column(col, justify="right" if col != "run" else "left")
-        for label, rep, workers in (("plain process", plain, 1), ("Ray tasks", on_ray, cpus)):
+        runs = (
+            ("plain process, torch default threads", plain, f"1 x {torch.get_num_threads()}"),
+            ("plain process, 1 thread (as one Ray task)", plain1, "1 x 1"),
+            ("Ray tasks", on_ray, f"{cpus} x 1"),
+        )
+        for label, rep, workers in runs:
             tm = rep.timings
             table.add_row(
-                label, str(workers), f"{rep.seconds:.2f}", f"{rep.frames_written / rep.seconds:.2f}",
+                label, workers, f"{rep.seconds:.2f}", f"{rep.frames_written / rep.seconds:.2f}",
                 *(f"{tm.get(k, 0.0):.2f}" for k in ("decode", "v_front", "encode", "write", "load_front")),
             )
         console.print(table)
@@ -743,8 +765,9 @@ def bench_prepare(
         bound = max(stages, key=stages.get)
         share = stages[bound] / max(sum(stages.values()), 1e-9)
         console.print(
-            f"speed-up Ray/plain: {plain.seconds / on_ray.seconds:.2f}x on {cpus} CPUs (Ray start and worker warm-up {ray_start:.1f} s, not counted); "
-            f"bound by {bound} ({share:.0%} of task time); front fetch per task "
+            f"speed-up Ray / plain 1-thread: {plain1.seconds / on_ray.seconds:.2f}x; Ray / plain default threads: "
+            f"{plain.seconds / on_ray.seconds:.2f}x; on {cpus} CPUs (Ray start and worker warm-up {ray_start:.1f} s, "
+            f"not counted); bound by {bound} ({share:.0%} of task time); front fetch per task "
             f"{on_ray.timings.get('load_front', 0.0) / max(on_ray.shards_written, 1):.2f} s vs "
             f"{sum(stages.values()) / max(on_ray.shards_written, 1):.2f} s of work per shard"
         )

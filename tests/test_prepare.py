@@ -321,3 +321,11 @@ def test_cli_dry_run_writes_nothing(clean_tree: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "28 samples (train 21, val 7) in 7 shards" in result.output and "GB" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_sample_dataset_is_generated_then_listed(tmp_path: Path) -> None:
+    result = CliRunner().invoke(_app(), ["prepare", "--dataset", "sample", "--root", str(tmp_path / "sample"),
+                                         "--out", str(tmp_path / "o"), "--dry-run", "--frames", "middle"])
+    assert result.exit_code == 0, result.output
+    assert "6 samples (train 4, val 2) in 2 shards" in result.output
+    assert (tmp_path / "sample" / "vimeo_septuplet" / "sep_trainlist.txt").is_file() and not (tmp_path / "o").exists()
