@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -29,6 +30,7 @@ from pipeline.errors import UserError
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 DEFAULT_REFERENCE_SCORE = 0.25  # darknet's default display threshold
+MAX_DETS = 100  # COCOeval's maxDets (per image and category)
 
 
 def load_coco(path: str | Path) -> COCO:
@@ -62,15 +64,26 @@ def results_as_ground_truth(
     images: Sequence[Mapping[str, Any]],
     categories: Sequence[Mapping[str, Any]],
     score_thres: float = DEFAULT_REFERENCE_SCORE,
+    max_per_class: int = MAX_DETS,
 ) -> COCO:
-    """Turn detections (COCO result entries) into a COCO ground truth: the ``uncompressed`` reference."""
-    anns = []
+    """Turn detections (COCO result entries) into a COCO ground truth: the ``uncompressed`` reference.
+
+    Per (image, category) the detections with score ≥ ``score_thres`` are kept, at most
+    ``max_per_class`` of them (COCOeval's own cap on detections, 100), chosen in the order
+    COCOeval ranks detections (stable sort by score), so that the detections scored against
+    their own ground truth give AP = 1.
+    """
+    groups: dict[tuple[int, int], list[Mapping[str, Any]]] = {}
     for r in results:
-        if r["score"] < score_thres:
-            continue
-        x, y, w, h = r["bbox"]
-        anns.append({"id": len(anns) + 1, "image_id": int(r["image_id"]), "category_id": int(r["category_id"]),
-                     "bbox": [x, y, w, h], "area": float(w * h), "iscrowd": 0})
+        groups.setdefault((int(r["image_id"]), int(r["category_id"])), []).append(r)
+    anns = []
+    for (image_id, category_id), dets in groups.items():
+        order = np.argsort([-float(d["score"]) for d in dets], kind="mergesort")
+        kept = [dets[i] for i in order[:max_per_class] if dets[i]["score"] >= score_thres]
+        for r in kept:
+            x, y, w, h = r["bbox"]
+            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": category_id,
+                         "bbox": [x, y, w, h], "area": float(w * h), "iscrowd": 0})
     return coco_from_dict({"images": [dict(i) for i in images], "annotations": anns,
                            "categories": [dict(c) for c in categories]})
 

@@ -834,6 +834,10 @@ def evaluate_command(
               coco=coco, kodak=kodak, reference=reference_detections, reference_score=reference_score, anchors=names,
               bd_reference=bd_reference, overwrite=overwrite, chunk_size=chunk_size, redundancy_k=redundancy_k,
               redundancy_fibers=redundancy_fibers, redundancy_images=redundancy_images, tracking_uri=uri)
+    from dvcm.checkpoint import read_checkpoint
+
+    for t in targets:  # refuse unknown models / bad files before starting Ray
+        read_checkpoint(t.checkpoint)
     init_ray(address)
     summary = run_job(job)
     con = Console()

@@ -85,6 +85,16 @@ def test_uncompressed_reference_mode(tmp_path: Path) -> None:
     assert evaluate(gt, [], [1, 2])["AP50"] == 0.0
 
 
+def test_uncompressed_reference_caps_at_cocoeval_max_dets() -> None:
+    """150 tied detections in one image/category: COCOeval scores only 100, so the reference keeps
+    the same 100 (its stable ranking) and the detections against themselves still give AP = 1."""
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [float(3 * k % 600), float(k % 400), 20.0, 20.0],
+             "score": 0.3} for k in range(150)]
+    gt = results_as_ground_truth(dets, IMAGES, CATEGORIES, score_thres=0.25)
+    assert len(gt.getAnnIds()) == 100
+    assert evaluate(gt, dets, [1, 2])["AP50"] == pytest.approx(1.0)
+
+
 def test_bad_annotation_files(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="does not exist"):
         load_coco(tmp_path / "nope.json")

@@ -1,0 +1,189 @@
+"""The evaluate job end to end: a tiny checkpoint on sample data, real Ray tasks, a real MLflow server.
+
+Also every bad input the job must refuse with one line (CLI subprocess, exit code 2), and an
+undecodable image that is skipped and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.evaluate import Job, Settings, Target, coco_items, folder_items, run_job
+
+CLI = [sys.executable, "-m", "pipeline.cli"]
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory):
+    from pipeline.sample_data import generate_sample
+
+    return generate_sample(tmp_path_factory.mktemp("evdata"), train_sequences=1, val_sequences=1,
+                           coco_images=2, kodak_images=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from dvcm.checkpoint import save_checkpoint
+    from dvcm.models import build
+    from dvcm.yolo import build_yolov3
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        yolo = build_yolov3(seed=0)
+    torch.manual_seed(0)
+    model = build("proposed", front=yolo.front, yolo_provenance=dict(yolo.provenance), N=16, M1=8, M2=8, H=2)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, model, extra={"lmbda": 0.0067, "epoch": 1})
+    return path
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    root = Path(__file__).resolve().parent.parent
+    e = {**os.environ, "PYTHONPATH": str(root), **(env or {})}
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=e, cwd=root, timeout=300)
+
+
+def _assert_one_line_error(res: subprocess.CompletedProcess, needle: str) -> None:
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and needle in lines[0], res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+
+
+def test_end_to_end_into_mlflow(sample, tiny_ckpt: Path, tmp_path: Path, ray_local, mlflow_uri: str) -> None:
+    from mlflow import MlflowClient
+    from typer.testing import CliRunner
+
+    from pipeline import tracking
+    from pipeline.cli import app
+
+    # A finished trial run holding the checkpoint, as a sweep leaves it, with a training history.
+    c = MlflowClient(mlflow_uri)
+    run = c.create_run(tracking.experiment_id(mlflow_uri), run_name="proposed-8-8-2-l0.0067",
+                       tags={tracking.TAG_TRIAL: "proposed-8-8-2-l0.0067"})
+    rid = run.info.run_id
+    c.log_artifact(rid, str(tiny_ckpt), "checkpoint")
+    for epoch, r in enumerate([0.30, 0.22]):
+        tracking.log_metrics(mlflow_uri, rid, {"val/rdn_y1_given_y2": r, "val/rdn_y2_given_y1": r / 2}, step=epoch)
+    c.set_terminated(rid)
+
+    out = tmp_path / "eval"
+    args = ["evaluate", "--run", rid, "--tracking-uri", mlflow_uri, "--coco-root", str(sample.coco_root),
+            "--kodak-root", str(sample.kodak_root), "--out", str(out), "--anchors", "jpeg",
+            "--anchor-params", "jpeg=10,60", "--reference-detections", "uncompressed", "--conf-thres", "0.05",
+            "--redundancy-fibers", "256", "--redundancy-images", "1", "--chunk-size", "1"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert "random-weight YOLOv3" in res.output
+
+    results = json.loads((out / rid / "results.json").read_text())
+    assert results["schema"] == "dvcm-eval/1" and results["detector"] == "random-weight YOLOv3"
+    assert results["label"] == "proposed (8,8,2) λ=0.0067"
+    (coco_pt,) = results["datasets"]["coco"]["points"]
+    (kodak_pt,) = results["datasets"]["kodak"]["points"]
+    rows = results["per_image"]
+    assert len([r for r in rows if r["dataset"] == "coco"]) == 2 and len([r for r in rows if r["dataset"] == "kodak"]) == 1
+    # rates are real file bytes: base bpp over 512x512, and bpp = base + enhancement on Kodak
+    for r in rows:
+        assert r["bytes_base"] > 0 and r["bytes_header"] > 0
+    coco_rows = [r for r in rows if r["dataset"] == "coco"]
+    assert coco_pt["bpp_base"] == pytest.approx(sum(r["bytes_base"] for r in coco_rows) * 8 / (512 * 512) / 2)
+    assert kodak_pt["bpp"] == pytest.approx(kodak_pt["bpp_base"] + kodak_pt["bpp_enh"])
+    assert 0.0 <= coco_pt["map50"] <= 1.0 and set(coco_pt["coco_stats"]) >= {"AP", "AP50", "AR100"}
+    assert 0 < kodak_pt["psnr"] < 100 and 0 < kodak_pt["ms_ssim"] <= 1
+    assert (out / rid / "results.csv").read_text().count("\n") == len(rows) + 1
+    anchors = json.loads((out / "anchors" / "results.json").read_text())
+    unc = [p for p in anchors["datasets"]["coco"]["points"] if p["codec"] == "uncompressed"]
+    assert unc[0]["map50"] == pytest.approx(1.0)  # scored against its own detections
+    jpeg = [p for p in anchors["datasets"]["kodak"]["points"] if p["codec"] == "jpeg"]
+    assert [p["param"] for p in jpeg] == [10, 60] and jpeg[0]["bpp"] < jpeg[1]["bpp"]
+    assert jpeg[0]["container_bpp"] > 0
+    assert "JPEG (Pillow)" in (out / "bd_table.md").read_text()
+
+    # read back through the MLflow client: metrics and results on the trial run, plots on the evaluation run
+    metrics = c.get_run(rid).data.metrics
+    assert metrics["eval/coco_bpp_base"] == pytest.approx(coco_pt["bpp_base"])
+    assert metrics["eval/kodak_psnr"] == pytest.approx(kodak_pt["psnr"])
+    assert {a.path for a in c.list_artifacts(rid, "evaluation")} == {"evaluation/results.json", "evaluation/results.csv"}
+    evals = c.search_runs([tracking.experiment_id(mlflow_uri)], filter_string="tags.`dvcm.evaluation` = '1'")
+    assert len(evals) == 1
+    plots = {a.path for a in c.list_artifacts(evals[0].info.run_id, "plots")}
+    assert {"plots/rate_accuracy.png", "plots/psnr_bpp.png", "plots/msssim_bpp.png", "plots/redundancy.png"} <= plots
+    assert any(p.startswith("plots/channels_") for p in plots)
+    local = c.download_artifacts(evals[0].info.run_id, "plots/rate_accuracy.png", str(tmp_path))
+    assert Path(local).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # rerun: every (checkpoint, dataset) pair is skipped
+    items, gt = coco_items(sample.coco_root, sample.coco_annotations, None)
+    job = Job(targets=[Target(next((out / ".downloads" / rid).rglob("*.pt")), run_id=rid, key=rid)], out=out,
+              settings=Settings(conf_thres=0.05), coco=(items, gt, sample.coco_annotations),
+              kodak=folder_items(sample.kodak_root), reference="uncompressed", anchors=["jpeg"],
+              anchor_params={"jpeg": (10, 60)}, redundancy_fibers=256, redundancy_images=1)
+    again = run_job(job, progress=False)
+    assert again["computed"] == [] and again["extras_computed"] == []
+    assert json.loads((out / rid / "results.json").read_text())["per_image"] == rows
+
+
+def test_undecodable_image_is_skipped_and_counted(sample, tiny_ckpt: Path, tmp_path: Path, ray_local) -> None:
+    kodak = tmp_path / "kodak"
+    kodak.mkdir()
+    (kodak / "kodim01.png").write_bytes(next(sample.kodak_root.glob("*.png")).read_bytes())
+    (kodak / "kodim02.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    job = Job(targets=[Target(tiny_ckpt, key="tiny")], out=tmp_path / "eval", settings=Settings(),
+              kodak=folder_items(kodak), anchors=[], redundancy_fibers=256, redundancy_images=1)
+    res = run_job(job, progress=False)["results"]["tiny"]
+    entry = res["datasets"]["kodak"]
+    assert entry["images"] == 1 and entry["skipped"] == 1 and entry["skipped_images"] == ["kodim02.png"]
+    assert entry["points"][0]["images"] == 1
+
+
+# -- bad input: one line, exit code 2 -------------------------------------------------------------
+
+
+def test_missing_and_malformed_annotations(sample, tiny_ckpt: Path, tmp_path: Path) -> None:
+    common = ["evaluate", "--checkpoint", str(tiny_ckpt), "--coco-root", str(sample.coco_root),
+              "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--out", str(tmp_path / "o")]
+    _assert_one_line_error(_cli(*common, "--coco-annotations", str(tmp_path / "none.json")), "does not exist")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"images": [}')
+    _assert_one_line_error(_cli(*common, "--coco-annotations", str(bad)), "not valid JSON")
+
+
+def test_listed_image_missing_on_disk(sample, tiny_ckpt: Path, tmp_path: Path) -> None:
+    ann = json.loads(sample.coco_annotations.read_text())
+    ann["images"].append({"id": 999999, "file_name": "COCO_val2014_000000999999.jpg", "width": 640, "height": 480})
+    ann_path = tmp_path / "ann.json"
+    ann_path.write_text(json.dumps(ann))
+    listing = tmp_path / "list.txt"
+    listing.write_text("COCO_val2014_000000999999.jpg\n")
+    res = _cli("evaluate", "--checkpoint", str(tiny_ckpt), "--coco-root", str(sample.coco_root),
+               "--coco-annotations", str(ann_path), "--image-list", str(listing),
+               "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--out", str(tmp_path / "o"))
+    _assert_one_line_error(res, "missing on disk")
+
+
+def test_checkpoint_of_unknown_model(sample, tiny_ckpt: Path, tmp_path: Path) -> None:
+    content = torch.load(tiny_ckpt, weights_only=True)
+    content["model"] = "mystery-codec"
+    bad = tmp_path / "mystery.pt"
+    torch.save(content, bad)
+    res = _cli("evaluate", "--checkpoint", str(bad), "--kodak-root", str(sample.kodak_root),
+               "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--out", str(tmp_path / "o"), "--anchors", "none")
+    _assert_one_line_error(res, "unknown model")
+
+
+def test_error_inside_a_ray_task_is_one_line(sample, tiny_ckpt: Path, tmp_path: Path, ray_address: str) -> None:
+    """The checkpoint was trained with another V_front (YOLO seed 0): the task's CheckpointError
+    comes back from Ray as the same one-line error, not a RayTaskError traceback."""
+    res = _cli("evaluate", "--checkpoint", str(tiny_ckpt), "--kodak-root", str(sample.kodak_root),
+               "--yolo-seed", "1", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--out", str(tmp_path / "o"),
+               "--anchors", "none", "--address", ray_address)
+    _assert_one_line_error(res, "YOLO weights")
