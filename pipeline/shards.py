@@ -382,8 +382,9 @@ def make_loader(
 ) -> ShardLoader:
     """Batches (x [B,3,crop,crop] in [0,1], s [B,256,crop/8,crop/8] float32) from prepared shards.
 
-    ``crop=None`` yields whole frames one at a time (B = 1). Crops smaller frames than
-    ``crop`` are left out. The order depends only on (seed, epoch, rank), not on timing.
+    ``crop=None`` yields whole frames one at a time (B = 1). Frames smaller than ``crop``
+    are left out. The order depends only on (seed, epoch, rank, workers), not on timing.
+    Shard locations must be readable from every worker (a shared folder, or URLs).
     """
     if crop is not None and (crop <= 0 or crop % FEATURE_STRIDE):
         raise UserError(f"crop {crop} must be a positive multiple of {FEATURE_STRIDE} so the s window matches exactly")
