@@ -191,8 +191,9 @@ def bench_codec(
     threads: Annotated[int, typer.Option(help="torch threads (0: torch's default).")] = 0,
 ) -> None:
     """Median encode/decode time on a 768×512 image: proposed (64,192,2), choi2022 (128,64,1) and
-    CompressAI's bmshj2018-hyperprior at the same N, measured side by side (untrained weights:
-    timing does not depend on them)."""
+    CompressAI's bmshj2018-hyperprior at the same N, measured side by side. The weights are
+    untrained (seeded): the transforms cost the same whatever the weights, but rANS time grows
+    with the number of symbols coded, so trained models at high rate code more slowly."""
     import torch
     from compressai.models import ScaleHyperprior
     from rich.console import Console
