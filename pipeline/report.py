@@ -103,7 +103,9 @@ def build_report(eval_dir: Path) -> str:
         parts.append("<p class='note'>no bd_table.csv in this folder</p>")
 
     parts.append("<h2>Plots</h2>")
-    for png in sorted((eval_dir / "plots").glob("*.png")):
+    order = ["rate_accuracy", "psnr_bpp", "msssim_bpp", "redundancy"]
+    pngs = sorted((eval_dir / "plots").glob("*.png"), key=lambda p: (order.index(p.stem) if p.stem in order else 9, p.stem))
+    for png in pngs:
         data = base64.b64encode(png.read_bytes()).decode("ascii")
         parts.append(f"<h3>{html.escape(png.stem)}</h3><img alt='{html.escape(png.stem)}' src='data:image/png;base64,{data}'>")
     parts.append("</body></html>")
