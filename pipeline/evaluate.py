@@ -64,6 +64,7 @@ import typer
 from pipeline.atomic import atomic_write_json, atomic_write_text
 from pipeline.coco_eval import DEFAULT_REFERENCE_SCORE
 from pipeline.errors import UserError
+from pipeline.tracking import file_digest
 
 SCHEMA = "dvcm-eval/1"
 COCO_SIZE = 512
@@ -94,14 +95,6 @@ class ImageItem:
 
     path: str
     image_id: int | None = None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _checkpoints_in(folder: Path) -> list[Path]:
@@ -158,7 +151,7 @@ def resolve_targets(
     if not targets:
         raise UserError("nothing to evaluate: give --checkpoint PATH, --run ID, --sweep NAME or --all-runs")
     for t in targets:
-        t.key = t.run_id or f"ckpt-{sha256_file(t.checkpoint)[:12]}"
+        t.key = t.run_id or f"ckpt-{file_digest(t.checkpoint)[:12]}"
     return targets
 
 
@@ -262,6 +255,16 @@ def _load_rgb(path: str):  # -> PIL.Image | None
         return None
 
 
+def _readable(items: list[ImageItem], skipped: list[str]):  # -> Iterator[tuple[ImageItem, PIL.Image]]
+    """The images of ``items`` that decode; the names of the others are appended to ``skipped``."""
+    for item in items:
+        img = _load_rgb(item.path)
+        if img is None:
+            skipped.append(Path(item.path).name)
+            continue
+        yield item, img
+
+
 def _to_tensor(img):  # PIL → [1,3,H,W] float in [0,1]
     import numpy as np
     import torch
@@ -308,11 +311,7 @@ def run_codec_chunk(checkpoint: str, dataset: str, items: list[ImageItem], s: Se
     model, yolo = _codec(checkpoint, s), _yolo(s)
     rows, dets, skipped = [], [], []
     with torch.no_grad():
-        for item in items:
-            img = _load_rgb(item.path)
-            if img is None:
-                skipped.append(Path(item.path).name)
-                continue
+        for item, img in _readable(items, skipped):
             w, h = img.size
             if dataset == "coco":
                 x = _to_tensor(img.resize((COCO_SIZE, COCO_SIZE), _bilinear()))
@@ -364,11 +363,7 @@ def run_anchor_chunk(codec: str, dataset: str, items: list[ImageItem], s: Settin
     params: Sequence[Any] = [None] if codec == "uncompressed" else (params or ANCHORS[codec].params)
     rows, dets, skipped = [], {str(p): [] for p in params}, []
     with torch.no_grad():
-        for item in items:
-            img = _load_rgb(item.path)
-            if img is None:
-                skipped.append(Path(item.path).name)
-                continue
+        for item, img in _readable(items, skipped):
             w, h = img.size
             src = img.resize((COCO_SIZE, COCO_SIZE), _bilinear()) if dataset == "coco" else img
             pixels = src.size[0] * src.size[1]
@@ -525,7 +520,7 @@ def _dataset_settings(job: Job, dataset: str) -> dict:
     if dataset == "coco":
         base.update(conf_thres=job.settings.conf_thres, nms_iou=job.settings.nms_iou, reference=job.reference,
                     reference_score=job.reference_score if job.reference == "uncompressed" else None,
-                    annotations_sha256=sha256_file(job.coco[2]), resize=f"{COCO_SIZE}x{COCO_SIZE} bilinear")
+                    annotations_sha256=file_digest(job.coco[2]), resize=f"{COCO_SIZE}x{COCO_SIZE} bilinear")
     return base
 
 
@@ -568,7 +563,7 @@ def run_job(job: Job, progress: bool = True) -> dict[str, Any]:
         res = prev or {"schema": SCHEMA, "key": t.key, "kind": "model", "datasets": {}, "per_image": [],
                        "redundancy": None, "channel_rates": None}
         res.update(label=model_label(t.meta), run_id=t.run_id, checkpoint=str(t.checkpoint),
-                   checkpoint_sha256=sha256_file(t.checkpoint), model=t.meta["model"], config=t.meta["config"],
+                   checkpoint_sha256=file_digest(t.checkpoint), model=t.meta["model"], config=t.meta["config"],
                    lmbda=t.meta["lmbda"], yolo=dict(yolo.provenance), detector=detector)
         results[t.key] = res
     anchors_res = (None if job.overwrite else load_results(job.out / "anchors")) or {
