@@ -58,7 +58,8 @@ def bench_evaluate(
             for workers in (1, 2):
                 s = Settings(threads=2 // workers)
                 chunks = [items[i::workers] for i in range(workers)]
-                ray.get(task.options(num_cpus=s.threads).remote(str(ckpt), dataset, items[:1], s))  # warm-up
+                # warm-up: one task per worker, side by side, so that every worker has loaded the models
+                ray.get([task.options(num_cpus=s.threads).remote(str(ckpt), dataset, items[:1], s) for _ in range(workers)])
                 t0 = time.perf_counter()
                 outs = ray.get([task.options(num_cpus=s.threads).remote(str(ckpt), dataset, c, s) for c in chunks])
                 wall = time.perf_counter() - t0
