@@ -118,6 +118,9 @@ def redundancy(
         fi, fj = fi[keep], fj[keep]
         n = num_fibers
     K = min(K, n)
+    if bool((torch.round(fi) == torch.round(fi[:1])).all()):
+        # y_i takes one value everywhere: it carries no information, Rdn is undefined.
+        return {"rdn": math.nan, "H_i": 0.0, "H_i_given_j": 0.0, "K": K, "fibers": n}
     _, labels = kmeans2(fj.double().numpy(), K, minit="++", seed=seed)
     fit_idx, test_idx = _split(n, rng)
 
