@@ -717,7 +717,7 @@ def _warm_worker(front_box: list) -> None:
 
 def bench_prepare(
     sequences: Annotated[int, typer.Option(help="Vimeo-shaped sequences (7 frames of 448x256 each) in the 1x fixture.")] = 4,
-    shard_size: Annotated[int, typer.Option(help="Samples per shard (small, so that every core gets shards).")] = 4,
+    shard_size: Annotated[int, typer.Option(help="Samples per shard (small, so that the last round of shards keeps every core busy).")] = 2,
     num_cpus: Annotated[Optional[int], typer.Option(help="CPUs for Ray (default: all cores).")] = None,
     memory: Annotated[bool, typer.Option(help="Also measure peak RSS of prepare at 1x and 8x the fixture.")] = True,
     work_dir: Annotated[Optional[Path], typer.Option(help="Where fixtures and shards go (default: a temp dir).")] = None,
