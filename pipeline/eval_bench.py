@@ -66,7 +66,7 @@ def bench_evaluate(
                 r = [row for o in outs for row in o["rows"]]
                 stage = {k: sum(row[k] for row in r) for k in ("t_encode", "t_decode", "t_back", "t_score")}
                 rows.append((dataset, workers, len(r) / wall, {k: len(r) / v if v > 0 else float("inf") for k, v in stage.items()}))
-    con = Console()
+    con = Console(width=120)
     table = Table(title="bench evaluate: images/s (tiny random codec, random-weight YOLOv3, this machine)")
     for col in ("path", "workers", "end-to-end", "encode", "decode", "V_back", "scoring", "speed-up vs 1 worker"):
         table.add_column(col)
