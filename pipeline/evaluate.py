@@ -31,6 +31,9 @@ a checkpoint, ``anchors`` for the anchors)::
      "channel_rates": {"image", "y1": [{"channel", "bits", "map"}...], "y2": [...]} | null,
      "per_image": [row, ...]}
 
+    (undefined numbers, e.g. MS-SSIM of an image under 161 pixels or the bpp of the
+    uncompressed anchor, are null)
+
     point (COCO): {"codec", "label", "param", "bpp", "bpp_base", "bytes_header", "container_bpp",
                    "map50", "coco_stats": {AP, AP50, ..., ARl}, "images"}
     point (Kodak): {"codec", "label", "param", "bpp", "bpp_base", "bpp_enh", "container_bpp",
@@ -455,8 +458,19 @@ def write_results(folder: Path, results: dict) -> None:
     w.writeheader()
     for r in results.get("per_image", []):
         w.writerow({k: r.get(k) for k in ROW_FIELDS})
-    atomic_write_json(folder / "results.json", results)
+    atomic_write_json(folder / "results.json", _json_safe(results))
     atomic_write_text(folder / "results.csv", buf.getvalue())
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf become null so that results.json is standard JSON (readable outside Python)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
 
 
 def load_results(folder: Path) -> dict | None:
