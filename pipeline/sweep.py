@@ -287,7 +287,7 @@ def make_tune_callback(ctx: SweepContext):  # -> ray.tune.Callback
             row.val_loss = float(result.get("val/loss", float("nan")))
             row.bpp = float(result.get("val/bpp", float("nan")))
             row.psnr = float(result.get("val/psnr", float("nan")))
-            if result.get("done"):
+            if result.get("trial_done"):  # not "done": Tune reserves it and would kill the trial at once
                 self._finish(trial, result)
 
         def _finish(self, trial, result: dict[str, Any]) -> None:

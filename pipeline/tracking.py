@@ -126,17 +126,13 @@ def log_params(uri: str, run_id: str, params: dict[str, Any]) -> None:
 
 def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int) -> None:
     """Log numeric metrics at ``step`` in one batch."""
-    import math
     import time
 
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    batch = [
-        Metric(k, float(v), now, step)
-        for k, v in metrics.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
-    ]
+    # NaN is kept (MLflow stores it): e.g. redundancy is undefined while a latent has zero entropy.
+    batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if batch:
         client(uri).log_batch(run_id, metrics=batch)
 

@@ -85,6 +85,21 @@ def loss_shares(terms: dict[str, float], lmbda: float, gamma: float) -> dict[str
     return {f"share_{k}": v / total for k, v in parts.items()}
 
 
+def wrap_ddp(model, aux_names: list[str]):  # noqa: ANN001, ANN201 - nn.Module in, DDP module out
+    """DDP via ``ray.train.torch.prepare_model``, with the EntropyBottleneck quantiles left out.
+
+    The quantiles are trained by the aux loss in a second backward that DDP's reducer must not
+    see (it would all-reduce gradients it never expected); the training loop averages their
+    gradients across ranks itself. ``find_unused_parameters`` stays on for models whose
+    forward skips a trainable submodule.
+    """
+    import ray.train.torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, aux_names)
+    return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
+
+
 def redundancy_hook(model, images) -> dict[str, float]:  # noqa: ANN001
     """Per-epoch redundancy Rdn(ŷ1|ŷ2), Rdn(ŷ2|ŷ1) from ``dvcm.redundancy`` (small K, few fibers)."""
     from dvcm.redundancy import model_redundancy
@@ -138,12 +153,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         sched.load_state_dict(state["sched"])
         set_rng_state(state["rng"])
         start_epoch, lr_drops = int(state["epoch"]) + 1, int(state["lr_drops"])
+        if state.get("final_metrics"):  # finished before the driver could record it: report it again
+            with ckpt.as_directory() as d:
+                ray.train.report(dict(state["final_metrics"]),
+                                 checkpoint=ray.train.Checkpoint.from_directory(d) if rank == 0 else None)
+            return
     model.to(device)
-    if world > 1:
-        ddp = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
-    else:
-        ddp = model
-    aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles") and p.requires_grad]
+    aux_names = [n for n, p in model.named_parameters() if n.endswith(".quantiles") and p.requires_grad]
+    aux_params = [p for n, p in model.named_parameters() if n in set(aux_names)]
+    ddp = wrap_ddp(model, aux_names) if world > 1 else model
 
     def loader(split: str, epoch: int, repeat: bool):
         return shard_reader.make_loader(
@@ -152,13 +170,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             seed=int(config["seed"]), epoch=epoch, rank=rank, world_size=world,
             yolo_provenance=config["yolo_provenance"], repeat=repeat)
 
+    keys = sorted({*METRIC_KEYS, "aux_loss"})
+
     def reduce_mean(sums: dict[str, float], count: int) -> dict[str, float]:
-        keys = sorted(sums)
-        t = torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64)
+        """Mean over all ranks' batches; the same tensor shape on every rank, even one without batches."""
+        t = torch.tensor([sums.get(k, 0.0) for k in keys] + [float(k in sums) for k in keys] + [float(count)],
+                         dtype=torch.float64)
         if world > 1:
             dist.all_reduce(t)
-        n = max(t[-1].item(), 1.0)
-        return {k: t[i].item() / n for i, k in enumerate(keys)}
+        n, present = t[-1].item(), t[len(keys):-1]
+        if n == 0:
+            return {}
+        return {k: t[i].item() / n for i, k in enumerate(keys) if present[i] > 0}
 
     epoch = start_epoch
     while epoch <= int(config["epochs"]):
@@ -227,7 +250,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         lr_drops += int(new_lr < old_lr)
         done = epoch >= int(config["epochs"]) or lr_drops >= int(config["max_lr_drops"])
 
-        metrics: dict[str, Any] = {"epoch": epoch, "lr": new_lr, "lr_drops": lr_drops, "done": int(done)}
+        metrics: dict[str, Any] = {"epoch": epoch, "lr": new_lr, "lr_drops": lr_drops, "trial_done": int(done)}
         metrics.update({f"train/{k}": v for k, v in train.items()})
         metrics.update({f"val/{k}": v for k, v in val.items()})
         metrics.update({f"train/{k}": v for k, v in loss_shares(train, config["lmbda"], config["gamma"]).items()})
@@ -242,17 +265,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0 and config.get("redundancy", True) and val_images:
             metrics.update({f"val/{k}": v for k, v in redundancy_hook(model, val_images).items()})
 
+        if done:
+            metrics["final_checkpoint"] = FINAL_NAME
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
-                torch.save({"model": model.state_dict(), "net_opt": net_opt.state_dict(),
-                            "aux_opt": aux_opt.state_dict(), "sched": sched.state_dict(), "epoch": epoch,
-                            "lr_drops": lr_drops, "rng": rng_state()}, Path(tmp) / STATE_NAME)
                 if done:
                     save_checkpoint(Path(tmp) / FINAL_NAME, model, extra={
                         "trial": config["trial_name"], "lmbda": float(config["lmbda"]),
                         "gamma": float(config["gamma"]), "epochs": epoch, "val_loss": val["loss"]})
-                    metrics["final_checkpoint"] = FINAL_NAME
+                torch.save({"model": model.state_dict(), "net_opt": net_opt.state_dict(),
+                            "aux_opt": aux_opt.state_dict(), "sched": sched.state_dict(), "epoch": epoch,
+                            "lr_drops": lr_drops, "rng": rng_state(),
+                            "final_metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+                            if done else {}}, Path(tmp) / STATE_NAME)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
         if done:
@@ -386,7 +412,8 @@ def _ddp_bench_loop(config: dict[str, Any]) -> None:
     world = ctx.get_world_size()
     torch.manual_seed(0)
     model = build("proposed", front=torch.nn.Identity(), N=config["N"], M1=64, M2=192, H=2)
-    ddp = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True}) if world > 1 else model
+    aux_names = [n for n, p in model.named_parameters() if n.endswith(".quantiles")]
+    ddp = wrap_ddp(model, aux_names) if world > 1 else model
     from dvcm.train_utils import configure_optimizers
 
     net_opt, aux_opt = configure_optimizers(model, 1e-4, 1e-3)

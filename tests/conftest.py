@@ -1,0 +1,58 @@
+"""Shared fixtures: one local Ray per test session, a real MLflow server, a tiny prepared dataset."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+try:
+    from tests.mlflow_server import mlflow_server
+except ImportError:  # tests/ collected as a plain folder (rootdir on sys.path differs)
+    from mlflow_server import mlflow_server  # type: ignore[no-redef]
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """A real local Ray with 2 CPUs, started once and shut down at the end of the session."""
+    import ray
+
+    # Workers must import this checkout (dvcm, pipeline, tests) whatever their cwd.
+    root = str(Path(__file__).resolve().parent.parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The http URI of a real ``mlflow server`` on 127.0.0.1 (SQLite store, local artifacts)."""
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
+        yield uri
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_local: None) -> str:
+    """The GCS address of the session's Ray, for CLI subprocesses that should join it."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample Vimeo-like set prepared into shards: 6 train + 3 val frames (448x256), seeded YOLO 0."""
+    from pipeline.prepare import run_prepare
+    from pipeline.sample_data import generate_sample
+    from pipeline.sources import vimeo90k
+
+    root = tmp_path_factory.mktemp("sample")
+    sample = generate_sample(root / "data", train_sequences=2, val_sequences=1)
+    out = root / "shards"
+    run_prepare(vimeo90k(sample.vimeo_root, frames=3), out, frames=3, shard_size=4, use_ray=False, progress=False)
+    return out

@@ -1,0 +1,161 @@
+"""`dvcm-pipeline sweep`: grid/spec parsing, a 2-trial parallel sweep tracked in a real MLflow
+server whose checkpoints code real images, and stop + `--resume` that skips finished trials."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.errors import UserError
+from pipeline.sweep import build_grid, load_spec, parse_lambdas, resolve_settings, trial_name
+
+runner = CliRunner()
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--preset", "tiny", "--epochs", "2", "--steps-per-epoch", "2", "--val-steps", "2"]
+
+
+def invoke(args: list[str]):
+    from pipeline.cli import app
+
+    return runner.invoke(app, args)
+
+
+# ------------------------------------------------------------------------------- grid and spec
+def test_grid_is_model_config_lambda_with_per_model_configs() -> None:
+    grid = build_grid(["proposed", "choi2022"], {"proposed": ["64,192,2", "64,128,1"], "choi2022": ["128,64,1"]},
+                      [0.0067, 0.025])
+    names = [t["trial_name"] for t in grid]
+    assert names == ["proposed-64-192-2-l0.0067", "proposed-64-192-2-l0.025", "proposed-64-128-1-l0.0067",
+                     "proposed-64-128-1-l0.025", "choi2022-128-64-1-l0.0067", "choi2022-128-64-1-l0.025"]
+    assert grid[4] == {"trial_name": "choi2022-128-64-1-l0.0067", "model": "choi2022", "M1": 128, "M2": 64, "H": 1,
+                       "lmbda": 0.0067}
+    assert trial_name("proposed", 64, 192, 2, 0.0018) == "proposed-64-192-2-l0.0018"
+
+
+@pytest.mark.parametrize("lambdas", [["0"], ["-1"], ["nan"], ["abc"], []])
+def test_bad_lambdas_are_refused(lambdas: list[str]) -> None:
+    with pytest.raises(UserError):
+        parse_lambdas(lambdas)
+
+
+def test_duplicate_and_unknown_grid_entries_are_refused() -> None:
+    with pytest.raises(UserError, match="repeats"):
+        build_grid(["proposed"], ["64,192,2", "64,192,2"], [0.01])
+    with pytest.raises(UserError, match="unknown model"):
+        build_grid(["proposed", "hyper"], ["64,192,2"], [0.01])
+    with pytest.raises(UserError, match="does not parse"):
+        build_grid(["proposed"], ["64;192;2"], [0.01])
+    with pytest.raises(UserError, match="no configuration"):
+        build_grid(["choi2022"], {"proposed": ["64,192,2"]}, [0.01])
+
+
+def test_paper_spec_is_the_papers_grid_and_flags_override_it(tmp_path: Path) -> None:
+    spec = load_spec(REPO / "jobs" / "paper_sweep.yaml")
+    assert spec["preset"] == "paper" and spec["N"] == 192 and spec["models"] == ["proposed", "choi2022"]
+    grid = build_grid(spec["models"], spec["configs"], parse_lambdas(spec["lambdas"]))
+    configs = sorted({(t["model"], t["M1"], t["M2"], t["H"]) for t in grid})
+    assert configs == [("choi2022", 128, 64, 1), ("proposed", 64, 128, 1), ("proposed", 64, 128, 2),
+                       ("proposed", 64, 192, 2), ("proposed", 128, 64, 1)]
+    settings = resolve_settings(None, spec, {"shards": "x", "epochs": 3, "batch_size": None})
+    assert settings["epochs"] == 3 and settings["batch_size"] == 16 and settings["crop"] == 256
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lambdaz: [0.1]\n")
+    with pytest.raises(UserError, match="unknown keys"):
+        load_spec(bad)
+
+
+# ------------------------------------------------------------------------------- a real sweep
+def test_two_trial_sweep_in_parallel_logs_parent_and_nested_runs_and_codes_images(
+    tiny_shards: Path, tmp_path: Path, mlflow_uri: str, ray_local: None
+) -> None:
+    import torch
+    from mlflow import MlflowClient
+
+    from dvcm.bitstream import compress, decode, decode_base, layer_sizes
+    from dvcm.checkpoint import load_checkpoint
+
+    storage = tmp_path / "runs"
+    result = invoke(["sweep", "--shards", str(tiny_shards), "--model", "proposed", "--configs", "16,32,2",
+                     "--lambdas", "0.0067,0.025", *TINY, "--max-concurrent-trials", "2",
+                     "--storage", str(storage), "--tracking-uri", mlflow_uri, "--name", "two"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    state = json.loads((storage / "two" / "sweep.json").read_text())
+    c = MlflowClient(mlflow_uri)
+    parent = c.get_run(state["parent_run_id"])
+    assert parent.info.run_name == "two" and parent.info.status == "FINISHED"
+    runs = c.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(r.info.run_name for r in runs) == ["proposed-16-32-2-l0.0067", "proposed-16-32-2-l0.025"]
+    starts = [r.info.start_time for r in runs]
+    ends = [r.info.end_time for r in runs]
+    assert max(starts) < min(ends)  # both trials were running at the same time
+    for r in runs:
+        p, tags = r.data.params, r.data.tags
+        assert r.info.status == "FINISHED"
+        assert (p["model"], p["N"], p["M1"], p["M2"], p["H"], p["preset"]) == ("proposed", "32", "16", "32", "2", "tiny")
+        assert float(p["lmbda"]) == float(tags["lambda"]) and float(p["gamma"]) >= 0
+        assert len(p["dataset_digest"]) == 64 and len(p["yolo_weights_sha256"]) == 64 and p["code_version"]
+        assert tags["model"] == "proposed" and tags["config"] == "16,32,2"
+        for key in ("train/loss", "val/loss", "val/bpp", "val/bpp_y1", "val/bpp_z1", "val/bpp_y2", "val/bpp_z2",
+                    "val/D_x", "val/D_s", "val/psnr", "lr", "train/share_ds", "val/rdn_y1_given_y2"):
+            assert [m.step for m in c.get_metric_history(r.info.run_id, key)] == [1, 2], key
+        arts = {a.path for a in c.list_artifacts(r.info.run_id, "checkpoint")}
+        assert arts == {"checkpoint/final.pt"}
+        assert {a.path for a in c.list_artifacts(r.info.run_id, "config")} == {"config/resolved_config.json"}
+
+    x = torch.rand(1, 3, 96, 160)
+    for name, entry in state["trials"].items():
+        model, meta = load_checkpoint(entry["final_checkpoint"])
+        assert meta["extra"]["trial"] == name
+        data = compress(model, x)
+        sizes = layer_sizes(data)
+        assert sizes["base"] > 0 and sizes["enhancement"] > 0
+        assert decode(model, data).shape == (1, 3, 96, 160)
+        assert decode_base(model, data).shape == (1, 256, 12, 20)
+
+
+def test_stopped_sweep_resumes_without_rerunning_finished_trials(
+    tiny_shards: Path, tmp_path: Path, ray_address: str
+) -> None:
+    from mlflow import MlflowClient
+
+    storage, uri = tmp_path / "runs", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["sweep", "--shards", str(tiny_shards), "--model", "proposed", "--configs", "16,32,2",
+            "--lambdas", "0.01,0.02", "--preset", "tiny", "--epochs", "1", "--steps-per-epoch", "2", "--val-steps", "1",
+            "--max-concurrent-trials", "1", "--storage", str(storage), "--tracking-uri", uri, "--name", "stopme"]
+    code = "import sys; from pipeline.cli import main; sys.argv = ['dvcm-pipeline'] + sys.argv[1:]; main()"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", code, *args, "--address", ray_address], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    state_file = storage / "stopme" / "sweep.json"
+    deadline = time.monotonic() + 300
+    finished: list[str] = []
+    while time.monotonic() < deadline and proc.poll() is None and not finished:
+        time.sleep(1)
+        if state_file.is_file():
+            trials = json.loads(state_file.read_text())["trials"]
+            finished = [n for n, t in trials.items() if t.get("status") == "finished"]
+    assert finished, "the first trial never finished"
+    proc.send_signal(signal.SIGINT)  # stop the sweep as Ctrl-C would
+    proc.wait(timeout=120)
+    first = finished[0]
+    before = json.loads(state_file.read_text())["trials"]
+    first_ckpt = Path(before[first]["final_checkpoint"])
+    mtime = first_ckpt.stat().st_mtime_ns
+
+    result = invoke([*args, "--resume"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    after = json.loads(state_file.read_text())["trials"]
+    assert all(t["status"] == "finished" for t in after.values()) and len(after) == 2
+    assert after[first]["final_checkpoint"] == before[first]["final_checkpoint"]
+    assert first_ckpt.stat().st_mtime_ns == mtime  # not retrained
+    c = MlflowClient(uri)
+    run = c.get_run(after[first]["run_id"])
+    assert [m.step for m in c.get_metric_history(run.info.run_id, "train/loss")] == [1]  # logged once
