@@ -19,6 +19,7 @@ silent fallback: a sweep asked for AMP should not quietly produce fp32 numbers.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -431,7 +432,11 @@ def _ddp_bench_loop(config: dict[str, Any]) -> None:
         model.aux_loss().backward()
         aux_opt.step()
         n += b
-    ray.train.report({"samples_per_s": n * world / (time.perf_counter() - t0)})
+    rate = n * world / (time.perf_counter() - t0)
+    with tempfile.TemporaryDirectory() as tmp:  # Ray Train V2 hands back metrics with a checkpoint
+        (Path(tmp) / "bench.json").write_text(f'{{"samples_per_s": {rate}}}')
+        ray.train.report({"samples_per_s": rate},
+                         checkpoint=ray.train.Checkpoint.from_directory(tmp) if ctx.get_world_rank() == 0 else None)
 
 
 def bench_train_command(
@@ -483,12 +488,13 @@ def bench_train_command(
         ls = n / (time.perf_counter() - t0)
         rows.append(("loader (1 process, no workers)", ls, f"loader/step consumption = {ls / sp:.1f}x"))
 
-    from ray.train import ScalingConfig
+    from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from pipeline.ray_runtime import init_ray
 
     init_ray(address)
+    bench_dir = tempfile.mkdtemp(prefix="dvcm-bench-train-")
     ddp = {}
     for workers, threads in ((1, 2), (2, 1)):
         with console.status(f"DDP on CPU: {workers} worker(s) x {threads} thread(s)"):
@@ -497,8 +503,10 @@ def bench_train_command(
                 train_loop_config={"threads": threads, "N": ddp_n, "batch": batch_size, "crop": ddp_crop, "steps": steps},
                 torch_config=TorchConfig(backend="gloo"),
                 scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": threads}),
+                run_config=RunConfig(name=f"bench-ddp-{workers}x{threads}-{int(time.time())}", storage_path=bench_dir),
             )
-            ddp[(workers, threads)] = trainer.fit().metrics["samples_per_s"]
+            with trainer.fit().checkpoint.as_directory() as d:
+                ddp[(workers, threads)] = json.loads((Path(d) / "bench.json").read_text())["samples_per_s"]
     rows.append((f"DDP CPU 1 worker x 2 threads (N={ddp_n}, {ddp_crop} crops, batch {batch_size}/worker)", ddp[(1, 2)], ""))
     rows.append((f"DDP CPU 2 workers x 1 thread (N={ddp_n}, {ddp_crop} crops, batch {batch_size}/worker)", ddp[(2, 1)],
                  f"2x1 / 1x2 = {ddp[(2, 1)] / ddp[(1, 2)]:.2f}"))
