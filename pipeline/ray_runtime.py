@@ -21,7 +21,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     kwargs: dict = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
     # Workers must import dvcm and pipeline even on nodes whose cwd is elsewhere.
     env_vars = {k: os.environ[k] for k in ("PYTHONPATH", "MLFLOW_TRACKING_URI") if k in os.environ}
-    if env_vars:
+    # Inside `ray job submit` the job's runtime_env already reaches every worker, and Ray refuses a
+    # driver runtime_env that sets the same keys: pass none there.
+    if env_vars and "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
         kwargs["runtime_env"] = {"env_vars": env_vars}
     try:
         if address:
