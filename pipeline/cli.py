@@ -32,6 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pipeline.sweep",
     "pipeline.evaluate",
     "pipeline.report",
+    "pipeline.quickstart",
 )
 
 for _name in COMMAND_MODULES:

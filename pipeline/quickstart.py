@@ -1,0 +1,284 @@
+"""``dvcm-pipeline quickstart``: the whole workflow on the embedded sample set, from one command.
+
+In order, each step through the job's own Python function (no subprocess):
+
+1. generate the download-free sample set and ``prepare`` its Vimeo-like part into shards with Ray;
+2. ``sweep`` ``proposed`` and ``choi2022`` at two λ each on the ``tiny`` preset, trials in parallel;
+3. ``evaluate`` every trial on the sample COCO-like and Kodak-like images with the installed anchors
+   (detections scored against the uncompressed YOLOv3's own detections, so that a random-weight
+   YOLOv3 still gives a meaningful *relative* accuracy);
+4. write the HTML ``report``;
+5. print a summary table and the BD-rate of ``proposed`` against ``choi2022`` on the base layer;
+6. print the ``mlflow ui`` command that opens the runs.
+
+Everything lands in ``--out`` (default ``./dvcm-quickstart``). A rerun into the same folder
+resumes: finished shards, trials and evaluations are skipped; a new folder starts afresh.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from pipeline.errors import UserError
+
+DEFAULT_OUT = Path("dvcm-quickstart")
+DEFAULT_LAMBDAS = "0.0018,0.0932"
+DEFAULT_LR = 1e-3
+MODELS = ("proposed", "choi2022")
+SWEEP_NAME = "quickstart"
+BASE_METRIC = "coco_map50"  # the base layer: COCO path, bpp of the base layer only
+
+
+@dataclass
+class TrialSummary:
+    """One row of the summary table."""
+
+    trial: str
+    model: str
+    lmbda: float
+    run_id: str | None
+    bpp_base: float = math.nan
+    bpp_enh: float = math.nan
+    bpp_coco_base: float = math.nan
+    psnr: float = math.nan
+    d_s: float = math.nan
+    map50: float = math.nan
+    relative_map: float = math.nan
+
+
+@dataclass
+class QuickstartResult:
+    """What one quickstart run produced (returned for tests and notebooks)."""
+
+    out: Path
+    shards: Path
+    eval_dir: Path
+    report: Path
+    tracking_uri: str
+    sweep_state: dict[str, Any]
+    trials: list[TrialSummary]
+    uncompressed_map50: float
+    bd_rate_base: float
+    bd_note: str
+    detector: str
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def default_tracking_uri(out: Path) -> str:
+    """An SQLite store inside the quickstart folder (so a new ``--out`` is a fresh start)."""
+    return f"sqlite:///{(out / 'mlflow.db').resolve()}"
+
+
+def mlflow_ui_command(tracking_uri: str) -> str:
+    """The exact command that opens the runs of ``tracking_uri`` in the MLflow UI."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri} in a browser (the tracking server is its own UI)"
+    return f"mlflow ui --backend-store-uri {tracking_uri}"
+
+
+def _points(res: dict[str, Any], dataset: str) -> list[dict[str, Any]]:
+    return list((res.get("datasets", {}).get(dataset) or {}).get("points", []))
+
+
+def summarize_trials(state: dict[str, Any], eval_results: dict[str, dict], tracking_uri: str) -> tuple[list[TrialSummary], float]:
+    """Per-trial rows (real-bitstream rates, PSNR, relative mAP; D_s from the last validation) and the uncompressed mAP."""
+    from pipeline import tracking
+
+    unc = next((p.get("map50") for p in _points(eval_results.get("anchors", {}), "coco") if p["codec"] == "uncompressed"),
+               math.nan)
+    unc = float(unc) if _finite(unc) else math.nan
+    c = tracking.client(tracking_uri)
+    rows = []
+    for name, entry in state["trials"].items():
+        run_id = entry.get("run_id")
+        res = eval_results.get(run_id or "", {})
+        row = TrialSummary(name, str(res.get("model") or name.split("-")[0]), float(res.get("lmbda") or math.nan), run_id)
+        for p in _points(res, "kodak"):
+            row.bpp_base, row.bpp_enh, row.psnr = p.get("bpp_base", math.nan), p.get("bpp_enh", math.nan), p.get("psnr", math.nan)
+        for p in _points(res, "coco"):
+            row.bpp_coco_base, row.map50 = p.get("bpp_base", math.nan), p.get("map50", math.nan)
+        if _finite(row.map50) and _finite(unc) and unc > 0:
+            row.relative_map = row.map50 / unc
+        if run_id:
+            row.d_s = float(c.get_run(run_id).data.metrics.get("val/D_s", math.nan))
+        rows.append(row)
+    return rows, unc
+
+
+def base_layer_bd_rate(bd_rows: list[dict[str, Any]]) -> tuple[float, str]:
+    """BD-rate (%) of ``proposed`` against ``choi2022`` on the base layer (COCO mAP@0.5 vs base bpp)."""
+    for r in bd_rows:
+        if r["metric"] == BASE_METRIC and r["reference"].startswith("choi2022") and r["test"].startswith("proposed"):
+            return float(r["bd_rate_percent"]), str(r.get("note") or "")
+    return math.nan, "no proposed/choi2022 pair in the BD table (a curve is missing)"
+
+
+def print_summary(result: QuickstartResult) -> None:
+    """The summary table, the BD-rate line and the MLflow UI command."""
+    from rich.console import Console
+    from rich.table import Table
+
+    def fmt(v: float, spec: str) -> str:
+        return format(v, spec) if _finite(v) else "-"
+
+    con = Console(width=max(Console().width, 170))  # the table is wide; never squeeze it into 80 columns
+    table = Table(title=f"quickstart: {len(result.trials)} trials (tiny preset, sample data; detector: {result.detector})")
+    for col in ("trial", "λ", "bpp base", "bpp enh", "bpp", "PSNR dB", "D_s (val)", "COCO base bpp",
+                f"mAP@0.5 vs uncompressed ({result.detector})", "relative mAP"):
+        table.add_column(col, justify="left" if col == "trial" else "right")
+    for t in result.trials:
+        total = t.bpp_base + t.bpp_enh if _finite(t.bpp_base) and _finite(t.bpp_enh) else math.nan
+        table.add_row(t.trial, fmt(t.lmbda, "g"), fmt(t.bpp_base, ".4f"), fmt(t.bpp_enh, ".4f"), fmt(total, ".4f"),
+                      fmt(t.psnr, ".2f"), fmt(t.d_s, ".4f"), fmt(t.bpp_coco_base, ".4f"), fmt(t.map50, ".3f"),
+                      fmt(t.relative_map, ".3f"))
+    con.print(table)
+    con.print("bpp base/enh and PSNR: Kodak-like sample images, real bitstreams; D_s: last validation epoch "
+              "(normalised s); relative mAP: mAP@0.5 of the base layer / mAP@0.5 of the uncompressed image "
+              f"({fmt(result.uncompressed_map50, '.3f')}).")
+    bd = fmt(result.bd_rate_base, "+.2f")
+    con.print(f"BD-rate of proposed vs choi2022 on the base layer (COCO mAP@0.5 vs base-layer bpp, {result.detector}): "
+              f"{bd} %" + (f"  ({result.bd_note})" if result.bd_note else ""))
+    con.print(f"report: {result.report}")
+    con.print(f"results: {result.eval_dir}  shards: {result.shards}")
+    con.print("times: " + ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items()))
+    con.print(f"open the runs: {mlflow_ui_command(result.tracking_uri)}")
+
+
+def run_quickstart(
+    out: Path = DEFAULT_OUT,
+    yolo_weights: str | None = None,
+    lambdas: list[float] | None = None,
+    epochs: int | None = None,
+    steps_per_epoch: int | None = None,
+    val_steps: int | None = None,
+    lr: float | None = None,
+    anchors: list[str] | None = None,
+    tracking_uri: str | None = None,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    progress: bool = True,
+) -> QuickstartResult:
+    """Run the six steps (see the module docstring); returns what was produced."""
+    from rich.console import Console
+
+    from pipeline import evaluate, report, sweep, tracking
+    from pipeline.prepare import run_prepare
+    from pipeline.ray_runtime import init_ray
+    from pipeline.sample_data import generate_sample
+    from pipeline.sources import list_source
+
+    con = Console()
+    out = Path(out).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if yolo_weights is not None and not Path(yolo_weights).is_file():
+        raise UserError(f"--yolo-weights {yolo_weights} does not exist; give a Darknet yolov3.weights file")
+    if yolo_weights is None:
+        con.print("[bold yellow]YOLOv3 runs with seeded random weights (seed 0)[/]: no --yolo-weights was given, so "
+                  "every detection and mAP below comes from a random-weight YOLOv3 and only shows that the path works.")
+    else:
+        con.print(f"YOLOv3 weights: {yolo_weights}")
+    uri = tracking.resolve_tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(out))
+    tracking.check_reachable(uri)
+    lams = sweep.parse_lambdas(lambdas if lambdas is not None else sweep.parse_list(DEFAULT_LAMBDAS))
+    if len(lams) < 2:
+        raise UserError("--lambdas needs at least two values for a rate curve and a BD-rate; write e.g. 0.0018,0.0483")
+    seconds: dict[str, float] = {}
+
+    # 1. sample data and shards (Ray tasks)
+    t0 = time.perf_counter()
+    con.rule("1/5 prepare: sample data -> WebDataset shards (Ray)")
+    sample = generate_sample(out / "data")
+    init_ray(address, num_cpus)
+    shards = out / "shards"
+    rep = run_prepare(list_source("sample", sample.vimeo_root, "all"), shards, yolo_weights=yolo_weights,
+                      frames="all", shard_size=8, use_ray=True, address=address, num_cpus=num_cpus, progress=progress)
+    con.print(f"shards in {shards}: {rep.shards_written} written, {rep.shards_skipped} already finished")
+    seconds["prepare"] = time.perf_counter() - t0
+
+    # 2. sweep: proposed and choi2022 x two λ, in parallel
+    t0 = time.perf_counter()
+    con.rule("2/5 sweep: proposed and choi2022, two λ each (Ray Tune + Ray Train)")
+    flags = {"shards": str(shards), "epochs": epochs, "steps_per_epoch": steps_per_epoch, "val_steps": val_steps,
+             "lr": lr, "yolo_weights": yolo_weights}
+    settings = sweep.resolve_settings("tiny", {}, flags)
+    cfg = ",".join(map(str, settings.pop("configs")[0]))
+    grid = sweep.build_grid(list(MODELS), [cfg], lams)
+    storage = out / "runs"
+    resume = sweep.read_state(storage / SWEEP_NAME) is not None
+    state = sweep.run_sweep(SWEEP_NAME, grid, settings, storage, uri, resume=resume, address=address, show=progress)
+    failed = [n for n, t in state["trials"].items() if t.get("status") != "finished"]
+    if failed:
+        raise UserError(f"trials {', '.join(failed)} did not finish; see {mlflow_ui_command(uri)}, then rerun quickstart")
+    seconds["sweep"] = time.perf_counter() - t0
+
+    # 3. evaluate every trial (real bitstreams) with the installed anchors
+    t0 = time.perf_counter()
+    con.rule("3/5 evaluate: COCO-like base layer, Kodak-like both layers, anchors, BD-rate, plots")
+    eval_dir = out / "eval"
+    run_ids = [state["trials"][t["trial_name"]]["run_id"] for t in grid]
+    targets = evaluate.resolve_targets([], run_ids, None, False, uri, eval_dir / ".downloads")
+    coco_items, coco_gt = evaluate.coco_items(sample.coco_root, sample.coco_annotations, None)
+    job = evaluate.Job(
+        targets=targets, out=eval_dir,
+        settings=evaluate.Settings(yolo_weights=yolo_weights, yolo_seed=0),
+        coco=(coco_items, coco_gt, sample.coco_annotations), kodak=evaluate.folder_items(sample.kodak_root),
+        reference="uncompressed", anchors=list(anchors) if anchors is not None else ["jpeg", "webp", "avif", "hevc", "vvc"],
+        bd_reference="choi2022", tracking_uri=uri, redundancy_images=2, redundancy_fibers=1024,
+    )
+    summary = evaluate.run_job(job, progress=progress)
+    for line in summary["notices"]:
+        con.print(line)
+    seconds["evaluate"] = time.perf_counter() - t0
+
+    # 4. report
+    con.rule("4/5 report")
+    report_path = eval_dir / "report.html"
+    report.report_command(eval_dir=eval_dir, out=report_path)
+
+    # 5./6. summary and the MLflow UI command
+    con.rule("5/5 summary")
+    rows, unc = summarize_trials(state, summary["results"], uri)
+    bd, note = base_layer_bd_rate(summary["bd_rows"])
+    result = QuickstartResult(out, shards, eval_dir, report_path, uri, state, rows, unc, bd, note,
+                              summary["results"]["anchors"].get("detector", "YOLOv3"), seconds)
+    print_summary(result)
+    return result
+
+
+def quickstart_command(
+    out: Annotated[Path, typer.Option("--out", help="Folder for everything (data, shards, runs, eval, mlflow.db).")] = DEFAULT_OUT,
+    yolo_weights: Annotated[Optional[Path], typer.Option("--yolo-weights", help="Darknet yolov3.weights (default: seeded random YOLOv3).")] = None,
+    lambdas: Annotated[str, typer.Option("--lambdas", help="Two or more λ, comma separated (each model gets all).")] = DEFAULT_LAMBDAS,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs per trial (default: the tiny preset's).")] = None,
+    steps_per_epoch: Annotated[Optional[int], typer.Option("--steps-per-epoch", help="Training steps per epoch (default: tiny preset).")] = None,
+    val_steps: Annotated[Optional[int], typer.Option("--val-steps", help="Validation batches per epoch (default: tiny preset).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Adam learning rate of the trials.")] = DEFAULT_LR,
+    anchors: Annotated[str, typer.Option("--anchors", help="Anchors to evaluate where installed (jpeg,webp,avif,hevc,vvc) or 'none'.")] = "jpeg,webp,avif,hevc,vvc",
+    tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow URI (default MLFLOW_TRACKING_URI, else sqlite:///<out>/mlflow.db).")] = None,
+    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default RAY_ADDRESS or a local Ray).")] = None,
+    num_cpus: Annotated[Optional[int], typer.Option("--num-cpus", help="CPUs of the local Ray instance (default: all).")] = None,
+) -> None:
+    """Prepare, sweep, evaluate and report on the embedded sample set: the whole workflow in one command."""
+    from pipeline.sweep import parse_list
+
+    t0 = time.perf_counter()
+    names = [] if anchors.strip() == "none" else parse_list(anchors)
+    run_quickstart(out, str(yolo_weights) if yolo_weights else None, parse_list(lambdas), epochs, steps_per_epoch,
+                   val_steps, lr, names, tracking_uri, address, num_cpus)
+    typer.echo(f"quickstart finished in {time.perf_counter() - t0:.0f} s")
+
+
+def register(app: typer.Typer, bench: typer.Typer) -> None:  # noqa: ARG001 - no benchmark here
+    """Add ``quickstart``."""
+    app.command("quickstart")(quickstart_command)
