@@ -1,0 +1,68 @@
+"""`dvcm-pipeline quickstart`, shrunk (1 epoch of 2 steps, JPEG anchor only), run for real:
+what it prints, what it logged to MLflow, the files it wrote, and a clean rerun into the same folder."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+SHRINK = ["--epochs", "1", "--steps-per-epoch", "2", "--val-steps", "1", "--anchors", "jpeg"]
+
+
+def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local: None) -> None:
+    from mlflow import MlflowClient
+
+    from pipeline.cli import app
+
+    out = tmp_path / "qs"
+    result = CliRunner().invoke(app, ["quickstart", "--out", str(out), *SHRINK])
+    assert result.exit_code == 0, result.output[-4000:] + repr(result.exception)
+    text = result.output
+    assert "YOLOv3 runs with seeded random weights" in text
+    uri = f"sqlite:///{out.resolve() / 'mlflow.db'}"
+    assert f"mlflow ui --backend-store-uri {uri}" in text
+    trials = ["proposed-16-32-2-l0.0018", "proposed-16-32-2-l0.0932", "choi2022-16-32-2-l0.0018", "choi2022-16-32-2-l0.0932"]
+    for name in trials:
+        assert name in text
+    assert "BD-rate of proposed vs choi2022 on the base layer" in text
+    assert "detector: random-weight YOLOv3" in text.replace("\n", " ")
+
+    # files: shards, sweep record, evaluation results, BD table, plots, report
+    assert (out / "shards" / "dataset.json").is_file()
+    state = json.loads((out / "runs" / "quickstart" / "sweep.json").read_text())
+    assert sorted(state["trials"]) == sorted(trials) and all(t["status"] == "finished" for t in state["trials"].values())
+    for entry in state["trials"].values():
+        res = json.loads((out / "eval" / entry["run_id"] / "results.json").read_text())
+        assert res["detector"] == "random-weight YOLOv3"
+        kodak = res["datasets"]["kodak"]["points"][0]
+        assert kodak["bpp_base"] > 0 and kodak["bpp_enh"] > 0 and math.isfinite(kodak["psnr"])
+    bd = (out / "eval" / "bd_table.csv").read_text()
+    assert "coco_map50" in bd and "choi2022 (16,32,2)" in bd and "proposed (16,32,2)" in bd
+    assert list((out / "eval" / "plots").glob("*.png"))
+    assert "<img" in (out / "eval" / "report.html").read_text()
+
+    # MLflow: a parent run, 4 nested trial runs tagged by model/config/λ with checkpoint and evaluation artifacts
+    c = MlflowClient(uri)
+    parent = c.get_run(state["parent_run_id"])
+    assert parent.info.run_name == "quickstart" and parent.info.status == "FINISHED"
+    kids = c.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(r.info.run_name for r in kids) == sorted(trials)
+    for r in kids:
+        assert r.data.tags["model"] in ("proposed", "choi2022") and r.data.tags["config"] == "16,32,2"
+        assert r.data.tags["lambda"] in ("0.0018", "0.0932")
+        assert {a.path for a in c.list_artifacts(r.info.run_id, "checkpoint")} == {"checkpoint/final.pt"}
+        assert {"evaluation/results.json", "evaluation/results.csv"} <= {a.path for a in c.list_artifacts(r.info.run_id, "evaluation")}
+        assert "eval/kodak_psnr" in r.data.metrics
+    evals = c.search_runs([parent.info.experiment_id], filter_string="tags.`dvcm.evaluation` = '1'")
+    assert len(evals) == 1 and [a.path for a in c.list_artifacts(evals[0].info.run_id, "plots")]
+
+    # rerun into the same folder: every step resumes, nothing is trained again
+    ckpt = Path(state["trials"][trials[0]]["final_checkpoint"])
+    mtime = ckpt.stat().st_mtime_ns
+    again = CliRunner().invoke(app, ["quickstart", "--out", str(out), *SHRINK])
+    assert again.exit_code == 0, again.output[-4000:] + repr(again.exception)
+    assert "6 already finished" in " ".join(again.output.split()) and ckpt.stat().st_mtime_ns == mtime
+    assert len(c.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")) == 4
