@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -93,6 +95,17 @@ def _unpack_strings(segment: bytes, count: int, layer: str) -> list[bytes]:
     return strings
 
 
+@contextmanager
+def _eval_mode(model: ScalableCodec) -> Iterator[None]:
+    """Code in eval mode (quantisation by rounding, float64 scales), then restore the caller's mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 def _require_ready(model: ScalableCodec) -> bytes:
     if model.fingerprint is None:
         raise BitstreamError("the model has no entropy tables yet: call model.update(force=True) or load a checkpoint")
@@ -110,8 +123,8 @@ def compress(model: ScalableCodec, x: Tensor) -> bytes:
     h, w = x.shape[-2:]
     if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
         raise BitstreamError(f"image size {h}x{w} is outside 1..{MAX_SIDE} pixels per side")
-    model.eval()
-    coded = model.compress(x)
+    with _eval_mode(model):
+        coded = model.compress(x)
     base, enhancement = _pack_strings(coded["base"]), _pack_strings(coded["enhancement"])
     ph, pw = coded["padded_hw"]
     fields = _HEADER.pack(
@@ -190,8 +203,8 @@ def _base_strings(data: bytes, model: ScalableCodec) -> tuple[Header, list[bytes
 def decode_base(model: ScalableCodec, data: bytes) -> Tensor:
     """Machine side: read the header and base layer only, return ŝ [1,256,⌈H/8⌉,⌈W/8⌉]."""
     header, base = _base_strings(data, model)
-    model.eval()
-    return model.decompress_base(base, header.hw, header.padded_hw)["s_hat"]
+    with _eval_mode(model):
+        return model.decompress_base(base, header.hw, header.padded_hw)["s_hat"]
 
 
 @torch.no_grad()
@@ -203,8 +216,8 @@ def decode(model: ScalableCodec, data: bytes) -> Tensor:
     if len(data) != header.total_length:
         raise BitstreamError(f"file has {len(data) - header.total_length} unexpected trailing bytes")
     enhancement = _unpack_strings(enh, model.segment_counts[1], "enhancement")
-    model.eval()
-    return model.decompress(base, enhancement, header.hw, header.padded_hw)["x_hat"].clamp_(0, 1)
+    with _eval_mode(model):
+        return model.decompress(base, enhancement, header.hw, header.padded_hw)["x_hat"].clamp_(0, 1)
 
 
 def base_layer(data: bytes) -> bytes:

@@ -69,7 +69,12 @@ def _few_threads(numel: int) -> Iterator[None]:
 
 
 def _fit_bits_inner(train: Tensor, train_mask: Tensor, test: Tensor, test_mask: Tensor, steps: int, seed: int) -> Tensor:
-    torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # seeded here without touching the caller's RNG (training)
+        torch.manual_seed(seed)
+        return _fit_bits_seeded(train, train_mask, test, test_mask, steps)
+
+
+def _fit_bits_seeded(train: Tensor, train_mask: Tensor, test: Tensor, test_mask: Tensor, steps: int) -> Tensor:
     eb = EntropyBottleneck(train.shape[1])
     params = [p for n, p in eb.named_parameters() if not n.endswith("quantiles")]
     opt = torch.optim.Adam(params, lr=2e-2)

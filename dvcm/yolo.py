@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from dvcm.errors import DarknetWeightsError
-from dvcm.fileio import atomic_open
+from dvcm.fileio import atomic_open, file_sha256
 
 __all__ = [
     "ANCHORS",
@@ -477,14 +477,6 @@ def load_darknet_weights(model: YOLOv3, path: str | Path) -> DarknetHeader:
     return header
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def build_yolov3(weights: str | Path | None = None, seed: int = 0, num_classes: int = 80) -> YOLOv3:
     """YOLOv3 in eval mode: from a Darknet ``.weights`` file, or from ``seed`` when ``weights`` is None.
 
@@ -507,7 +499,7 @@ def build_yolov3(weights: str | Path | None = None, seed: int = 0, num_classes: 
     else:
         path = Path(weights)
         load_darknet_weights(model, path)  # sets every float; ``seed`` is unused
-        source, digest = str(path), _file_sha256(path)
+        source, digest = str(path), file_sha256(path)
     model.provenance = {
         "weights": source,
         "weights_sha256": digest,

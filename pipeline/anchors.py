@@ -203,7 +203,7 @@ def _ffmpeg(codec_args: Callable[[int], list[str]], pix_fmt: str, muxer: str, al
 
 
 def _x265(qp: int) -> list[str]:
-    return ["-c:v", "libx265", "-x265-params", f"qp={qp}:keyint=1:log-level=error"]
+    return ["-c:v", "libx265", "-x265-params", f"qp={qp}:keyint=1:info=0:log-level=error"]
 
 
 def _vvenc(qp: int) -> list[str]:

@@ -1,6 +1,7 @@
 """Evaluation plots (matplotlib, headless): the paper's Fig. 4–6 and the redundancy curves.
 
 * ``rate_accuracy.png``: mAP@0.5 against base-layer bpp on COCO (Fig. 4);
+* ``feature_psnr_bpp.png``: feature PSNR of the base layer's ŝ against base-layer bpp on COCO;
 * ``psnr_bpp.png`` and ``msssim_bpp.png``: Kodak PSNR / MS-SSIM against total bpp (Fig. 5);
 * ``redundancy.png``: Rdn(ŷ1|ŷ2) and Rdn(ŷ2|ŷ1) over training epochs (and at evaluation);
 * ``channels_<key>.png``: the top-8 channels by rate of ŷ1 and ŷ2 for one image (Fig. 6).
@@ -22,10 +23,21 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from pipeline.atomic import atomic_write_bytes  # noqa: E402
 from pipeline.bdrate import Curve  # noqa: E402
+
+
+def _save(fig: Any, path: Path, dpi: int) -> None:
+    """Render a figure to PNG and write it atomically."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    atomic_write_bytes(path, buf.getvalue())
 
 METRICS = {
     "coco_map50": ("coco", "bpp_base", "map50", "base-layer bpp (512×512)", "mAP@0.5"),
+    "coco_s_psnr": ("coco", "bpp_base", "s_psnr", "base-layer bpp (512×512)", "feature PSNR of ŝ vs V_front(x) (dB)"),
     "kodak_psnr": ("kodak", "bpp", "psnr", "bpp (base + enhancement)", "PSNR (dB, RGB)"),
     "kodak_ms_ssim": ("kodak", "bpp", "ms_ssim", "bpp (base + enhancement)", "MS-SSIM"),
 }
@@ -104,8 +116,7 @@ def plot_metric(results: list[dict], metric: str, path: Path) -> Path | None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    _save(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -131,7 +142,7 @@ def plot_redundancy(results: list[dict], histories: dict[str, list[tuple[int, fl
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -153,7 +164,7 @@ def plot_channels(res: dict, path: Path) -> Path | None:
                 ax.set_title(f"ŷ{name[1]} ch {ch['channel']}\n{ch['bits']:.0f} bits", fontsize=8)
     fig.suptitle(f"Top-8 channels by rate — {res['label']} — image {cr['image']}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -163,6 +174,7 @@ def plot_all(results: list[dict], folder: Path, histories: dict | None = None) -
     folder.mkdir(parents=True, exist_ok=True)
     paths = [
         plot_metric(results, "coco_map50", folder / "rate_accuracy.png"),
+        plot_metric(results, "coco_s_psnr", folder / "feature_psnr_bpp.png"),
         plot_metric(results, "kodak_psnr", folder / "psnr_bpp.png"),
         plot_metric(results, "kodak_ms_ssim", folder / "msssim_bpp.png"),
         plot_redundancy(results, histories or {}, folder / "redundancy.png"),

@@ -47,7 +47,8 @@ from pipeline.shards import (
     remove_stale_temp_files,
     shard_name,
 )
-from pipeline.sources import DATASETS, FrameRef, Listing, file_sha256, list_source, parse_frames
+from dvcm.fileio import file_sha256
+from pipeline.sources import DATASETS, FrameRef, Listing, list_source, parse_frames
 
 TOOL = "dvcm-pipeline prepare"
 PLAN_FILE = "plan.json"

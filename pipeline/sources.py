@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from dvcm.fileio import file_sha256
 from pipeline.errors import UserError
 
 DATASETS: tuple[str, ...] = ("vimeo90k", "coco2014", "kodak", "folder", "sample")
@@ -64,15 +65,6 @@ class Listing:
     def splits(self) -> list[str]:
         """Split names in first-seen order."""
         return list(dict.fromkeys(ref.split for ref in self.items))
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _existing_root(root: str | Path | None, dataset: str) -> Path:

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from dvcm.fileio import file_sha256
 from pipeline.errors import UserError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -157,11 +158,7 @@ def end_run(uri: str, run_id: str, status: str = "FINISHED", reason: str | None 
 
 def file_digest(path: str | Path) -> str:
     """sha256 of a file (hex), e.g. the digest of ``dataset.json``."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 def text_digest(text: str) -> str:
