@@ -32,6 +32,7 @@ from pipeline.errors import UserError
 STATE_FILE = "sweep.json"
 _STATE_LOCK = threading.Lock()
 KILL_ENV = "DVCM_TEST_KILL_AT_EPOCH"  # test-only: kill rank 0's process once at the start of this epoch
+NAN_ENV = "DVCM_TEST_NAN_LAMBDA"  # test-only: the trial whose λ equals this gets a NaN loss (a failure for good)
 
 
 # --------------------------------------------------------------------------------------------
@@ -403,6 +404,7 @@ def run_sweep(
     ctx = SweepContext(uri, state["parent_run_id"], sweep_dir, state, common_params)
     todo: list[dict[str, Any]] = []
     kill_at = os.environ.get(KILL_ENV)
+    nan_lambda = float(os.environ[NAN_ENV]) if os.environ.get(NAN_ENV) else None
     for t in grid:
         row = TrialRow(t["trial_name"], epochs=int(settings["epochs"]))
         ctx.rows[t["trial_name"]] = row
@@ -413,7 +415,8 @@ def run_sweep(
         state["trials"].setdefault(t["trial_name"], {})["status"] = "pending"
         todo.append({**settings, **t, "shards": shards, "storage_path": str(sweep_dir / "train"),
                      "yolo_provenance": provenance, "test_kill_at_epoch": int(kill_at) if kill_at else 0,
-                     "test_kill_marker": str(sweep_dir / f".killed-{t['trial_name']}")})
+                     "test_kill_marker": str(sweep_dir / f".killed-{t['trial_name']}"),
+                     "test_nan_loss": nan_lambda is not None and math.isclose(nan_lambda, t["lmbda"])})
     write_state(sweep_dir, state)
 
     if todo:

@@ -203,6 +203,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 out = ddp(x, s)
             out = _to_float(out)
             terms = criterion(out, x)
+            if config.get("test_nan_loss"):  # test-only (sweep.NAN_ENV): a NaN loss, as a diverged run gives
+                terms["loss"] = terms["loss"] * float("nan")
             if not torch.isfinite(terms["loss"]):
                 raise FloatingPointError(f"non-finite loss {terms['loss'].item()} at epoch {epoch} step {step}")
             terms["loss"].backward()
