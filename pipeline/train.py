@@ -232,7 +232,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         vsums: dict[str, float] = {}
         vcount, val_images = 0, []
         with torch.no_grad():
-            for step, (x, s) in enumerate(loader("val", epoch, repeat=False)):
+            for step, (x, s) in enumerate(loader("val", 0, repeat=False)):  # the same crops every epoch
                 if step >= int(config["val_steps"]):
                     break
                 x, s = x.to(device), s.to(device)
