@@ -3,8 +3,28 @@
 from __future__ import annotations
 
 import os
+import socket
 
 from pipeline.errors import UserError
+
+CONNECT_TIMEOUT_S = 5.0
+
+
+def check_gcs_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast with a ``UserError`` when a ``host:port`` (or ``ray://host:port``) address has nothing listening.
+
+    ``ray.init`` retries an unreachable GCS for minutes; a TCP connect answers in seconds.
+    Other forms (``auto``, ``local``) are left to Ray.
+    """
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot reach the Ray cluster at {address!r} ({exc}); start it (ray start --head) or fix --address / RAY_ADDRESS") from None
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -27,6 +47,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         kwargs["runtime_env"] = {"env_vars": env_vars}
     try:
         if address:
+            check_gcs_reachable(address)
             ray.init(address=address, **kwargs)
         else:
             ray.init(num_cpus=num_cpus, **kwargs)
