@@ -5,12 +5,18 @@ or a standard-codec anchor. Every rate comes from real bytes: ``dvcm.bitstream.c
 for the learned codecs, the codestream of the anchor encoders otherwise.
 
 COCO path (per image): resize to 512×512 (bilinear), encode, decode the **base layer only**
-to ŝ, run V_back, decode detections (``--conf-thres``, default 0.001; ``--nms-iou``, default
+to ŝ, measure its feature PSNR against s = V_front(x) (see ``feature_psnr``), run V_back, decode detections (``--conf-thres``, default 0.001; ``--nms-iou``, default
 0.5), map boxes back to the original size; bpp = base-layer bytes × 8 / (512·512). mAP@0.5
 and the 12 COCO stats from pycocotools, against the annotations (``--reference-detections
 gt``) or against the uncompressed YOLOv3's detections with score ≥ ``--reference-score``
 (``uncompressed``). Kodak path (per image, full size): bpp of the base layer, the
 enhancement layer and both; PSNR (RGB, 0–255) and MS-SSIM (pytorch-msssim) of x̂.
+
+Feature PSNR of the base layer (``s_psnr``, dB): ``10·log10(peak² / MSE(ŝ, s))`` with ``s =
+V_front(x)`` of the same 512×512 input and ``peak = max|s|`` of that image; averaged in dB over
+images. Unlike mAP it needs no trained detector, so it is the base-layer quality that still means
+something with random-weight YOLOv3. For anchors ŝ is ``V_front(x̂)`` of the decoded image; for
+the uncompressed anchor it is undefined (null).
 
 Output folder (``--out``), one sub-folder per codec key (``<run id>`` or ``ckpt-<sha12>`` for
 a checkpoint, ``anchors`` for the anchors)::
@@ -35,11 +41,11 @@ a checkpoint, ``anchors`` for the anchors)::
     uncompressed anchor, are null)
 
     point (COCO): {"codec", "label", "param", "bpp", "bpp_base", "bytes_header", "container_bpp",
-                   "map50", "coco_stats": {AP, AP50, ..., ARl}, "images"}
+                   "map50", "coco_stats": {AP, AP50, ..., ARl}, "s_psnr", "images"}
     point (Kodak): {"codec", "label", "param", "bpp", "bpp_base", "bpp_enh", "container_bpp",
                     "psnr", "ms_ssim", "images"}
     row: {"dataset", "codec", "param", "image", "width", "height", "bytes_base", "bytes_enh",
-          "bytes_header", "bytes_container", "bpp_base", "bpp_enh", "bpp", "psnr", "ms_ssim",
+          "bytes_header", "bytes_container", "bpp_base", "bpp_enh", "bpp", "psnr", "ms_ssim", "s_psnr",
           "t_encode", "t_decode", "t_back", "t_score"}
 
 For anchors ``bpp``/``bpp_base`` count codestream bytes only and ``container_bpp`` the
@@ -73,7 +79,7 @@ SCHEMA = "dvcm-eval/1"
 COCO_SIZE = 512
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 ROW_FIELDS = ("dataset", "codec", "param", "image", "width", "height", "bytes_base", "bytes_enh", "bytes_header",
-              "bytes_container", "bpp_base", "bpp_enh", "bpp", "psnr", "ms_ssim",
+              "bytes_container", "bpp_base", "bpp_enh", "bpp", "psnr", "ms_ssim", "s_psnr",
               "t_encode", "t_decode", "t_back", "t_score")
 
 
@@ -286,6 +292,15 @@ def _quality(x, x_hat) -> tuple[float, float]:
     return psnr, msssim
 
 
+def feature_psnr(s, s_hat) -> float:
+    """PSNR (dB) of ŝ against s: ``10·log10(max|s|² / MSE)`` over every element (inf when equal)."""
+    peak = float(s.abs().max())
+    mse = float(((s_hat.double() - s.double()) ** 2).mean())
+    if mse == 0.0:
+        return float("inf")
+    return 10 * math.log10(peak**2 / mse) if peak > 0 else float("-inf")
+
+
 def _detect(heads, hw_in, orig_hw, image_id: int, s: Settings) -> list[dict]:
     from dvcm.yolo import decode_detections, detections_to_coco
 
@@ -326,10 +341,11 @@ def run_codec_chunk(checkpoint: str, dataset: str, items: list[ImageItem], s: Se
                 heads = yolo.back(s_hat)
                 t3 = time.perf_counter()
                 dets += _detect(heads, (COCO_SIZE, COCO_SIZE), (h, w), int(item.image_id), s)
+                s_psnr = feature_psnr(yolo.front(x), s_hat)
                 t4 = time.perf_counter()
                 sizes = layer_sizes(data)
                 rows.append(_row("coco", "model", None, item, w, h, COCO_SIZE * COCO_SIZE, bytes_base=sizes["base"],
-                                 bytes_header=sizes["header"], bytes_container=0,
+                                 bytes_header=sizes["header"], bytes_container=0, s_psnr=s_psnr,
                                  t_encode=t1 - t0, t_decode=t2 - t1, t_back=t3 - t2, t_score=t4 - t3))
             else:
                 x = _to_tensor(img)
@@ -370,6 +386,7 @@ def run_anchor_chunk(codec: str, dataset: str, items: list[ImageItem], s: Settin
             w, h = img.size
             src = img.resize((COCO_SIZE, COCO_SIZE), _bilinear()) if dataset == "coco" else img
             pixels = src.size[0] * src.size[1]
+            s_ref = yolo.front(_to_tensor(src)) if dataset == "coco" else None
             for p in params:
                 t0 = time.perf_counter()
                 if p is None:
@@ -380,11 +397,13 @@ def run_anchor_chunk(codec: str, dataset: str, items: list[ImageItem], s: Settin
                 t1 = time.perf_counter()
                 x_hat = _to_tensor(dec)
                 if dataset == "coco":
-                    heads = yolo(x_hat)
+                    s_hat = yolo.front(x_hat)
+                    heads = yolo.back(s_hat)
                     t2 = time.perf_counter()
                     dets[str(p)] += _detect(heads, (COCO_SIZE, COCO_SIZE), (h, w), int(item.image_id), s)
                     t3 = time.perf_counter()
-                    rows.append(_row("coco", codec, p, item, w, h, pixels, bytes_base=cs, bytes_container=cont,
+                    s_psnr = None if p is None else feature_psnr(s_ref, s_hat)  # uncompressed: ŝ = s
+                    rows.append(_row("coco", codec, p, item, w, h, pixels, bytes_base=cs, bytes_container=cont, s_psnr=s_psnr,
                                      t_encode=t1 - t0, t_decode=0.0, t_back=t2 - t1, t_score=t3 - t2))
                 else:
                     psnr, msssim = _quality(_to_tensor(src), x_hat)
@@ -444,6 +463,7 @@ def summarize(dataset: str, codec: str, label: str, rows: list[dict], dets: list
         stats = coco_evaluate(coco_ref, dets or [], image_ids)
         point["coco_stats"] = stats
         point["map50"] = stats["AP50"]
+        point["s_psnr"] = _mean([r.get("s_psnr") for r in mine])
     else:
         point.update(bpp_enh=_mean([r["bpp_enh"] for r in mine]), psnr=_mean([r["psnr"] for r in mine]),
                      ms_ssim=_mean([r["ms_ssim"] for r in mine]))
@@ -534,7 +554,8 @@ def _dataset_settings(job: Job, dataset: str) -> dict:
     if dataset == "coco":
         base.update(conf_thres=job.settings.conf_thres, nms_iou=job.settings.nms_iou, reference=job.reference,
                     reference_score=job.reference_score if job.reference == "uncompressed" else None,
-                    annotations_sha256=file_digest(job.coco[2]), resize=f"{COCO_SIZE}x{COCO_SIZE} bilinear")
+                    annotations_sha256=file_digest(job.coco[2]), resize=f"{COCO_SIZE}x{COCO_SIZE} bilinear",
+                    s_psnr="10log10(max|s|^2/MSE) per image")
     return base
 
 
@@ -693,7 +714,7 @@ def run_job(job: Job, progress: bool = True) -> dict[str, Any]:
     from pipeline.bdrate import bd_table, write_table
 
     bd_rows: list[dict] = []
-    for metric in ("coco_map50", "kodak_psnr", "kodak_ms_ssim"):
+    for metric in ("coco_map50", "coco_s_psnr", "kodak_psnr", "kodak_ms_ssim"):
         curves = plots.curves(list(results.values()), metric)
         refs = [c.label for c in curves if c.meta.get("kind") == "anchor" or c.label.startswith(job.bd_reference)]
         bd_rows += bd_table(curves, refs, metric)
@@ -743,7 +764,7 @@ def _point_metrics(res: dict) -> dict[str, float]:
     m: dict[str, float] = {}
     for d, entry in res.get("datasets", {}).items():
         for p in entry.get("points", []):
-            for k in ("bpp", "bpp_base", "bpp_enh", "psnr", "ms_ssim", "map50"):
+            for k in ("bpp", "bpp_base", "bpp_enh", "psnr", "ms_ssim", "map50", "s_psnr"):
                 v = p.get(k)
                 if isinstance(v, (int, float)) and math.isfinite(v):
                     m[f"eval/{d}_{k}"] = float(v)
@@ -875,13 +896,14 @@ def _print_summary(con: Any, summary: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"evaluation ({summary['results']['anchors']['detector']} on COCO)")
-    for col in ("codec", "dataset", "bpp", "mAP@0.5", "PSNR", "MS-SSIM", "images", "skipped"):
+    for col in ("codec", "dataset", "bpp", "mAP@0.5", "ŝ PSNR", "PSNR", "MS-SSIM", "images", "skipped"):
         table.add_column(col)
     for res in summary["results"].values():
         for d, entry in res.get("datasets", {}).items():
             for p in entry["points"]:
                 fmt = lambda v, n=3: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{n}f}"  # noqa: E731
-                table.add_row(p["label"], d, fmt(p.get("bpp"), 4), fmt(p.get("map50")), fmt(p.get("psnr"), 2),
+                table.add_row(p["label"], d, fmt(p.get("bpp"), 4), fmt(p.get("map50")), fmt(p.get("s_psnr"), 2),
+                              fmt(p.get("psnr"), 2),
                               fmt(p.get("ms_ssim"), 4), str(p["images"]), str(entry.get("skipped", 0)))
     con.print(table)
     con.print(f"results in {summary['out']}")

@@ -7,6 +7,7 @@ undecodable image that is skipped and counted.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.evaluate import Job, Settings, Target, coco_items, folder_items, run_job
+from pipeline.evaluate import Job, Settings, Target, coco_items, feature_psnr, folder_items, run_job
 
 CLI = [sys.executable, "-m", "pipeline.cli"]
 
@@ -98,6 +99,8 @@ def test_end_to_end_into_mlflow(sample, tiny_ckpt: Path, tmp_path: Path, ray_loc
     assert coco_pt["bpp_base"] == pytest.approx(sum(r["bytes_base"] for r in coco_rows) * 8 / (512 * 512) / 2)
     assert kodak_pt["bpp"] == pytest.approx(kodak_pt["bpp_base"] + kodak_pt["bpp_enh"])
     assert 0.0 <= coco_pt["map50"] <= 1.0 and set(coco_pt["coco_stats"]) >= {"AP", "AP50", "AR100"}
+    assert all(math.isfinite(r["s_psnr"]) for r in coco_rows)
+    assert coco_pt["s_psnr"] == pytest.approx(sum(r["s_psnr"] for r in coco_rows) / 2)
     assert 0 < kodak_pt["psnr"] < 100 and 0 < kodak_pt["ms_ssim"] <= 1
     assert (out / rid / "results.csv").read_text().count("\n") == len(rows) + 1
     anchors = json.loads((out / "anchors" / "results.json").read_text())
@@ -107,11 +110,15 @@ def test_end_to_end_into_mlflow(sample, tiny_ckpt: Path, tmp_path: Path, ray_loc
     assert [p["param"] for p in jpeg] == [10, 60] and jpeg[0]["bpp"] < jpeg[1]["bpp"]
     assert jpeg[0]["container_bpp"] > 0
     assert "JPEG (Pillow)" in (out / "bd_table.md").read_text()
+    assert "coco_s_psnr" in (out / "bd_table.csv").read_text()
+    jpeg_coco = [p for p in anchors["datasets"]["coco"]["points"] if p["codec"] == "jpeg"]
+    assert all(math.isfinite(p["s_psnr"]) for p in jpeg_coco) and unc[0]["s_psnr"] is None
 
     # read back through the MLflow client: metrics and results on the trial run, plots on the evaluation run
     metrics = c.get_run(rid).data.metrics
     assert metrics["eval/coco_bpp_base"] == pytest.approx(coco_pt["bpp_base"])
     assert metrics["eval/kodak_psnr"] == pytest.approx(kodak_pt["psnr"])
+    assert metrics["eval/coco_s_psnr"] == pytest.approx(coco_pt["s_psnr"])
     assert {a.path for a in c.list_artifacts(rid, "evaluation")} == {"evaluation/results.json", "evaluation/results.csv"}
     evals = c.search_runs([tracking.experiment_id(mlflow_uri)], filter_string="tags.`dvcm.evaluation` = '1'")
     assert len(evals) == 1
@@ -130,6 +137,20 @@ def test_end_to_end_into_mlflow(sample, tiny_ckpt: Path, tmp_path: Path, ray_loc
     again = run_job(job, progress=False)
     assert again["computed"] == [] and again["extras_computed"] == []
     assert json.loads((out / rid / "results.json").read_text())["per_image"] == rows
+
+
+def test_feature_psnr_formula() -> None:
+    """10·log10(max|s|² / MSE) on a pair whose answer is known by hand."""
+    s = torch.zeros(1, 256, 4, 4)
+    s[0, 0, 0, 0] = -4.0  # peak = max|s| = 4
+    s_hat = s.clone()
+    s_hat[0, 1] += 0.5  # 16 elements off by 0.5 out of 4096: MSE = 16 * 0.25 / 4096
+    expected = 10 * math.log10(16.0 / (16 * 0.25 / 4096))
+    assert feature_psnr(s, s_hat) == pytest.approx(expected)
+    assert feature_psnr(s, s) == math.inf
+    worse = s.clone()
+    worse[0, 1] += 1.0  # twice the error: 6.02 dB lower
+    assert feature_psnr(s, s_hat) - feature_psnr(s, worse) == pytest.approx(20 * math.log10(2))
 
 
 def test_undecodable_image_is_skipped_and_counted(sample, tiny_ckpt: Path, tmp_path: Path, ray_local) -> None:
