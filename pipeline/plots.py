@@ -2,7 +2,6 @@
 
 * ``rate_accuracy.png``: mAP@0.5 against base-layer bpp on COCO (Fig. 4);
 * ``feature_psnr_bpp.png``: feature PSNR of the base layer's ŝ against base-layer bpp on COCO;
-* ``feature_psnr_bpp.png``: feature PSNR of the base layer's ŝ against base-layer bpp on COCO;
 * ``psnr_bpp.png`` and ``msssim_bpp.png``: Kodak PSNR / MS-SSIM against total bpp (Fig. 5);
 * ``redundancy.png``: Rdn(ŷ1|ŷ2) and Rdn(ŷ2|ŷ1) over training epochs (and at evaluation);
 * ``channels_<key>.png``: the top-8 channels by rate of ŷ1 and ŷ2 for one image (Fig. 6).
@@ -38,7 +37,6 @@ def _save(fig: Any, path: Path, dpi: int) -> None:
 
 METRICS = {
     "coco_map50": ("coco", "bpp_base", "map50", "base-layer bpp (512×512)", "mAP@0.5"),
-    "coco_s_psnr": ("coco", "bpp_base", "s_psnr", "base-layer bpp (512×512)", "feature PSNR of ŝ vs V_front(x) (dB)"),
     "coco_s_psnr": ("coco", "bpp_base", "s_psnr", "base-layer bpp (512×512)", "feature PSNR of ŝ vs V_front(x) (dB)"),
     "kodak_psnr": ("kodak", "bpp", "psnr", "bpp (base + enhancement)", "PSNR (dB, RGB)"),
     "kodak_ms_ssim": ("kodak", "bpp", "ms_ssim", "bpp (base + enhancement)", "MS-SSIM"),
@@ -176,7 +174,6 @@ def plot_all(results: list[dict], folder: Path, histories: dict | None = None) -
     folder.mkdir(parents=True, exist_ok=True)
     paths = [
         plot_metric(results, "coco_map50", folder / "rate_accuracy.png"),
-        plot_metric(results, "coco_s_psnr", folder / "feature_psnr_bpp.png"),
         plot_metric(results, "coco_s_psnr", folder / "feature_psnr_bpp.png"),
         plot_metric(results, "kodak_psnr", folder / "psnr_bpp.png"),
         plot_metric(results, "kodak_ms_ssim", folder / "msssim_bpp.png"),
