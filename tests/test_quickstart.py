@@ -3,8 +3,10 @@ what it prints, what it logged to MLflow, the files it wrote, and a clean rerun 
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+import re
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -28,6 +30,14 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
     for name in trials:
         assert name in text
     assert "BD-rate of proposed vs choi2022 on the base layer" in text
+    # the base-layer BD-rate on feature PSNR of ŝ (real bitstreams), printed as the BD table has it: a number, or
+    # "n/a (reason)" when a curve is not monotone in rate. Not asserted finite: with a few training steps the base
+    # rate and ŝ PSNR of two λ are not reliably ordered (measured), and a NaN must not be hidden.
+    flat = " ".join(text.split())
+    m = re.search(r"quality = feature PSNR of ŝ, base-layer bpp from real bitstreams\): ([+-]?\d+\.\d+ %|n/a \((.+?)\))",
+                  flat)
+    assert m, flat[-3000:]
+    assert re.search(r"COCO mAP@0\.5 vs base-layer bpp, random-weight YOLOv3\): ([+-]?\d+\.\d+ %|n/a \(.+\))", flat)
     assert "detector: random-weight YOLOv3" in text.replace("\n", " ")
 
     # files: shards, sweep record, evaluation results, BD table, plots, report
@@ -39,8 +49,17 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
         assert res["detector"] == "random-weight YOLOv3"
         kodak = res["datasets"]["kodak"]["points"][0]
         assert kodak["bpp_base"] > 0 and kodak["bpp_enh"] > 0 and math.isfinite(kodak["psnr"])
+        coco = res["datasets"]["coco"]["points"][0]
+        assert coco["bpp_base"] > 0 and math.isfinite(coco["s_psnr"])
     bd = (out / "eval" / "bd_table.csv").read_text()
     assert "coco_map50" in bd and "choi2022 (16,32,2)" in bd and "proposed (16,32,2)" in bd
+    (row,) = [r for r in csv.DictReader(bd.splitlines()) if r["metric"] == "coco_s_psnr"
+              and r["reference"] == "choi2022 (16,32,2)" and r["test"] == "proposed (16,32,2)"]
+    value = float(row["bd_rate_percent"]) if row["bd_rate_percent"] else math.nan
+    if math.isfinite(value):
+        assert m.group(1) == f"{value:+.2f} %"
+    else:
+        assert m.group(2) and m.group(2) in row["note"]
     assert list((out / "eval" / "plots").glob("*.png"))
     assert "<img" in (out / "eval" / "report.html").read_text()
 
@@ -55,7 +74,7 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
         assert r.data.tags["lambda"] in ("0.0018", "0.0932")
         assert {a.path for a in c.list_artifacts(r.info.run_id, "checkpoint")} == {"checkpoint/final.pt"}
         assert {"evaluation/results.json", "evaluation/results.csv"} <= {a.path for a in c.list_artifacts(r.info.run_id, "evaluation")}
-        assert "eval/kodak_psnr" in r.data.metrics
+        assert "eval/kodak_psnr" in r.data.metrics and math.isfinite(r.data.metrics["eval/coco_s_psnr"])
     evals = c.search_runs([parent.info.experiment_id], filter_string="tags.`dvcm.evaluation` = '1'")
     assert len(evals) == 1 and [a.path for a in c.list_artifacts(evals[0].info.run_id, "plots")]
 
