@@ -27,6 +27,16 @@ from pipeline.atomic import atomic_write_bytes  # noqa: E402
 from pipeline.bdrate import Curve  # noqa: E402
 
 
+def _finish(fig: Any, ax: Any, path: Path, dpi: int = 110) -> Path:
+    """Grid, legend and layout of a curve plot, then write it atomically and free the figure."""
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def _save(fig: Any, path: Path, dpi: int) -> None:
     """Render a figure to PNG and write it atomically."""
     import io
@@ -113,12 +123,7 @@ def plot_metric(results: list[dict], metric: str, path: Path) -> Path | None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    _save(fig, path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path)
 
 
 def plot_redundancy(results: list[dict], histories: dict[str, list[tuple[int, float, float]]], path: Path) -> Path | None:
@@ -139,12 +144,7 @@ def plot_redundancy(results: list[dict], histories: dict[str, list[tuple[int, fl
     ax.set_xlabel("epoch")
     ax.set_ylabel("Rdn = 1 − H(y_i|y_j)/H(y_i)")
     ax.set_title("Redundancy between base and enhancement latents", fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    _save(fig, path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path)
 
 
 def plot_channels(res: dict, path: Path) -> Path | None:
