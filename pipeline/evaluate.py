@@ -889,6 +889,11 @@ def parse_anchor_params(text: str | None) -> dict[str, tuple[int, ...]]:
             raise UserError(f"--anchor-params {part!r} does not parse; write e.g. 'jpeg=10,40;hevc=37,32'") from None
         if not out[name.strip()]:
             raise UserError(f"--anchor-params {part!r} gives no values; write e.g. 'jpeg=10,40'")
+    from pipeline.anchors import ANCHORS
+
+    unknown = sorted(set(out) - set(ANCHORS))
+    if unknown:
+        raise UserError(f"--anchor-params names unknown codecs {unknown}; choose from {', '.join(ANCHORS)}")
     return out
 
 

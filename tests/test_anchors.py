@@ -67,3 +67,12 @@ def test_missing_encoders_are_reported_not_crashed(tmp_path: Path, monkeypatch) 
 def test_unknown_anchor_is_a_user_error() -> None:
     with pytest.raises(UserError, match="unknown anchor"):
         available_anchors(["jpeg2000x"])
+
+
+def test_anchor_params_refuse_unknown_codecs():
+    from pipeline.errors import UserError
+    from pipeline.evaluate import parse_anchor_params
+
+    assert parse_anchor_params("jpeg=10,40;hevc=37") == {"jpeg": (10, 40), "hevc": (37,)}
+    with pytest.raises(UserError, match="unknown codecs"):
+        parse_anchor_params("jpg=10")
