@@ -56,3 +56,12 @@ def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = root / "shards"
     run_prepare(vimeo90k(sample.vimeo_root, frames=3), out, frames=3, shard_size=4, use_ray=False, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def yolo():
+    """The seeded random-weight YOLOv3 (seed 0), built once: it says it is random, with a warning."""
+    from dvcm.yolo import build_yolov3
+
+    with pytest.warns(UserWarning, match="seeded random weights"):
+        return build_yolov3(None, seed=0)

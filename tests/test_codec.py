@@ -21,15 +21,9 @@ from dvcm.errors import BitstreamError, CheckpointError, ConfigError
 from dvcm.loss import ScalableRDLoss
 from dvcm.models import build, padded_size, parse_config
 from dvcm.train_utils import configure_optimizers
-from dvcm.yolo import build_yolov3
 from tests.synthetic import natural_image
 
 SMALL = {"proposed": dict(N=32, M1=16, M2=32), "choi2022": dict(N=32, M1=32, M2=16)}
-
-
-@pytest.fixture(scope="module")
-def yolo():
-    return build_yolov3(seed=0)
 
 
 def small_model(name: str, H: int, yolo, seed: int = 0):

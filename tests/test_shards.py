@@ -34,14 +34,6 @@ SIZE = (256, 192)
 
 
 @pytest.fixture(scope="module")
-def yolo():
-    from dvcm.yolo import build_yolov3
-
-    with pytest.warns(UserWarning):
-        return build_yolov3(None, seed=0)
-
-
-@pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory, yolo) -> Path:
     parts = generate_sample(tmp_path_factory.mktemp("sample"), train_sequences=2, val_sequences=1,
                             frame_size=SIZE, coco_images=0, kodak_images=0)
