@@ -86,12 +86,16 @@ def start_parent_run(uri: str, sweep_name: str, params: dict[str, Any], existing
     """Create (or reopen, on ``--resume``) the parent run of a sweep; return its id."""
     c = client(uri)
     if existing_run_id:
+        from mlflow.exceptions import MlflowException
+
         try:
             c.get_run(existing_run_id)
             c.update_run(existing_run_id, status="RUNNING")
             return existing_run_id
-        except Exception:
-            pass  # the store was replaced: start a fresh parent run
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise UserError(f"cannot reopen the sweep's parent run {existing_run_id} at {uri}: {exc.message}") from None
+            # the tracking store was replaced: start a fresh parent run
     run = c.create_run(experiment_id(uri), run_name=sweep_name, tags={TAG_SWEEP: sweep_name})
     log_params(uri, run.info.run_id, params)
     return run.info.run_id
