@@ -23,13 +23,14 @@ import io
 import json
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 
+from dvcm.fileio import file_sha256
+from pipeline import storage
 from pipeline.errors import UserError
 
 FORMAT = "dvcm-shards/1"
@@ -135,17 +136,17 @@ class ChannelStats:
 class AtomicTarWriter:
     """A deterministic tar (fixed mtime, owner, mode; members in given order) written to a temp file.
 
-    ``commit()`` fsyncs and renames it into place; leaving the ``with`` block without a
-    commit (an error, a full disk) deletes the temp file, so nothing half-written remains.
+    ``commit()`` fsyncs it and publishes it to its location (:func:`pipeline.storage.publish`:
+    a rename locally, an upload to an object store) and returns its (size, sha256); leaving the
+    ``with`` block without a commit (an error, a full disk) deletes the temp file, so nothing
+    half-written remains.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, location: str | Path) -> None:
         import webdataset as wds
 
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.fchmod(fd, 0o644)
+        self.location = str(location)
+        fd, self._tmp = storage.temp_file_for(self.location)
         self._file = os.fdopen(fd, "wb")
         self._writer = wds.TarWriter(self._file, user="dvcm", group="dvcm", mode=0o444, mtime=0.0, encoder=False)
         self._committed = False
@@ -153,13 +154,16 @@ class AtomicTarWriter:
     def write(self, key: str, members: dict[str, bytes]) -> None:
         self._writer.write({"__key__": key, **members})
 
-    def commit(self) -> None:
+    def commit(self) -> tuple[int, str]:
+        """Publish the tar; returns (bytes, sha256 hex) of what was published."""
         self._writer.close()
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        os.replace(self._tmp, self.path)
+        size, digest = self._tmp.stat().st_size, file_sha256(self._tmp)
+        storage.publish(self._tmp, self.location)
         self._committed = True
+        return size, digest
 
     def __enter__(self) -> "AtomicTarWriter":
         return self
@@ -171,11 +175,17 @@ class AtomicTarWriter:
                     close()
                 except (OSError, ValueError):
                     pass
-            Path(self._tmp).unlink(missing_ok=True)
+            self._tmp.unlink(missing_ok=True)
 
 
-def remove_stale_temp_files(folder: Path) -> int:
-    """Delete temp files that a killed run left (``.<name>.*.tmp``); returns how many."""
+def remove_stale_temp_files(folder: str | Path) -> int:
+    """Delete temp files that a killed run left (``.<name>.*.tmp``) in a local folder; returns how many.
+
+    Remote outputs have none: their temp files are local and the objects appear only when complete.
+    """
+    folder = storage.local_path(folder)
+    if folder is None:
+        return 0
     count = 0
     for tmp in folder.glob("**/.*.tmp"):
         tmp.unlink(missing_ok=True)
@@ -186,33 +196,19 @@ def remove_stale_temp_files(folder: Path) -> int:
 # ---------------------------------------------------------------- reader
 
 
-def join_url(root: str, *parts: str) -> str:
-    """The one place that joins shard locations: local paths or fsspec-style URLs (``s3://...``)."""
-    if "://" in root:
-        return "/".join([root.rstrip("/"), *parts])
-    return str(Path(root, *parts))
-
-
-def _read_text(url: str) -> str:
-    if "://" in url:
-        import fsspec
-
-        with fsspec.open(url, "rt") as f:
-            return f.read()
-    return Path(url).read_text(encoding="utf-8")
-
-
 def read_dataset_info(root: str) -> dict:
     """``dataset.json`` of a prepared shard folder; a clear error when it is missing or empty."""
-    url = join_url(str(root), "dataset.json")
+    url = storage.join(root, "dataset.json")
     try:
-        info = json.loads(_read_text(url))
+        info = json.loads(storage.read_text(url))
     except FileNotFoundError:
         raise UserError(
             f"{root} is not a prepared dataset (no dataset.json); run `dvcm-pipeline prepare --out {root}` first"
         ) from None
     except ValueError as exc:
         raise UserError(f"{url} is not valid JSON ({exc}); rerun prepare with --overwrite") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {url} ({exc}); check the path, the storage endpoint and credentials") from None
     if info.get("format") != FORMAT:
         raise UserError(f"{url} has format {info.get('format')!r}, expected {FORMAT!r}; rerun prepare")
     if not info.get("counts", {}).get("written"):
@@ -246,7 +242,7 @@ def shard_urls(root: str, split: str) -> list[str]:
     splits = info.get("splits", {})
     if split not in splits:
         raise UserError(f"{root} has no split {split!r}; it has: {', '.join(sorted(splits)) or 'none'}")
-    return [join_url(str(root), split, s["name"]) for s in splits[split]["shards"] if s["samples"] > 0]
+    return [storage.join(root, split, s["name"]) for s in splits[split]["shards"] if s["samples"] > 0]
 
 
 def _decode_sample(sample: dict, crop: int | None, rng: random.Random) -> tuple[np.ndarray, np.ndarray] | None:
@@ -305,6 +301,16 @@ def _every_nth(rank: int, world_size: int) -> Callable[[Iterator[dict]], Iterato
     return stage
 
 
+def open_shards(src: Iterable[dict]) -> Iterator[dict]:
+    """WebDataset stage: ``{"url"}`` -> ``{"url", "stream"}``, each shard opened by :func:`pipeline.storage.open_read`.
+
+    The stream is closed once the next stage has read the whole tar.
+    """
+    for item in src:
+        with storage.open_read(item["url"]) as stream:
+            yield {**item, "stream": stream}
+
+
 class ShardLoader:
     """Iterable of (x, s) batches over one split; see :func:`make_loader`."""
 
@@ -316,6 +322,7 @@ class ShardLoader:
 
     def _pipeline(self, epoch: int) -> Any:
         import webdataset as wds
+        from webdataset.tariterators import group_by_keys, tar_file_expander
 
         readers = self.world_size * max(self.num_workers, 1)
         by_shard = len(self.urls) >= readers
@@ -327,23 +334,25 @@ class ShardLoader:
                     yield item
 
         shuffle = self.shuffle_buffer > 1
-        ds = wds.WebDataset(
-            self.urls,
-            nodesplitter=nodesplitter if by_shard else None,
-            workersplitter=wds.split_by_worker if by_shard else None,
-            shardshuffle=len(self.urls) if shuffle else False,
-            detshuffle=True,
-            seed=self.seed * 1_000_003 + epoch,
-            empty_check=False,
+        # WebDataset's own stages, with shards opened through pipeline.storage (a local file or an
+        # fsspec URL such as s3://...) instead of its gopen, which knows no object stores.
+        ds = wds.DataPipeline(
+            wds.SimpleShardList(self.urls),
+            nodesplitter if by_shard else None,
+            wds.split_by_worker if by_shard else None,
+            wds.detshuffle(len(self.urls), seed=self.seed * 1_000_003 + epoch) if shuffle else None,
+            open_shards,
+            wds.pipelinefilter(tar_file_expander)(),
+            wds.pipelinefilter(group_by_keys)(),
         )
         if not by_shard:
             ds = ds.compose(_every_nth(rank, world))
         if shuffle:
-            ds = ds.shuffle(self.shuffle_buffer, rng=random.Random(_seed(self.seed, epoch, rank, 1)))
+            ds = ds.compose(wds.shuffle(self.shuffle_buffer, rng=random.Random(_seed(self.seed, epoch, rank, 1))))
         ds = ds.compose(_crop_stage(self.crop, (self.seed, epoch, rank)))
         if self.crop is None:
-            return ds.batched(1, collation_fn=_stack, partial=True)
-        return ds.batched(self.batch_size, collation_fn=_stack, partial=False)
+            return ds.compose(wds.batched(1, collation_fn=_stack, partial=True))
+        return ds.compose(wds.batched(self.batch_size, collation_fn=_stack, partial=False))
 
     def _one_epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         pipe = self._pipeline(epoch)
