@@ -33,6 +33,7 @@ from typing import Annotated, Any, Iterator, Optional
 import numpy as np
 import typer
 
+from pipeline import storage
 from pipeline.atomic import atomic_write_bytes, atomic_write_json
 from pipeline.errors import UserError
 from pipeline.shards import (
@@ -47,7 +48,6 @@ from pipeline.shards import (
     remove_stale_temp_files,
     shard_name,
 )
-from dvcm.fileio import file_sha256
 from pipeline.sources import DATASETS, FrameRef, Listing, list_source, parse_frames
 
 TOOL = "dvcm-pipeline prepare"
@@ -79,8 +79,9 @@ class ShardTask:
     use_gpu: bool = False
 
     @property
-    def sidecar(self) -> Path:
-        return Path(self.path).with_suffix(".json")
+    def sidecar(self) -> str:
+        """``shard-NNNNNN.json`` next to the tar (a path or URL, as ``path``)."""
+        return self.path.removesuffix(".tar") + ".json"
 
 
 @dataclass
@@ -169,7 +170,7 @@ def _write_shard(task: ShardTask, front: Any) -> ShardResult:
     stats = ChannelStats()
     rows: list[dict] = []
     skipped: list[dict] = []
-    name = Path(task.path).name
+    name = storage.name(task.path)
     try:
         with AtomicTarWriter(task.path) as tar:
             for batch in _batches(task.refs, task.batch_size):
@@ -227,19 +228,18 @@ def _write_shard(task: ShardTask, front: Any) -> ShardResult:
                         }
                     )
             t = time.perf_counter()
-            tar.commit()
+            tar_bytes, tar_sha256 = tar.commit()
             timings["write"] += time.perf_counter() - t
-        tar_bytes = Path(task.path).stat().st_size
         result = ShardResult(
-            task.split, task.index, name, task.plan_digest, rows, skipped, stats.to_dict(), tar_bytes,
-            file_sha256(Path(task.path)), dict(timings),
+            task.split, task.index, name, task.plan_digest, rows, skipped, stats.to_dict(), tar_bytes, tar_sha256,
+            dict(timings),
         )
         sidecar = asdict(result)
         sidecar.pop("timings")
         atomic_write_json(task.sidecar, sidecar)
     except OSError as exc:
         if exc.errno in DISK_ERRNOS:
-            Path(task.path).unlink(missing_ok=True)
+            storage.remove(task.path)
             raise DiskFullError(exc.errno, f"no space left writing {task.path}") from None
         raise
     return result
@@ -248,8 +248,8 @@ def _write_shard(task: ShardTask, front: Any) -> ShardResult:
 def _finished(task: ShardTask) -> ShardResult | None:
     """The stored result of a shard finished by an earlier run with the same plan, else None."""
     try:
-        d = json.loads(task.sidecar.read_text())
-        if d.get("plan_digest") != task.plan_digest or Path(task.path).stat().st_size != d["tar_bytes"]:
+        d = json.loads(storage.read_text(task.sidecar))
+        if d.get("plan_digest") != task.plan_digest or storage.size(task.path) != d["tar_bytes"]:
             return None
         return ShardResult(**d)
     except (OSError, ValueError, KeyError, TypeError):
@@ -263,7 +263,7 @@ def _finished(task: ShardTask) -> ShardResult | None:
 class Plan:
     """The shards to write and the options that define them."""
 
-    out: Path
+    out: str
     listing: Listing
     tasks: list[ShardTask]
     fingerprint: dict
@@ -275,7 +275,7 @@ def _canonical_digest(obj: Any) -> str:
 
 def make_plan(
     listing: Listing,
-    out: Path,
+    out: str,
     yolo_provenance: dict,
     feature_dtype: str,
     frames: str | int,
@@ -304,22 +304,22 @@ def make_plan(
         for index, start in enumerate(range(0, len(refs), shard_size)):
             chunk = tuple(refs[start : start + shard_size])
             digest = _canonical_digest([base_digest, split, index, [r.key for r in chunk]])
-            path = out / split / shard_name(index)
-            tasks.append(ShardTask(split, index, str(path), chunk, digest, feature_dtype, batch_size, torch_threads, use_gpu))
+            path = storage.join(out, split, shard_name(index))
+            tasks.append(ShardTask(split, index, path, chunk, digest, feature_dtype, batch_size, torch_threads, use_gpu))
     return Plan(out, listing, tasks, fingerprint)
 
 
-def claim_out_dir(out: Path, fingerprint: dict, overwrite: bool) -> None:
-    """Refuse a folder holding another plan's shards; with ``overwrite`` clear our files first."""
-    plan_path = out / PLAN_FILE
-    ours = [out / PLAN_FILE, out / "dataset.json", out / "manifest.parquet"]
-    shard_files = sorted(out.glob("*/shard-*.tar")) + sorted(out.glob("*/shard-*.json"))
+def claim_out_dir(out: str, fingerprint: dict, overwrite: bool) -> None:
+    """Refuse a folder (or URL prefix) holding another plan's shards; with ``overwrite`` clear our files first."""
+    plan_path = storage.join(out, PLAN_FILE)
+    ours = [plan_path, storage.join(out, "dataset.json"), storage.join(out, "manifest.parquet")]
+    shard_files = storage.glob(out, "*/shard-*.tar") + storage.glob(out, "*/shard-*.json")
     if overwrite:
         for path in ours + shard_files:
-            path.unlink(missing_ok=True)
-    elif plan_path.is_file():
+            storage.remove(path)
+    elif storage.is_file(plan_path):
         try:
-            old = json.loads(plan_path.read_text())
+            old = json.loads(storage.read_text(plan_path))
         except ValueError:
             old = {}
         if old != fingerprint:
@@ -329,12 +329,12 @@ def claim_out_dir(out: Path, fingerprint: dict, overwrite: bool) -> None:
                 f"it holds {old.get('dataset')!r} from {old.get('source_root')!r}); "
                 "choose another --out or pass --overwrite to replace them"
             )
-    elif shard_files or (out / "dataset.json").exists():
+    elif shard_files or storage.exists(ours[1]):
         raise UserError(
             f"--out {out} already holds shards that this tool did not plan (no {PLAN_FILE}); "
             "choose another --out or pass --overwrite to replace them"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    storage.makedirs(out)
     remove_stale_temp_files(out)
     atomic_write_json(plan_path, fingerprint)
 
@@ -366,6 +366,8 @@ def _run_tasks_ray(tasks: list[ShardTask], front: Any, num_gpus: float, on_done:
                     cause = getattr(exc, "cause", None)
                     if isinstance(cause, OSError) and cause.errno in DISK_ERRNOS:
                         raise DiskFullError(cause.errno, str(cause)) from None
+                    if isinstance(cause, UserError):  # e.g. a storage write refused: one line, as on the driver
+                        raise cause from None
                     raise
                 results.append(result)
                 on_done(result)
@@ -424,7 +426,7 @@ def finalize(plan: Plan, results: list[ShardResult], yolo_provenance: dict, feat
     table = pa.Table.from_pylist(rows, schema=schema)
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf)
-    atomic_write_bytes(plan.out / "manifest.parquet", buf.getvalue().to_pybytes())
+    atomic_write_bytes(storage.join(plan.out, "manifest.parquet"), buf.getvalue().to_pybytes())
     reasons = Counter(_reason_kind(s["reason"]) for s in skipped)
     info = {
         "format": FORMAT,
@@ -453,7 +455,7 @@ def finalize(plan: Plan, results: list[ShardResult], yolo_provenance: dict, feat
         "s_mean": stats.mean.tolist(),
         "s_std": stats.std.tolist(),
     }
-    atomic_write_json(plan.out / "dataset.json", info)
+    atomic_write_json(storage.join(plan.out, "dataset.json"), info)
     return info
 
 
@@ -523,7 +525,8 @@ def run_prepare(
         raise UserError(f"--feature-dtype {feature_dtype!r} is not supported; use one of {', '.join(FEATURE_DTYPES)}")
     if shard_size < 1 or batch_size < 1:
         raise UserError("--shard-size and --batch-size must be at least 1")
-    out = Path(out).expanduser().resolve()
+    storage.check(out)
+    out = storage.resolve(out)
     if front is None:
         from dvcm.yolo import build_yolov3
 
@@ -584,7 +587,7 @@ def _listing_for(dataset: str, root: str | None, frames: str | int, image_list: 
     return list_source(dataset, root, frames, image_list, val_fraction)
 
 
-def _print_summary(report: PrepareReport, out: Path) -> None:
+def _print_summary(report: PrepareReport, out: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -607,13 +610,13 @@ def _print_summary(report: PrepareReport, out: Path) -> None:
     counts = info["counts"]
     if counts["skipped"]:
         kinds = ", ".join(f"{n} {k}" for k, n in counts["skipped_by_reason"].items())
-        typer.secho(f"warning: skipped {counts['skipped']} inputs ({kinds}); listed in {out / 'dataset.json'}",
+        typer.secho(f"warning: skipped {counts['skipped']} inputs ({kinds}); listed in {storage.join(out, 'dataset.json')}",
                     err=True, fg=typer.colors.YELLOW)
 
 
 def prepare(
     dataset: Annotated[str, typer.Option(help=f"One of: {', '.join(DATASETS)}.")],
-    out: Annotated[Path, typer.Option(help="Output folder for shards, manifest.parquet and dataset.json.")],
+    out: Annotated[str, typer.Option(help="Output folder or fsspec URL (s3://bucket/shards) for shards, manifest.parquet and dataset.json.")],
     root: Annotated[Optional[str], typer.Option(help="Dataset folder (for sample: where to generate it).")] = None,
     frames: Annotated[str, typer.Option(help="Frames per sequence: all, middle or N (evenly spaced).")] = "all",
     shard_size: Annotated[int, typer.Option(help="Samples per shard.")] = 128,
@@ -632,6 +635,7 @@ def prepare(
 ) -> None:
     """Write WebDataset shards of (image PNG, YOLOv3 layer-12 features s, metadata) for training/evaluation."""
     frames_sel = parse_frames(frames)
+    storage.check(out)
     if yolo_weights is not None and not yolo_weights.is_file():
         raise UserError(f"--yolo-weights {yolo_weights} does not exist; give a Darknet yolov3.weights file")
     listing = _listing_for(dataset, root, frames_sel, image_list, val_fraction, sample_seed)
@@ -649,7 +653,7 @@ def prepare(
         listing, out, str(yolo_weights) if yolo_weights else None, yolo_seed, frames_sel, shard_size, batch_size,
         feature_dtype, num_gpus_per_worker, overwrite, True, address, num_cpus,
     )
-    _print_summary(report, Path(out))
+    _print_summary(report, storage.resolve(out))
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
