@@ -26,7 +26,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline import presets, tracking
+from pipeline import presets, storage, tracking
 from pipeline.errors import UserError
 
 STATE_FILE = "sweep.json"
@@ -141,11 +141,11 @@ def check_shards(root: str, yolo_provenance: dict[str, Any]) -> dict[str, Any]:
     """``dataset.json`` must exist, list samples in train and val, and match the YOLO front; returns it."""
     from pipeline import shards as shard_reader
 
-    if "://" in root:  # remote storage: the reader itself says what is missing
+    shards = storage.local_path(root)
+    if shards is None:  # remote storage: the reader itself says what is missing
         info = shard_reader.read_dataset_info(root)
         shard_reader.check_provenance(info, yolo_provenance)
         return info
-    shards = Path(root)
     if not shards.is_dir():
         raise UserError(f"shard folder {shards} does not exist; run `dvcm-pipeline prepare ... --out {shards}` first")
     if not (shards / "dataset.json").is_file():
@@ -181,21 +181,19 @@ def check_placement(workers: int, cpus: float, gpus: float, use_gpu: bool) -> No
 # --------------------------------------------------------------------------------------------
 # Sweep state (resume)
 # --------------------------------------------------------------------------------------------
-def read_state(sweep_dir: Path) -> dict[str, Any] | None:
-    """The sweep record, or None when the sweep never started."""
-    import json
-
-    path = sweep_dir / STATE_FILE
-    if not path.is_file():
+def read_state(sweep_dir: str | Path) -> dict[str, Any] | None:
+    """The sweep record (``sweep_dir`` a local folder or a URL), or None when the sweep never started."""
+    path = storage.join(sweep_dir, STATE_FILE)
+    if not storage.is_file(path):
         return None
-    return json.loads(path.read_text())
+    return json.loads(storage.read_text(path))
 
 
-def write_state(sweep_dir: Path, state: dict[str, Any]) -> None:
-    """Write the sweep record atomically."""
+def write_state(sweep_dir: str | Path, state: dict[str, Any]) -> None:
+    """Write the sweep record atomically (an upload of the whole file on object stores)."""
     from pipeline.atomic import atomic_write_json
 
-    atomic_write_json(sweep_dir / STATE_FILE, state)
+    atomic_write_json(storage.join(sweep_dir, STATE_FILE), state)
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,7 +220,7 @@ class SweepContext:
 
     tracking_uri: str
     parent_run_id: str
-    sweep_dir: Path
+    sweep_dir: str
     state: dict[str, Any]
     common_params: dict[str, Any]
     rows: dict[str, TrialRow] = field(default_factory=dict)
@@ -294,12 +292,13 @@ def make_tune_callback(ctx: SweepContext):  # -> ray.tune.Callback
         def _finish(self, trial, result: dict[str, Any]) -> None:
             name = trial.config["trial"]["trial_name"]
             run_id = self._run_id(trial)
-            ckpt_dir = result.get("checkpoint_path")
-            final = Path(ckpt_dir) / result["final_checkpoint"] if ckpt_dir else None
-            if final is None or not final.is_file():
+            ckpt_dir = result.get("checkpoint_path")  # a path on the Ray storage filesystem
+            final = (storage.join(storage.from_ray_path(ctx.sweep_dir, ckpt_dir), result["final_checkpoint"])
+                     if ckpt_dir else None)
+            if final is None or not storage.is_file(final):
                 ctx.rows[name].note = "final checkpoint missing"
                 return
-            tracking.log_artifact(ctx.tracking_uri, run_id, final, "checkpoint")
+            _log_checkpoint(ctx.tracking_uri, run_id, final)
             entry = ctx.state["trials"][name]
             entry.update({"status": "finished", "final_checkpoint": str(final), "epochs": int(result["epoch"]),
                           "finished_at": time.time()})
@@ -317,6 +316,18 @@ def make_tune_callback(ctx: SweepContext):  # -> ray.tune.Callback
             ctx.save()
 
     return MlflowTrialLogger()
+
+
+def _log_checkpoint(uri: str, run_id: str, final: str) -> None:
+    """Log the final checkpoint as the run's ``checkpoint`` artifact (fetched first from remote storage)."""
+    local = storage.local_path(final)
+    if local is not None:
+        tracking.log_artifact(uri, run_id, local, "checkpoint")
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="dvcm-ckpt-") as tmp:
+        tracking.log_artifact(uri, run_id, storage.download(final, Path(tmp) / storage.name(final)), "checkpoint")
 
 
 def _trial_error(trial) -> str:
@@ -343,7 +354,7 @@ def run_sweep(
     name: str,
     grid: list[dict[str, Any]],
     settings: dict[str, Any],
-    storage: Path,
+    storage_root: str | Path,
     tracking_uri: str | None,
     resume: bool,
     address: str | None = None,
@@ -352,7 +363,8 @@ def run_sweep(
     """Check everything, then train every unfinished trial of ``grid``; returns the sweep record.
 
     ``settings`` are the resolved training settings (preset + flags). All bad input is refused
-    here, before any training.
+    here, before any training. ``storage_root`` and ``settings["shards"]`` are local folders or
+    fsspec URLs (see :mod:`pipeline.storage`).
     """
     from dvcm.yolo import build_yolov3
 
@@ -369,8 +381,9 @@ def run_sweep(
         raise UserError(f"--crop must be a multiple of 64 and at least 128 (small crops do not generalise), got {settings['crop']}")
     if float(settings["gamma"]) < 0:
         raise UserError(f"--gamma must be >= 0, got {settings['gamma']}")
-    remote = "://" in str(settings["shards"])
-    shards = str(settings["shards"]) if remote else str(Path(settings["shards"]).resolve())
+    storage.check(settings["shards"])
+    storage.check(storage_root)
+    shards = storage.resolve(settings["shards"])
     yolo = build_yolov3(settings.get("yolo_weights"), seed=int(settings["yolo_seed"]))
     provenance = dict(yolo.provenance)
     info = check_shards(shards, provenance)
@@ -378,7 +391,7 @@ def run_sweep(
     uri = tracking.resolve_tracking_uri(tracking_uri)
     tracking.check_reachable(uri)
 
-    sweep_dir = (storage / name).resolve()
+    sweep_dir = storage.join(storage.resolve(storage_root), name)
     state = read_state(sweep_dir)
     if state is not None and not resume:
         raise UserError(f"sweep {name!r} already exists in {sweep_dir}; pass --resume to continue it or --name for a new one")
@@ -398,7 +411,7 @@ def run_sweep(
     state["parent_run_id"] = tracking.start_parent_run(
         uri, name, {**common_params, "trials": len(grid), "gamma": settings["gamma"]}, state.get("parent_run_id"))
     state["tracking_uri"] = uri
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    storage.makedirs(sweep_dir)
     write_state(sweep_dir, state)
 
     ctx = SweepContext(uri, state["parent_run_id"], sweep_dir, state, common_params)
@@ -409,13 +422,13 @@ def run_sweep(
         row = TrialRow(t["trial_name"], epochs=int(settings["epochs"]))
         ctx.rows[t["trial_name"]] = row
         done = state["trials"].get(t["trial_name"], {})
-        if done.get("status") == "finished" and Path(done.get("final_checkpoint", "")).is_file():
+        if done.get("status") == "finished" and done.get("final_checkpoint") and storage.is_file(done["final_checkpoint"]):
             row.state, row.epoch, row.note = "FINISHED", int(done.get("epochs", 0)), "done earlier (skipped)"
             continue
         state["trials"].setdefault(t["trial_name"], {})["status"] = "pending"
-        todo.append({**settings, **t, "shards": shards, "storage_path": str(sweep_dir / "train"),
+        todo.append({**settings, **t, "shards": shards, "storage_path": storage.join(sweep_dir, "train"),
                      "yolo_provenance": provenance, "test_kill_at_epoch": int(kill_at) if kill_at else 0,
-                     "test_kill_marker": str(sweep_dir / f".killed-{t['trial_name']}"),
+                     "test_kill_marker": _kill_marker(sweep_dir, t["trial_name"]),
                      "test_nan_loss": nan_lambda is not None and math.isclose(nan_lambda, t["lmbda"])})
     write_state(sweep_dir, state)
 
@@ -428,6 +441,16 @@ def run_sweep(
 
         Console().print(render_table(ctx.rows, f"sweep {name}: {status.lower()}"))
     return ctx.state
+
+
+def _kill_marker(sweep_dir: str, trial: str) -> str:
+    """Test-only (``KILL_ENV``): the local file that says rank 0 was killed once (a temp folder for remote storage)."""
+    import tempfile
+
+    local = storage.local_path(sweep_dir)
+    folder = local if local is not None else Path(tempfile.gettempdir()) / "dvcm-test-markers" / storage.name(sweep_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder / f".killed-{trial}")
 
 
 def _run_tune(todo: list[dict[str, Any]], ctx: SweepContext, settings: dict[str, Any], workers: int,
@@ -443,13 +466,15 @@ def _run_tune(todo: list[dict[str, Any]], ctx: SweepContext, settings: dict[str,
     # The Tune trial only drives a TorchTrainer; the workers hold the CPUs/GPUs.
     # (Ray refuses an all-zero bundle, hence one byte of memory.)
     trainable = tune.with_resources(trial_trainable, {"cpu": 0, "memory": 1})
+    tune_path, tune_fs = storage.ray_storage(storage.join(ctx.sweep_dir, "tune"))
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search(todo)},
         tune_config=tune.TuneConfig(max_concurrent_trials=int(concurrent), reuse_actors=False),
         run_config=tune.RunConfig(
             name=f"tune-{int(time.time())}",
-            storage_path=str(ctx.sweep_dir / "tune"),
+            storage_path=tune_path,
+            storage_filesystem=tune_fs,
             callbacks=[make_tune_callback(ctx)],
             failure_config=tune.FailureConfig(max_failures=0),
             verbose=0,
@@ -477,7 +502,7 @@ def _run_tune(todo: list[dict[str, Any]], ctx: SweepContext, settings: dict[str,
 # --------------------------------------------------------------------------------------------
 # Command line (the option types are shared with `dvcm-pipeline train`)
 # --------------------------------------------------------------------------------------------
-ShardsOpt = Annotated[Path | None, typer.Option("--shards", help="Prepared shard folder (dataset.json + .tar).")]
+ShardsOpt = Annotated[str | None, typer.Option("--shards", help="Prepared shard folder or fsspec URL (s3://bucket/shards).")]
 PresetOpt = Annotated[str | None, typer.Option("--preset", help="tiny (CPU smoke run) or paper (256 crops, batch 16, N=192).")]
 GammaOpt = Annotated[float | None, typer.Option("--gamma", help=f"Feature-loss weight on normalised s (default {presets.DEFAULT_GAMMA}).")]
 NOpt = Annotated[int | None, typer.Option("--N", help="Channels N of the transforms.")]
@@ -499,7 +524,7 @@ FailuresOpt = Annotated[int | None, typer.Option("--max-failures", help="Worker-
 LoaderWorkersOpt = Annotated[int | None, typer.Option("--loader-workers", help="Data-loader processes per worker.")]
 YoloSeedOpt = Annotated[int | None, typer.Option("--yolo-seed", help="Seed of the random YOLOv3 when no --yolo-weights (as in prepare).")]
 YoloOpt = Annotated[Path | None, typer.Option("--yolo-weights", help="Darknet yolov3.weights (default: seeded random YOLOv3).")]
-StorageOpt = Annotated[Path | None, typer.Option("--storage", help="Where checkpoints and sweep records go (default ./dvcm_runs).")]
+StorageOpt = Annotated[str | None, typer.Option("--storage", help="Folder or fsspec URL (s3://bucket/runs) for checkpoints and sweep records (default ./dvcm_runs).")]
 TrackingOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow URI (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db).")]
 AddressOpt = Annotated[str | None, typer.Option("--address", help="Ray cluster address (default RAY_ADDRESS or a local Ray).")]
 
@@ -535,7 +560,7 @@ def sweep_command(
     use_gpu: UseGpuOpt = False, workers_per_trial: WorkersOpt = None, gpus_per_worker: GpusOpt = None,
     cpus_per_worker: CpusOpt = None, max_concurrent_trials: ConcurrentOpt = None, max_failures: FailuresOpt = None,
     loader_workers: LoaderWorkersOpt = None, yolo_weights: YoloOpt = None, yolo_seed: YoloSeedOpt = None,
-    storage: StorageOpt = None,
+    storage_root: StorageOpt = None,
     tracking_uri: TrackingOpt = None, address: AddressOpt = None,
 ) -> None:
     """Train every (model, configuration, λ) trial in parallel (Ray Tune) with DDP per trial (Ray Train)."""
@@ -560,7 +585,7 @@ def sweep_command(
     grid = build_grid(models, cfgs, lams)
     settings.pop("configs", None)
     sweep_name = name or spec_d.get("name") or f"sweep-{'_'.join(models)}-{len(grid)}trials"
-    storage_dir = storage or Path(spec_d.get("storage") or "dvcm_runs")
+    storage_dir = storage_root or str(spec_d.get("storage") or "dvcm_runs")
     state = run_sweep(sweep_name, grid, settings, storage_dir, tracking_uri or spec_d.get("tracking_uri"), resume, address)
     failed = [n_ for n_, t in state["trials"].items() if t.get("status") != "finished"]
     if failed:

@@ -312,7 +312,10 @@ def trial_trainable(tune_config: dict[str, Any]) -> None:
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from pipeline import storage
+
     config = tune_config["trial"]
+    storage_path, storage_fs = storage.ray_storage(config["storage_path"])
     use_gpu = bool(config["use_gpu"])
     resources = {"CPU": float(config["cpus_per_worker"])}
     if use_gpu:
@@ -325,7 +328,8 @@ def trial_trainable(tune_config: dict[str, Any]) -> None:
                                      resources_per_worker=resources),
         run_config=RunConfig(
             name=config["trial_name"],
-            storage_path=config["storage_path"],
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=int(config["max_failures"])),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()],
@@ -353,7 +357,7 @@ def train_command(
     precision: S.PrecisionOpt = None, seed: S.SeedOpt = None, use_gpu: S.UseGpuOpt = False,
     workers_per_trial: S.WorkersOpt = None, gpus_per_worker: S.GpusOpt = None, cpus_per_worker: S.CpusOpt = None,
     max_failures: S.FailuresOpt = None, loader_workers: S.LoaderWorkersOpt = None, yolo_weights: S.YoloOpt = None,
-    yolo_seed: S.YoloSeedOpt = None, storage: S.StorageOpt = None, tracking_uri: S.TrackingOpt = None, address: S.AddressOpt = None,
+    yolo_seed: S.YoloSeedOpt = None, storage_root: S.StorageOpt = None, tracking_uri: S.TrackingOpt = None, address: S.AddressOpt = None,
 ) -> None:
     """Train one (model, configuration, λ) trial with Ray Train DDP; logs to MLflow."""
     flags = {"shards": shards, "gamma": gamma, "N": n, "crop": crop, "batch_size": batch_size, "epochs": epochs,
@@ -366,7 +370,7 @@ def train_command(
     cfg = config or ",".join(map(str, settings.pop("configs")[0]))
     settings.pop("configs", None)
     grid = S.build_grid([model], [cfg], S.parse_lambdas([lmbda]))
-    state = S.run_sweep(name or grid[0]["trial_name"], grid, settings, storage or Path("dvcm_runs"), tracking_uri,
+    state = S.run_sweep(name or grid[0]["trial_name"], grid, settings, storage_root or "dvcm_runs", tracking_uri,
                         resume, address)
     entry = state["trials"][grid[0]["trial_name"]]
     if entry.get("status") != "finished":
@@ -445,7 +449,7 @@ def bench_train_command(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Batch of both codecs.")] = 4,
     crop: Annotated[int, typer.Option("--crop", help="Crop size.")] = 256,
     steps: Annotated[int, typer.Option("--steps", help="Timed steps per measurement (after 1 warm-up).")] = 3,
-    shards: Annotated[Path | None, typer.Option("--shards", help="Prepared shards for the loader measurement.")] = None,
+    shards: Annotated[str | None, typer.Option("--shards", help="Prepared shards (folder or URL) for the loader measurement.")] = None,
     ddp_n: Annotated[int, typer.Option("--ddp-N", help="N of the codec in the DDP measurement.")] = 64,
     ddp_crop: Annotated[int, typer.Option("--ddp-crop", help="Crop of the DDP measurement.")] = 128,
     address: S.AddressOpt = None,
@@ -480,7 +484,7 @@ def bench_train_command(
     if shards is not None:
         from pipeline import shards as shard_reader
 
-        loader = shard_reader.make_loader(str(shards), split="train", crop=crop, batch_size=batch_size, num_workers=0,
+        loader = shard_reader.make_loader(shards, split="train", crop=crop, batch_size=batch_size, num_workers=0,
                                           shuffle_buffer=16, seed=0, epoch=1, repeat=True)
         it, n = iter(loader), 0
         next(it)
