@@ -70,6 +70,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from pipeline import storage
 from pipeline.atomic import atomic_write_json, atomic_write_text
 from pipeline.coco_eval import DEFAULT_REFERENCE_SCORE
 from pipeline.errors import UserError
@@ -96,6 +97,7 @@ class Target:
     run_id: str | None = None
     key: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    origin: str | None = None  # the storage URL the local ``checkpoint`` was fetched from
 
 
 @dataclass
@@ -111,15 +113,24 @@ def _checkpoints_in(folder: Path) -> list[Path]:
 
 
 def resolve_targets(
-    checkpoints: Sequence[Path], run_ids: Sequence[str], sweep: str | None, all_runs: bool,
+    checkpoints: Sequence[str | Path], run_ids: Sequence[str], sweep: str | None, all_runs: bool,
     tracking_uri: str | None, download_dir: Path,
 ) -> list[Target]:
-    """Checkpoint files to evaluate, from paths and/or MLflow runs (their ``checkpoint`` artifacts)."""
+    """Checkpoint files to evaluate, from paths, storage URLs and/or MLflow runs (their ``checkpoint`` artifacts).
+
+    A URL (``s3://...``) is downloaded to ``download_dir`` first, so that ``torch.load`` reads a local file.
+    """
     targets = []
     for p in checkpoints:
-        if not Path(p).is_file():
+        storage.check(p)
+        if not storage.is_file(p):
             raise UserError(f"checkpoint {p} does not exist; pass a file written by dvcm training")
-        targets.append(Target(Path(p)))
+        local = storage.local_path(p)
+        if local is None:
+            dest = download_dir / f"url-{hashlib.sha256(str(p).encode()).hexdigest()[:12]}" / storage.name(p)
+            targets.append(Target(storage.download(p, dest), origin=str(p)))
+        else:
+            targets.append(Target(local))
     runs: list[str] = list(run_ids)
     if sweep or all_runs:
         from pipeline import tracking
@@ -597,7 +608,7 @@ def run_job(job: Job, progress: bool = True) -> dict[str, Any]:
         prev = None if job.overwrite else load_results(job.out / t.key)
         res = prev or {"schema": SCHEMA, "key": t.key, "kind": "model", "datasets": {}, "per_image": [],
                        "redundancy": None, "channel_rates": None}
-        res.update(label=model_label(t.meta), run_id=t.run_id, checkpoint=str(t.checkpoint),
+        res.update(label=model_label(t.meta), run_id=t.run_id, checkpoint=t.origin or str(t.checkpoint),
                    checkpoint_sha256=file_digest(t.checkpoint), model=t.meta["model"], config=t.meta["config"],
                    lmbda=t.meta["lmbda"], yolo=dict(yolo.provenance), detector=detector)
         results[t.key] = res
@@ -814,7 +825,7 @@ def log_to_mlflow(job: Job, summary: dict) -> str:
 
 
 def evaluate_command(
-    checkpoint: Annotated[Optional[list[Path]], typer.Option("--checkpoint", help="A checkpoint file (repeatable).")] = None,
+    checkpoint: Annotated[Optional[list[str]], typer.Option("--checkpoint", help="A checkpoint file or fsspec URL such as s3://bucket/runs/.../final.pt (repeatable).")] = None,
     run: Annotated[Optional[list[str]], typer.Option("--run", help="An MLflow trial run id (repeatable).")] = None,
     sweep: Annotated[Optional[str], typer.Option(help="Every finished trial of this sweep.")] = None,
     all_runs: Annotated[bool, typer.Option("--all-runs", help="Every finished trial run in the store.")] = False,
