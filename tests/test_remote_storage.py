@@ -1,0 +1,209 @@
+"""Shard and storage paths as fsspec URLs: prepare, train, resume and evaluate against a real
+S3-compatible server (moto's, in a subprocess on 127.0.0.1), plus ``file://`` URLs and the
+one-line errors for an unknown protocol or a missing fsspec package.
+
+The CLI runs as subprocesses with the endpoint and keys in their environment, as a user would
+set them. The commands whose Ray workers touch the bucket (the first ``prepare`` and ``train``)
+start their own local Ray so that its workers inherit that environment; the others join the
+session's Ray (their workers only see local files).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from pipeline.errors import UserError
+from tests.mlflow_server import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+BUCKET = "dvcm-test"
+TINY = ["--preset", "tiny", "--epochs", "1", "--steps-per-epoch", "2", "--val-steps", "1"]
+TRIAL = "proposed-16-32-2-l0.0067"
+
+
+@pytest.fixture(scope="module")
+def s3_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A moto S3 server on 127.0.0.1 with bucket ``dvcm-test``; yields the AWS_* variables that reach it."""
+    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto server did not start: {log_path.read_text()[-2000:]}") from None
+                time.sleep(0.3)
+        env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+        fs = _s3(env)
+        fs.mkdir(BUCKET)
+        yield env
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _s3(env: dict[str, str]):  # -> s3fs.S3FileSystem
+    """A client of the test server, configured explicitly (not from this process's environment)."""
+    import s3fs
+
+    return s3fs.S3FileSystem(key=env["AWS_ACCESS_KEY_ID"], secret=env["AWS_SECRET_ACCESS_KEY"],
+                             endpoint_url=env["AWS_ENDPOINT_URL"], skip_instance_cache=True,
+                             use_listings_cache=False)
+
+
+def _cli(args: list[str], env: dict[str, str], timeout: int = 400) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    e = {**base, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **env}
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, env=e,
+                          cwd=REPO, timeout=timeout)
+
+
+def _ok(res: subprocess.CompletedProcess) -> str:
+    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
+    return res.stdout
+
+
+def _objects(fs, prefix: str) -> dict[str, tuple[str, object]]:
+    """key -> (ETag, LastModified) of every object under ``prefix``."""
+    return {k: (v["ETag"], v["LastModified"]) for k, v in fs.find(prefix, detail=True).items()}
+
+
+def test_prepare_train_resume_evaluate_on_s3(s3_env: dict[str, str], tmp_path: Path, ray_address: str) -> None:
+    from mlflow import MlflowClient
+
+    from pipeline.sample_data import generate_sample
+
+    fs = _s3(s3_env)
+    shards, runs = f"s3://{BUCKET}/shards", f"s3://{BUCKET}/runs"
+    sample = generate_sample(tmp_path / "sample", train_sequences=2, val_sequences=1, coco_images=0, kodak_images=1)
+    prepare = ["prepare", "--dataset", "vimeo90k", "--root", str(sample.vimeo_root), "--out", shards,
+               "--frames", "3", "--shard-size", "4"]
+    _ok(_cli([*prepare, "--num-cpus", "2"], s3_env))
+    keys = set(fs.find(f"{BUCKET}/shards"))
+    for name in ("dataset.json", "manifest.parquet", "plan.json", "train/shard-000000.tar", "train/shard-000000.json",
+                 "train/shard-000001.tar", "val/shard-000000.tar"):
+        assert f"{BUCKET}/shards/{name}" in keys, sorted(keys)
+    assert not [k for k in keys if k.endswith(".tmp")]
+    info = json.loads(fs.cat(f"{BUCKET}/shards/dataset.json"))
+    assert info["counts"]["written"] == 9 and info["counts"]["by_split"]["val"]["samples"] == 3
+    for shard in info["splits"]["train"]["shards"]:
+        assert fs.size(f"{BUCKET}/shards/train/{shard['name']}") == shard["bytes"]
+
+    # a rerun finds every shard finished: no shard is uploaded again, every object keeps its bytes
+    before = _objects(fs, f"{BUCKET}/shards")
+    out = _ok(_cli(prepare, s3_env))  # nothing to write: no Ray task runs
+    assert "shards written 0, already finished 3" in " ".join(out.split())
+    after = _objects(fs, f"{BUCKET}/shards")
+    assert set(after) == set(before)
+    assert all(after[k][0] == before[k][0] for k in before)  # same content
+    assert all(after[k] == before[k] for k in before if "/shard-" in k)  # shards and sidecars not rewritten
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    train = ["train", "--shards", shards, "--storage", runs, *TINY, "--tracking-uri", uri, "--name", "remote"]
+    _ok(_cli(train, s3_env))
+    state = json.loads(fs.cat(f"{BUCKET}/runs/remote/sweep.json"))
+    entry = state["trials"][TRIAL]
+    final = entry["final_checkpoint"]
+    assert entry["status"] == "finished" and final.startswith(f"s3://{BUCKET}/runs/remote/train/") and final.endswith("/final.pt")
+    assert fs.isfile(final) and fs.find(f"{BUCKET}/runs/remote/tune")
+    stamp = fs.info(final)["LastModified"]
+    c = MlflowClient(uri)
+    assert {a.path for a in c.list_artifacts(entry["run_id"], "checkpoint")} == {"checkpoint/final.pt"}
+
+    # --resume: the finished trial is not trained again (same checkpoint object, metrics logged once)
+    out = _ok(_cli([*train, "--resume", "--address", ray_address], s3_env))
+    again = json.loads(fs.cat(f"{BUCKET}/runs/remote/sweep.json"))["trials"][TRIAL]
+    assert again["final_checkpoint"] == final and fs.info(final)["LastModified"] == stamp
+    assert [m.step for m in c.get_metric_history(entry["run_id"], "train/loss")] == [1]
+
+    # evaluate reads the checkpoint from its URL (fetched to a local cache, then loaded weights-only)
+    ev = tmp_path / "eval"
+    _ok(_cli(["evaluate", "--checkpoint", final, "--kodak-root", str(sample.kodak_root), "--anchors", "none",
+              "--redundancy-images", "1", "--redundancy-fibers", "64", "--redundancy-k", "2", "--out", str(ev),
+              "--tracking-uri", uri, "--address", ray_address], s3_env))
+    (res_file,) = [p for p in ev.glob("ckpt-*/results.json")]
+    res = json.loads(res_file.read_text())
+    assert res["checkpoint"] == final and res["model"] == "proposed"
+    (point,) = res["datasets"]["kodak"]["points"]
+    assert point["bpp"] > 0 and point["images"] == 1
+    assert list((ev / ".downloads").rglob("final.pt"))
+
+
+def test_tar_on_s3_appears_only_when_committed(s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    from pipeline.shards import AtomicTarWriter
+
+    for k, v in s3_env.items():
+        monkeypatch.setenv(k, v)
+    fs = _s3(s3_env)
+    url = f"s3://{BUCKET}/atomic/shard-000000.tar"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with AtomicTarWriter(url) as tar:
+            tar.write("a", {"txt": b"x" * 1000})
+            raise RuntimeError("interrupted")
+    assert not fs.exists(url)
+    with AtomicTarWriter(url) as tar:
+        tar.write("a", {"txt": b"x" * 1000})
+        assert not fs.exists(url)  # nothing visible before the commit
+        size, digest = tar.commit()
+    data = fs.cat(url)
+    assert len(data) == size and hashlib.sha256(data).hexdigest() == digest
+
+
+def test_file_url_for_prepare_and_reader(tmp_path: Path, yolo) -> None:
+    from pipeline.prepare import run_prepare
+    from pipeline.sample_data import generate_sample
+    from pipeline.shards import make_loader, shard_urls
+    from pipeline.sources import list_source
+
+    parts = generate_sample(tmp_path / "sample", train_sequences=1, val_sequences=1, frame_size=(192, 128),
+                            coco_images=0, kodak_images=0)
+    listing = list_source("vimeo90k", parts.vimeo_root, 3)
+    url = (tmp_path / "shards").as_uri()  # file:///...
+    common = dict(shard_size=2, use_ray=False, front=yolo.front, yolo_provenance=dict(yolo.provenance), progress=False)
+    first = run_prepare(listing, url, **common)
+    assert first.shards_written == 4 and (tmp_path / "shards" / "dataset.json").is_file()
+    assert run_prepare(listing, url, **common).shards_written == 0  # resumes like a plain path
+    assert all(u.startswith("file:///") for u in shard_urls(url, "train"))
+    by_url = [x for x, _ in make_loader(url, "train", crop=64, batch_size=1, shuffle_buffer=0)]
+    by_path = [x for x, _ in make_loader(str(tmp_path / "shards"), "train", crop=64, batch_size=1, shuffle_buffer=0)]
+    assert len(by_url) == 3 and all((a == b).all() for a, b in zip(by_url, by_path))
+
+
+def test_unknown_protocol_or_missing_package_is_one_line(tmp_path: Path) -> None:
+    from pipeline import storage
+
+    with pytest.raises(UserError, match="unknown storage protocol 'nosuch'"):
+        storage.check("nosuch://bucket/shards")
+    cases = [("nosuch://bucket/shards", "unknown storage protocol")]
+    if importlib.util.find_spec("gcsfs") is None:
+        cases.append(("gs://bucket/shards", "pip install gcsfs"))
+    for out, needle in cases:
+        res = _cli(["prepare", "--dataset", "sample", "--root", str(tmp_path / "s"), "--out", out], {})
+        assert res.returncode == 2, res.stderr[-2000:]
+        lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+        assert len(lines) == 1 and needle in lines[0] and "Traceback" not in res.stderr
+        assert not (tmp_path / "s").exists()  # refused before any work
