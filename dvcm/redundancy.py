@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -126,7 +127,12 @@ def redundancy(
     if bool((torch.round(fi) == torch.round(fi[:1])).all()):
         # y_i takes one value everywhere: it carries no information, Rdn is undefined.
         return {"rdn": math.nan, "H_i": 0.0, "H_i_given_j": 0.0, "K": K, "fibers": n}
-    _, labels = kmeans2(fj.double().numpy(), K, minit="++", seed=seed)
+    # k-means++ cannot seed more clusters than y_j has distinct fibers (a collapsed latent has one).
+    K = min(K, int(torch.unique(fj, dim=0).shape[0]))
+    with warnings.catch_warnings():
+        # An empty cluster is harmless here: its bottleneck simply gets no fibers.
+        warnings.filterwarnings("ignore", message="One of the clusters is empty")
+        _, labels = kmeans2(fj.double().numpy(), K, minit="++", seed=seed)
     fit_idx, test_idx = _split(n, rng)
 
     # H(y_i): one bottleneck over all fibers.
