@@ -7,12 +7,15 @@ this file only assembles them and turns user errors into one clear line.
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import sys
 import warnings
 
 import typer
 
 from dvcm.errors import DvcmError
+from pipeline.ray_runtime import quiet_warnings
 
 app = typer.Typer(
     name="dvcm-pipeline",
@@ -46,7 +49,11 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:  #
 def main() -> None:
     """Entry point: run the app; a user error is one line on stderr and exit code 2."""
     warnings.formatwarning = _one_line_warning
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+    quiet_warnings()
+    # MLflow draws a progress bar per artifact download (a checkpoint each): noise between our bars.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # A new SQLite store logs its schema migration at INFO: not news to the user.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     try:
         app()
     except DvcmError as exc:

@@ -2,12 +2,56 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import warnings
 
 from pipeline.errors import UserError
 
 CONNECT_TIMEOUT_S = 5.0
+# Runs first in every Ray worker process of our jobs (runtime_env worker_process_setup_hook).
+WORKER_SETUP_HOOK = "pipeline.ray_runtime.quiet_worker"
+
+
+class _DropMessages(logging.Filter):
+    """Drop log records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+def quiet_warnings() -> None:
+    """Warnings that every process would otherwise repeat: said once by the CLI, or not ours to fix."""
+    # compressai scripts a function at import; torch 2.14 deprecates torch.jit.script.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+
+
+def quiet_worker() -> None:
+    """Setup hook of every worker: the CLI driver has already said what these would repeat per process.
+
+    - the seeded-random-YOLOv3 warning (the CLI prints it once, before any worker starts);
+    - torch's torch.jit deprecation warning (see ``quiet_warnings``);
+    - Ray Train's per-report INFO lines (see below);
+    - Ray Train's PlacementGroupCleaner polling the State API, which needs the dashboard that a
+      local instance here runs without (``include_dashboard=False``): it would log every few seconds.
+    """
+    quiet_warnings()
+    warnings.filterwarnings("ignore", message="YOLOv3 uses seeded random weights")
+    # Ray Train's LoggingConfig(log_level=...) filters loggers named "ray.train.*", but two of its
+    # modules name their logger after their file path; one logs every report with all its metrics.
+    import importlib.util
+
+    for module in ("ray.train.v2._internal.execution.context", "ray.train.collective.collectives"):
+        spec = importlib.util.find_spec(module)
+        if spec is not None and spec.origin:
+            logging.getLogger(spec.origin).setLevel(logging.WARNING)
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").addFilter(
+        _DropMessages("Failed to query Ray Train Controller actor state"))
 
 
 def check_gcs_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
@@ -27,6 +71,19 @@ def check_gcs_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> N
         raise UserError(f"cannot reach the Ray cluster at {address!r} ({exc}); start it (ray start --head) or fix --address / RAY_ADDRESS") from None
 
 
+# Non-secret settings that every worker needs to reach the same code, tracking server and bucket.
+# Credentials are not forwarded: on a cluster they belong to the nodes (instance role or their env).
+FORWARDED_ENV = ("PYTHONPATH", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
+                 "AWS_DEFAULT_REGION")
+FORWARDED_ENV_PREFIXES = ("FSSPEC_",)
+
+
+def forwarded_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The driver's variables that the workers of a job get too (see ``FORWARDED_ENV``)."""
+    env = os.environ if environ is None else environ
+    return {k: v for k, v in env.items() if k in FORWARDED_ENV or k.startswith(FORWARDED_ENV_PREFIXES)}
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Start or join Ray once per process.
 
@@ -40,11 +97,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
     # Workers must import dvcm and pipeline even on nodes whose cwd is elsewhere.
-    env_vars = {k: os.environ[k] for k in ("PYTHONPATH", "MLFLOW_TRACKING_URI") if k in os.environ}
-    # Inside `ray job submit` the job's runtime_env already reaches every worker, and Ray refuses a
-    # driver runtime_env that sets the same keys: pass none there.
-    if env_vars and "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
-        kwargs["runtime_env"] = {"env_vars": env_vars}
+    env_vars = forwarded_env()
+    # Inside `ray job submit` the job's runtime_env (jobs/runtime_env.yaml, which names the same
+    # setup hook) already reaches every worker, and Ray refuses a driver runtime_env that sets the
+    # same keys: pass none there.
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
+        kwargs["runtime_env"] = {"worker_process_setup_hook": WORKER_SETUP_HOOK,
+                                 **({"env_vars": env_vars} if env_vars else {})}
     try:
         if address:
             check_gcs_reachable(address)
