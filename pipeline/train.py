@@ -138,6 +138,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(int(config["seed"]))  # same initial weights on every rank
     model = build(config["model"], front=yolo.front, yolo_provenance=dict(yolo.provenance),
                   N=int(config["N"]), M1=int(config["M1"]), M2=int(config["M2"]), H=int(config["H"]))
+    model.set_feature_stats(s_mean, s_std)  # g_a1/g_s1 work on s normalised by the training set's statistics
     criterion = ScalableRDLoss(float(config["lmbda"]), float(config["gamma"]), s_mean=s_mean, s_std=s_std).to(device)
     net_opt, aux_opt = configure_optimizers(model, float(config["lr"]), float(config["aux_lr"]))
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -308,7 +309,7 @@ def _to_float(out: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 def trial_trainable(tune_config: dict[str, Any]) -> None:
     """Ray Tune function trainable: run one trial's ``TorchTrainer`` and forward its reports to Tune."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -333,6 +334,9 @@ def trial_trainable(tune_config: dict[str, Any]) -> None:
             failure_config=FailureConfig(max_failures=int(config["max_failures"])),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()],
+            # Ray Train's INFO lines (every report with all its metrics, every checkpoint path) would
+            # bury the sweep's own table; they stay in Ray's log files (ray-train-sys-*.log).
+            logging_config=LoggingConfig(log_level=os.environ.get("DVCM_RAY_TRAIN_LOG_LEVEL", "WARNING")),
         ),
     )
     trainer.fit()
