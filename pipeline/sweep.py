@@ -230,21 +230,28 @@ class SweepContext:
             write_state(self.sweep_dir, self.state)
 
 
-def render_table(rows: dict[str, TrialRow], title: str):  # -> rich.table.Table
-    """A rich table of the trials."""
+def render_table(rows: dict[str, TrialRow], title: str):  # -> rich renderable
+    """A rich table of the trials, then one line per trial note (checkpoint path or error)."""
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title)
-    for col in ("trial", "state", "epoch", "train loss", "val loss", "val bpp", "val PSNR", "note"):
-        table.add_column(col, justify="left" if col in ("trial", "state", "note") else "right")
+    # Trial names and states are what a user scans for: they are never cut, even at 80 columns.
+    width = max([len("trial"), *(len(r.name) for r in rows.values())])
+    table.add_column("trial", no_wrap=True, min_width=width)
+    table.add_column("state", no_wrap=True, min_width=max([5, *(len(r.state) for r in rows.values())]))
+    for col in ("epoch", "loss", "val loss", "val bpp", "val PSNR"):
+        table.add_column(col, justify="right")
 
     def fmt(v: float, spec: str) -> str:
         return "-" if v != v else format(v, spec)
 
     for r in rows.values():
-        table.add_row(r.name, r.state, f"{r.epoch}/{r.epochs}", fmt(r.train_loss, ".4f"), fmt(r.val_loss, ".4f"),
-                      fmt(r.bpp, ".4f"), fmt(r.psnr, ".2f"), r.note[:60])
-    return table
+        table.add_row(r.name, r.state, f"{r.epoch}/{r.epochs}", fmt(r.train_loss, ".4g"), fmt(r.val_loss, ".4g"),
+                      fmt(r.bpp, ".3g"), fmt(r.psnr, ".2f"))
+    notes = [Text(f"{r.name}: {r.note}", overflow="fold") for r in rows.values() if r.note]
+    return Group(table, *notes)
 
 
 def make_tune_callback(ctx: SweepContext):  # -> ray.tune.Callback
@@ -467,6 +474,9 @@ def _run_tune(todo: list[dict[str, Any]], ctx: SweepContext, settings: dict[str,
     # (Ray refuses an all-zero bundle, hence one byte of memory.)
     trainable = tune.with_resources(trial_trainable, {"cpu": 0, "memory": 1})
     tune_path, tune_fs = storage.ray_storage(storage.join(ctx.sweep_dir, "tune"))
+    # Our table replaces Tune's console output; Tune's newer output engine prints its experiment box
+    # and paths even at verbose=0, the classic one honours it.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search(todo)},
