@@ -18,6 +18,11 @@ images. Unlike mAP it needs no trained detector, so it is the base-layer quality
 something with random-weight YOLOv3. For anchors ŝ is ``V_front(x̂)`` of the decoded image; for
 the uncompressed anchor it is undefined (null).
 
+Feature SNR of the base layer (``s_snr``, dB): ``-10·log10(mean_c MSE_c(ŝ, s) / Var_c(s))``, the
+MSE of each of the 256 channels normalised by that channel's variance over the image: the base-layer
+distortion that training minimises (D_s, normalised per channel), so 0 dB means "no better than each
+channel's mean". The peak-normalised PSNR above is dominated by the few channels of largest range.
+
 Output folder (``--out``), one sub-folder per codec key (``<run id>`` or ``ckpt-<sha12>`` for
 a checkpoint, ``anchors`` for the anchors)::
 
@@ -41,11 +46,11 @@ a checkpoint, ``anchors`` for the anchors)::
     uncompressed anchor, are null)
 
     point (COCO): {"codec", "label", "param", "bpp", "bpp_base", "bytes_header", "container_bpp",
-                   "map50", "coco_stats": {AP, AP50, ..., ARl}, "s_psnr", "images"}
+                   "map50", "coco_stats": {AP, AP50, ..., ARl}, "s_psnr", "s_snr", "images"}
     point (Kodak): {"codec", "label", "param", "bpp", "bpp_base", "bpp_enh", "container_bpp",
                     "psnr", "ms_ssim", "images"}
     row: {"dataset", "codec", "param", "image", "width", "height", "bytes_base", "bytes_enh",
-          "bytes_header", "bytes_container", "bpp_base", "bpp_enh", "bpp", "psnr", "ms_ssim", "s_psnr",
+          "bytes_header", "bytes_container", "bpp_base", "bpp_enh", "bpp", "psnr", "ms_ssim", "s_psnr", "s_snr",
           "t_encode", "t_decode", "t_back", "t_score"}
 
 For anchors ``bpp``/``bpp_base`` count codestream bytes only and ``container_bpp`` the
@@ -80,7 +85,7 @@ SCHEMA = "dvcm-eval/1"
 COCO_SIZE = 512
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 ROW_FIELDS = ("dataset", "codec", "param", "image", "width", "height", "bytes_base", "bytes_enh", "bytes_header",
-              "bytes_container", "bpp_base", "bpp_enh", "bpp", "psnr", "ms_ssim", "s_psnr",
+              "bytes_container", "bpp_base", "bpp_enh", "bpp", "psnr", "ms_ssim", "s_psnr", "s_snr",
               "t_encode", "t_decode", "t_back", "t_score")
 
 
@@ -312,6 +317,18 @@ def feature_psnr(s, s_hat) -> float:
     return 10 * math.log10(peak**2 / mse) if peak > 0 else float("-inf")
 
 
+def feature_snr(s, s_hat) -> float:
+    """SNR (dB) of ŝ against s, each channel's MSE normalised by its variance over the image (see module doc)."""
+    s, s_hat = s.double(), s_hat.double()
+    mse_c = ((s_hat - s) ** 2).mean(dim=(0, 2, 3))
+    var_c = s.var(dim=(0, 2, 3), unbiased=False)
+    varying = var_c > 1e-12 * float(var_c.mean())  # a channel constant over this image has no SNR: left out
+    if not bool(varying.any()):
+        return float("nan")
+    nmse = float((mse_c[varying] / var_c[varying]).mean())
+    return float("inf") if nmse == 0.0 else -10 * math.log10(nmse)
+
+
 def _detect(heads, hw_in, orig_hw, image_id: int, s: Settings) -> list[dict]:
     from dvcm.yolo import decode_detections, detections_to_coco
 
@@ -352,11 +369,12 @@ def run_codec_chunk(checkpoint: str, dataset: str, items: list[ImageItem], s: Se
                 heads = yolo.back(s_hat)
                 t3 = time.perf_counter()
                 dets += _detect(heads, (COCO_SIZE, COCO_SIZE), (h, w), int(item.image_id), s)
-                s_psnr = feature_psnr(yolo.front(x), s_hat)
+                s_ref = yolo.front(x)
+                s_psnr, s_snr = feature_psnr(s_ref, s_hat), feature_snr(s_ref, s_hat)
                 t4 = time.perf_counter()
                 sizes = layer_sizes(data)
                 rows.append(_row("coco", "model", None, item, w, h, COCO_SIZE * COCO_SIZE, bytes_base=sizes["base"],
-                                 bytes_header=sizes["header"], bytes_container=0, s_psnr=s_psnr,
+                                 bytes_header=sizes["header"], bytes_container=0, s_psnr=s_psnr, s_snr=s_snr,
                                  t_encode=t1 - t0, t_decode=t2 - t1, t_back=t3 - t2, t_score=t4 - t3))
             else:
                 x = _to_tensor(img)
@@ -414,7 +432,9 @@ def run_anchor_chunk(codec: str, dataset: str, items: list[ImageItem], s: Settin
                     dets[str(p)] += _detect(heads, (COCO_SIZE, COCO_SIZE), (h, w), int(item.image_id), s)
                     t3 = time.perf_counter()
                     s_psnr = None if p is None else feature_psnr(s_ref, s_hat)  # uncompressed: ŝ = s
-                    rows.append(_row("coco", codec, p, item, w, h, pixels, bytes_base=cs, bytes_container=cont, s_psnr=s_psnr,
+                    s_snr = None if p is None else feature_snr(s_ref, s_hat)
+                    rows.append(_row("coco", codec, p, item, w, h, pixels, bytes_base=cs, bytes_container=cont,
+                                     s_psnr=s_psnr, s_snr=s_snr,
                                      t_encode=t1 - t0, t_decode=0.0, t_back=t2 - t1, t_score=t3 - t2))
                 else:
                     psnr, msssim = _quality(_to_tensor(src), x_hat)
@@ -475,6 +495,7 @@ def summarize(dataset: str, codec: str, label: str, rows: list[dict], dets: list
         point["coco_stats"] = stats
         point["map50"] = stats["AP50"]
         point["s_psnr"] = _mean([r.get("s_psnr") for r in mine])
+        point["s_snr"] = _mean([r.get("s_snr") for r in mine])
     else:
         point.update(bpp_enh=_mean([r["bpp_enh"] for r in mine]), psnr=_mean([r["psnr"] for r in mine]),
                      ms_ssim=_mean([r["ms_ssim"] for r in mine]))
@@ -566,7 +587,7 @@ def _dataset_settings(job: Job, dataset: str) -> dict:
         base.update(conf_thres=job.settings.conf_thres, nms_iou=job.settings.nms_iou, reference=job.reference,
                     reference_score=job.reference_score if job.reference == "uncompressed" else None,
                     annotations_sha256=file_digest(job.coco[2]), resize=f"{COCO_SIZE}x{COCO_SIZE} bilinear",
-                    s_psnr="10log10(max|s|^2/MSE) per image")
+                    s_psnr="10log10(max|s|^2/MSE) per image", s_snr="-10log10(mean_c MSE_c/Var_c(s)) per image")
     return base
 
 
@@ -725,7 +746,7 @@ def run_job(job: Job, progress: bool = True) -> dict[str, Any]:
     from pipeline.bdrate import bd_table, write_table
 
     bd_rows: list[dict] = []
-    for metric in ("coco_map50", "coco_s_psnr", "kodak_psnr", "kodak_ms_ssim"):
+    for metric in ("coco_map50", "coco_s_psnr", "coco_s_snr", "kodak_psnr", "kodak_ms_ssim"):
         curves = plots.curves(list(results.values()), metric)
         refs = [c.label for c in curves if c.meta.get("kind") == "anchor" or c.label.startswith(job.bd_reference)]
         bd_rows += bd_table(curves, refs, metric)
@@ -775,7 +796,7 @@ def _point_metrics(res: dict) -> dict[str, float]:
     m: dict[str, float] = {}
     for d, entry in res.get("datasets", {}).items():
         for p in entry.get("points", []):
-            for k in ("bpp", "bpp_base", "bpp_enh", "psnr", "ms_ssim", "map50", "s_psnr"):
+            for k in ("bpp", "bpp_base", "bpp_enh", "psnr", "ms_ssim", "map50", "s_psnr", "s_snr"):
                 v = p.get(k)
                 if isinstance(v, (int, float)) and math.isfinite(v):
                     m[f"eval/{d}_{k}"] = float(v)
@@ -912,13 +933,14 @@ def _print_summary(con: Any, summary: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"evaluation ({summary['results']['anchors']['detector']} on COCO)")
-    for col in ("codec", "dataset", "bpp", "mAP@0.5", "ŝ PSNR", "PSNR", "MS-SSIM", "images", "skipped"):
+    for col in ("codec", "dataset", "bpp", "mAP@0.5", "ŝ PSNR", "ŝ SNR", "PSNR", "MS-SSIM", "images", "skipped"):
         table.add_column(col)
     for res in summary["results"].values():
         for d, entry in res.get("datasets", {}).items():
             for p in entry["points"]:
                 fmt = lambda v, n=3: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{n}f}"  # noqa: E731
                 table.add_row(p["label"], d, fmt(p.get("bpp"), 4), fmt(p.get("map50")), fmt(p.get("s_psnr"), 2),
+                              fmt(p.get("s_snr"), 2),
                               fmt(p.get("psnr"), 2),
                               fmt(p.get("ms_ssim"), 4), str(p["images"]), str(entry.get("skipped", 0)))
     con.print(table)

@@ -48,6 +48,7 @@ def _save(fig: Any, path: Path, dpi: int) -> None:
 METRICS = {
     "coco_map50": ("coco", "bpp_base", "map50", "base-layer bpp (512×512)", "mAP@0.5"),
     "coco_s_psnr": ("coco", "bpp_base", "s_psnr", "base-layer bpp (512×512)", "feature PSNR of ŝ vs V_front(x) (dB)"),
+    "coco_s_snr": ("coco", "bpp_base", "s_snr", "base-layer bpp (512×512)", "feature SNR of ŝ, per-channel normalised (dB)"),
     "kodak_psnr": ("kodak", "bpp", "psnr", "bpp (base + enhancement)", "PSNR (dB, RGB)"),
     "kodak_ms_ssim": ("kodak", "bpp", "ms_ssim", "bpp (base + enhancement)", "MS-SSIM"),
 }
@@ -175,6 +176,7 @@ def plot_all(results: list[dict], folder: Path, histories: dict | None = None) -
     paths = [
         plot_metric(results, "coco_map50", folder / "rate_accuracy.png"),
         plot_metric(results, "coco_s_psnr", folder / "feature_psnr_bpp.png"),
+        plot_metric(results, "coco_s_snr", folder / "feature_snr_bpp.png"),
         plot_metric(results, "kodak_psnr", folder / "psnr_bpp.png"),
         plot_metric(results, "kodak_ms_ssim", folder / "msssim_bpp.png"),
         plot_redundancy(results, histories or {}, folder / "redundancy.png"),

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.evaluate import Job, Settings, Target, coco_items, feature_psnr, folder_items, run_job
+from pipeline.evaluate import Job, Settings, Target, coco_items, feature_psnr, feature_snr, folder_items, run_job
 
 CLI = [sys.executable, "-m", "pipeline.cli"]
 
@@ -151,6 +151,25 @@ def test_feature_psnr_formula() -> None:
     worse = s.clone()
     worse[0, 1] += 1.0  # twice the error: 6.02 dB lower
     assert feature_psnr(s, s_hat) - feature_psnr(s, worse) == pytest.approx(20 * math.log10(2))
+
+
+def test_feature_snr_normalises_each_channel_by_its_variance() -> None:
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    # two channels on very different scales: a PSNR over all elements would only see the large one
+    s = torch.randn(1, 2, 16, 16, generator=g) * torch.tensor([100.0, 0.01]).reshape(1, 2, 1, 1)
+    std = s.std(dim=(0, 2, 3), unbiased=False).reshape(1, 2, 1, 1)
+    assert feature_snr(s, s.mean(dim=(2, 3), keepdim=True)) == pytest.approx(0.0, abs=1e-9)  # each channel's mean
+    assert feature_snr(s, s) == math.inf
+    noise = torch.randn(1, 2, 16, 16, generator=g)
+    noise = noise / noise.pow(2).mean(dim=(0, 2, 3), keepdim=True).sqrt()  # unit power per channel
+    assert feature_snr(s, s + 0.1 * std * noise) == pytest.approx(20.0, abs=1e-6)
+    # the small channel's error counts as much as the large one's
+    only_small_bad = s.clone()
+    only_small_bad[:, 1] = s[:, 1].mean()
+    assert feature_snr(s, only_small_bad) == pytest.approx(-10 * math.log10(0.5), abs=1e-9)
+    assert feature_psnr(s, only_small_bad) > 90  # the peak-normalised PSNR barely notices
 
 
 def test_undecodable_image_is_skipped_and_counted(sample, tiny_ckpt: Path, tmp_path: Path, ray_local) -> None:
