@@ -496,7 +496,8 @@ def _run_tune(todo: list[dict[str, Any]], ctx: SweepContext, settings: dict[str,
     from rich.live import Live
 
     stop = threading.Event()
-    with Live(render_table(ctx.rows, f"sweep {name}"), refresh_per_second=2, transient=False) as live:
+    # transient: the final table (with the sweep's outcome) is printed once the sweep ends
+    with Live(render_table(ctx.rows, f"sweep {name}"), refresh_per_second=2, transient=True) as live:
         def refresh() -> None:
             while not stop.wait(0.5):
                 live.update(render_table(ctx.rows, f"sweep {name}"))

@@ -30,11 +30,12 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
     for name in trials:
         assert name in text
     assert "BD-rate of proposed vs choi2022 on the base layer" in text
-    # the base-layer BD-rate on feature PSNR of ŝ (real bitstreams), printed as the BD table has it: a number, or
-    # "n/a (reason)" when a curve is not monotone in rate. Not asserted finite: with a few training steps the base
-    # rate and ŝ PSNR of two λ are not reliably ordered (measured), and a NaN must not be hidden.
+    # the base-layer BD-rate on feature SNR of ŝ (real bitstreams), printed as the BD table has it: a number, or
+    # "n/a (reason)" when a curve is not increasing in rate. Not asserted finite: after CPU-sized training the
+    # base-layer quality of unseen images saturates and two λ are not reliably ordered (measured; see the
+    # quickstart module doc), and a NaN must not be hidden.
     flat = " ".join(text.split())
-    m = re.search(r"quality = feature PSNR of ŝ, base-layer bpp from real bitstreams\): ([+-]?\d+\.\d+ %|n/a \((.+?)\))",
+    m = re.search(r"quality = feature SNR of ŝ, base-layer bpp from real bitstreams\): ([+-]?\d+\.\d+ %|n/a \((.+?)\))",
                   flat)
     assert m, flat[-3000:]
     assert re.search(r"COCO mAP@0\.5 vs base-layer bpp, random-weight YOLOv3\): ([+-]?\d+\.\d+ %|n/a \(.+\))", flat)
@@ -50,10 +51,10 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
         kodak = res["datasets"]["kodak"]["points"][0]
         assert kodak["bpp_base"] > 0 and kodak["bpp_enh"] > 0 and math.isfinite(kodak["psnr"])
         coco = res["datasets"]["coco"]["points"][0]
-        assert coco["bpp_base"] > 0 and math.isfinite(coco["s_psnr"])
+        assert coco["bpp_base"] > 0 and math.isfinite(coco["s_psnr"]) and math.isfinite(coco["s_snr"])
     bd = (out / "eval" / "bd_table.csv").read_text()
     assert "coco_map50" in bd and "choi2022 (16,32,2)" in bd and "proposed (16,32,2)" in bd
-    (row,) = [r for r in csv.DictReader(bd.splitlines()) if r["metric"] == "coco_s_psnr"
+    (row,) = [r for r in csv.DictReader(bd.splitlines()) if r["metric"] == "coco_s_snr"
               and r["reference"] == "choi2022 (16,32,2)" and r["test"] == "proposed (16,32,2)"]
     value = float(row["bd_rate_percent"]) if row["bd_rate_percent"] else math.nan
     if math.isfinite(value):
@@ -74,7 +75,7 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
         assert r.data.tags["lambda"] in ("0.0018", "0.0932")
         assert {a.path for a in c.list_artifacts(r.info.run_id, "checkpoint")} == {"checkpoint/final.pt"}
         assert {"evaluation/results.json", "evaluation/results.csv"} <= {a.path for a in c.list_artifacts(r.info.run_id, "evaluation")}
-        assert "eval/kodak_psnr" in r.data.metrics and math.isfinite(r.data.metrics["eval/coco_s_psnr"])
+        assert "eval/kodak_psnr" in r.data.metrics and math.isfinite(r.data.metrics["eval/coco_s_snr"])
     evals = c.search_runs([parent.info.experiment_id], filter_string="tags.`dvcm.evaluation` = '1'")
     assert len(evals) == 1 and [a.path for a in c.list_artifacts(evals[0].info.run_id, "plots")]
 
@@ -83,5 +84,8 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
     mtime = ckpt.stat().st_mtime_ns
     again = CliRunner().invoke(app, ["quickstart", "--out", str(out), *SHRINK])
     assert again.exit_code == 0, again.output[-4000:] + repr(again.exception)
-    assert "6 already finished" in " ".join(again.output.split()) and ckpt.stat().st_mtime_ns == mtime
+    written = re.search(r": (\d+) written, 0 already finished", flat)
+    assert written and int(written.group(1)) > 0, flat[:3000]
+    assert f"0 written, {written.group(1)} already finished" in " ".join(again.output.split())
+    assert ckpt.stat().st_mtime_ns == mtime
     assert len(c.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")) == 4
