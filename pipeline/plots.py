@@ -116,6 +116,8 @@ def plot_metric(results: list[dict], metric: str, path: Path) -> Path | None:
             for x, y, n in zip(c.rates, c.quality, c.meta["points"]):
                 ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     title = {"coco": "COCO rate–accuracy", "kodak": "Kodak rate–distortion"}[dataset]
+    if metric in ("coco_s_psnr", "coco_s_snr"):
+        title = "COCO base layer: rate–feature fidelity (ŝ vs V_front(x))"
     if metric == "coco_map50":
         det = _detector(results)
         if unc is not None:
