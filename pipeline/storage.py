@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Callable, TypeVar
 
+from dvcm.fileio import atomic_open
 from pipeline.errors import UserError
 
 T = TypeVar("T")
@@ -224,7 +225,13 @@ def atomic_writer(location: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """A binary file to write ``location`` through: readers see the old file or the whole new one.
 
     On success the temp file is fsynced and published (:func:`publish`); on any error it is deleted.
+    A local path goes through the codec library's own :func:`dvcm.fileio.atomic_open`.
     """
+    path = local_path(location)
+    if path is not None:
+        with atomic_open(path) as f:
+            yield f
+        return
     fd, tmp = temp_file_for(location)
     try:
         with os.fdopen(fd, "wb") as f:
