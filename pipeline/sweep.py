@@ -181,6 +181,30 @@ def check_placement(workers: int, cpus: float, gpus: float, use_gpu: bool) -> No
 # --------------------------------------------------------------------------------------------
 # Sweep state (resume)
 # --------------------------------------------------------------------------------------------
+# Settings that change what a trial learns: a resumed sweep must keep them (resources may change).
+TRAINING_KEYS = (
+    "preset", "gamma", "N", "crop", "batch_size", "epochs", "steps_per_epoch", "val_steps", "max_lr_drops", "lr",
+    "aux_lr", "lr_patience", "lr_factor", "clip_max_norm", "precision", "seed", "shuffle_buffer", "yolo_seed",
+)
+
+
+def training_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The part of ``settings`` that a resumed sweep must not change (see :data:`TRAINING_KEYS`)."""
+    return {k: settings.get(k) for k in TRAINING_KEYS}
+
+
+def check_resume_settings(name: str, state: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Refuse to resume a sweep with training settings other than those it was started with."""
+    before = state.get("training_settings")
+    if before is None:  # a record written before training settings were kept
+        return
+    now = json.loads(json.dumps(training_settings(settings)))
+    changed = [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in TRAINING_KEYS if before.get(k) != now.get(k)]
+    if changed:
+        raise UserError(f"sweep {name!r} was started with other training settings ({'; '.join(changed)}); "
+                        "resume it with the same settings, or pass --name for a new sweep")
+
+
 def read_state(sweep_dir: str | Path) -> dict[str, Any] | None:
     """The sweep record (``sweep_dir`` a local folder or a URL), or None when the sweep never started."""
     path = storage.join(sweep_dir, STATE_FILE)
@@ -404,6 +428,8 @@ def run_sweep(
         raise UserError(f"sweep {name!r} already exists in {sweep_dir}; pass --resume to continue it or --name for a new one")
     if state is None:
         state = {"name": name, "trials": {}, "parent_run_id": None}
+    check_resume_settings(name, state, settings)
+    state["training_settings"] = training_settings(settings)
 
     init_ray(address)
     workers, cpus, gpus = int(settings["workers_per_trial"]), float(settings["cpus_per_worker"]), float(settings["gpus_per_worker"])
@@ -525,7 +551,7 @@ ValStepsOpt = Annotated[int | None, typer.Option("--val-steps", help="Validation
 LrDropsOpt = Annotated[int | None, typer.Option("--max-lr-drops", help="Stop after this many ReduceLROnPlateau reductions.")]
 LrOpt = Annotated[float | None, typer.Option("--lr", help="Adam learning rate of the net (default 1e-4).")]
 PrecisionOpt = Annotated[str | None, typer.Option("--precision", help="fp32, or amp (bf16 autocast; GPU only, refused on CPU).")]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of weights, crops and the seeded-random YOLO.")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of the initial weights and of the crops (the random YOLOv3 has --yolo-seed).")]
 UseGpuOpt = Annotated[bool, typer.Option("--use-gpu/--no-gpu", help="Train on GPUs (NCCL) instead of CPUs (gloo).")]
 WorkersOpt = Annotated[int | None, typer.Option("--workers-per-trial", help="DDP workers per trial (default 1).")]
 GpusOpt = Annotated[float | None, typer.Option("--gpus-per-worker", help="GPUs per worker with --use-gpu (default 1).")]

@@ -159,3 +159,22 @@ def test_stopped_sweep_resumes_without_rerunning_finished_trials(
     c = MlflowClient(uri)
     run = c.get_run(after[first]["run_id"])
     assert [m.step for m in c.get_metric_history(run.info.run_id, "train/loss")] == [1]  # logged once
+
+    # resuming with other training settings is refused before anything runs, and the record is kept
+    record = state_file.read_bytes()
+    changed = invoke([*args, "--resume", "--seed", "3", "--lr", "0.002"])
+    assert isinstance(changed.exception, UserError), changed.output + repr(changed.exception)
+    message = str(changed.exception)
+    assert "\n" not in message and "seed 0 -> 3" in message and "lr 0.0001 -> 0.002" in message and "--name" in message
+    assert state_file.read_bytes() == record
+
+
+def test_resume_settings_check_compares_training_settings_only() -> None:
+    from pipeline.sweep import check_resume_settings, training_settings
+
+    settings = resolve_settings("tiny", {}, {"shards": "s", "seed": 1})
+    state = {"training_settings": training_settings(settings)}
+    check_resume_settings("s1", state, {**settings, "max_concurrent_trials": 4, "cpus_per_worker": 2.0})  # resources may change
+    check_resume_settings("s1", {"trials": {}}, {**settings, "gamma": 9.0})  # a record from before the check: accepted
+    with pytest.raises(UserError, match=r"gamma 1\.0 -> 9\.0"):
+        check_resume_settings("s1", state, {**settings, "gamma": 9.0})
