@@ -50,8 +50,11 @@ def _why_not(curve: Curve) -> str | None:
     r, q = curve.sorted()
     if len(r) < 2:
         return f"{curve.label}: fewer than 2 points"
-    if np.any(np.diff(r) <= 0) or np.any(np.diff(q) <= 0):
-        return f"{curve.label}: quality is not strictly increasing with rate"
+    bad = np.flatnonzero((np.diff(r) <= 0) | (np.diff(q) <= 0))
+    if len(bad):
+        i = int(bad[0])
+        return (f"{curve.label}: quality is not strictly increasing with rate "
+                f"({q[i]:.4g} at rate {r[i]:.4g}, {q[i + 1]:.4g} at rate {r[i + 1]:.4g})")
     return None
 
 
@@ -67,7 +70,11 @@ def bd_delta(reference: Curve, test: Curve, method: str = METHOD) -> tuple[float
         warnings.simplefilter("always")
         rate = float(bjontegaard.bd_rate(r0, q0, r1, q1, method=method, require_matching_points=False))
         qual = float(bjontegaard.bd_psnr(r0, q0, r1, q1, method=method, require_matching_points=False))
-    note = "; ".join(str(w.message) for w in caught)
+    if not math.isfinite(rate) and any("do not overlap" in str(w.message) for w in caught):
+        note = (f"the quality ranges do not overlap ({reference.label}: {q0.min():.4g} to {q0.max():.4g}, "
+                f"{test.label}: {q1.min():.4g} to {q1.max():.4g})")
+    else:  # the package's own words, less its advice to callers of the package
+        note = "; ".join(str(w.message).split(" You can silence")[0] for w in caught)
     return rate, qual, note
 
 

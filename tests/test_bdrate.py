@@ -60,7 +60,7 @@ def test_undefined_curves_are_nan_with_a_reason() -> None:
     rate, qual, note = bd_delta(REF, one)
     assert math.isnan(rate) and math.isnan(qual) and "fewer than 2" in note
     bumpy = Curve("bumpy", (0.1, 0.2, 0.3), (30.0, 29.0, 31.0))
-    assert "not strictly increasing" in bd_delta(REF, bumpy)[2]
+    assert bd_delta(REF, bumpy)[2] == "bumpy: quality is not strictly increasing with rate (30 at rate 0.1, 29 at rate 0.2)"
     far = Curve("far", (10.0, 20.0), (60.0, 70.0))
     assert math.isnan(bd_rate(REF, far))
 
@@ -72,3 +72,11 @@ def test_table_files(tmp_path) -> None:
     md, cs = write_table(rows, tmp_path)
     assert "-50.00" in md.read_text() and md.read_text() == table_markdown(rows)
     assert cs.read_text() == table_csv(rows)
+
+
+def test_disjoint_quality_ranges_say_so_in_our_words() -> None:
+    low = Curve("low", (0.05, 0.06), (-0.02, 0.07))
+    high = Curve("high", (0.05, 0.11), (0.76, 1.06))
+    rate, _, note = bd_delta(low, high)
+    assert math.isnan(rate)
+    assert note == "the quality ranges do not overlap (low: -0.02 to 0.07, high: 0.76 to 1.06)"
