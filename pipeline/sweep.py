@@ -254,26 +254,33 @@ class SweepContext:
             write_state(self.sweep_dir, self.state)
 
 
-def render_table(rows: dict[str, TrialRow], title: str):  # -> rich renderable
-    """A rich table of the trials, then one line per trial note (checkpoint path or error)."""
+def render_table(rows: dict[str, TrialRow], title: str, width: int | None = None):  # -> rich renderable
+    """A rich table of the trials, then one line per trial note (checkpoint path or error).
+
+    ``width``: the terminal's columns (default: the console's).
+    """
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=title)
-    # Trial names and states are what a user scans for: they are never cut, even at 80 columns.
-    width = max([len("trial"), *(len(r.name) for r in rows.values())])
-    table.add_column("trial", no_wrap=True, min_width=width)
-    table.add_column("state", no_wrap=True, min_width=max([5, *(len(r.state) for r in rows.values())]))
-    for col in ("epoch", "loss", "val loss", "val bpp", "val PSNR"):
-        table.add_column(col, justify="right")
+    from rich import get_console
 
     def fmt(v: float, spec: str) -> str:
         return "-" if v != v else format(v, spec)
 
-    for r in rows.values():
-        table.add_row(r.name, r.state, f"{r.epoch}/{r.epochs}", fmt(r.train_loss, ".4g"), fmt(r.val_loss, ".4g"),
-                      fmt(r.bpp, ".3g"), fmt(r.psnr, ".2f"))
+    cells = {r.name: {"trial": r.name, "state": r.state, "epoch": f"{r.epoch}/{r.epochs}", "loss": fmt(r.train_loss, ".4g"),
+                      "val loss": fmt(r.val_loss, ".4g"), "val bpp": fmt(r.bpp, ".3g"), "val PSNR": fmt(r.psnr, ".2f")}
+             for r in rows.values()}
+    columns = ["trial", "state", "epoch", "loss", "val loss", "val bpp", "val PSNR"]
+    widths = {c: max([len(c), *(len(row[c]) for row in cells.values())]) for c in columns}
+    # Nothing is ever cut: on a narrow terminal the training loss (the least read column) is left out instead.
+    if sum(widths.values()) + 3 * len(columns) + 1 > (width or get_console().width):
+        columns.remove("loss")
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c, no_wrap=True, min_width=widths[c], justify="left" if c in ("trial", "state") else "right")
+    for row in cells.values():
+        table.add_row(*(row[c] for c in columns))
     notes = [Text(f"{r.name}: {r.note}", overflow="fold") for r in rows.values() if r.note]
     return Group(table, *notes)
 

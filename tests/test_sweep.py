@@ -178,3 +178,27 @@ def test_resume_settings_check_compares_training_settings_only() -> None:
     check_resume_settings("s1", {"trials": {}}, {**settings, "gamma": 9.0})  # a record from before the check: accepted
     with pytest.raises(UserError, match=r"gamma 1\.0 -> 9\.0"):
         check_resume_settings("s1", state, {**settings, "gamma": 9.0})
+
+
+@pytest.mark.parametrize("width", [80, 160])
+def test_trial_table_never_cuts_a_cell(width: int) -> None:
+    import io
+
+    from rich.console import Console
+
+    from pipeline.sweep import TrialRow, render_table
+
+    rows = {}
+    for i, lam in enumerate((0.0018, 0.0932)):
+        for model in ("proposed", "choi2022"):
+            name = trial_name(model, 16, 32, 2, lam)
+            rows[name] = TrialRow(name, epochs=4, state="FINISHED", epoch=4, train_loss=46.0552 + i,
+                                  val_loss=111.0693, bpp=0.0927 + i, psnr=21.35)
+    out = io.StringIO()
+    Console(file=out, width=width, color_system=None).print(render_table(rows, "sweep", width=width))
+    text = out.getvalue()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= width
+    for name in rows:
+        assert name in text
+    assert "val bpp" in text and "0.0927" in text and "1.09" in text and "21.35" in text
+    assert ("47.06" in text) == (width >= 160)  # the training loss is left out when it does not fit
