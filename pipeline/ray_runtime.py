@@ -73,8 +73,11 @@ def check_gcs_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> N
 
 # Non-secret settings that every worker needs to reach the same code, tracking server and bucket.
 # Credentials are not forwarded: on a cluster they belong to the nodes (instance role or their env).
+# STORAGE_EMULATOR_HOST is gcsfs's endpoint for gs:// (a GCS emulator), the counterpart of AWS_ENDPOINT_URL;
+# GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false makes gcsfs skip its gRPC bucket-type probe, which an emulator
+# cannot answer (each probe would retry for 60 s): both must match on the driver and the workers.
 FORWARDED_ENV = ("PYTHONPATH", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
-                 "AWS_DEFAULT_REGION")
+                 "AWS_DEFAULT_REGION", "STORAGE_EMULATOR_HOST", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT")
 FORWARDED_ENV_PREFIXES = ("FSSPEC_",)
 
 

@@ -1,6 +1,7 @@
 """Shard and storage paths as fsspec URLs: prepare, train, resume and evaluate against a real
-S3-compatible server (moto's, in a subprocess on 127.0.0.1), plus ``file://`` URLs and the
-one-line errors for an unknown protocol or a missing fsspec package.
+S3-compatible server (moto's, in a subprocess on 127.0.0.1), prepare and train against a real GCS
+emulator (gcp-storage-emulator, likewise) through gcsfs, plus ``file://`` URLs and the one-line
+errors for an unknown protocol or a missing fsspec package.
 
 The CLI runs as subprocesses with the endpoint and keys in their environment, as a user would
 set them. The commands whose Ray workers touch the bucket (the first ``prepare`` and ``train``)
@@ -10,6 +11,7 @@ session's Ray (their workers only see local files).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -31,30 +33,22 @@ TINY = ["--preset", "tiny", "--epochs", "1", "--steps-per-epoch", "2", "--val-st
 TRIAL = "proposed-16-32-2-l0.0067"
 
 
-@pytest.fixture(scope="module")
-def s3_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A moto S3 server on 127.0.0.1 with bucket ``dvcm-test``; yields the AWS_* variables that reach it."""
-    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+@contextlib.contextmanager
+def _server(cmd: list[str], ready_url: str, log_path: Path, what: str) -> Iterator[None]:
+    """Run ``cmd`` until the block ends (always stopped); ready once ``ready_url`` answers."""
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                with urllib.request.urlopen(url, timeout=2):
+                with urllib.request.urlopen(ready_url, timeout=2):
                     break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto server did not start: {log_path.read_text()[-2000:]}") from None
+                    raise RuntimeError(f"{what} did not start: {log_path.read_text()[-2000:]}") from None
                 time.sleep(0.3)
-        env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-               "AWS_DEFAULT_REGION": "us-east-1"}
-        fs = _s3(env)
-        fs.mkdir(BUCKET)
-        yield env
+        yield
     finally:
         proc.terminate()
         try:
@@ -62,6 +56,20 @@ def s3_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def s3_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A moto S3 server on 127.0.0.1 with bucket ``dvcm-test``; yields the AWS_* variables that reach it."""
+    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with _server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], url, log_path, "moto server"):
+        env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+        fs = _s3(env)
+        fs.mkdir(BUCKET)
+        yield env
 
 
 def _s3(env: dict[str, str]):  # -> s3fs.S3FileSystem
@@ -90,6 +98,19 @@ def _objects(fs, prefix: str) -> dict[str, tuple[str, object]]:
     return {k: (v["ETag"], v["LastModified"]) for k, v in fs.find(prefix, detail=True).items()}
 
 
+def _check_prepared(fs) -> None:  # noqa: ANN001 - an fsspec filesystem (s3fs or gcsfs)
+    """The bucket holds the whole prepared set of the two-scene sample (9 frames) and no temp object."""
+    keys = set(fs.find(f"{BUCKET}/shards"))
+    for name in ("dataset.json", "manifest.parquet", "plan.json", "train/shard-000000.tar", "train/shard-000000.json",
+                 "train/shard-000001.tar", "val/shard-000000.tar"):
+        assert f"{BUCKET}/shards/{name}" in keys, sorted(keys)
+    assert not [k for k in keys if k.endswith(".tmp")]
+    info = json.loads(fs.cat(f"{BUCKET}/shards/dataset.json"))
+    assert info["counts"]["written"] == 9 and info["counts"]["by_split"]["val"]["samples"] == 3
+    for shard in info["splits"]["train"]["shards"]:
+        assert fs.size(f"{BUCKET}/shards/train/{shard['name']}") == shard["bytes"]
+
+
 def test_prepare_train_resume_evaluate_on_s3(s3_env: dict[str, str], tmp_path: Path, ray_address: str) -> None:
     from mlflow import MlflowClient
 
@@ -101,15 +122,7 @@ def test_prepare_train_resume_evaluate_on_s3(s3_env: dict[str, str], tmp_path: P
     prepare = ["prepare", "--dataset", "vimeo90k", "--root", str(sample.vimeo_root), "--out", shards,
                "--frames", "3", "--shard-size", "4"]
     _ok(_cli([*prepare, "--num-cpus", "2"], s3_env))
-    keys = set(fs.find(f"{BUCKET}/shards"))
-    for name in ("dataset.json", "manifest.parquet", "plan.json", "train/shard-000000.tar", "train/shard-000000.json",
-                 "train/shard-000001.tar", "val/shard-000000.tar"):
-        assert f"{BUCKET}/shards/{name}" in keys, sorted(keys)
-    assert not [k for k in keys if k.endswith(".tmp")]
-    info = json.loads(fs.cat(f"{BUCKET}/shards/dataset.json"))
-    assert info["counts"]["written"] == 9 and info["counts"]["by_split"]["val"]["samples"] == 3
-    for shard in info["splits"]["train"]["shards"]:
-        assert fs.size(f"{BUCKET}/shards/train/{shard['name']}") == shard["bytes"]
+    _check_prepared(fs)
 
     # a rerun finds every shard finished: no shard is uploaded again, every object keeps its bytes
     before = _objects(fs, f"{BUCKET}/shards")
@@ -149,6 +162,60 @@ def test_prepare_train_resume_evaluate_on_s3(s3_env: dict[str, str], tmp_path: P
     (point,) = res["datasets"]["kodak"]["points"]
     assert point["bpp"] > 0 and point["images"] == 1
     assert list((ev / ".downloads").rglob("final.pt"))
+
+
+@pytest.fixture(scope="module")
+def gcs_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A gcp-storage-emulator server on 127.0.0.1 with bucket ``dvcm-test``; yields the variables that reach it.
+
+    ``STORAGE_EMULATOR_HOST`` is gcsfs's endpoint; ``FSSPEC_GS_TOKEN=anon`` (fsspec's config) skips the
+    credential lookup; ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false`` skips gcsfs's gRPC bucket-type probe,
+    which the emulator cannot answer (each probe would retry for 60 s).
+    """
+    log_path = tmp_path_factory.mktemp("gcs") / "gcs-emulator.log"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port", str(port),
+           "--in-memory", "--default-bucket", BUCKET]
+    with _server(cmd, f"{url}/storage/v1/b/{BUCKET}", log_path, "GCS emulator"):  # the bucket exists once it answers
+        yield {"STORAGE_EMULATOR_HOST": url, "FSSPEC_GS_TOKEN": "anon", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+
+
+def _gcs(env: dict[str, str]):  # -> gcsfs.core.GCSFileSystem
+    """A client of the emulator, configured explicitly (not from this process's environment)."""
+    from gcsfs.core import GCSFileSystem  # the plain HTTP client, whatever GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT says
+
+    return GCSFileSystem(token="anon", endpoint_url=env["STORAGE_EMULATOR_HOST"], skip_instance_cache=True,
+                         use_listings_cache=False)
+
+
+def test_prepare_and_train_on_gcs_emulator(gcs_env: dict[str, str], tmp_path: Path) -> None:
+    """prepare into gs://, a rerun that uploads nothing, then train reading shards from and storing runs in gs://."""
+    from pipeline.sample_data import generate_sample
+
+    fs = _gcs(gcs_env)
+    shards, runs = f"gs://{BUCKET}/shards", f"gs://{BUCKET}/runs"
+    sample = generate_sample(tmp_path / "sample", train_sequences=2, val_sequences=1, coco_images=0, kodak_images=0)
+    prepare = ["prepare", "--dataset", "vimeo90k", "--root", str(sample.vimeo_root), "--out", shards,
+               "--frames", "3", "--shard-size", "4", "--num-cpus", "2"]
+    _ok(_cli(prepare, gcs_env))  # a local Ray of its own: its workers upload the shards
+    _check_prepared(fs)
+
+    # a rerun finds every shard finished: no shard object gets a new generation
+    before = {k: v["generation"] for k, v in fs.find(f"{BUCKET}/shards", detail=True).items()}
+    out = _ok(_cli(prepare, gcs_env))
+    assert "shards written 0, already finished 3" in " ".join(out.split())
+    after = {k: v["generation"] for k, v in fs.find(f"{BUCKET}/shards", detail=True).items()}
+    assert set(after) == set(before) and all(after[k] == before[k] for k in before if "/shard-" in k)
+
+    # train: Ray Train workers stream the tars from gs://, Ray Train/Tune write checkpoints and sweep.json there
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _ok(_cli(["train", "--shards", shards, "--storage", runs, *TINY, "--tracking-uri", uri, "--name", "remote"],
+             gcs_env))  # a local Ray of its own too
+    entry = json.loads(fs.cat(f"{BUCKET}/runs/remote/sweep.json"))["trials"][TRIAL]
+    final = entry["final_checkpoint"]
+    assert entry["status"] == "finished" and final.startswith(f"gs://{BUCKET}/runs/remote/train/"), entry
+    assert final.endswith("/final.pt") and fs.isfile(final) and fs.find(f"{BUCKET}/runs/remote/tune")
 
 
 def test_tar_on_s3_appears_only_when_committed(s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
