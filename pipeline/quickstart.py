@@ -285,7 +285,7 @@ def run_quickstart(
 
     # 3. evaluate every trial (real bitstreams) with the installed anchors
     t0 = time.perf_counter()
-    con.rule("3/5 evaluate: COCO-like base layer, Kodak-like both layers, anchors, BD-rate, plots")
+    con.rule("3/5 evaluate: real bitstreams, anchors, BD-rate, plots (Ray tasks)")
     eval_dir = out / "eval"
     run_ids = [state["trials"][t["trial_name"]]["run_id"] for t in grid]
     targets = evaluate.resolve_targets([], run_ids, None, False, uri, eval_dir / ".downloads")
