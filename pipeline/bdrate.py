@@ -53,6 +53,8 @@ def _why_not(curve: Curve) -> str | None:
     bad = np.flatnonzero((np.diff(r) <= 0) | (np.diff(q) <= 0))
     if len(bad):
         i = int(bad[0])
+        if r[i + 1] == r[i]:
+            return f"{curve.label}: two points share the rate {r[i]:.4g} (qualities {q[i]:.4g} and {q[i + 1]:.4g})"
         return (f"{curve.label}: quality is not strictly increasing with rate "
                 f"({q[i]:.4g} at rate {r[i]:.4g}, {q[i + 1]:.4g} at rate {r[i + 1]:.4g})")
     return None

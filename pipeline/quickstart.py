@@ -55,8 +55,8 @@ SAMPLE_TRAIN_SEQUENCES, SAMPLE_VAL_SEQUENCES, SAMPLE_FRAMES = 24, 4, 2
 MODELS = ("proposed", "choi2022")
 SWEEP_NAME = "quickstart"
 # The training flags of the default quickstart (see sweep_name).
-DEFAULT_TRAINING: dict[str, Any] = {"epochs": DEFAULT_EPOCHS, "steps_per_epoch": DEFAULT_STEPS_PER_EPOCH, "val_steps": None,
-                                    "lr": DEFAULT_LR, "gamma": None, "seed": 0}
+DEFAULT_TRAINING: dict[str, Any] = {"epochs": DEFAULT_EPOCHS, "steps_per_epoch": DEFAULT_STEPS_PER_EPOCH,
+                                    "lr": DEFAULT_LR, "seed": 0}
 BASE_METRIC = "coco_s_snr"  # the base layer: COCO path, base-layer bpp vs feature SNR of ŝ (normalised per channel)
 MAP_METRIC = "coco_map50"  # the base layer: COCO path, base-layer bpp vs mAP@0.5
 
@@ -149,19 +149,34 @@ def summarize_trials(state: dict[str, Any], eval_results: dict[str, dict], track
     return rows, unc
 
 
-def sweep_name(flags: dict[str, Any], lambdas: list[float]) -> str:
+def _training_key(settings: dict[str, Any], lambdas: list[float]) -> dict[str, Any]:
+    from pipeline.sweep import training_settings
+
+    return json.loads(json.dumps({**training_settings(settings), "lambdas": sorted(float(v) for v in lambdas)}))
+
+
+def sweep_name(settings: dict[str, Any], lambdas: list[float]) -> str:
     """``quickstart`` for the default training settings, else ``quickstart-<digest of the settings>``.
 
+    ``settings`` are the resolved ones (so ``--gamma 1`` is the default γ); λ order does not matter.
     Other settings train other trials: they get their own sweep (next to the default one in the same
     ``--out``) instead of resuming trials trained with different settings.
     """
+    from pipeline.sweep import resolve_settings
     from pipeline.tracking import text_digest
 
-    given = {**{k: flags.get(k) for k in DEFAULT_TRAINING}, "lambdas": [float(v) for v in lambdas]}
-    default = {**DEFAULT_TRAINING, "lambdas": [float(v) for v in DEFAULT_LAMBDAS.split(",")]}
+    given = _training_key(settings, lambdas)
+    default = _training_key(resolve_settings("tiny", {}, {**DEFAULT_TRAINING, "shards": "-"}),
+                            [float(v) for v in DEFAULT_LAMBDAS.split(",")])
     if given == default:
         return SWEEP_NAME
     return f"{SWEEP_NAME}-{text_digest(json.dumps(given, sort_keys=True))[:8]}"
+
+
+def eval_folder(out: Path, name: str) -> Path:
+    """Where a sweep's evaluation and report go: ``eval`` for the default sweep, ``eval-<name>`` for others
+    (the report reads every result in its folder, so sweeps trained otherwise never share one)."""
+    return out / "eval" if name == SWEEP_NAME else out / f"eval-{name}"
 
 
 def base_layer_bd_rate(bd_rows: list[dict[str, Any]], metric: str = BASE_METRIC) -> tuple[float, str]:
@@ -220,7 +235,7 @@ def run_quickstart(
     epochs: int | None = DEFAULT_EPOCHS,
     steps_per_epoch: int | None = DEFAULT_STEPS_PER_EPOCH,
     val_steps: int | None = None,
-    lr: float | None = None,
+    lr: float | None = DEFAULT_LR,
     gamma: float | None = None,
     seed: int = 0,
     anchors: list[str] | None = None,
@@ -275,7 +290,7 @@ def run_quickstart(
     cfg = ",".join(map(str, settings.pop("configs")[0]))
     grid = sweep.build_grid(list(MODELS), [cfg], lams)
     storage = out / "runs"
-    name = sweep_name(flags, lams)
+    name = sweep_name(settings, lams)
     resume = sweep.read_state(storage / name) is not None
     state = sweep.run_sweep(name, grid, settings, storage, uri, resume=resume, address=address, show=progress)
     failed = [n for n, t in state["trials"].items() if t.get("status") != "finished"]
@@ -286,7 +301,7 @@ def run_quickstart(
     # 3. evaluate every trial (real bitstreams) with the installed anchors
     t0 = time.perf_counter()
     con.rule("3/5 evaluate: real bitstreams, anchors, BD-rate, plots (Ray tasks)")
-    eval_dir = out / "eval"
+    eval_dir = eval_folder(out, name)
     run_ids = [state["trials"][t["trial_name"]]["run_id"] for t in grid]
     targets = evaluate.resolve_targets([], run_ids, None, False, uri, eval_dir / ".downloads")
     coco_items, coco_gt = evaluate.coco_items(sample.coco_root, sample.coco_annotations, None)

@@ -181,25 +181,34 @@ def check_placement(workers: int, cpus: float, gpus: float, use_gpu: bool) -> No
 # --------------------------------------------------------------------------------------------
 # Sweep state (resume)
 # --------------------------------------------------------------------------------------------
-# Settings that change what a trial learns: a resumed sweep must keep them (resources may change).
-TRAINING_KEYS = (
-    "preset", "gamma", "N", "crop", "batch_size", "epochs", "steps_per_epoch", "val_steps", "max_lr_drops", "lr",
-    "aux_lr", "lr_patience", "lr_factor", "clip_max_norm", "precision", "seed", "shuffle_buffer", "yolo_seed",
-)
+# Settings that change what a trial learns: a resumed sweep must keep them. Resources (CPUs and GPUs
+# per worker, concurrent trials) may change; the number of DDP workers may not (it scales the batch).
+FLOAT_KEYS = ("gamma", "lr", "aux_lr", "lr_factor", "clip_max_norm")
+INT_KEYS = ("N", "crop", "batch_size", "epochs", "steps_per_epoch", "val_steps", "max_lr_drops", "lr_patience", "seed",
+            "shuffle_buffer", "yolo_seed", "workers_per_trial")
+TRAINING_KEYS = ("preset", "precision", *FLOAT_KEYS, *INT_KEYS)
 
 
-def training_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """The part of ``settings`` that a resumed sweep must not change (see :data:`TRAINING_KEYS`)."""
-    return {k: settings.get(k) for k in TRAINING_KEYS}
+def training_settings(settings: dict[str, Any], data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a resumed sweep must not change: :data:`TRAINING_KEYS` as numbers (a YAML ``1e-4`` is a
+    string), plus ``data`` (the dataset digest and YOLOv3 weights the trials were trained on)."""
+    out: dict[str, Any] = {}
+    for k in TRAINING_KEYS:
+        v = settings.get(k)
+        try:
+            out[k] = float(v) if k in FLOAT_KEYS else int(v) if k in INT_KEYS else v
+        except (TypeError, ValueError):
+            out[k] = v  # reported by the checks that follow
+    return {**out, **(data or {})}
 
 
-def check_resume_settings(name: str, state: dict[str, Any], settings: dict[str, Any]) -> None:
-    """Refuse to resume a sweep with training settings other than those it was started with."""
+def check_resume_settings(name: str, state: dict[str, Any], now: dict[str, Any]) -> None:
+    """Refuse to resume a sweep with other training settings (``now``: :func:`training_settings`) than it started with."""
     before = state.get("training_settings")
     if before is None:  # a record written before training settings were kept
         return
-    now = json.loads(json.dumps(training_settings(settings)))
-    changed = [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in TRAINING_KEYS if before.get(k) != now.get(k)]
+    now = json.loads(json.dumps(now))
+    changed = [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in dict.fromkeys([*before, *now]) if before.get(k) != now.get(k)]
     if changed:
         raise UserError(f"sweep {name!r} was started with other training settings ({'; '.join(changed)}); "
                         "resume it with the same settings, or pass --name for a new sweep")
@@ -273,9 +282,11 @@ def render_table(rows: dict[str, TrialRow], title: str, width: int | None = None
              for r in rows.values()}
     columns = ["trial", "state", "epoch", "loss", "val loss", "val bpp", "val PSNR"]
     widths = {c: max([len(c), *(len(row[c]) for row in cells.values())]) for c in columns}
-    # Nothing is ever cut: on a narrow terminal the training loss (the least read column) is left out instead.
-    if sum(widths.values()) + 3 * len(columns) + 1 > (width or get_console().width):
-        columns.remove("loss")
+    # Nothing is ever cut: on a narrow terminal the least read columns are left out instead, in this order.
+    for optional in ("loss", "val loss", "epoch"):
+        if sum(widths[c] for c in columns) + 3 * len(columns) + 1 <= (width or get_console().width):
+            break
+        columns.remove(optional)
     table = Table(title=title)
     for c in columns:
         table.add_column(c, no_wrap=True, min_width=widths[c], justify="left" if c in ("trial", "state") else "right")
@@ -435,8 +446,12 @@ def run_sweep(
         raise UserError(f"sweep {name!r} already exists in {sweep_dir}; pass --resume to continue it or --name for a new one")
     if state is None:
         state = {"name": name, "trials": {}, "parent_run_id": None}
-    check_resume_settings(name, state, settings)
-    state["training_settings"] = training_settings(settings)
+    # the data: every shard's sha256 and the feature statistics (not the tool version or the run's counts)
+    data = {k: info.get(k) for k in ("splits", "s_mean", "s_std")}
+    trained_on = training_settings(settings, {"shards_digest": tracking.text_digest(json.dumps(data, sort_keys=True)),
+                                              "yolo_weights_sha256": provenance.get("weights_sha256")})
+    check_resume_settings(name, state, trained_on)
+    state["training_settings"] = trained_on
 
     init_ray(address)
     workers, cpus, gpus = int(settings["workers_per_trial"]), float(settings["cpus_per_worker"]), float(settings["gpus_per_worker"])

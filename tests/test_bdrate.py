@@ -80,3 +80,8 @@ def test_disjoint_quality_ranges_say_so_in_our_words() -> None:
     rate, _, note = bd_delta(low, high)
     assert math.isnan(rate)
     assert note == "the quality ranges do not overlap (low: -0.02 to 0.07, high: 0.76 to 1.06)"
+
+
+def test_two_points_at_one_rate_are_named() -> None:
+    flat = Curve("flat", (0.1, 0.1, 0.3), (30.0, 31.0, 32.0))
+    assert bd_delta(REF, flat)[2] == "flat: two points share the rate 0.1 (qualities 30 and 31)"

@@ -43,20 +43,22 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
 
     # files: shards, sweep record, evaluation results, BD table, plots, report
     assert (out / "shards" / "dataset.json").is_file()
-    # shrunk settings are not the defaults: their sweep is named after them, so it never resumes default trials
+    # shrunk settings are not the defaults: their sweep is named after them, so it never resumes default trials,
+    # and its evaluation has its own folder
     (sweep_dir,) = [p for p in (out / "runs").iterdir() if p.is_dir()]
     assert sweep_dir.name.startswith("quickstart-")
+    eval_dir = out / f"eval-{sweep_dir.name}"
     state = json.loads((sweep_dir / "sweep.json").read_text())
     assert state["training_settings"]["steps_per_epoch"] == 2 and state["training_settings"]["seed"] == 0
     assert sorted(state["trials"]) == sorted(trials) and all(t["status"] == "finished" for t in state["trials"].values())
     for entry in state["trials"].values():
-        res = json.loads((out / "eval" / entry["run_id"] / "results.json").read_text())
+        res = json.loads((eval_dir / entry["run_id"] / "results.json").read_text())
         assert res["detector"] == "random-weight YOLOv3"
         kodak = res["datasets"]["kodak"]["points"][0]
         assert kodak["bpp_base"] > 0 and kodak["bpp_enh"] > 0 and math.isfinite(kodak["psnr"])
         coco = res["datasets"]["coco"]["points"][0]
         assert coco["bpp_base"] > 0 and math.isfinite(coco["s_psnr"]) and math.isfinite(coco["s_snr"])
-    bd = (out / "eval" / "bd_table.csv").read_text()
+    bd = (eval_dir / "bd_table.csv").read_text()
     assert "coco_map50" in bd and "choi2022 (16,32,2)" in bd and "proposed (16,32,2)" in bd
     (row,) = [r for r in csv.DictReader(bd.splitlines()) if r["metric"] == "coco_s_snr"
               and r["reference"] == "choi2022 (16,32,2)" and r["test"] == "proposed (16,32,2)"]
@@ -65,8 +67,8 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
         assert m.group(1) == f"{value:+.2f} %"
     else:
         assert m.group(2) and m.group(2) in row["note"]
-    assert list((out / "eval" / "plots").glob("*.png"))
-    assert "<img" in (out / "eval" / "report.html").read_text()
+    assert list((eval_dir / "plots").glob("*.png"))
+    assert "<img" in (eval_dir / "report.html").read_text()
 
     # MLflow: a parent run, 4 nested trial runs tagged by model/config/λ with checkpoint and evaluation artifacts
     c = MlflowClient(uri)
@@ -96,12 +98,16 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
 
 
 def test_sweep_name_is_the_default_only_for_the_default_training_settings() -> None:
-    from pipeline.quickstart import DEFAULT_LAMBDAS, DEFAULT_TRAINING, SWEEP_NAME, sweep_name
+    from pipeline.quickstart import DEFAULT_LAMBDAS, DEFAULT_TRAINING, SWEEP_NAME, eval_folder, sweep_name
+    from pipeline.sweep import resolve_settings
 
-    lams = [float(v) for v in DEFAULT_LAMBDAS.split(",")]
-    flags = {**DEFAULT_TRAINING, "shards": "x", "yolo_weights": None}
-    assert sweep_name(flags, lams) == SWEEP_NAME
-    others = {sweep_name({**flags, "seed": 1}, lams), sweep_name({**flags, "gamma": 5.0}, lams),
-              sweep_name(flags, [0.0018, 0.0483])}
-    assert len(others) == 3 and all(n.startswith(SWEEP_NAME + "-") for n in others)
-    assert sweep_name({**flags, "seed": 1}, lams) == sweep_name({**flags, "seed": 1}, lams)  # stable: a rerun resumes
+    def name(lams: list[float] | None = None, **flags: object) -> str:
+        settings = resolve_settings("tiny", {}, {**DEFAULT_TRAINING, "shards": "x", **flags})
+        return sweep_name(settings, lams or [float(v) for v in DEFAULT_LAMBDAS.split(",")])
+
+    # the resolved settings count: the tiny preset's own γ and validation steps, given explicitly, are the defaults
+    assert name() == name(gamma=1.0) == name(val_steps=2) == name([0.0932, 0.0018]) == SWEEP_NAME
+    others = {name(seed=1), name(gamma=5.0), name([0.0018, 0.0483]), name(lr=1e-4)}
+    assert len(others) == 4 and all(n.startswith(SWEEP_NAME + "-") for n in others)
+    assert name(seed=1) == name(seed=1)  # stable: a rerun resumes
+    assert eval_folder(Path("q"), SWEEP_NAME) == Path("q/eval") and eval_folder(Path("q"), name(seed=1)).name.startswith("eval-")

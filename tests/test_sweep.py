@@ -173,11 +173,18 @@ def test_resume_settings_check_compares_training_settings_only() -> None:
     from pipeline.sweep import check_resume_settings, training_settings
 
     settings = resolve_settings("tiny", {}, {"shards": "s", "seed": 1})
-    state = {"training_settings": training_settings(settings)}
-    check_resume_settings("s1", state, {**settings, "max_concurrent_trials": 4, "cpus_per_worker": 2.0})  # resources may change
-    check_resume_settings("s1", {"trials": {}}, {**settings, "gamma": 9.0})  # a record from before the check: accepted
+    data = {"shards_digest": "abc", "yolo_weights_sha256": "def"}
+    state = {"training_settings": training_settings(settings, data)}
+    # resources may change; a YAML number read as a string ("1e-4") is the same number
+    check_resume_settings("s1", state, training_settings({**settings, "max_concurrent_trials": 4, "cpus_per_worker": 2.0,
+                                                          "lr": "1e-4"}, data))
+    check_resume_settings("s1", {"trials": {}}, training_settings({**settings, "gamma": 9.0}, data))  # an older record
     with pytest.raises(UserError, match=r"gamma 1\.0 -> 9\.0"):
-        check_resume_settings("s1", state, {**settings, "gamma": 9.0})
+        check_resume_settings("s1", state, training_settings({**settings, "gamma": 9.0}, data))
+    with pytest.raises(UserError, match=r"workers_per_trial 1 -> 2"):  # it scales the batch
+        check_resume_settings("s1", state, training_settings({**settings, "workers_per_trial": 2}, data))
+    with pytest.raises(UserError, match=r"shards_digest 'abc' -> 'xyz'"):  # other data
+        check_resume_settings("s1", state, training_settings(settings, {**data, "shards_digest": "xyz"}))
 
 
 @pytest.mark.parametrize("width", [80, 160])
@@ -188,7 +195,9 @@ def test_trial_table_never_cuts_a_cell(width: int) -> None:
 
     from pipeline.sweep import TrialRow, render_table
 
-    rows = {}
+    paper = trial_name("proposed", 128, 64, 1, 0.0483)  # a paper-sized name and epoch count
+    rows = {paper: TrialRow(paper, epochs=300, state="RUNNING", epoch=123, train_loss=12.3456, val_loss=13.4567,
+                            bpp=0.4567, psnr=33.21)}
     for i, lam in enumerate((0.0018, 0.0932)):
         for model in ("proposed", "choi2022"):
             name = trial_name(model, 16, 32, 2, lam)
