@@ -191,7 +191,7 @@ TRAINING_KEYS = ("preset", "precision", *FLOAT_KEYS, *INT_KEYS)
 
 def training_settings(settings: dict[str, Any], data: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a resumed sweep must not change: :data:`TRAINING_KEYS` as numbers (a YAML ``1e-4`` is a
-    string), plus ``data`` (the dataset digest and YOLOv3 weights the trials were trained on)."""
+    string), plus ``data`` (the digest of the shards and the YOLOv3 weights the trials were trained on)."""
     out: dict[str, Any] = {}
     for k in TRAINING_KEYS:
         v = settings.get(k)
@@ -268,11 +268,10 @@ def render_table(rows: dict[str, TrialRow], title: str, width: int | None = None
 
     ``width``: the terminal's columns (default: the console's).
     """
+    from rich import get_console
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
-
-    from rich import get_console
 
     def fmt(v: float, spec: str) -> str:
         return "-" if v != v else format(v, spec)
