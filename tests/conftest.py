@@ -47,9 +47,9 @@ def ray_address(ray_local: None) -> str:
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sample Vimeo-like set prepared into shards: 6 train + 3 val frames (448x256), seeded YOLO 0."""
-    from pipeline.prepare import run_prepare
-    from pipeline.sample_data import generate_sample
-    from pipeline.sources import vimeo90k
+    from pipeline.data.prepare import run_prepare
+    from pipeline.data.sample_data import generate_sample
+    from pipeline.data.sources import vimeo90k
 
     root = tmp_path_factory.mktemp("sample")
     sample = generate_sample(root / "data", train_sequences=2, val_sequences=1)

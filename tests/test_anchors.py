@@ -1,4 +1,4 @@
-"""Standard-codec anchors (pipeline.anchors): real encoders, real decoders, byte accounting."""
+"""Standard-codec anchors (pipeline.evaluation.anchors): real encoders, real decoders, byte accounting."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.anchors import ANCHORS, available_anchors
-from pipeline.errors import UserError
+from pipeline.evaluation.anchors import ANCHORS, available_anchors
+from pipeline.infra.errors import UserError
 
 
 def _image(w: int = 70, h: int = 46) -> Image.Image:
@@ -70,8 +70,8 @@ def test_unknown_anchor_is_a_user_error() -> None:
 
 
 def test_anchor_params_refuse_unknown_codecs():
-    from pipeline.errors import UserError
-    from pipeline.evaluate import parse_anchor_params
+    from pipeline.infra.errors import UserError
+    from pipeline.evaluation.evaluate import parse_anchor_params
 
     assert parse_anchor_params("jpeg=10,40;hevc=37") == {"jpeg": (10, 40), "hevc": (37,)}
     with pytest.raises(UserError, match="unknown codecs"):

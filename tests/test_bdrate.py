@@ -1,4 +1,4 @@
-"""BD-rate / BD-quality (pipeline.bdrate) against hand-known and published values."""
+"""BD-rate / BD-quality (pipeline.evaluation.bdrate) against hand-known and published values."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from pipeline.bdrate import Curve, bd_delta, bd_quality, bd_rate, bd_table, table_csv, table_markdown, write_table
+from pipeline.evaluation.bdrate import Curve, bd_delta, bd_quality, bd_rate, bd_table, table_csv, table_markdown, write_table
 
 REF = Curve("ref", (0.1, 0.2, 0.4, 0.8), (30.0, 32.5, 35.0, 37.0))
 

@@ -1,4 +1,4 @@
-"""mAP path (pipeline.coco_eval) on a small COCO-format fixture, with real pycocotools."""
+"""mAP path (pipeline.evaluation.coco) on a small COCO-format fixture, with real pycocotools."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from dvcm.yolo import detections_to_coco
-from pipeline.coco_eval import evaluate, load_coco, results_as_ground_truth
-from pipeline.errors import UserError
+from pipeline.evaluation.coco import evaluate, load_coco, results_as_ground_truth
+from pipeline.infra.errors import UserError
 
 IMAGES = [{"id": 1, "file_name": "a.jpg", "width": 640, "height": 480},
           {"id": 2, "file_name": "b.jpg", "width": 500, "height": 400}]

@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.evaluate import Job, Settings, Target, coco_items, feature_psnr, feature_snr, folder_items, run_job
+from pipeline.evaluation.evaluate import Job, Settings, Target, coco_items, feature_psnr, feature_snr, folder_items, run_job
 
 CLI = [sys.executable, "-m", "pipeline.cli"]
 
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory):
-    from pipeline.sample_data import generate_sample
+    from pipeline.data.sample_data import generate_sample
 
     return generate_sample(tmp_path_factory.mktemp("evdata"), train_sequences=1, val_sequences=1,
                            coco_images=2, kodak_images=1)
@@ -63,7 +63,7 @@ def test_end_to_end_into_mlflow(sample, tiny_ckpt: Path, tmp_path: Path, ray_loc
     from mlflow import MlflowClient
     from typer.testing import CliRunner
 
-    from pipeline import tracking
+    from pipeline.infra import tracking
     from pipeline.cli import app
 
     # A finished trial run holding the checkpoint, as a sweep leaves it, with a training history.

@@ -1,7 +1,7 @@
 """The MLflow UI in a real browser: a sweep's runs on a real ``mlflow server`` in headless Chromium.
 
-The sweep's runs are logged as ``dvcm-pipeline sweep`` logs them (``pipeline.tracking``: one parent
-run named after the sweep, one nested run per trial named by ``pipeline.sweep.trial_name``, with the
+The sweep's runs are logged as ``dvcm-pipeline sweep`` logs them (``pipeline.infra.tracking``: one parent
+run named after the sweep, one nested run per trial named by ``pipeline.training.sweep.trial_name``, with the
 model/config/λ tags). Chromium is driven over the DevTools protocol on a pipe
 (``--remote-debugging-pipe``, stdlib only), as a user would click:
 
@@ -120,8 +120,8 @@ def browser(tmp_path: Path):
 
 
 def test_sweep_runs_are_listed_in_the_mlflow_ui(mlflow_uri: str, tmp_path: Path, browser: Browser) -> None:
-    from pipeline import tracking
-    from pipeline.sweep import trial_name
+    from pipeline.infra import tracking
+    from pipeline.training.sweep import trial_name
 
     sweep = f"ui-sweep-{int(time.time())}"
     parent = tracking.start_parent_run(mlflow_uri, sweep, {"preset": "tiny"})

@@ -22,11 +22,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from pipeline.errors import UserError
-from pipeline.prepare import register, run_prepare
-from pipeline.sample_data import generate_sample
-from pipeline.shards import decode_features
-from pipeline.sources import list_source, parse_frames, select_frames
+from pipeline.infra.errors import UserError
+from pipeline.data.prepare import register, run_prepare
+from pipeline.data.sample_data import generate_sample
+from pipeline.data.shards import decode_features
+from pipeline.data.sources import list_source, parse_frames, select_frames
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE = (192, 128)
@@ -257,7 +257,7 @@ def test_interrupted_run_resumes_to_the_same_manifest(clean_tree: Path, yolo, ra
     _prepare(listing, full, yolo, shard_size=1)
     cut = tmp_path / "cut"
     code = (
-        "import typer, warnings; warnings.simplefilter('ignore'); from pipeline.prepare import prepare; "
+        "import typer, warnings; warnings.simplefilter('ignore'); from pipeline.data.prepare import prepare; "
         "typer.run(prepare)"
     )
     cmd = [sys.executable, "-c", code, "--dataset", "vimeo90k", "--root", str(clean_tree), "--out", str(cut),

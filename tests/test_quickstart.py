@@ -98,8 +98,8 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
 
 
 def test_sweep_name_is_the_default_only_for_the_default_training_settings() -> None:
-    from pipeline.quickstart import DEFAULT_LAMBDAS, DEFAULT_TRAINING, SWEEP_NAME, eval_folder, sweep_name
-    from pipeline.sweep import resolve_settings
+    from pipeline.workflows.quickstart import DEFAULT_LAMBDAS, DEFAULT_TRAINING, SWEEP_NAME, eval_folder, sweep_name
+    from pipeline.training.sweep import resolve_settings
 
     def name(lams: list[float] | None = None, **flags: object) -> str:
         settings = resolve_settings("tiny", {}, {**DEFAULT_TRAINING, "shards": "x", **flags})

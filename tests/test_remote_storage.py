@@ -24,7 +24,7 @@ from typing import Iterator
 
 import pytest
 
-from pipeline.errors import UserError
+from pipeline.infra.errors import UserError
 from tests.mlflow_server import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -114,7 +114,7 @@ def _check_prepared(fs) -> None:  # noqa: ANN001 - an fsspec filesystem (s3fs or
 def test_prepare_train_resume_evaluate_on_s3(s3_env: dict[str, str], tmp_path: Path, ray_address: str) -> None:
     from mlflow import MlflowClient
 
-    from pipeline.sample_data import generate_sample
+    from pipeline.data.sample_data import generate_sample
 
     fs = _s3(s3_env)
     shards, runs = f"s3://{BUCKET}/shards", f"s3://{BUCKET}/runs"
@@ -191,7 +191,7 @@ def _gcs(env: dict[str, str]):  # -> gcsfs.core.GCSFileSystem
 
 def test_prepare_and_train_on_gcs_emulator(gcs_env: dict[str, str], tmp_path: Path) -> None:
     """prepare into gs://, a rerun that uploads nothing, then train reading shards from and storing runs in gs://."""
-    from pipeline.sample_data import generate_sample
+    from pipeline.data.sample_data import generate_sample
 
     fs = _gcs(gcs_env)
     shards, runs = f"gs://{BUCKET}/shards", f"gs://{BUCKET}/runs"
@@ -221,7 +221,7 @@ def test_prepare_and_train_on_gcs_emulator(gcs_env: dict[str, str], tmp_path: Pa
 def test_tar_on_s3_appears_only_when_committed(s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     import hashlib
 
-    from pipeline.shards import AtomicTarWriter
+    from pipeline.data.shards import AtomicTarWriter
 
     for k, v in s3_env.items():
         monkeypatch.setenv(k, v)
@@ -241,10 +241,10 @@ def test_tar_on_s3_appears_only_when_committed(s3_env: dict[str, str], monkeypat
 
 
 def test_file_url_for_prepare_and_reader(tmp_path: Path, yolo) -> None:
-    from pipeline.prepare import run_prepare
-    from pipeline.sample_data import generate_sample
-    from pipeline.shards import make_loader, shard_urls
-    from pipeline.sources import list_source
+    from pipeline.data.prepare import run_prepare
+    from pipeline.data.sample_data import generate_sample
+    from pipeline.data.shards import make_loader, shard_urls
+    from pipeline.data.sources import list_source
 
     parts = generate_sample(tmp_path / "sample", train_sequences=1, val_sequences=1, frame_size=(192, 128),
                             coco_images=0, kodak_images=0)
@@ -261,7 +261,7 @@ def test_file_url_for_prepare_and_reader(tmp_path: Path, yolo) -> None:
 
 
 def test_unknown_protocol_or_missing_package_is_one_line(tmp_path: Path) -> None:
-    from pipeline import storage
+    from pipeline.infra import storage
 
     with pytest.raises(UserError, match="unknown storage protocol 'nosuch'"):
         storage.check("nosuch://bucket/shards")

@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.errors import UserError
-from pipeline.plots import plot_all
-from pipeline.report import build_report
+from pipeline.infra.errors import UserError
+from pipeline.evaluation.plots import plot_all
+from pipeline.evaluation.report import build_report
 
 
 def _results(tmp: Path) -> Path:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.sample_data import COCO_CATEGORIES, generate_sample
+from pipeline.data.sample_data import COCO_CATEGORIES, generate_sample
 
 SMALL = dict(train_sequences=2, val_sequences=1, frame_size=(96, 64), coco_images=3, kodak_images=4)
 

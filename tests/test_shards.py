@@ -16,10 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.errors import UserError
-from pipeline.prepare import run_prepare
-from pipeline.sample_data import generate_sample
-from pipeline.shards import (
+from pipeline.infra.errors import UserError
+from pipeline.data.prepare import run_prepare
+from pipeline.data.sample_data import generate_sample
+from pipeline.data.shards import (
     ChannelStats,
     check_provenance,
     decode_features,
@@ -28,7 +28,7 @@ from pipeline.shards import (
     read_dataset_info,
     shard_urls,
 )
-from pipeline.sources import list_source
+from pipeline.data.sources import list_source
 
 SIZE = (256, 192)
 

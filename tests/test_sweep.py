@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.errors import UserError
-from pipeline.sweep import build_grid, load_spec, parse_lambdas, resolve_settings, trial_name
+from pipeline.infra.errors import UserError
+from pipeline.training.sweep import build_grid, load_spec, parse_lambdas, resolve_settings, trial_name
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent
@@ -170,7 +170,7 @@ def test_stopped_sweep_resumes_without_rerunning_finished_trials(
 
 
 def test_resume_settings_check_compares_training_settings_only() -> None:
-    from pipeline.sweep import check_resume_settings, training_settings
+    from pipeline.training.sweep import check_resume_settings, training_settings
 
     settings = resolve_settings("tiny", {}, {"shards": "s", "seed": 1})
     data = {"shards_digest": "abc", "yolo_weights_sha256": "def"}
@@ -193,7 +193,7 @@ def test_trial_table_never_cuts_a_cell(width: int) -> None:
 
     from rich.console import Console
 
-    from pipeline.sweep import TrialRow, render_table
+    from pipeline.training.sweep import TrialRow, render_table
 
     paper = trial_name("proposed", 128, 64, 1, 0.0483)  # a paper-sized name and epoch count
     rows = {paper: TrialRow(paper, epochs=300, state="RUNNING", epoch=123, train_loss=12.3456, val_loss=13.4567,

@@ -15,8 +15,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from pipeline.errors import UserError
-from pipeline.train import param_checksum, rng_state, set_rng_state
+from pipeline.infra.errors import UserError
+from pipeline.training.train import param_checksum, rng_state, set_rng_state
 from tests.mlflow_server import free_port
 
 runner = CliRunner()

@@ -20,7 +20,6 @@ silent fallback: a sweep asked for AMP should not quietly produce fp32 numbers.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import signal
@@ -31,7 +30,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline import sweep as sweep_mod
+from pipeline.training import sweep as sweep_mod
 
 FINAL_NAME = "final.pt"
 STATE_NAME = "train_state.pt"
@@ -124,7 +123,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from dvcm.models import build
     from dvcm.train_utils import configure_optimizers
     from dvcm.yolo import build_yolov3
-    from pipeline import shards as shard_reader
+    from pipeline.data import shards as shard_reader
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -313,7 +312,7 @@ def trial_trainable(tune_config: dict[str, Any]) -> None:
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pipeline import storage
+    from pipeline.infra import storage
 
     config = tune_config["trial"]
     storage_path, storage_fs = storage.ray_storage(config["storage_path"])
@@ -486,7 +485,7 @@ def bench_train_command(
     rows.append(("train step: CompressAI ScaleHyperprior (bmshj2018-hyperprior), N=192 M=320", sh, f"proposed/hyperprior = {sp / sh:.2f}"))
 
     if shards is not None:
-        from pipeline import shards as shard_reader
+        from pipeline.data import shards as shard_reader
 
         loader = shard_reader.make_loader(shards, split="train", crop=crop, batch_size=batch_size, num_workers=0,
                                           shuffle_buffer=16, seed=0, epoch=1, repeat=True)
@@ -501,7 +500,7 @@ def bench_train_command(
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pipeline.ray_runtime import init_ray
+    from pipeline.infra.ray_runtime import init_ray
 
     init_ray(address)
     bench_dir = tempfile.mkdtemp(prefix="dvcm-bench-train-")

@@ -75,11 +75,11 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from pipeline import storage
-from pipeline.atomic import atomic_write_json, atomic_write_text
-from pipeline.coco_eval import DEFAULT_REFERENCE_SCORE
-from pipeline.errors import UserError
-from pipeline.tracking import file_digest
+from pipeline.infra import storage
+from pipeline.infra.atomic import atomic_write_json, atomic_write_text
+from pipeline.evaluation.coco import DEFAULT_REFERENCE_SCORE
+from pipeline.infra.errors import UserError
+from pipeline.infra.tracking import file_digest
 
 SCHEMA = "dvcm-eval/1"
 COCO_SIZE = 512
@@ -138,7 +138,7 @@ def resolve_targets(
             targets.append(Target(local))
     runs: list[str] = list(run_ids)
     if sweep or all_runs:
-        from pipeline import tracking
+        from pipeline.infra import tracking
 
         c = tracking.client(tracking_uri)
         exp = c.get_experiment_by_name(tracking.EXPERIMENT_NAME)
@@ -155,7 +155,7 @@ def resolve_targets(
             found = c.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.TAG_TRIAL}` != ''")
             runs += [r.info.run_id for r in found if r.info.status == "FINISHED"]
     if runs:
-        from pipeline import tracking
+        from pipeline.infra import tracking
 
         c = tracking.client(tracking_uri)
         for run_id in dict.fromkeys(runs):
@@ -189,7 +189,7 @@ def read_image_list(path: Path) -> list[str]:
 
 def coco_items(coco_root: Path, annotations: Path, image_list: Path | None) -> tuple[list[ImageItem], Any]:
     """COCO images to evaluate (annotation order, or the list's), checked to exist on disk."""
-    from pipeline.coco_eval import load_coco
+    from pipeline.evaluation.coco import load_coco
 
     gt = load_coco(annotations)
     images = gt.dataset["images"]
@@ -404,7 +404,7 @@ def run_anchor_chunk(codec: str, dataset: str, items: list[ImageItem], s: Settin
     """One anchor at ``params`` (default: its own list), or ``uncompressed``, over a chunk of images."""
     import torch
 
-    from pipeline.anchors import ANCHORS
+    from pipeline.evaluation.anchors import ANCHORS
 
     torch.set_num_threads(max(1, s.threads))
     yolo = _yolo(s)
@@ -488,7 +488,7 @@ def summarize(dataset: str, codec: str, label: str, rows: list[dict], dets: list
     pixels = [(COCO_SIZE * COCO_SIZE if dataset == "coco" else r["width"] * r["height"]) for r in mine]
     point["container_bpp"] = _mean([(r["bytes_container"] or 0) * 8 / px for r, px in zip(mine, pixels)])
     if dataset == "coco":
-        from pipeline.coco_eval import evaluate as coco_evaluate
+        from pipeline.evaluation.coco import evaluate as coco_evaluate
 
         point["bytes_header"] = _mean([r["bytes_header"] for r in mine])
         stats = coco_evaluate(coco_ref, dets or [], image_ids)
@@ -606,8 +606,8 @@ def run_job(job: Job, progress: bool = True) -> dict[str, Any]:
     import ray
 
     from dvcm.checkpoint import read_checkpoint
-    from pipeline.anchors import available_anchors
-    from pipeline.coco_eval import results_as_ground_truth
+    from pipeline.evaluation.anchors import available_anchors
+    from pipeline.evaluation.coco import results_as_ground_truth
 
     job.out.mkdir(parents=True, exist_ok=True)
     datasets = [d for d, present in (("coco", job.coco), ("kodak", job.kodak)) if present]
@@ -742,8 +742,8 @@ def run_job(job: Job, progress: bool = True) -> dict[str, Any]:
         write_results(job.out / key, res)
 
     # -- BD table, plots, tracking -----------------------------------------------------------------
-    from pipeline import plots
-    from pipeline.bdrate import bd_table, write_table
+    from pipeline.evaluation import plots
+    from pipeline.evaluation.bdrate import bd_table, write_table
 
     bd_rows: list[dict] = []
     for metric in ("coco_map50", "coco_s_psnr", "coco_s_snr", "kodak_psnr", "kodak_ms_ssim"):
@@ -779,7 +779,7 @@ def _histories(job: Job) -> dict[str, list[tuple[int, float, float]]]:
     out: dict[str, list[tuple[int, float, float]]] = {}
     if not job.tracking_uri:
         return out
-    from pipeline import tracking
+    from pipeline.infra import tracking
 
     c = tracking.client(job.tracking_uri)
     for t in job.targets:
@@ -810,7 +810,7 @@ def _point_metrics(res: dict) -> dict[str, float]:
 
 def log_to_mlflow(job: Job, summary: dict) -> str:
     """Metrics and results files on each trial run; plots, BD tables and all results on an evaluation run."""
-    from pipeline import tracking
+    from pipeline.infra import tracking
 
     uri = job.tracking_uri
     c = tracking.client(uri)
@@ -875,8 +875,8 @@ def evaluate_command(
     """Evaluate checkpoints on COCO (rate–accuracy) and Kodak (rate–distortion) with anchors, BD-rate and plots."""
     from rich.console import Console
 
-    from pipeline import tracking
-    from pipeline.ray_runtime import init_ray
+    from pipeline.infra import tracking
+    from pipeline.infra.ray_runtime import init_ray
 
     if reference_detections not in ("gt", "uncompressed"):
         raise UserError(f"--reference-detections must be gt or uncompressed, got {reference_detections!r}")
@@ -921,7 +921,7 @@ def parse_anchor_params(text: str | None) -> dict[str, tuple[int, ...]]:
             raise UserError(f"--anchor-params {part!r} does not parse; write e.g. 'jpeg=10,40;hevc=37,32'") from None
         if not out[name.strip()]:
             raise UserError(f"--anchor-params {part!r} gives no values; write e.g. 'jpeg=10,40'")
-    from pipeline.anchors import ANCHORS
+    from pipeline.evaluation.anchors import ANCHORS
 
     unknown = sorted(set(out) - set(ANCHORS))
     if unknown:
@@ -950,6 +950,6 @@ def _print_summary(con: Any, summary: dict) -> None:
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     """Add ``evaluate`` and ``bench evaluate``."""
     app.command("evaluate")(evaluate_command)
-    from pipeline.eval_bench import bench_evaluate
+    from pipeline.bench.evaluate import bench_evaluate
 
     bench.command("evaluate")(bench_evaluate)

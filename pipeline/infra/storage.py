@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO, Callable, TypeVar
 
 from dvcm.fileio import atomic_open
-from pipeline.errors import UserError
+from pipeline.infra.errors import UserError
 
 T = TypeVar("T")
 LOCAL_PROTOCOLS = ("file", "local")

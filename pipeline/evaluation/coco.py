@@ -26,7 +26,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from pipeline.errors import UserError
+from pipeline.infra.errors import UserError
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 DEFAULT_REFERENCE_SCORE = 0.25  # darknet's default display threshold

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
@@ -10,8 +9,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from pipeline.atomic import atomic_write_bytes, atomic_write_json
-from pipeline.errors import UserError
+from pipeline.infra.atomic import atomic_write_bytes, atomic_write_json
+from pipeline.infra.errors import UserError
 
 
 def load_image(path: Path):  # -> torch.Tensor [1,3,H,W] in [0,1]
@@ -151,7 +150,7 @@ def demo_command(
     from dvcm.yolo import build_yolov3
     import torch
 
-    from pipeline.sample_data import sample_image
+    from pipeline.data.sample_data import sample_image
 
     torch.manual_seed(0)
     x = torch.from_numpy(sample_image(seed=1, size=(768, 512))).permute(2, 0, 1).unsqueeze(0).float() / 255
@@ -202,7 +201,7 @@ def bench_codec(
     from dvcm import bitstream
     from dvcm.models import build
     from dvcm.yolo import build_yolov3
-    from pipeline.sample_data import sample_image
+    from pipeline.data.sample_data import sample_image
 
     if threads:
         torch.set_num_threads(threads)

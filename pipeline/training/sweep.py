@@ -1,6 +1,6 @@
 """``dvcm-pipeline sweep``: a grid of (model, configuration, λ) trials run in parallel by Ray Tune.
 
-Each Tune trial drives one Ray Train ``TorchTrainer`` (see :mod:`pipeline.train`). The CLI
+Each Tune trial drives one Ray Train ``TorchTrainer`` (see :mod:`pipeline.training.train`). The CLI
 process is the only MLflow writer: a :class:`MlflowTrialLogger` Tune callback turns each trial
 into a nested run under the sweep's parent run and logs every epoch's metrics as they arrive,
 while :class:`LiveTable` shows each trial's state, epoch and loss.
@@ -26,8 +26,10 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline import presets, storage, tracking
-from pipeline.errors import UserError
+from pipeline.training import presets
+from pipeline.infra import storage
+from pipeline.infra import tracking
+from pipeline.infra.errors import UserError
 
 STATE_FILE = "sweep.json"
 _STATE_LOCK = threading.Lock()
@@ -139,7 +141,7 @@ def load_spec(path: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 def check_shards(root: str, yolo_provenance: dict[str, Any]) -> dict[str, Any]:
     """``dataset.json`` must exist, list samples in train and val, and match the YOLO front; returns it."""
-    from pipeline import shards as shard_reader
+    from pipeline.data import shards as shard_reader
 
     shards = storage.local_path(root)
     if shards is None:  # remote storage: the reader itself says what is missing
@@ -224,7 +226,7 @@ def read_state(sweep_dir: str | Path) -> dict[str, Any] | None:
 
 def write_state(sweep_dir: str | Path, state: dict[str, Any]) -> None:
     """Write the sweep record atomically (an upload of the whole file on object stores)."""
-    from pipeline.atomic import atomic_write_json
+    from pipeline.infra.atomic import atomic_write_json
 
     atomic_write_json(storage.join(sweep_dir, STATE_FILE), state)
 
@@ -412,11 +414,11 @@ def run_sweep(
 
     ``settings`` are the resolved training settings (preset + flags). All bad input is refused
     here, before any training. ``storage_root`` and ``settings["shards"]`` are local folders or
-    fsspec URLs (see :mod:`pipeline.storage`).
+    fsspec URLs (see :mod:`pipeline.infra.storage`).
     """
     from dvcm.yolo import build_yolov3
 
-    from pipeline.ray_runtime import init_ray
+    from pipeline.infra.ray_runtime import init_ray
 
     if settings["precision"] not in ("fp32", "amp"):
         raise UserError(f"--precision must be fp32 or amp, got {settings['precision']!r}")
@@ -515,7 +517,7 @@ def _run_tune(todo: list[dict[str, Any]], ctx: SweepContext, settings: dict[str,
 
     total_cpu = ray.cluster_resources().get("CPU", 1)
     concurrent = settings.get("max_concurrent_trials") or max(1, int(total_cpu // max(workers * cpus, 1e-9)))
-    from pipeline.train import trial_trainable
+    from pipeline.training.train import trial_trainable
 
     # The Tune trial only drives a TorchTrainer; the workers hold the CPUs/GPUs.
     # (Ray refuses an all-zero bundle, hence one byte of memory.)

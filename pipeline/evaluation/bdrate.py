@@ -22,7 +22,7 @@ from pathlib import Path
 import bjontegaard
 import numpy as np
 
-from pipeline.atomic import atomic_write_text
+from pipeline.infra.atomic import atomic_write_text
 
 METHOD = "pchip"
 

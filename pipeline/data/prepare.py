@@ -7,7 +7,7 @@ next to the work per shard. Tasks are submitted with a bounded number in flight,
 streams its frames (decode -> V_front in batches -> encode -> tar), so memory does not grow
 with the dataset.
 
-Output (see :mod:`pipeline.shards`): ``<out>/<split>/shard-NNNNNN.tar`` plus, per shard,
+Output (see :mod:`pipeline.data.shards`): ``<out>/<split>/shard-NNNNNN.tar`` plus, per shard,
 ``shard-NNNNNN.json`` (its manifest rows, feature statistics and skipped inputs, written
 after the tar) -- a shard with both files and the same plan digest is finished and a rerun
 skips it. ``plan.json`` at the root ties the folder to one dataset and set of options; a
@@ -33,10 +33,10 @@ from typing import Annotated, Any, Iterator, Optional
 import numpy as np
 import typer
 
-from pipeline import storage
-from pipeline.atomic import atomic_write_bytes, atomic_write_json
-from pipeline.errors import UserError
-from pipeline.shards import (
+from pipeline.infra import storage
+from pipeline.infra.atomic import atomic_write_bytes, atomic_write_json
+from pipeline.infra.errors import UserError
+from pipeline.data.shards import (
     FEATURE_CHANNELS,
     FEATURE_DTYPES,
     FEATURE_STRIDE,
@@ -48,7 +48,7 @@ from pipeline.shards import (
     remove_stale_temp_files,
     shard_name,
 )
-from pipeline.sources import DATASETS, FrameRef, Listing, list_source, parse_frames
+from pipeline.data.sources import DATASETS, FrameRef, Listing, list_source, parse_frames
 
 TOOL = "dvcm-pipeline prepare"
 PLAN_FILE = "plan.json"
@@ -556,7 +556,7 @@ def run_prepare(
 
         try:
             if use_ray and todo:
-                from pipeline.ray_runtime import init_ray
+                from pipeline.infra.ray_runtime import init_ray
 
                 init_ray(address, num_cpus)
                 new = _run_tasks_ray(todo, front, num_gpus_per_worker, on_done)
@@ -579,7 +579,7 @@ def run_prepare(
 def _listing_for(dataset: str, root: str | None, frames: str | int, image_list: str | None,
                  val_fraction: float, sample_seed: int) -> Listing:
     if dataset == "sample":
-        from pipeline.sample_data import generate_sample
+        from pipeline.data.sample_data import generate_sample
 
         base = Path(root) if root else Path(os.environ.get("DVCM_CACHE", Path.home() / ".cache" / "dvcm")) / "sample"
         parts = generate_sample(base, seed=sample_seed)
@@ -667,7 +667,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
 
 def _fixture(work: Path, name: str, sequences: int) -> Listing:
-    from pipeline.sample_data import generate_sample
+    from pipeline.data.sample_data import generate_sample
 
     parts = generate_sample(work / name, seed=0, train_sequences=sequences, val_sequences=1, coco_images=0, kodak_images=0)
     return list_source("vimeo90k", parts.vimeo_root, "all")
@@ -731,7 +731,7 @@ def bench_prepare(
     from rich.console import Console
     from rich.table import Table
 
-    from pipeline.ray_runtime import init_ray
+    from pipeline.infra.ray_runtime import init_ray
 
     console = Console(width=140)
     with _bench_setup(work_dir, "dvcm-bench-prepare-", sequences) as (work, listing, yolo):
@@ -816,7 +816,7 @@ def bench_loader(
     from rich.console import Console
     from rich.table import Table
 
-    from pipeline.shards import make_loader
+    from pipeline.data.shards import make_loader
 
     console = Console(width=140)
     with _bench_setup(work_dir, "dvcm-bench-loader-", sequences) as (work, listing, yolo):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dvcm.fileio import file_sha256
-from pipeline.errors import UserError
+from pipeline.infra.errors import UserError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 EXPERIMENT_NAME = "dvcm"

@@ -40,7 +40,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from pipeline.errors import UserError
+from pipeline.infra.errors import UserError
 
 DEFAULT_OUT = Path("dvcm-quickstart")
 DEFAULT_LAMBDAS = "0.0018,0.0932"
@@ -123,7 +123,7 @@ def _points(res: dict[str, Any], dataset: str) -> list[dict[str, Any]]:
 
 def summarize_trials(state: dict[str, Any], eval_results: dict[str, dict], tracking_uri: str) -> tuple[list[TrialSummary], float]:
     """Per-trial rows (real-bitstream rates, PSNR, relative mAP; D_s from the last validation) and the uncompressed mAP."""
-    from pipeline import tracking
+    from pipeline.infra import tracking
 
     unc = next((p.get("map50") for p in _points(eval_results.get("anchors", {}), "coco") if p["codec"] == "uncompressed"),
                math.nan)
@@ -150,7 +150,7 @@ def summarize_trials(state: dict[str, Any], eval_results: dict[str, dict], track
 
 
 def _training_key(settings: dict[str, Any], lambdas: list[float]) -> dict[str, Any]:
-    from pipeline.sweep import training_settings
+    from pipeline.training.sweep import training_settings
 
     return json.loads(json.dumps({**training_settings(settings), "lambdas": sorted(float(v) for v in lambdas)}))
 
@@ -162,8 +162,8 @@ def sweep_name(settings: dict[str, Any], lambdas: list[float]) -> str:
     Other settings train other trials: they get their own sweep (next to the default one in the same
     ``--out``) instead of resuming trials trained with different settings.
     """
-    from pipeline.sweep import resolve_settings
-    from pipeline.tracking import text_digest
+    from pipeline.training.sweep import resolve_settings
+    from pipeline.infra.tracking import text_digest
 
     given = _training_key(settings, lambdas)
     default = _training_key(resolve_settings("tiny", {}, {**DEFAULT_TRAINING, "shards": "-"}),
@@ -247,11 +247,14 @@ def run_quickstart(
     """Run the six steps (see the module docstring); returns what was produced."""
     from rich.console import Console
 
-    from pipeline import evaluate, report, sweep, tracking
-    from pipeline.prepare import run_prepare
-    from pipeline.ray_runtime import init_ray
-    from pipeline.sample_data import generate_sample
-    from pipeline.sources import list_source
+    from pipeline.evaluation import evaluate
+    from pipeline.evaluation import report
+    from pipeline.training import sweep
+    from pipeline.infra import tracking
+    from pipeline.data.prepare import run_prepare
+    from pipeline.infra.ray_runtime import init_ray
+    from pipeline.data.sample_data import generate_sample
+    from pipeline.data.sources import list_source
 
     con = Console()
     out = Path(out).expanduser().resolve()
@@ -349,7 +352,7 @@ def quickstart_command(
     num_cpus: Annotated[Optional[int], typer.Option("--num-cpus", help="CPUs of the local Ray instance (default: all).")] = None,
 ) -> None:
     """Prepare, sweep, evaluate and report on the embedded sample set: the whole workflow in one command."""
-    from pipeline.sweep import parse_list
+    from pipeline.training.sweep import parse_list
 
     t0 = time.perf_counter()
     names = [] if anchors.strip() == "none" else parse_list(anchors)

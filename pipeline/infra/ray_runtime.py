@@ -7,11 +7,11 @@ import os
 import socket
 import warnings
 
-from pipeline.errors import UserError
+from pipeline.infra.errors import UserError
 
 CONNECT_TIMEOUT_S = 5.0
 # Runs first in every Ray worker process of our jobs (runtime_env worker_process_setup_hook).
-WORKER_SETUP_HOOK = "pipeline.ray_runtime.quiet_worker"
+WORKER_SETUP_HOOK = "pipeline.infra.ray_runtime.quiet_worker"
 
 
 class _DropMessages(logging.Filter):

@@ -15,7 +15,7 @@ import warnings
 import typer
 
 from dvcm.errors import DvcmError
-from pipeline.ray_runtime import quiet_warnings
+from pipeline.infra.ray_runtime import quiet_warnings
 
 app = typer.Typer(
     name="dvcm-pipeline",
@@ -29,13 +29,13 @@ app.add_typer(bench, name="bench")
 
 # One module per job; each defines register(app, bench).
 COMMAND_MODULES: tuple[str, ...] = (
-    "pipeline.codec_commands",
-    "pipeline.prepare",
-    "pipeline.train",
-    "pipeline.sweep",
-    "pipeline.evaluate",
-    "pipeline.report",
-    "pipeline.quickstart",
+    "pipeline.codec.files",
+    "pipeline.data.prepare",
+    "pipeline.training.train",
+    "pipeline.training.sweep",
+    "pipeline.evaluation.evaluate",
+    "pipeline.evaluation.report",
+    "pipeline.workflows.quickstart",
 )
 
 for _name in COMMAND_MODULES:

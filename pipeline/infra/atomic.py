@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline import storage
+from pipeline.infra import storage
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> str | Path:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one.
 
-    ``path`` may be an fsspec URL (see :mod:`pipeline.storage`); returns it (a ``Path`` when local).
+    ``path`` may be an fsspec URL (see :mod:`pipeline.infra.storage`); returns it (a ``Path`` when local).
     """
     storage.write_bytes(path, data)
     return path if storage.is_url(path) else Path(path)

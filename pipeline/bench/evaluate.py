@@ -21,7 +21,7 @@ def _tiny_checkpoint(folder: Path, n: int, m1: int, m2: int, seed: int) -> Path:
 
     from dvcm.checkpoint import save_checkpoint
     from dvcm.models import build
-    from pipeline.evaluate import Settings, _yolo
+    from pipeline.evaluation.evaluate import Settings, _yolo
 
     torch.manual_seed(seed)
     yolo = _yolo(Settings())
@@ -42,9 +42,9 @@ def bench_evaluate(
     from rich.console import Console
     from rich.table import Table
 
-    from pipeline.evaluate import ImageItem, Settings, run_codec_chunk
-    from pipeline.ray_runtime import init_ray
-    from pipeline.sample_data import generate_sample
+    from pipeline.evaluation.evaluate import ImageItem, Settings, run_codec_chunk
+    from pipeline.infra.ray_runtime import init_ray
+    from pipeline.data.sample_data import generate_sample
 
     init_ray(address, num_cpus=2)
     with tempfile.TemporaryDirectory(prefix="dvcm-bench-") as tmp:

@@ -15,7 +15,7 @@ Splits:
 - ``folder``: ``train`` and ``val``, a file going to ``val`` when a hash of its relative
   path falls under ``val_fraction`` (stable when files are added), with at least one
   ``val`` file when there are two or more;
-- ``sample``: the generated sample (see :mod:`pipeline.sample_data`) through the
+- ``sample``: the generated sample (see :mod:`pipeline.data.sample_data`) through the
   ``vimeo90k`` source.
 """
 
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 from dvcm.fileio import file_sha256
-from pipeline.errors import UserError
+from pipeline.infra.errors import UserError
 
 DATASETS: tuple[str, ...] = ("vimeo90k", "coco2014", "kodak", "folder", "sample")
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg"})

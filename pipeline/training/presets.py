@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.errors import UserError
+from pipeline.infra.errors import UserError
 
 # Default feature-loss weight. D_s is the MSE of s normalised per channel by dataset.json's
 # statistics (so a D_s of 1 means "no better than predicting the mean"), D_x is the 0-255 MSE.

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from pipeline.atomic import atomic_write_bytes, atomic_write_json
+from pipeline.infra.atomic import atomic_write_bytes, atomic_write_json
 
 # The 80 YOLO classes as (COCO category id, name), in YOLO order.
 COCO_CATEGORIES: tuple[tuple[int, str], ...] = (

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from dvcm.fileio import file_sha256
-from pipeline import storage
-from pipeline.errors import UserError
+from pipeline.infra import storage
+from pipeline.infra.errors import UserError
 
 FORMAT = "dvcm-shards/1"
 FEATURE_CHANNELS = 256
@@ -136,7 +136,7 @@ class ChannelStats:
 class AtomicTarWriter:
     """A deterministic tar (fixed mtime, owner, mode; members in given order) written to a temp file.
 
-    ``commit()`` fsyncs it and publishes it to its location (:func:`pipeline.storage.publish`:
+    ``commit()`` fsyncs it and publishes it to its location (:func:`pipeline.infra.storage.publish`:
     a rename locally, an upload to an object store) and returns its (size, sha256); leaving the
     ``with`` block without a commit (an error, a full disk) deletes the temp file, so nothing
     half-written remains.
@@ -302,7 +302,7 @@ def _every_nth(rank: int, world_size: int) -> Callable[[Iterator[dict]], Iterato
 
 
 def open_shards(src: Iterable[dict]) -> Iterator[dict]:
-    """WebDataset stage: ``{"url"}`` -> ``{"url", "stream"}``, each shard opened by :func:`pipeline.storage.open_read`.
+    """WebDataset stage: ``{"url"}`` -> ``{"url", "stream"}``, each shard opened by :func:`pipeline.infra.storage.open_read`.
 
     The stream is closed once the next stage has read the whole tar.
     """
@@ -334,7 +334,7 @@ class ShardLoader:
                     yield item
 
         shuffle = self.shuffle_buffer > 1
-        # WebDataset's own stages, with shards opened through pipeline.storage (a local file or an
+        # WebDataset's own stages, with shards opened through pipeline.infra.storage (a local file or an
         # fsspec URL such as s3://...) instead of its gopen, which knows no object stores.
         ds = wds.DataPipeline(
             wds.SimpleShardList(self.urls),

@@ -16,8 +16,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from pipeline.atomic import atomic_write_text
-from pipeline.errors import UserError
+from pipeline.infra.atomic import atomic_write_text
+from pipeline.infra.errors import UserError
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#222;max-width:1150px}

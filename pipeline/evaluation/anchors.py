@@ -32,7 +32,7 @@ from pathlib import Path
 
 from PIL import Image, features
 
-from pipeline.errors import UserError
+from pipeline.infra.errors import UserError
 
 
 class AnchorEncodeError(UserError):
