@@ -132,7 +132,7 @@ def redundancy(
     with warnings.catch_warnings():
         # An empty cluster is harmless here: its bottleneck simply gets no fibers.
         warnings.filterwarnings("ignore", message="One of the clusters is empty")
-        _, labels = kmeans2(fj.double().numpy(), K, minit="++", seed=seed)
+        _, labels = kmeans2(fj.detach().double().cpu().numpy(), K, minit="++", seed=seed)
     fit_idx, test_idx = _split(n, rng)
 
     # H(y_i): one bottleneck over all fibers.
@@ -169,12 +169,13 @@ def redundancy(
 @torch.no_grad()
 def _latents(model: torch.nn.Module, images: Iterable[Tensor]) -> tuple[Tensor, Tensor]:
     ys1, ys2 = [], []
+    device = next(model.parameters()).device
     for x in images:
         if x.dim() == 3:
             x = x.unsqueeze(0)
-        out = model(x)
-        ys1.append(fibers(out["y1_hat"]))
-        ys2.append(fibers(out["y2_hat"]))
+        out = model(x.to(device))  # the model where it is (a GPU in training); the estimate on the CPU
+        ys1.append(fibers(out["y1_hat"]).cpu())
+        ys2.append(fibers(out["y2_hat"]).cpu())
     if not ys1:
         raise DvcmError("no images given for the redundancy estimate")
     return torch.cat(ys1), torch.cat(ys2)

@@ -65,3 +65,29 @@ def yolo():
 
     with pytest.warns(UserWarning, match="seeded random weights"):
         return build_yolov3(None, seed=0)
+
+
+# Integration tests are `slow`: those with a real Ray, a real MLflow server, Chromium or a
+# quickstart (by the fixtures they use, or marked in their module); `pytest -m "not slow"` runs
+# the fast unit tests. CI runs everything.
+INTEGRATION_FIXTURES = frozenset({"ray_local", "ray_address", "mlflow_uri"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.fixture(autouse=True)
+def _skip_gpu_tests_without_cuda(request: pytest.FixtureRequest) -> None:
+    """Tests marked ``gpu`` run wherever CUDA exists (``pytest -m gpu``) and are skipped, and shown as
+    skipped, elsewhere."""
+    if request.node.get_closest_marker("gpu") is not None and not _cuda_available():
+        pytest.skip("needs CUDA (a GPU); run `pytest -m gpu` on a GPU machine")

@@ -70,8 +70,8 @@ def test_unknown_anchor_is_a_user_error() -> None:
 
 
 def test_anchor_params_refuse_unknown_codecs():
+    from pipeline.evaluation.anchors import parse_anchor_params
     from pipeline.infra.errors import UserError
-    from pipeline.evaluation.evaluate import parse_anchor_params
 
     assert parse_anchor_params("jpeg=10,40;hevc=37") == {"jpeg": (10, 40), "hevc": (37,)}
     with pytest.raises(UserError, match="unknown codecs"):

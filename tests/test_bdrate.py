@@ -6,7 +6,16 @@ import math
 
 import pytest
 
-from pipeline.evaluation.bdrate import Curve, bd_delta, bd_quality, bd_rate, bd_table, table_csv, table_markdown, write_table
+from pipeline.evaluation.bdrate import (
+    Curve,
+    bd_delta,
+    bd_quality,
+    bd_rate,
+    bd_table,
+    table_csv,
+    table_markdown,
+    write_table,
+)
 
 REF = Curve("ref", (0.1, 0.2, 0.4, 0.8), (30.0, 32.5, 35.0, 37.0))
 

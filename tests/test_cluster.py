@@ -31,6 +31,8 @@ import yaml
 
 from tests.mlflow_server import free_port
 
+pytestmark = pytest.mark.slow  # integration: real Ray, MLflow, Chromium or subprocess CLIs
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 

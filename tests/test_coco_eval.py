@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 import torch
 
 from dvcm.yolo import detections_to_coco

@@ -16,6 +16,8 @@ from dvcm.models import build
 from dvcm.yolo import build_yolov3
 from tests.synthetic import natural_image
 
+pytestmark = pytest.mark.slow  # integration: real Ray, MLflow, Chromium or subprocess CLIs
+
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True)

@@ -17,7 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.evaluation.evaluate import Job, Settings, Target, coco_items, feature_psnr, feature_snr, folder_items, run_job
+from pipeline.evaluation.job import Job, run_job
+from pipeline.evaluation.targets import Target, coco_items, folder_items
+from pipeline.evaluation.tasks import Settings, feature_psnr, feature_snr
+
+pytestmark = pytest.mark.slow  # integration: real Ray, MLflow, Chromium or subprocess CLIs
 
 CLI = [sys.executable, "-m", "pipeline.cli"]
 
@@ -63,8 +67,8 @@ def test_end_to_end_into_mlflow(sample, tiny_ckpt: Path, tmp_path: Path, ray_loc
     from mlflow import MlflowClient
     from typer.testing import CliRunner
 
-    from pipeline.infra import tracking
     from pipeline.cli import app
+    from pipeline.infra import tracking
 
     # A finished trial run holding the checkpoint, as a sweep leaves it, with a training history.
     c = MlflowClient(mlflow_uri)

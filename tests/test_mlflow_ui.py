@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.slow  # integration: real Ray, MLflow, Chromium or subprocess CLIs
+
 CHROMIUM = shutil.which("chromium") or (str(Path("/usr/bin/chromium")) if Path("/usr/bin/chromium").exists() else None)
 EXPANDER = "button[data-component-id*=runnamecellrenderer]"  # the +/- before a parent run's name
 
@@ -121,7 +123,7 @@ def browser(tmp_path: Path):
 
 def test_sweep_runs_are_listed_in_the_mlflow_ui(mlflow_uri: str, tmp_path: Path, browser: Browser) -> None:
     from pipeline.infra import tracking
-    from pipeline.training.sweep import trial_name
+    from pipeline.training.grid import trial_name
 
     sweep = f"ui-sweep-{int(time.time())}"
     parent = tracking.start_parent_run(mlflow_uri, sweep, {"preset": "tiny"})

@@ -22,11 +22,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from pipeline.infra.errors import UserError
-from pipeline.data.prepare import register, run_prepare
+from pipeline.data.prepare import run_prepare
 from pipeline.data.sample_data import generate_sample
 from pipeline.data.shards import decode_features
 from pipeline.data.sources import list_source, parse_frames, select_frames
+from pipeline.infra.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE = (192, 128)
@@ -56,9 +56,8 @@ def bad_tree(clean_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 def _app() -> typer.Typer:
-    app, bench = typer.Typer(), typer.Typer()
-    register(app, bench)
-    app.add_typer(bench, name="bench")
+    from pipeline.cli import app
+
     return app
 
 
@@ -257,8 +256,8 @@ def test_interrupted_run_resumes_to_the_same_manifest(clean_tree: Path, yolo, ra
     _prepare(listing, full, yolo, shard_size=1)
     cut = tmp_path / "cut"
     code = (
-        "import typer, warnings; warnings.simplefilter('ignore'); from pipeline.data.prepare import prepare; "
-        "typer.run(prepare)"
+        "import typer, warnings; warnings.simplefilter('ignore'); from pipeline.cli.prepare import prepare_command; "
+        "typer.run(prepare_command)"
     )
     cmd = [sys.executable, "-c", code, "--dataset", "vimeo90k", "--root", str(clean_tree), "--out", str(cut),
            "--shard-size", "1", "--num-cpus", "2"]

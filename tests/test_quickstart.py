@@ -9,7 +9,10 @@ import math
 import re
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
+
+pytestmark = pytest.mark.slow  # integration: real Ray, MLflow, Chromium or subprocess CLIs
 
 SHRINK = ["--epochs", "1", "--steps-per-epoch", "2", "--val-steps", "1", "--anchors", "jpeg"]
 
@@ -98,11 +101,17 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
 
 
 def test_sweep_name_is_the_default_only_for_the_default_training_settings() -> None:
-    from pipeline.workflows.quickstart import DEFAULT_LAMBDAS, DEFAULT_TRAINING, SWEEP_NAME, eval_folder, sweep_name
-    from pipeline.training.sweep import resolve_settings
+    from pipeline.training.settings import resolve
+    from pipeline.workflows.quickstart import (
+        DEFAULT_LAMBDAS,
+        DEFAULT_TRAINING,
+        SWEEP_NAME,
+        eval_folder,
+        sweep_name,
+    )
 
     def name(lams: list[float] | None = None, **flags: object) -> str:
-        settings = resolve_settings("tiny", {}, {**DEFAULT_TRAINING, "shards": "x", **flags})
+        settings = resolve("tiny", {}, {**DEFAULT_TRAINING, "shards": "x", **flags})
         return sweep_name(settings, lams or [float(v) for v in DEFAULT_LAMBDAS.split(",")])
 
     # the resolved settings count: the tiny preset's own γ and validation steps, given explicitly, are the defaults

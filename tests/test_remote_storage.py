@@ -27,6 +27,8 @@ import pytest
 from pipeline.infra.errors import UserError
 from tests.mlflow_server import free_port
 
+pytestmark = pytest.mark.slow  # integration: real Ray, MLflow, Chromium or subprocess CLIs
+
 REPO = Path(__file__).resolve().parent.parent
 BUCKET = "dvcm-test"
 TINY = ["--preset", "tiny", "--epochs", "1", "--steps-per-epoch", "2", "--val-steps", "1"]
@@ -183,7 +185,9 @@ def gcs_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
 
 def _gcs(env: dict[str, str]):  # -> gcsfs.core.GCSFileSystem
     """A client of the emulator, configured explicitly (not from this process's environment)."""
-    from gcsfs.core import GCSFileSystem  # the plain HTTP client, whatever GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT says
+    from gcsfs.core import (
+        GCSFileSystem,  # the plain HTTP client, whatever GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT says
+    )
 
     return GCSFileSystem(token="anon", endpoint_url=env["STORAGE_EMULATOR_HOST"], skip_instance_cache=True,
                          use_listings_cache=False)

@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.infra.errors import UserError
 from pipeline.evaluation.plots import plot_all
 from pipeline.evaluation.report import build_report
+from pipeline.infra.errors import UserError
 
 
 def _results(tmp: Path) -> Path:
@@ -63,6 +63,7 @@ def test_report_refuses_an_empty_folder(tmp_path: Path) -> None:
         build_report(tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (apt-get install -y chromium)")
 def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     out = _results(tmp_path)

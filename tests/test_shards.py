@@ -16,7 +16,6 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.infra.errors import UserError
 from pipeline.data.prepare import run_prepare
 from pipeline.data.sample_data import generate_sample
 from pipeline.data.shards import (
@@ -29,6 +28,7 @@ from pipeline.data.shards import (
     shard_urls,
 )
 from pipeline.data.sources import list_source
+from pipeline.infra.errors import UserError
 
 SIZE = (256, 192)
 

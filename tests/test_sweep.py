@@ -15,7 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.infra.errors import UserError
-from pipeline.training.sweep import build_grid, load_spec, parse_lambdas, resolve_settings, trial_name
+from pipeline.training.grid import build_grid, load_spec, parse_lambdas, trial_name
+from pipeline.training.settings import resolve
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent
@@ -64,8 +65,8 @@ def test_paper_spec_is_the_papers_grid_and_flags_override_it(tmp_path: Path) -> 
     configs = sorted({(t["model"], t["M1"], t["M2"], t["H"]) for t in grid})
     assert configs == [("choi2022", 128, 64, 1), ("proposed", 64, 128, 1), ("proposed", 64, 128, 2),
                        ("proposed", 64, 192, 2), ("proposed", 128, 64, 1)]
-    settings = resolve_settings(None, spec, {"shards": "x", "epochs": 3, "batch_size": None})
-    assert settings["epochs"] == 3 and settings["batch_size"] == 16 and settings["crop"] == 256
+    settings = resolve(None, spec, {"shards": "x", "epochs": 3, "batch_size": None}).training
+    assert settings.epochs == 3 and settings.batch_size == 16 and settings.crop == 256
     bad = tmp_path / "bad.yaml"
     bad.write_text("lambdaz: [0.1]\n")
     with pytest.raises(UserError, match="unknown keys"):
@@ -170,21 +171,24 @@ def test_stopped_sweep_resumes_without_rerunning_finished_trials(
 
 
 def test_resume_settings_check_compares_training_settings_only() -> None:
-    from pipeline.training.sweep import check_resume_settings, training_settings
+    from pipeline.training.settings import check_resume_settings, resume_record
 
-    settings = resolve_settings("tiny", {}, {"shards": "s", "seed": 1})
+    flags = {"shards": "s", "seed": 1}
+
+    def record(**changed: object) -> dict:
+        return resume_record(resolve("tiny", {}, {**flags, **changed}), data)
+
     data = {"shards_digest": "abc", "yolo_weights_sha256": "def"}
-    state = {"training_settings": training_settings(settings, data)}
+    state = {"training_settings": record()}
     # resources may change; a YAML number read as a string ("1e-4") is the same number
-    check_resume_settings("s1", state, training_settings({**settings, "max_concurrent_trials": 4, "cpus_per_worker": 2.0,
-                                                          "lr": "1e-4"}, data))
-    check_resume_settings("s1", {"trials": {}}, training_settings({**settings, "gamma": 9.0}, data))  # an older record
+    check_resume_settings("s1", state, record(max_concurrent_trials=4, cpus_per_worker=2.0, lr="1e-4"))
+    check_resume_settings("s1", {"trials": {}}, record(gamma=9.0))  # an older record
     with pytest.raises(UserError, match=r"gamma 1\.0 -> 9\.0"):
-        check_resume_settings("s1", state, training_settings({**settings, "gamma": 9.0}, data))
+        check_resume_settings("s1", state, record(gamma=9.0))
     with pytest.raises(UserError, match=r"workers_per_trial 1 -> 2"):  # it scales the batch
-        check_resume_settings("s1", state, training_settings({**settings, "workers_per_trial": 2}, data))
+        check_resume_settings("s1", state, record(workers_per_trial=2))
     with pytest.raises(UserError, match=r"shards_digest 'abc' -> 'xyz'"):  # other data
-        check_resume_settings("s1", state, training_settings(settings, {**data, "shards_digest": "xyz"}))
+        check_resume_settings("s1", state, resume_record(resolve("tiny", {}, flags), {**data, "shards_digest": "xyz"}))
 
 
 @pytest.mark.parametrize("width", [80, 160])
@@ -193,7 +197,7 @@ def test_trial_table_never_cuts_a_cell(width: int) -> None:
 
     from rich.console import Console
 
-    from pipeline.training.sweep import TrialRow, render_table
+    from pipeline.training.live_table import TrialRow, render_table
 
     paper = trial_name("proposed", 128, 64, 1, 0.0483)  # a paper-sized name and epoch count
     rows = {paper: TrialRow(paper, epochs=300, state="RUNNING", epoch=123, train_loss=12.3456, val_loss=13.4567,

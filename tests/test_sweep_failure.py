@@ -2,7 +2,7 @@
 trial of the sweep still runs and finishes; the sweep says one trial failed and exits non-zero.
 
 Real local Ray, a real ``mlflow server``; the NaN comes from the test-only hook
-``DVCM_TEST_NAN_LAMBDA`` (``pipeline.training.sweep.NAN_ENV``), which multiplies that trial's loss by NaN.
+``DVCM_TEST_NAN_LAMBDA`` (``pipeline.training.faults.NAN_ENV``), which multiplies that trial's loss by NaN.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.infra.errors import UserError
-from pipeline.training.sweep import NAN_ENV
 from pipeline.infra.tracking import TAG_FAILURE
+from pipeline.training.faults import NAN_ENV
+
+pytestmark = pytest.mark.slow  # integration: real Ray, MLflow, Chromium or subprocess CLIs
 
 runner = CliRunner()
 BAD, GOOD = "proposed-16-32-2-l0.05", "proposed-16-32-2-l0.0067"

@@ -16,7 +16,8 @@ import torch
 from typer.testing import CliRunner
 
 from pipeline.infra.errors import UserError
-from pipeline.training.train import param_checksum, rng_state, set_rng_state
+from pipeline.training.ddp import param_checksum
+from pipeline.training.loop import rng_state, set_rng_state
 from tests.mlflow_server import free_port
 
 runner = CliRunner()

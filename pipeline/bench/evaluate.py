@@ -11,9 +11,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated, Optional
-
-import typer
+from typing import Optional
 
 
 def _tiny_checkpoint(folder: Path, n: int, m1: int, m2: int, seed: int) -> Path:
@@ -21,30 +19,31 @@ def _tiny_checkpoint(folder: Path, n: int, m1: int, m2: int, seed: int) -> Path:
 
     from dvcm.checkpoint import save_checkpoint
     from dvcm.models import build
-    from pipeline.evaluation.evaluate import Settings, _yolo
+    from pipeline.evaluation.tasks import Settings, detector
 
     torch.manual_seed(seed)
-    yolo = _yolo(Settings())
+    yolo = detector(Settings())
     model = build("proposed", front=yolo.front, yolo_provenance=dict(yolo.provenance), N=n, M1=m1, M2=m2, H=2)
     path = folder / "bench.pt"
     save_checkpoint(path, model, extra={"lmbda": 0.01})
     return path
 
 
-def bench_evaluate(
-    images: Annotated[int, typer.Option(help="Images per dataset.")] = 4,
-    n: Annotated[int, typer.Option("--N", help="Codec width N of the random tiny codec.")] = 32,
-    data: Annotated[Optional[Path], typer.Option(help="Sample data folder (generated when absent).")] = None,
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster address.")] = None,
+def run_evaluate_bench(
+    images: int = 4,
+    n: int = 32,
+    data: Optional[Path] = None,
+    address: Optional[str] = None,
 ) -> None:
     """Print images/s per stage for the COCO and Kodak paths with 1 and 2 Ray workers, and the ratios."""
     import ray
     from rich.console import Console
     from rich.table import Table
 
-    from pipeline.evaluation.evaluate import ImageItem, Settings, run_codec_chunk
-    from pipeline.infra.ray_runtime import init_ray
     from pipeline.data.sample_data import generate_sample
+    from pipeline.evaluation.targets import ImageItem
+    from pipeline.evaluation.tasks import Settings, run_codec_chunk
+    from pipeline.infra.ray_runtime import init_ray
 
     init_ray(address, num_cpus=2)
     with tempfile.TemporaryDirectory(prefix="dvcm-bench-") as tmp:

@@ -1,12 +1,11 @@
 """The ``dvcm-pipeline`` command line.
 
-Each job lives in its own module and adds its commands with ``register(app, bench)``;
-this file only assembles them and turns user errors into one clear line.
+Each module of this package holds the typer commands of one stage (they parse, call one library
+function and print); this file only assembles them and turns user errors into one clear line.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import sys
@@ -15,6 +14,8 @@ import warnings
 import typer
 
 from dvcm.errors import DvcmError
+from pipeline.cli import codec, evaluate, prepare, quickstart, report, training
+from pipeline.cli.bench import bench
 from pipeline.infra.ray_runtime import quiet_warnings
 
 app = typer.Typer(
@@ -24,22 +25,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-bench = typer.Typer(help="Benchmarks: print a table and its ratios, measured side by side.", no_args_is_help=True)
+app.command("compress")(codec.compress_command)
+app.command("decompress")(codec.decompress_command)
+app.command("demo")(codec.demo_command)
+app.command("prepare")(prepare.prepare_command)
+app.command("train")(training.train_command)
+app.command("sweep")(training.sweep_command)
+app.command("evaluate")(evaluate.evaluate_command)
+app.command("report")(report.report_command)
+app.command("quickstart")(quickstart.quickstart_command)
 app.add_typer(bench, name="bench")
-
-# One module per job; each defines register(app, bench).
-COMMAND_MODULES: tuple[str, ...] = (
-    "pipeline.codec.files",
-    "pipeline.data.prepare",
-    "pipeline.training.train",
-    "pipeline.training.sweep",
-    "pipeline.evaluation.evaluate",
-    "pipeline.evaluation.report",
-    "pipeline.workflows.quickstart",
-)
-
-for _name in COMMAND_MODULES:
-    importlib.import_module(_name).register(app, bench)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001

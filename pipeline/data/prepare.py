@@ -22,20 +22,14 @@ import hashlib
 import io
 import json
 import os
-import sys
 import time
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Optional
+from typing import Any, Iterator
 
 import numpy as np
-import typer
 
-from pipeline.infra import storage
-from pipeline.infra.atomic import atomic_write_bytes, atomic_write_json
-from pipeline.infra.errors import UserError
 from pipeline.data.shards import (
     FEATURE_CHANNELS,
     FEATURE_DTYPES,
@@ -48,7 +42,10 @@ from pipeline.data.shards import (
     remove_stale_temp_files,
     shard_name,
 )
-from pipeline.data.sources import DATASETS, FrameRef, Listing, list_source, parse_frames
+from pipeline.data.sources import FrameRef, Listing, list_source
+from pipeline.infra import storage
+from pipeline.infra.atomic import atomic_write_bytes, atomic_write_json
+from pipeline.infra.errors import UserError
 
 TOOL = "dvcm-pipeline prepare"
 PLAN_FILE = "plan.json"
@@ -345,8 +342,15 @@ def claim_out_dir(out: str, fingerprint: dict, overwrite: bool) -> None:
 def _run_tasks_ray(tasks: list[ShardTask], front: Any, num_gpus: float, on_done: Any) -> list[ShardResult]:
     import ray
 
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if num_gpus > 0 and gpus < num_gpus:
+        raise UserError(f"--num-gpus-per-worker {num_gpus:g} asks for GPUs but the Ray cluster has {gpus:g}; "
+                        "drop the flag to compute s on CPUs, or start Ray on GPU nodes")
     front_box = [ray.put(front)]  # boxed so the task times its own fetch
-    remote = ray.remote(num_cpus=1, num_gpus=num_gpus or 0, max_retries=2, retry_exceptions=False)(_write_shard_task)
+    # GPU tasks default to max_calls=1 (a new process per shard, the front loaded again each time);
+    # unlimited calls keep each worker's front on its GPU across shards (see _FRONTS).
+    remote = ray.remote(num_cpus=1, num_gpus=num_gpus or 0, max_retries=2, retry_exceptions=False,
+                        max_calls=0)(_write_shard_task)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     window = max(2, 2 * cpus)
     results: list[ShardResult] = []
@@ -377,12 +381,19 @@ def _run_tasks_ray(tasks: list[ShardTask], front: Any, num_gpus: float, on_done:
     return results
 
 
+_FRONTS: dict[str, Any] = {}  # per worker process: the front of the current prepare, fetched (and placed) once
+
+
 def _write_shard_task(task: ShardTask, front_box: list) -> ShardResult:
-    """Ray task body: fetch the shared front from the object store, then :func:`write_shard`."""
+    """Ray task body: fetch the shared front from the object store (once per worker), then :func:`write_shard`."""
     import ray
 
     t = time.perf_counter()
-    front = ray.get(front_box[0])
+    key = front_box[0].hex()
+    if key not in _FRONTS:
+        _FRONTS.clear()
+        _FRONTS[key] = ray.get(front_box[0])
+    front = _FRONTS[key]
     fetched = time.perf_counter() - t
     result = write_shard(task, front)
     result.timings["load_front"] = result.timings.get("load_front", 0.0) + fetched
@@ -519,7 +530,13 @@ def run_prepare(
 
     ``torch_threads`` per shard: default 1 on Ray (one task per CPU), torch's default in-process.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     if feature_dtype not in FEATURE_DTYPES:
         raise UserError(f"--feature-dtype {feature_dtype!r} is not supported; use one of {', '.join(FEATURE_DTYPES)}")
@@ -576,7 +593,7 @@ def run_prepare(
 # ---------------------------------------------------------------- CLI
 
 
-def _listing_for(dataset: str, root: str | None, frames: str | int, image_list: str | None,
+def listing_for(dataset: str, root: str | None, frames: str | int, image_list: str | None,
                  val_fraction: float, sample_seed: int) -> Listing:
     if dataset == "sample":
         from pipeline.data.sample_data import generate_sample
@@ -587,274 +604,22 @@ def _listing_for(dataset: str, root: str | None, frames: str | int, image_list: 
     return list_source(dataset, root, frames, image_list, val_fraction)
 
 
-def _print_summary(report: PrepareReport, out: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    info = report.info
-    table = Table(title=f"prepared {info['provenance']['dataset']} -> {out}")
-    for col in ("split", "shards", "samples"):
-        table.add_column(col, justify="right" if col != "split" else "left")
-    for split, entry in info["splits"].items():
-        table.add_row(split, str(len(entry["shards"])), str(entry["samples"]))
-    console = Console(stderr=False)
-    console.print(table)
-    rate = report.frames_written / report.seconds if report.seconds > 0 else 0.0
-    yolo = info["provenance"]["yolo"]
-    label = "random-weight YOLOv3" if yolo.get("random_weights") else "YOLOv3"
-    console.print(
-        f"shards written {report.shards_written}, already finished {report.shards_skipped}; "
-        f"{report.frames_written} frames in {report.seconds:.1f} s ({rate:.1f} frames/s); "
-        f"features from {label} (sha256 {str(yolo.get('weights_sha256'))[:12]}, layer {yolo.get('split_layer')})"
-    )
-    counts = info["counts"]
-    if counts["skipped"]:
-        kinds = ", ".join(f"{n} {k}" for k, n in counts["skipped_by_reason"].items())
-        typer.secho(f"warning: skipped {counts['skipped']} inputs ({kinds}); listed in {storage.join(out, 'dataset.json')}",
-                    err=True, fg=typer.colors.YELLOW)
 
 
-def prepare(
-    dataset: Annotated[str, typer.Option(help=f"One of: {', '.join(DATASETS)}.")],
-    out: Annotated[str, typer.Option(help="Output folder or fsspec URL (s3://bucket/shards) for shards, manifest.parquet and dataset.json.")],
-    root: Annotated[Optional[str], typer.Option(help="Dataset folder (for sample: where to generate it).")] = None,
-    frames: Annotated[str, typer.Option(help="Frames per sequence: all, middle or N (evenly spaced).")] = "all",
-    shard_size: Annotated[int, typer.Option(help="Samples per shard.")] = 128,
-    batch_size: Annotated[int, typer.Option(help="Frames per V_front batch.")] = 8,
-    feature_dtype: Annotated[str, typer.Option(help="float16, or uint8 with per-channel scale.")] = "float16",
-    yolo_weights: Annotated[Optional[Path], typer.Option(help="Darknet yolov3.weights; seeded random without.")] = None,
-    yolo_seed: Annotated[int, typer.Option(help="Seed of the random YOLOv3 when no weights are given.")] = 0,
-    num_gpus_per_worker: Annotated[float, typer.Option(help="GPUs per shard task (fractions share a GPU).")] = 0.0,
-    num_cpus: Annotated[Optional[int], typer.Option(help="CPUs of a local Ray instance (default: all).")] = None,
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: RAY_ADDRESS or local).")] = None,
-    image_list: Annotated[Optional[str], typer.Option(help="coco2014: file of image names/ids (5k subset).")] = None,
-    val_fraction: Annotated[float, typer.Option(help="folder: fraction of files hashed into val.")] = 0.05,
-    sample_seed: Annotated[int, typer.Option(help="sample: generator seed.")] = 0,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print counts and the size estimate; write nothing.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace shards already in --out.")] = False,
-) -> None:
-    """Write WebDataset shards of (image PNG, YOLOv3 layer-12 features s, metadata) for training/evaluation."""
-    frames_sel = parse_frames(frames)
-    storage.check(out)
-    if yolo_weights is not None and not yolo_weights.is_file():
-        raise UserError(f"--yolo-weights {yolo_weights} does not exist; give a Darknet yolov3.weights file")
-    listing = _listing_for(dataset, root, frames_sel, image_list, val_fraction, sample_seed)
-    if dry_run:
-        est = estimate(listing, feature_dtype)
-        by_split = Counter(r.split for r in listing.items)
-        shards = sum(-(-n // shard_size) for n in by_split.values())
-        typer.echo(
-            f"dry run: {est['samples']} samples ({', '.join(f'{k} {v}' for k, v in by_split.items())}) in {shards} shards, "
-            f"about {est['bytes'] / 1e9:.2f} GB ({est['per_sample'] / 1e6:.2f} MB per sample); "
-            f"{len(listing.skipped)} inputs would be skipped; nothing written"
-        )
-        return
-    report = run_prepare(
-        listing, out, str(yolo_weights) if yolo_weights else None, yolo_seed, frames_sel, shard_size, batch_size,
-        feature_dtype, num_gpus_per_worker, overwrite, True, address, num_cpus,
-    )
-    _print_summary(report, storage.resolve(out))
 
 
-def register(app: typer.Typer, bench: typer.Typer) -> None:
-    """Add ``prepare``, ``bench prepare`` and ``bench loader``."""
-    app.command("prepare")(prepare)
-    bench.command("prepare")(bench_prepare)
-    bench.command("loader")(bench_loader)
 
 
 # ---------------------------------------------------------------- benchmarks
 
 
-def _fixture(work: Path, name: str, sequences: int) -> Listing:
-    from pipeline.data.sample_data import generate_sample
-
-    parts = generate_sample(work / name, seed=0, train_sequences=sequences, val_sequences=1, coco_images=0, kodak_images=0)
-    return list_source("vimeo90k", parts.vimeo_root, "all")
 
 
-@contextmanager
-def _bench_setup(work_dir: Path | None, prefix: str, sequences: int) -> Iterator[tuple[Path, Listing, Any]]:
-    """(work folder, 1x fixture listing, seeded YOLOv3) for a benchmark; a temp folder unless given."""
-    import tempfile
-
-    from dvcm.yolo import build_yolov3
-
-    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
-        work = Path(work_dir or tmp)
-        listing = _fixture(work, "fixture-1x", sequences)
-        yield work, listing, build_yolov3(None, seed=0)
 
 
-def _peak_rss_of(cmd: list[str]) -> tuple[float, int]:
-    """Run ``cmd``; return (peak RSS in MiB summed over its process tree, exit code)."""
-    import subprocess
-
-    import psutil
-
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    peak = 0
-    parent = psutil.Process(proc.pid)
-    while proc.poll() is None:
-        total = 0
-        try:
-            for p in [parent, *parent.children(recursive=True)]:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-        except psutil.Error:
-            pass
-        peak = max(peak, total)
-        time.sleep(0.05)
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if proc.returncode:
-        typer.echo(err[-2000:], err=True)
-    return peak / 2**20, proc.returncode
 
 
-def _warm_worker(front_box: list) -> None:
-    import ray
-
-    ray.get(front_box[0])
-    time.sleep(1.0)  # hold this CPU so that the next warm-up lands on another worker
 
 
-def bench_prepare(
-    sequences: Annotated[int, typer.Option(help="Vimeo-shaped sequences (7 frames of 448x256 each) in the 1x fixture.")] = 4,
-    shard_size: Annotated[int, typer.Option(help="Samples per shard (small, so that the last round of shards keeps every core busy).")] = 2,
-    num_cpus: Annotated[Optional[int], typer.Option(help="CPUs for Ray (default: all cores).")] = None,
-    memory: Annotated[bool, typer.Option(help="Also measure peak RSS of prepare at 1x and 8x the fixture.")] = True,
-    work_dir: Annotated[Optional[Path], typer.Option(help="Where fixtures and shards go (default: a temp dir).")] = None,
-) -> None:
-    """Frames/s of prepare: Ray on all cores vs the same code in one plain process; stage times; peak RSS."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from pipeline.infra.ray_runtime import init_ray
-
-    console = Console(width=140)
-    with _bench_setup(work_dir, "dvcm-bench-prepare-", sequences) as (work, listing, yolo):
-        front, prov = yolo.front, dict(yolo.provenance)
-        common = dict(shard_size=shard_size, front=front, yolo_provenance=prov, progress=False, overwrite=True)
-        plain = run_prepare(listing, work / "out-plain", use_ray=False, **common)
-        plain1 = run_prepare(listing, work / "out-plain-1t", use_ray=False, torch_threads=1, **common)
-        t = time.perf_counter()
-        init_ray(None, num_cpus)
-        import ray
-        import torch
-
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        # Start one worker per CPU and import torch/dvcm there, as the plain process already did.
-        ray.get([ray.remote(num_cpus=1)(_warm_worker).remote([ray.put(front)]) for _ in range(cpus)])
-        ray_start = time.perf_counter() - t
-        on_ray = run_prepare(listing, work / "out-ray", use_ray=True, **common)
-        n = plain.frames_written
-        table = Table(title=f"prepare throughput, {n} frames of 448x256, random-weight YOLOv3 front")
-        for col in ("run", "processes x torch threads", "seconds", "frames/s", "decode s", "V_front s", "encode s",
-                    "write s", "front fetch s"):
-            table.add_column(col, justify="right" if col != "run" else "left")
-        runs = (
-            ("plain process, torch default threads", plain, f"1 x {torch.get_num_threads()}"),
-            ("plain process, 1 thread (as one Ray task)", plain1, "1 x 1"),
-            ("Ray tasks", on_ray, f"{cpus} x 1"),
-        )
-        for label, rep, workers in runs:
-            tm = rep.timings
-            table.add_row(
-                label, workers, f"{rep.seconds:.2f}", f"{rep.frames_written / rep.seconds:.2f}",
-                *(f"{tm.get(k, 0.0):.2f}" for k in ("decode", "v_front", "encode", "write", "load_front")),
-            )
-        console.print(table)
-        stages = {k: on_ray.timings.get(k, 0.0) for k in ("decode", "v_front", "encode", "write")}
-        bound = max(stages, key=stages.get)
-        share = stages[bound] / max(sum(stages.values()), 1e-9)
-        console.print(
-            f"speed-up Ray / plain 1-thread: {plain1.seconds / on_ray.seconds:.2f}x; Ray / plain default threads: "
-            f"{plain.seconds / on_ray.seconds:.2f}x; on {cpus} CPUs (Ray start and worker warm-up {ray_start:.1f} s, "
-            f"not counted); bound by {bound} ({share:.0%} of task time); front fetch per task "
-            f"{on_ray.timings.get('load_front', 0.0) / max(on_ray.shards_written, 1):.2f} s vs "
-            f"{sum(stages.values()) / max(on_ray.shards_written, 1):.2f} s of work per shard"
-        )
-        ray.shutdown()
-        if not memory:
-            return
-        big = _fixture(work, "fixture-8x", sequences * 8)
-        rows = []
-        for label, lst in (("1x", listing), ("8x", big)):
-            cmd = [
-                sys.executable, "-m", "pipeline.cli", "prepare", "--dataset", "vimeo90k", "--root", lst.root,
-                "--out", str(work / f"out-mem-{label}"), "--shard-size", str(shard_size), "--overwrite",
-            ]
-            if num_cpus:
-                cmd += ["--num-cpus", str(num_cpus)]
-            peak, rc = _peak_rss_of(cmd)
-            if rc:
-                raise UserError(f"bench prepare: the {label} prepare run failed (exit {rc})")
-            rows.append((label, len(lst.items), peak))
-        mem = Table(title="peak RSS of prepare (driver + Ray processes), same workers")
-        for col in ("fixture", "frames", "peak RSS MiB"):
-            mem.add_column(col, justify="right")
-        for label, frames_n, peak in rows:
-            mem.add_row(label, str(frames_n), f"{peak:.0f}")
-        console.print(mem)
-        console.print(f"peak 8x / peak 1x: {rows[1][2] / rows[0][2]:.2f} (target <= 1.2)")
 
 
-def bench_loader(
-    sequences: Annotated[int, typer.Option(help="Vimeo-shaped sequences in the fixture.")] = 4,
-    crop: Annotated[int, typer.Option(help="Crop size.")] = 256,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 8,
-    epochs: Annotated[int, typer.Option(help="Passes over the fixture per reader.")] = 2,
-    work_dir: Annotated[Optional[Path], typer.Option(help="Where the fixture and shards go (default: a temp dir).")] = None,
-) -> None:
-    """Samples/s of the WebDataset reader vs reading PNG files and computing s on the fly."""
-    import random as _random
-
-    import torch
-    from PIL import Image
-    from rich.console import Console
-    from rich.table import Table
-
-    from pipeline.data.shards import make_loader
-
-    console = Console(width=140)
-    with _bench_setup(work_dir, "dvcm-bench-loader-", sequences) as (work, listing, yolo):
-        front = yolo.front.eval()
-        out = work / "shards"
-        run_prepare(listing, out, shard_size=8, use_ray=False, front=front, yolo_provenance=dict(yolo.provenance),
-                    progress=False)
-        t = time.perf_counter()
-        n_shards = 0
-        for epoch in range(epochs):
-            for x, s in make_loader(str(out), "train", crop=crop, batch_size=batch_size, shuffle_buffer=64, epoch=epoch):
-                n_shards += x.shape[0]
-        t_shards = time.perf_counter() - t
-        refs = [r for r in listing.items if r.split == "train"]
-        rng = _random.Random(0)
-        t = time.perf_counter()
-        n_png = 0
-        for _ in range(epochs):
-            order = refs[:]
-            rng.shuffle(order)
-            for i in range(0, len(order) - batch_size + 1, batch_size):
-                crops = []
-                for ref in order[i : i + batch_size]:
-                    with Image.open(ref.path) as im:
-                        arr = np.asarray(im.convert("RGB"))
-                    h, w = arr.shape[:2]
-                    top = rng.randrange(0, (h - crop) // 8 + 1) * 8
-                    left = rng.randrange(0, (w - crop) // 8 + 1) * 8
-                    crops.append(arr[top : top + crop, left : left + crop])
-                x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div_(255.0)
-                with torch.no_grad():
-                    front(x)
-                n_png += len(crops)
-        t_png = time.perf_counter() - t
-        table = Table(title=f"loader throughput, {crop}x{crop} crops, batch {batch_size}, random-weight YOLOv3 front")
-        for col in ("reader", "samples", "seconds", "samples/s"):
-            table.add_column(col, justify="right" if col != "reader" else "left")
-        table.add_row("WebDataset shards (s stored)", str(n_shards), f"{t_shards:.2f}", f"{n_shards / t_shards:.1f}")
-        table.add_row("PNG files + V_front on the fly", str(n_png), f"{t_png:.2f}", f"{n_png / t_png:.1f}")
-        console.print(table)
-        console.print(f"speed-up shards / on-the-fly: {(n_shards / t_shards) / (n_png / t_png):.1f}x (target >= 5x)")

@@ -315,10 +315,11 @@ class ShardLoader:
     """Iterable of (x, s) batches over one split; see :func:`make_loader`."""
 
     def __init__(self, urls: list[str], crop: int | None, batch_size: int, num_workers: int, shuffle_buffer: int,
-                 seed: int, epoch: int, rank: int, world_size: int, repeat: bool) -> None:
+                 seed: int, epoch: int, rank: int, world_size: int, repeat: bool, pin_memory: bool = False) -> None:
         self.urls, self.crop, self.batch_size, self.num_workers = urls, crop, batch_size, num_workers
         self.shuffle_buffer, self.seed, self.epoch = shuffle_buffer, seed, epoch
         self.rank, self.world_size, self.repeat = rank, world_size, repeat
+        self.pin_memory = pin_memory  # page-locked batches, for non_blocking copies to a GPU
 
     def _pipeline(self, epoch: int) -> Any:
         import webdataset as wds
@@ -357,9 +358,11 @@ class ShardLoader:
     def _one_epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         pipe = self._pipeline(epoch)
         if self.num_workers <= 0:
-            yield from pipe
+            for x, s in pipe:
+                yield (x.pin_memory(), s.pin_memory()) if self.pin_memory else (x, s)
             return
-        loader = torch.utils.data.DataLoader(pipe, batch_size=None, num_workers=self.num_workers)
+        loader = torch.utils.data.DataLoader(pipe, batch_size=None, num_workers=self.num_workers,
+                                             pin_memory=self.pin_memory)
         yield from loader
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -388,6 +391,7 @@ def make_loader(
     world_size: int = 1,
     yolo_provenance: dict | None = None,
     repeat: bool = False,
+    pin_memory: bool = False,
 ) -> ShardLoader:
     """Batches (x [B,3,crop,crop] in [0,1], s [B,256,crop/8,crop/8] float32) from prepared shards.
 
@@ -407,4 +411,5 @@ def make_loader(
     urls = shard_urls(root, split)
     if not urls:
         raise UserError(f"split {split!r} of {root} holds no samples; prepare more data or pick another split")
-    return ShardLoader(urls, crop, batch_size, num_workers, shuffle_buffer, seed, epoch, rank, world_size, repeat)
+    return ShardLoader(urls, crop, batch_size, num_workers, shuffle_buffer, seed, epoch, rank, world_size, repeat,
+                       pin_memory)

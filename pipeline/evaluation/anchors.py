@@ -237,3 +237,24 @@ def available_anchors(names: Sequence[str] | None = None) -> tuple[list[AnchorCo
         else:
             chosen.append(codec)
     return chosen, notices
+
+
+def parse_anchor_params(text: str | None) -> dict[str, tuple[int, ...]]:
+    """``jpeg=10,40;hevc=37,32`` → {"jpeg": (10, 40), "hevc": (37, 32)}."""
+    out: dict[str, tuple[int, ...]] = {}
+    for part in (text or "").split(";"):
+        if not part.strip():
+            continue
+        name, _, values = part.partition("=")
+        try:
+            out[name.strip()] = tuple(int(v) for v in values.split(",") if v.strip())
+        except ValueError:
+            raise UserError(f"--anchor-params {part!r} does not parse; write e.g. 'jpeg=10,40;hevc=37,32'") from None
+        if not out[name.strip()]:
+            raise UserError(f"--anchor-params {part!r} gives no values; write e.g. 'jpeg=10,40'")
+    from pipeline.evaluation.anchors import ANCHORS
+
+    unknown = sorted(set(out) - set(ANCHORS))
+    if unknown:
+        raise UserError(f"--anchor-params names unknown codecs {unknown}; choose from {', '.join(ANCHORS)}")
+    return out

@@ -23,8 +23,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pipeline.infra.atomic import atomic_write_bytes  # noqa: E402
 from pipeline.evaluation.bdrate import Curve  # noqa: E402
+from pipeline.infra.atomic import atomic_write_bytes  # noqa: E402
 
 
 def _finish(fig: Any, ax: Any, path: Path, dpi: int = 110) -> Path:

@@ -12,9 +12,7 @@ import html
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any, Optional
-
-import typer
+from typing import Any
 
 from pipeline.infra.atomic import atomic_write_text
 from pipeline.infra.errors import UserError
@@ -112,16 +110,12 @@ def build_report(eval_dir: Path) -> str:
     return "\n".join(parts)
 
 
-def report_command(
-    eval_dir: Annotated[Path, typer.Option(help="The --out folder of 'dvcm-pipeline evaluate'.")] = Path("eval"),
-    out: Annotated[Optional[Path], typer.Option(help="HTML file to write (default: <eval-dir>/report.html).")] = None,
-) -> None:
-    """Write one self-contained HTML page with the plots and the BD-rate table."""
+
+
+
+
+def write_report(eval_dir: Path, out: Path | None = None) -> Path:
+    """Write the report of ``eval_dir`` to ``out`` (default ``<eval_dir>/report.html``) atomically; returns its path."""
     target = out or eval_dir / "report.html"
     atomic_write_text(target, build_report(eval_dir))
-    typer.echo(f"report written to {target}")
-
-
-def register(app: typer.Typer, bench: typer.Typer) -> None:  # noqa: ARG001 - no benchmark here
-    """Add ``report``."""
-    app.command("report")(report_command)
+    return target

@@ -36,11 +36,10 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Optional
-
-import typer
+from typing import Any
 
 from pipeline.infra.errors import UserError
+from pipeline.training.settings import SweepSettings, resolve, resume_record
 
 DEFAULT_OUT = Path("dvcm-quickstart")
 DEFAULT_LAMBDAS = "0.0018,0.0932"
@@ -149,24 +148,21 @@ def summarize_trials(state: dict[str, Any], eval_results: dict[str, dict], track
     return rows, unc
 
 
-def _training_key(settings: dict[str, Any], lambdas: list[float]) -> dict[str, Any]:
-    from pipeline.training.sweep import training_settings
-
-    return json.loads(json.dumps({**training_settings(settings), "lambdas": sorted(float(v) for v in lambdas)}))
+def _training_key(settings: SweepSettings, lambdas: list[float]) -> dict[str, Any]:
+    return json.loads(json.dumps({**resume_record(settings), "lambdas": sorted(float(v) for v in lambdas)}))
 
 
-def sweep_name(settings: dict[str, Any], lambdas: list[float]) -> str:
+def sweep_name(settings: SweepSettings, lambdas: list[float]) -> str:
     """``quickstart`` for the default training settings, else ``quickstart-<digest of the settings>``.
 
     ``settings`` are the resolved ones (so ``--gamma 1`` is the default γ); λ order does not matter.
     Other settings train other trials: they get their own sweep (next to the default one in the same
     ``--out``) instead of resuming trials trained with different settings.
     """
-    from pipeline.training.sweep import resolve_settings
     from pipeline.infra.tracking import text_digest
 
     given = _training_key(settings, lambdas)
-    default = _training_key(resolve_settings("tiny", {}, {**DEFAULT_TRAINING, "shards": "-"}),
+    default = _training_key(resolve("tiny", {}, {**DEFAULT_TRAINING, "shards": "-"}),
                             [float(v) for v in DEFAULT_LAMBDAS.split(",")])
     if given == default:
         return SWEEP_NAME
@@ -247,14 +243,19 @@ def run_quickstart(
     """Run the six steps (see the module docstring); returns what was produced."""
     from rich.console import Console
 
-    from pipeline.evaluation import evaluate
-    from pipeline.evaluation import report
-    from pipeline.training import sweep
-    from pipeline.infra import tracking
     from pipeline.data.prepare import run_prepare
-    from pipeline.infra.ray_runtime import init_ray
     from pipeline.data.sample_data import generate_sample
     from pipeline.data.sources import list_source
+    from pipeline.evaluation.job import Job, run_job
+    from pipeline.evaluation.report import write_report
+    from pipeline.evaluation.targets import coco_items as list_coco_items
+    from pipeline.evaluation.targets import folder_items, resolve_targets
+    from pipeline.evaluation.tasks import Settings as EvalSettings
+    from pipeline.infra import tracking
+    from pipeline.infra.ray_runtime import init_ray
+    from pipeline.training.grid import build_grid, parse_lambdas, parse_list
+    from pipeline.training.sweep import run_sweep
+    from pipeline.training.sweep_state import read_state
 
     con = Console()
     out = Path(out).expanduser().resolve()
@@ -268,7 +269,7 @@ def run_quickstart(
         con.print(f"YOLOv3 weights: {yolo_weights}")
     uri = tracking.resolve_tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(out))
     tracking.check_reachable(uri)
-    lams = sweep.parse_lambdas(lambdas if lambdas is not None else sweep.parse_list(DEFAULT_LAMBDAS))
+    lams = parse_lambdas(lambdas if lambdas is not None else parse_list(DEFAULT_LAMBDAS))
     if len(lams) < 2:
         raise UserError("--lambdas needs at least two values for a rate curve and a BD-rate; write e.g. 0.0018,0.0483")
     seconds: dict[str, float] = {}
@@ -289,13 +290,12 @@ def run_quickstart(
     con.rule("2/5 sweep: proposed and choi2022, two λ each (Ray Tune + Ray Train)")
     flags = {"shards": str(shards), "epochs": epochs, "steps_per_epoch": steps_per_epoch, "val_steps": val_steps,
              "lr": lr, "gamma": gamma, "seed": seed, "yolo_weights": yolo_weights}
-    settings = sweep.resolve_settings("tiny", {}, flags)
-    cfg = ",".join(map(str, settings.pop("configs")[0]))
-    grid = sweep.build_grid(list(MODELS), [cfg], lams)
+    settings = resolve("tiny", {}, flags)
+    grid = build_grid(list(MODELS), [settings.preset_configs[0]], lams)
     storage = out / "runs"
     name = sweep_name(settings, lams)
-    resume = sweep.read_state(storage / name) is not None
-    state = sweep.run_sweep(name, grid, settings, storage, uri, resume=resume, address=address, show=progress)
+    resume = read_state(storage / name) is not None
+    state = run_sweep(name, grid, settings, storage, uri, resume=resume, address=address, show=progress)
     failed = [n for n, t in state["trials"].items() if t.get("status") != "finished"]
     if failed:
         raise UserError(f"trials {', '.join(failed)} did not finish; see {mlflow_ui_command(uri)}, then rerun quickstart")
@@ -306,16 +306,16 @@ def run_quickstart(
     con.rule("3/5 evaluate: real bitstreams, anchors, BD-rate, plots (Ray tasks)")
     eval_dir = eval_folder(out, name)
     run_ids = [state["trials"][t["trial_name"]]["run_id"] for t in grid]
-    targets = evaluate.resolve_targets([], run_ids, None, False, uri, eval_dir / ".downloads")
-    coco_items, coco_gt = evaluate.coco_items(sample.coco_root, sample.coco_annotations, None)
-    job = evaluate.Job(
+    targets = resolve_targets([], run_ids, None, False, uri, eval_dir / ".downloads")
+    coco_items, coco_gt = list_coco_items(sample.coco_root, sample.coco_annotations, None)
+    job = Job(
         targets=targets, out=eval_dir,
-        settings=evaluate.Settings(yolo_weights=yolo_weights, yolo_seed=0),
-        coco=(coco_items, coco_gt, sample.coco_annotations), kodak=evaluate.folder_items(sample.kodak_root),
+        settings=EvalSettings(yolo_weights=yolo_weights, yolo_seed=0),
+        coco=(coco_items, coco_gt, sample.coco_annotations), kodak=folder_items(sample.kodak_root),
         reference="uncompressed", anchors=list(anchors) if anchors is not None else ["jpeg", "webp", "avif", "hevc", "vvc"],
         bd_reference="choi2022", tracking_uri=uri, redundancy_images=2, redundancy_fibers=1024,
     )
-    summary = evaluate.run_job(job, progress=progress)
+    summary = run_job(job, progress=progress)
     for line in summary["notices"]:
         con.print(line)
     seconds["evaluate"] = time.perf_counter() - t0
@@ -323,7 +323,7 @@ def run_quickstart(
     # 4. report
     con.rule("4/5 report")
     report_path = eval_dir / "report.html"
-    report.report_command(eval_dir=eval_dir, out=report_path)
+    write_report(eval_dir, report_path)
 
     # 5./6. summary and the MLflow UI command
     con.rule("5/5 summary")
@@ -336,32 +336,5 @@ def run_quickstart(
     return result
 
 
-def quickstart_command(
-    out: Annotated[Path, typer.Option("--out", help="Folder for everything (data, shards, runs, eval, mlflow.db).")] = DEFAULT_OUT,
-    yolo_weights: Annotated[Optional[Path], typer.Option("--yolo-weights", help="Darknet yolov3.weights (default: seeded random YOLOv3).")] = None,
-    lambdas: Annotated[str, typer.Option("--lambdas", help="Two or more λ, comma separated (each model gets all).")] = DEFAULT_LAMBDAS,
-    epochs: Annotated[int, typer.Option("--epochs", help="Epochs per trial.")] = DEFAULT_EPOCHS,
-    steps_per_epoch: Annotated[int, typer.Option("--steps-per-epoch", help="Training steps per epoch.")] = DEFAULT_STEPS_PER_EPOCH,
-    val_steps: Annotated[Optional[int], typer.Option("--val-steps", help="Validation batches per epoch (default: tiny preset).")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Adam learning rate of the trials.")] = DEFAULT_LR,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the trials' initial weights and crops (the random YOLOv3 keeps seed 0).")] = 0,
-    gamma: Annotated[Optional[float], typer.Option("--gamma", help="Feature-loss weight γ, one for every trial as in the paper (default: the tiny preset's).")] = None,
-    anchors: Annotated[str, typer.Option("--anchors", help="Anchors to evaluate where installed (jpeg,webp,avif,hevc,vvc) or 'none'.")] = "jpeg,webp,avif,hevc,vvc",
-    tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow URI (default MLFLOW_TRACKING_URI, else sqlite:///<out>/mlflow.db).")] = None,
-    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default RAY_ADDRESS or a local Ray).")] = None,
-    num_cpus: Annotated[Optional[int], typer.Option("--num-cpus", help="CPUs of the local Ray instance (default: all).")] = None,
-) -> None:
-    """Prepare, sweep, evaluate and report on the embedded sample set: the whole workflow in one command."""
-    from pipeline.training.sweep import parse_list
-
-    t0 = time.perf_counter()
-    names = [] if anchors.strip() == "none" else parse_list(anchors)
-    run_quickstart(out, str(yolo_weights) if yolo_weights else None, parse_list(lambdas), epochs=epochs,
-                   steps_per_epoch=steps_per_epoch, val_steps=val_steps, lr=lr, gamma=gamma,
-                   seed=seed, anchors=names, tracking_uri=tracking_uri, address=address, num_cpus=num_cpus)
-    typer.echo(f"quickstart finished in {time.perf_counter() - t0:.0f} s")
 
 
-def register(app: typer.Typer, bench: typer.Typer) -> None:  # noqa: ARG001 - no benchmark here
-    """Add ``quickstart``."""
-    app.command("quickstart")(quickstart_command)

@@ -1,0 +1,80 @@
+"""``dvcm-pipeline bench ...``: each benchmark prints a table and its ratios, measured side by side
+in one run (``pipeline.bench``); these commands only parse their flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.bench.codec import run_codec_bench
+from pipeline.bench.evaluate import run_evaluate_bench
+from pipeline.bench.loader import run_loader_bench
+from pipeline.bench.prepare import run_prepare_bench
+from pipeline.bench.train import run_train_bench
+from pipeline.cli.training import AddressOpt
+
+bench = typer.Typer(help="Benchmarks: print a table and its ratios, measured side by side.", no_args_is_help=True)
+
+
+@bench.command("codec")
+def codec_command(
+    repeats: Annotated[int, typer.Option(help="Timed repetitions per measurement (median reported).")] = 5,
+    n: Annotated[int, typer.Option("--N", help="N of all three codecs.")] = 192,
+    threads: Annotated[int, typer.Option(help="torch threads (0: torch's default).")] = 0,
+) -> None:
+    """Median encode/decode time on a 768×512 image: proposed (64,192,2), choi2022 (128,64,1) and CompressAI's bmshj2018-hyperprior at the same N, measured side by side. The weights are untrained (seeded): the transforms cost the same whatever the weights, but rANS time grows with the number of symbols coded, so trained models at high rate code more slowly."""
+    run_codec_bench(repeats=repeats, n=n, threads=threads)
+
+
+@bench.command("prepare")
+def prepare_command(
+    sequences: Annotated[int, typer.Option(help="Vimeo-shaped sequences (7 frames of 448x256 each) in the 1x fixture.")] = 4,
+    shard_size: Annotated[int, typer.Option(help="Samples per shard (small, so that the last round of shards keeps every core busy).")] = 2,
+    num_cpus: Annotated[Optional[int], typer.Option(help="CPUs for Ray (default: all cores).")] = None,
+    memory: Annotated[bool, typer.Option(help="Also measure peak RSS of prepare at 1x and 8x the fixture.")] = True,
+    work_dir: Annotated[Optional[Path], typer.Option(help="Where fixtures and shards go (default: a temp dir).")] = None,
+) -> None:
+    """Frames/s of prepare: Ray on all cores vs the same code in one plain process; stage times; peak RSS."""
+    run_prepare_bench(sequences=sequences, shard_size=shard_size, num_cpus=num_cpus, memory=memory, work_dir=work_dir)
+
+
+@bench.command("loader")
+def loader_command(
+    sequences: Annotated[int, typer.Option(help="Vimeo-shaped sequences in the fixture.")] = 4,
+    crop: Annotated[int, typer.Option(help="Crop size.")] = 256,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 8,
+    epochs: Annotated[int, typer.Option(help="Passes over the fixture per reader.")] = 2,
+    work_dir: Annotated[Optional[Path], typer.Option(help="Where the fixture and shards go (default: a temp dir).")] = None,
+) -> None:
+    """Samples/s of the WebDataset reader vs reading PNG files and computing s on the fly."""
+    run_loader_bench(sequences=sequences, crop=crop, batch_size=batch_size, epochs=epochs, work_dir=work_dir)
+
+
+@bench.command("train")
+def train_command(
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch of both codecs.")] = 4,
+    crop: Annotated[int, typer.Option("--crop", help="Crop size.")] = 256,
+    steps: Annotated[int, typer.Option("--steps", help="Timed steps per measurement (after 1 warm-up).")] = 3,
+    shards: Annotated[str | None, typer.Option("--shards", help="Prepared shards (folder or URL) for the loader measurement.")] = None,
+    ddp_n: Annotated[int, typer.Option("--ddp-N", help="N of the codec in the DDP measurement.")] = 64,
+    ddp_crop: Annotated[int, typer.Option("--ddp-crop", help="Crop of the DDP measurement.")] = 128,
+    address: AddressOpt = None,
+    n: Annotated[int, typer.Option("--N", help="N of both codecs in the single-process measurement.")] = 192,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda for the single-process measurement.")] = "cpu",
+) -> None:
+    """Training samples/s: proposed (64,192,2) vs CompressAI ScaleHyperprior(192,320); loader headroom; CPU DDP layouts."""
+    run_train_bench(batch_size=batch_size, crop=crop, steps=steps, shards=shards, ddp_n=ddp_n, ddp_crop=ddp_crop, address=address,
+                    n=n, device=device)
+
+
+@bench.command("evaluate")
+def evaluate_command(
+    images: Annotated[int, typer.Option(help="Images per dataset.")] = 4,
+    n: Annotated[int, typer.Option("--N", help="Codec width N of the random tiny codec.")] = 32,
+    data: Annotated[Optional[Path], typer.Option(help="Sample data folder (generated when absent).")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address.")] = None,
+) -> None:
+    """Print images/s per stage for the COCO and Kodak paths with 1 and 2 Ray workers, and the ratios."""
+    run_evaluate_bench(images=images, n=n, data=data, address=address)

@@ -1,0 +1,50 @@
+"""``dvcm-pipeline compress``, ``decompress`` (full or ``--base-only``) and ``demo``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.codec.files import (
+    DEMO_NOTICE,
+    compress_file,
+    decompress_base_file,
+    decompress_file,
+    run_demo,
+)
+
+
+def compress_command(
+    image: Annotated[Path, typer.Argument(help="PNG/JPEG image to code.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output .dvcm file.")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Codec checkpoint (.pt).")],
+) -> None:
+    """Code an image into a two-layer file (base layer for machines, enhancement for humans)."""
+    typer.echo(compress_file(image, output, checkpoint))
+
+
+def decompress_command(
+    file: Annotated[Path, typer.Argument(help="A .dvcm file (whole, or its base layer only).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="x̂ as PNG; with --base-only a path stem for .npy/.json.")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="The checkpoint that coded the file.")],
+    base_only: Annotated[bool, typer.Option("--base-only", help="Decode the base layer only: ŝ and YOLOv3 detections.")] = False,
+    yolo_weights: Annotated[Optional[Path], typer.Option(help="Darknet yolov3.weights (default: the checkpoint's seeded YOLO).")] = None,
+    conf_thres: Annotated[float, typer.Option(help="Detection confidence threshold.")] = 0.25,
+    nms_iou: Annotated[float, typer.Option(help="NMS IoU threshold.")] = 0.45,
+) -> None:
+    """Decode a file: the image (both layers), or with --base-only ŝ (.npy) and detections (.json)."""
+    if base_only:
+        typer.echo(decompress_base_file(file, output, checkpoint, yolo_weights, conf_thres, nms_iou))
+    else:
+        typer.echo(decompress_file(file, output, checkpoint))
+
+
+def demo_command(
+    out: Annotated[Path, typer.Option(help="Folder for the demo's files.")] = Path("dvcm-demo"),
+) -> None:
+    """Round trip on an embedded image with an untrained codec: compress, base-only decode, full decode."""
+    typer.echo(DEMO_NOTICE)
+    for line in run_demo(out):
+        typer.echo(line)

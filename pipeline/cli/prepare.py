@@ -1,0 +1,84 @@
+"""``dvcm-pipeline prepare``: WebDataset shards of (image, s, metadata) from a dataset."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.data.prepare import PrepareReport, estimate, listing_for, run_prepare
+from pipeline.data.sources import DATASETS, parse_frames
+from pipeline.infra import storage
+from pipeline.infra.errors import UserError
+
+
+def _print_summary(report: PrepareReport, out: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    info = report.info
+    table = Table(title=f"prepared {info['provenance']['dataset']} -> {out}")
+    for col in ("split", "shards", "samples"):
+        table.add_column(col, justify="right" if col != "split" else "left")
+    for split, entry in info["splits"].items():
+        table.add_row(split, str(len(entry["shards"])), str(entry["samples"]))
+    console = Console(stderr=False)
+    console.print(table)
+    rate = report.frames_written / report.seconds if report.seconds > 0 else 0.0
+    yolo = info["provenance"]["yolo"]
+    label = "random-weight YOLOv3" if yolo.get("random_weights") else "YOLOv3"
+    console.print(
+        f"shards written {report.shards_written}, already finished {report.shards_skipped}; "
+        f"{report.frames_written} frames in {report.seconds:.1f} s ({rate:.1f} frames/s); "
+        f"features from {label} (sha256 {str(yolo.get('weights_sha256'))[:12]}, layer {yolo.get('split_layer')})"
+    )
+    counts = info["counts"]
+    if counts["skipped"]:
+        kinds = ", ".join(f"{n} {k}" for k, n in counts["skipped_by_reason"].items())
+        typer.secho(f"warning: skipped {counts['skipped']} inputs ({kinds}); listed in {storage.join(out, 'dataset.json')}",
+                    err=True, fg=typer.colors.YELLOW)
+
+
+def prepare_command(
+    dataset: Annotated[str, typer.Option(help=f"One of: {', '.join(DATASETS)}.")],
+    out: Annotated[str, typer.Option(help="Output folder or fsspec URL (s3://bucket/shards) for shards, manifest.parquet and dataset.json.")],
+    root: Annotated[Optional[str], typer.Option(help="Dataset folder (for sample: where to generate it).")] = None,
+    frames: Annotated[str, typer.Option(help="Frames per sequence: all, middle or N (evenly spaced).")] = "all",
+    shard_size: Annotated[int, typer.Option(help="Samples per shard.")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Frames per V_front batch.")] = 8,
+    feature_dtype: Annotated[str, typer.Option(help="float16, or uint8 with per-channel scale.")] = "float16",
+    yolo_weights: Annotated[Optional[Path], typer.Option(help="Darknet yolov3.weights; seeded random without.")] = None,
+    yolo_seed: Annotated[int, typer.Option(help="Seed of the random YOLOv3 when no weights are given.")] = 0,
+    num_gpus_per_worker: Annotated[float, typer.Option(help="GPUs per shard task (fractions share a GPU).")] = 0.0,
+    num_cpus: Annotated[Optional[int], typer.Option(help="CPUs of a local Ray instance (default: all).")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: RAY_ADDRESS or local).")] = None,
+    image_list: Annotated[Optional[str], typer.Option(help="coco2014: file of image names/ids (5k subset).")] = None,
+    val_fraction: Annotated[float, typer.Option(help="folder: fraction of files hashed into val.")] = 0.05,
+    sample_seed: Annotated[int, typer.Option(help="sample: generator seed.")] = 0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print counts and the size estimate; write nothing.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace shards already in --out.")] = False,
+) -> None:
+    """Write WebDataset shards of (image PNG, YOLOv3 layer-12 features s, metadata) for training/evaluation."""
+    frames_sel = parse_frames(frames)
+    storage.check(out)
+    if yolo_weights is not None and not yolo_weights.is_file():
+        raise UserError(f"--yolo-weights {yolo_weights} does not exist; give a Darknet yolov3.weights file")
+    listing = listing_for(dataset, root, frames_sel, image_list, val_fraction, sample_seed)
+    if dry_run:
+        est = estimate(listing, feature_dtype)
+        by_split = Counter(r.split for r in listing.items)
+        shards = sum(-(-n // shard_size) for n in by_split.values())
+        typer.echo(
+            f"dry run: {est['samples']} samples ({', '.join(f'{k} {v}' for k, v in by_split.items())}) in {shards} shards, "
+            f"about {est['bytes'] / 1e9:.2f} GB ({est['per_sample'] / 1e6:.2f} MB per sample); "
+            f"{len(listing.skipped)} inputs would be skipped; nothing written"
+        )
+        return
+    report = run_prepare(
+        listing, out, str(yolo_weights) if yolo_weights else None, yolo_seed, frames_sel, shard_size, batch_size,
+        feature_dtype, num_gpus_per_worker, overwrite, True, address, num_cpus,
+    )
+    _print_summary(report, storage.resolve(out))
+

@@ -1,0 +1,44 @@
+"""``dvcm-pipeline quickstart``: the whole workflow on the embedded sample set."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.training.grid import parse_list
+from pipeline.workflows.quickstart import (
+    DEFAULT_EPOCHS,
+    DEFAULT_LAMBDAS,
+    DEFAULT_LR,
+    DEFAULT_OUT,
+    DEFAULT_STEPS_PER_EPOCH,
+    run_quickstart,
+)
+
+
+def quickstart_command(
+    out: Annotated[Path, typer.Option("--out", help="Folder for everything (data, shards, runs, eval, mlflow.db).")] = DEFAULT_OUT,
+    yolo_weights: Annotated[Optional[Path], typer.Option("--yolo-weights", help="Darknet yolov3.weights (default: seeded random YOLOv3).")] = None,
+    lambdas: Annotated[str, typer.Option("--lambdas", help="Two or more λ, comma separated (each model gets all).")] = DEFAULT_LAMBDAS,
+    epochs: Annotated[int, typer.Option("--epochs", help="Epochs per trial.")] = DEFAULT_EPOCHS,
+    steps_per_epoch: Annotated[int, typer.Option("--steps-per-epoch", help="Training steps per epoch.")] = DEFAULT_STEPS_PER_EPOCH,
+    val_steps: Annotated[Optional[int], typer.Option("--val-steps", help="Validation batches per epoch (default: tiny preset).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Adam learning rate of the trials.")] = DEFAULT_LR,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the trials' initial weights and crops (the random YOLOv3 keeps seed 0).")] = 0,
+    gamma: Annotated[Optional[float], typer.Option("--gamma", help="Feature-loss weight γ, one for every trial as in the paper (default: the tiny preset's).")] = None,
+    anchors: Annotated[str, typer.Option("--anchors", help="Anchors to evaluate where installed (jpeg,webp,avif,hevc,vvc) or 'none'.")] = "jpeg,webp,avif,hevc,vvc",
+    tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow URI (default MLFLOW_TRACKING_URI, else sqlite:///<out>/mlflow.db).")] = None,
+    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default RAY_ADDRESS or a local Ray).")] = None,
+    num_cpus: Annotated[Optional[int], typer.Option("--num-cpus", help="CPUs of the local Ray instance (default: all).")] = None,
+) -> None:
+    """Prepare, sweep, evaluate and report on the embedded sample set: the whole workflow in one command."""
+    t0 = time.perf_counter()
+    names = [] if anchors.strip() == "none" else parse_list(anchors)
+    run_quickstart(out, str(yolo_weights) if yolo_weights else None, parse_list(lambdas), epochs=epochs,
+                   steps_per_epoch=steps_per_epoch, val_steps=val_steps, lr=lr, gamma=gamma,
+                   seed=seed, anchors=names, tracking_uri=tracking_uri, address=address, num_cpus=num_cpus)
+    typer.echo(f"quickstart finished in {time.perf_counter() - t0:.0f} s")
+

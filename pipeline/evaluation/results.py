@@ -1,0 +1,91 @@
+"""Operating points from per-image rows, and ``results.json`` / ``results.csv`` (schema ``dvcm-eval/1``,
+see :mod:`pipeline.evaluation.job`)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.evaluation.tasks import COCO_SIZE, ROW_FIELDS
+from pipeline.infra.atomic import atomic_write_json, atomic_write_text
+
+SCHEMA = "dvcm-eval/1"
+
+
+def _mean(values: Sequence[float | None]) -> float:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return float(sum(vals) / len(vals)) if vals else float("nan")
+
+
+def summarize(dataset: str, codec: str, label: str, rows: list[dict], dets: list[dict] | None,
+              coco_ref: Any, image_ids: list[int], param: Any = None) -> dict:
+    """One operating point from per-image rows (and, for COCO, its detections)."""
+    mine = [r for r in rows if r["dataset"] == dataset and r["codec"] == codec and r["param"] == param]
+    point: dict[str, Any] = {"codec": codec, "label": label, "param": param, "images": len(mine),
+                             "bpp": _mean([r["bpp"] for r in mine]), "bpp_base": _mean([r["bpp_base"] for r in mine])}
+    pixels = [(COCO_SIZE * COCO_SIZE if dataset == "coco" else r["width"] * r["height"]) for r in mine]
+    point["container_bpp"] = _mean([(r["bytes_container"] or 0) * 8 / px for r, px in zip(mine, pixels)])
+    if dataset == "coco":
+        from pipeline.evaluation.coco import evaluate as coco_evaluate
+
+        point["bytes_header"] = _mean([r["bytes_header"] for r in mine])
+        stats = coco_evaluate(coco_ref, dets or [], image_ids)
+        point["coco_stats"] = stats
+        point["map50"] = stats["AP50"]
+        point["s_psnr"] = _mean([r.get("s_psnr") for r in mine])
+        point["s_snr"] = _mean([r.get("s_snr") for r in mine])
+    else:
+        point.update(bpp_enh=_mean([r["bpp_enh"] for r in mine]), psnr=_mean([r["psnr"] for r in mine]),
+                     ms_ssim=_mean([r["ms_ssim"] for r in mine]))
+    return point
+
+
+def write_results(folder: Path, results: dict) -> None:
+    """``results.json`` and ``results.csv`` (per-image rows), atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(ROW_FIELDS), lineterminator="\n")
+    w.writeheader()
+    for r in results.get("per_image", []):
+        w.writerow({k: r.get(k) for k in ROW_FIELDS})
+    atomic_write_json(folder / "results.json", _json_safe(results))
+    atomic_write_text(folder / "results.csv", buf.getvalue())
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf become null so that results.json is standard JSON (readable outside Python)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def load_results(folder: Path) -> dict | None:
+    p = folder / "results.json"
+    if not p.is_file():
+        return None
+    try:
+        data = json.loads(p.read_text())
+    except ValueError:
+        return None
+    return data if data.get("schema") == SCHEMA else None
+
+
+def model_label(meta: dict) -> str:
+    """``proposed (64,192,2) λ=0.0067``: model, configuration (M1,M2,H) and λ when known."""
+    cfg = meta.get("config", {})
+    lam = meta.get("lmbda")
+    text = f"{meta.get('model', '?')} ({cfg.get('M1')},{cfg.get('M2')},{cfg.get('H')})"
+    return text + (f" λ={lam:g}" if isinstance(lam, (int, float)) else "")
+
+
+def detector_name(provenance: dict) -> str:
+    return "random-weight YOLOv3" if provenance.get("random_weights") else "YOLOv3"

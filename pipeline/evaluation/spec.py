@@ -1,0 +1,33 @@
+"""What ``evaluate`` was asked to do (:class:`Job`): targets, datasets, references, anchors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.evaluation.coco import DEFAULT_REFERENCE_SCORE
+from pipeline.evaluation.targets import ImageItem, Target
+from pipeline.evaluation.tasks import Settings
+
+
+@dataclass
+class Job:
+    """Everything ``evaluate`` was asked to do."""
+
+    targets: list[Target]
+    out: Path
+    settings: Settings
+    coco: tuple[list[ImageItem], Any, Path] | None = None  # items, COCO gt, annotations path
+    kodak: list[ImageItem] | None = None
+    reference: str = "gt"
+    reference_score: float = DEFAULT_REFERENCE_SCORE
+    anchors: list[str] = field(default_factory=lambda: ["jpeg", "webp", "avif", "hevc", "vvc"])
+    anchor_params: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    bd_reference: str = "choi2022"
+    overwrite: bool = False
+    chunk_size: int = 16
+    redundancy_k: int = 16
+    redundancy_fibers: int = 2048
+    redundancy_images: int = 4
+    tracking_uri: str | None = None

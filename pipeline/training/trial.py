@@ -1,0 +1,58 @@
+"""One trial's configuration: what Ray Tune hands to a trial and Ray Train to each worker.
+
+On the wire (Tune's ``param_space``, Train's ``train_loop_config``, MLflow's
+``config/resolved_config.json``) it is a flat mapping of plain values; each worker builds a
+:class:`TrialConfig` from it once (:meth:`TrialConfig.from_dict`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.training.faults import Faults
+from pipeline.training.settings import Resources, SweepSettings, TrainingSettings
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """One (model, configuration, λ) trial with the sweep's settings."""
+
+    trial_name: str
+    model: str
+    M1: int
+    M2: int
+    H: int
+    lmbda: float
+    training: TrainingSettings
+    resources: Resources
+    storage_path: str  # Ray Train's storage for this trial's checkpoints
+    yolo_provenance: dict[str, Any]
+    faults: Faults | None = None  # test-only (pipeline.training.faults)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat mapping that travels through Ray and is logged to MLflow."""
+        return {**dataclasses.asdict(self.training), **dataclasses.asdict(self.resources),
+                "trial_name": self.trial_name, "model": self.model, "M1": self.M1, "M2": self.M2, "H": self.H,
+                "lmbda": self.lmbda, "storage_path": self.storage_path, "yolo_provenance": dict(self.yolo_provenance),
+                "faults": dataclasses.asdict(self.faults) if self.faults else None}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrialConfig:
+        """Inverse of :meth:`to_dict`."""
+        def pick(kind: type) -> Any:
+            return kind(**{f.name: d[f.name] for f in dataclasses.fields(kind) if f.name in d})
+
+        return cls(d["trial_name"], d["model"], int(d["M1"]), int(d["M2"]), int(d["H"]), float(d["lmbda"]),
+                   pick(TrainingSettings), pick(Resources), d["storage_path"], dict(d["yolo_provenance"]),
+                   Faults(**d["faults"]) if d.get("faults") else None)
+
+
+def trial_configs(grid: list[dict[str, Any]], settings: SweepSettings, shards: str, storage_path: str,
+                  yolo_provenance: dict[str, Any], faults: dict[str, dict[str, Any] | None]) -> list[TrialConfig]:
+    """One :class:`TrialConfig` per grid entry (``shards`` resolved, ``faults`` by trial name)."""
+    training = dataclasses.replace(settings.training, shards=shards)
+    return [TrialConfig(t["trial_name"], t["model"], t["M1"], t["M2"], t["H"], t["lmbda"], training, settings.resources,
+                        storage_path, yolo_provenance, Faults(**faults[t["trial_name"]]) if faults.get(t["trial_name"]) else None)
+            for t in grid]

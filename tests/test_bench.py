@@ -1,0 +1,41 @@
+"""Every ``bench`` command at tiny sizes: it runs, prints its table and its ratios. No timing is asserted
+(benchmarks measure speed; tests check that they work). Each runs as the CLI in a subprocess with its
+own local Ray, as a user runs it (``bench prepare`` shuts its Ray down)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow  # each starts Ray
+
+REPO = Path(__file__).resolve().parent.parent
+RATIO = r"\d+\.\d+x"
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["codec", "--repeats", "1", "--N", "16", "--threads", "2"],
+     ["Codec timing", "proposed (64,192,2)", "choi2022 (128,64,1)", f"proposed full decode / reference decode: {RATIO}"]),
+    (["prepare", "--sequences", "1", "--shard-size", "2", "--no-memory", "--num-cpus", "2"],
+     ["prepare throughput", "Ray tasks", f"speed-up Ray / plain 1-thread: {RATIO}"]),
+    (["loader", "--sequences", "1", "--crop", "128", "--batch-size", "2", "--epochs", "1"],
+     ["loader throughput", "WebDataset shards", f"speed-up shards / on-the-fly: {RATIO}"]),
+    (["train", "--batch-size", "1", "--crop", "128", "--steps", "1", "--N", "16", "--ddp-N", "16", "--ddp-crop", "128"],
+     ["bench train", "train step on cpu", "DDP CPU 2 workers x 1 thread", r"proposed/hyperprior = \d+\.\d+",
+      r"2x1 / 1x2 = \d+\.\d+"]),
+    (["evaluate", "--images", "2", "--N", "16"],
+     ["bench evaluate", "coco", "kodak", RATIO]),
+], ids=["codec", "prepare", "loader", "train", "evaluate"])
+def test_bench_prints_its_table_and_ratios(args: list[str], expected: list[str], tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": "", "COLUMNS": "160"}
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "bench", *args], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for pattern in expected:
+        assert re.search(pattern, proc.stdout), f"{pattern!r} not in the output of bench {args[0]}:\n{proc.stdout}"
+    assert "Traceback" not in proc.stderr
