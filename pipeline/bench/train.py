@@ -17,6 +17,7 @@ from pipeline.training.step import aux_parameters, train_step
 
 def _train_steps_per_s(model, loss_fn, batches, steps: int, warmup: int = 1) -> float:  # noqa: ANN001
     """Samples/s of full training steps (forward, loss, backward, net and aux updates)."""
+    import torch
 
     from dvcm.train_utils import configure_optimizers
 
