@@ -46,6 +46,7 @@ from pipeline.data.sources import FrameRef, Listing, list_source
 from pipeline.infra import storage
 from pipeline.infra.atomic import atomic_write_bytes, atomic_write_json
 from pipeline.infra.errors import UserError
+from pipeline.infra.progress import StepProgress
 
 TOOL = "dvcm-pipeline prepare"
 PLAN_FILE = "plan.json"
@@ -157,6 +158,42 @@ def write_shard(task: ShardTask, front: Any) -> ShardResult:
         torch.set_num_threads(threads_before)
 
 
+def _decode_batch(batch: tuple[FrameRef, ...], skipped: list[dict]) -> list[tuple[FrameRef, np.ndarray, bytes]]:
+    """(ref, RGB array, PNG bytes) of each frame that decodes; the others are appended to ``skipped``."""
+    decoded = []
+    for ref in batch:
+        out = _decode(ref)
+        if isinstance(out, str):
+            skipped.append({"split": ref.split, "input": ref.source, "reason": out})
+        else:
+            decoded.append((ref, out[0], out[1]))
+    return decoded
+
+
+def _batch_features(front: Any, decoded: list[tuple[FrameRef, np.ndarray, bytes]], device: str) -> dict[str, np.ndarray]:
+    """s of every decoded frame by key, V_front batched over frames of the same size."""
+    feats: dict[str, np.ndarray] = {}
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for i, (_, arr, _) in enumerate(decoded):
+        by_size.setdefault(arr.shape, []).append(i)
+    for idxs in by_size.values():
+        for i, s in zip(idxs, _features(front, [decoded[i][1] for i in idxs], device)):
+            feats[decoded[i][0].key] = s
+    return feats
+
+
+def _sample_members(ref: FrameRef, arr: np.ndarray, png: bytes, s: np.ndarray, feature_dtype: str) -> tuple[dict[str, bytes], str]:
+    """The tar members of one sample (PNG, s, JSON metadata) and their sha256."""
+    members = encode_features(s, feature_dtype)
+    meta = {"source": ref.source, "sequence": ref.sequence, "frame": ref.frame, "width": int(arr.shape[1]),
+            "height": int(arr.shape[0]), "split": ref.split}
+    members = {"png": png, **members, "json": json.dumps(meta, sort_keys=True).encode()}
+    digest = hashlib.sha256()
+    for k in sorted(members):
+        digest.update(k.encode() + b"\0" + members[k])
+    return members, digest.hexdigest()
+
+
 def _write_shard(task: ShardTask, front: Any) -> ShardResult:
     import torch
 
@@ -172,58 +209,23 @@ def _write_shard(task: ShardTask, front: Any) -> ShardResult:
         with AtomicTarWriter(task.path) as tar:
             for batch in _batches(task.refs, task.batch_size):
                 t = time.perf_counter()
-                decoded: list[tuple[FrameRef, np.ndarray, bytes]] = []
-                for ref in batch:
-                    out = _decode(ref)
-                    if isinstance(out, str):
-                        skipped.append({"split": ref.split, "input": ref.source, "reason": out})
-                    else:
-                        decoded.append((ref, out[0], out[1]))
+                decoded = _decode_batch(batch, skipped)
                 timings["decode"] += time.perf_counter() - t
                 t = time.perf_counter()
-                feats: dict[str, np.ndarray] = {}
-                by_size: dict[tuple[int, ...], list[int]] = {}
-                for i, (_, arr, _) in enumerate(decoded):
-                    by_size.setdefault(arr.shape, []).append(i)
-                for idxs in by_size.values():
-                    for i, s in zip(idxs, _features(front, [decoded[i][1] for i in idxs], device)):
-                        feats[decoded[i][0].key] = s
+                feats = _batch_features(front, decoded, device)
                 timings["v_front"] += time.perf_counter() - t
                 for ref, arr, png in decoded:
                     t = time.perf_counter()
-                    members = encode_features(feats[ref.key], task.feature_dtype)
+                    members, sha256 = _sample_members(ref, arr, png, feats[ref.key], task.feature_dtype)
                     stats.update(decode_features(members["s.npy"], members.get("s_range.npy")))
-                    meta = {
-                        "source": ref.source,
-                        "sequence": ref.sequence,
-                        "frame": ref.frame,
-                        "width": int(arr.shape[1]),
-                        "height": int(arr.shape[0]),
-                        "split": ref.split,
-                    }
-                    members = {"png": png, **members, "json": json.dumps(meta, sort_keys=True).encode()}
-                    digest = hashlib.sha256()
-                    for k in sorted(members):
-                        digest.update(k.encode() + b"\0" + members[k])
                     timings["encode"] += time.perf_counter() - t
                     t = time.perf_counter()
                     tar.write(ref.key, members)
                     timings["write"] += time.perf_counter() - t
-                    rows.append(
-                        {
-                            "key": ref.key,
-                            "split": ref.split,
-                            "shard": f"{task.split}/{name}",
-                            "index_in_shard": len(rows),
-                            "source": ref.source,
-                            "sequence": ref.sequence,
-                            "frame": ref.frame,
-                            "width": int(arr.shape[1]),
-                            "height": int(arr.shape[0]),
-                            "bytes": sum(len(v) for v in members.values()),
-                            "sha256": digest.hexdigest(),
-                        }
-                    )
+                    rows.append({"key": ref.key, "split": ref.split, "shard": f"{task.split}/{name}",
+                                 "index_in_shard": len(rows), "source": ref.source, "sequence": ref.sequence,
+                                 "frame": ref.frame, "width": int(arr.shape[1]), "height": int(arr.shape[0]),
+                                 "bytes": sum(len(v) for v in members.values()), "sha256": sha256})
             t = time.perf_counter()
             tar_bytes, tar_sha256 = tar.commit()
             timings["write"] += time.perf_counter() - t
@@ -530,14 +532,6 @@ def run_prepare(
 
     ``torch_threads`` per shard: default 1 on Ray (one task per CPU), torch's default in-process.
     """
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
     if feature_dtype not in FEATURE_DTYPES:
         raise UserError(f"--feature-dtype {feature_dtype!r} is not supported; use one of {', '.join(FEATURE_DTYPES)}")
     if shard_size < 1 or batch_size < 1:
@@ -560,16 +554,13 @@ def run_prepare(
     todo = [t for t in plan.tasks if (t.split, t.index) not in done]
     t0 = time.perf_counter()
     timings: Counter = Counter()
-    with Progress(
-        TextColumn("prepare {task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
-        TimeRemainingColumn(), disable=not progress, transient=False,
-    ) as bar:
-        total = sum(len(t.refs) for t in plan.tasks)
-        job = bar.add_task(listing.dataset, total=total, completed=sum(len(r.rows) + len(r.skipped) for r in done.values()))
+    total = sum(len(t.refs) for t in plan.tasks)
+    with StepProgress(f"prepare {listing.dataset}", total, "frames", enabled=progress, transient=False,
+                      completed=sum(len(r.rows) + len(r.skipped) for r in done.values())) as bar:
 
         def on_done(result: ShardResult) -> None:
             timings.update(result.timings)
-            bar.advance(job, len(result.rows) + len(result.skipped))
+            bar.advance(len(result.rows) + len(result.skipped))
 
         try:
             if use_ray and todo:

@@ -89,6 +89,7 @@ from pipeline.evaluation.tasks import (
 )
 from pipeline.infra.atomic import atomic_write_json
 from pipeline.infra.errors import UserError
+from pipeline.infra.progress import StepProgress
 from pipeline.infra.tracking import file_digest
 
 # ---------------------------------------------------------------------------------------------
@@ -288,12 +289,12 @@ def gather(futures: dict[Any, tuple[str, str, str]], results: dict[str, dict], p
     """Wait for every task; rows, detections (by ``codec|param``) and skipped images per (key, dataset).
     The extras go straight into ``results``."""
     import ray
-    from rich.progress import Progress
 
     gathered: dict[tuple[str, str], dict] = {}
     pending = list(futures)
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("evaluate", total=len(pending))
+    images = [0]
+    with StepProgress("evaluate", len(pending), "tasks", enabled=progress,
+                      detail=lambda: f"{images[0]} images coded") as bar:
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             for ref in ready:
@@ -304,6 +305,7 @@ def gather(futures: dict[Any, tuple[str, str, str]], results: dict[str, dict], p
                 else:
                     g = gathered.setdefault((key, d), {"rows": [], "detections": {}, "skipped": set()})
                     g["rows"] += out["rows"]
+                    images[0] += len(out["rows"])
                     g["skipped"].update(out["skipped"])
                     dets = out["detections"]
                     if codec == "model":
@@ -311,7 +313,7 @@ def gather(futures: dict[Any, tuple[str, str, str]], results: dict[str, dict], p
                     else:
                         for param, lst in dets.items():
                             g["detections"].setdefault(f"{codec}|{param}", []).extend(lst)
-                bar.advance(task)
+                bar.advance()
     return gathered
 
 

@@ -29,6 +29,10 @@ def quiet_warnings() -> None:
     """Warnings that every process would otherwise repeat: said once by the CLI, or not ours to fix."""
     # compressai scripts a function at import; torch 2.14 deprecates torch.jit.script.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+    # A local Ray says that it enabled token authentication (good news, nothing to do); its warning when
+    # authentication is *disabled* is kept.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+        _DropMessages("Token authentication is enabled for this Ray cluster"))
 
 
 def quiet_worker() -> None:

@@ -67,23 +67,33 @@ def client(uri: str):  # -> mlflow.MlflowClient
     return MlflowClient(tracking_uri=uri)
 
 
+# MLflow 3's UI opens an experiment on its GenAI overview (traces) unless the experiment says it holds
+# model training; this tag is what the UI reads (values of its ExperimentKind).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def experiment_id(uri: str, name: str = EXPERIMENT_NAME) -> str:
-    """Get or create the experiment that holds every sweep."""
+    """Get or create the experiment that holds every sweep, marked as a model-training experiment."""
     c = client(uri)
     exp = c.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return c.create_experiment(name)
-    except Exception:  # created concurrently by another process
+    if exp is None:
+        try:
+            c.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except Exception:  # created concurrently by another process
+            pass
         exp = c.get_experiment_by_name(name)
         if exp is None:
-            raise
-        return exp.experiment_id
+            raise UserError(f"cannot create the MLflow experiment {name!r} at {uri}")
+    if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # an experiment made before the tag existed
+        c.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
 
 
-def start_parent_run(uri: str, sweep_name: str, params: dict[str, Any], existing_run_id: str | None = None) -> str:
-    """Create (or reopen, on ``--resume``) the parent run of a sweep; return its id."""
+def start_parent_run(uri: str, sweep_name: str, params: dict[str, Any], existing_run_id: str | None = None,
+                     description: str | None = None) -> str:
+    """Create (or reopen, on ``--resume``) the parent run of a sweep; return its id.
+
+    ``description`` becomes the run's description in the UI (the ``mlflow.note.content`` tag)."""
     c = client(uri)
     if existing_run_id:
         from mlflow.exceptions import MlflowException
@@ -91,12 +101,15 @@ def start_parent_run(uri: str, sweep_name: str, params: dict[str, Any], existing
         try:
             c.get_run(existing_run_id)
             c.update_run(existing_run_id, status="RUNNING")
+            if description:
+                c.set_tag(existing_run_id, "mlflow.note.content", description)
             return existing_run_id
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise UserError(f"cannot reopen the sweep's parent run {existing_run_id} at {uri}: {exc.message}") from None
             # the tracking store was replaced: start a fresh parent run
-    run = c.create_run(experiment_id(uri), run_name=sweep_name, tags={TAG_SWEEP: sweep_name})
+    tags = {TAG_SWEEP: sweep_name, **({"mlflow.note.content": description} if description else {})}
+    run = c.create_run(experiment_id(uri), run_name=sweep_name, tags=tags)
     log_params(uri, run.info.run_id, params)
     return run.info.run_id
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from pipeline.infra import storage, tracking
 from pipeline.infra.errors import UserError
+from pipeline.infra.progress import LogTicker, fmt_elapsed, is_terminal
 from pipeline.training import faults
 from pipeline.training.live_table import TrialRow, render_table
 from pipeline.training.settings import (
@@ -125,8 +126,20 @@ def open_record(name: str, sweep_dir: str, resume: bool, settings: SweepSettings
     return state
 
 
+def describe(name: str, grid: list[dict[str, Any]], settings: SweepSettings, data: SweepData) -> str:
+    """The parent run's description in the MLflow UI: what the sweep trains and which metrics to compare."""
+    detector = "random-weight YOLOv3 (seeded)" if data.yolo_provenance.get("random_weights") else "YOLOv3"
+    trials = ", ".join(t["trial_name"] for t in grid)
+    return (f"Sweep {name}: {len(grid)} trials ({trials}), gamma {settings.training.gamma:g}, preset "
+            f"{settings.training.preset}, features from {detector}.\n\n"
+            "Per epoch (nested runs): val/loss, val/bpp (val/bpp_base, val/bpp_enh), val/psnr, val/D_x, val/D_s, "
+            "val/rdn_y1_given_y2, val/rdn_y2_given_y1, lr. After `dvcm-pipeline evaluate`: eval/kodak_bpp, "
+            "eval/kodak_psnr, eval/kodak_ms_ssim, eval/coco_bpp_base, eval/coco_map50, eval/coco_s_snr. "
+            "Compare the trials with the runs table (columns: metrics) or select them and press Compare.")
+
+
 def start_tracking(uri: str, name: str, state: dict[str, Any], settings: SweepSettings, data: SweepData,
-                   trials: int) -> dict[str, Any]:
+                   grid: list[dict[str, Any]]) -> dict[str, Any]:
     """The sweep's MLflow parent run (resumed when it still exists); returns the params every trial shares."""
     prov = data.yolo_provenance
     common_params = {
@@ -136,7 +149,8 @@ def start_tracking(uri: str, name: str, state: dict[str, Any], settings: SweepSe
         "shards": str(data.shards),
     }
     state["parent_run_id"] = tracking.start_parent_run(
-        uri, name, {**common_params, "trials": trials, "gamma": settings.training.gamma}, state.get("parent_run_id"))
+        uri, name, {**common_params, "trials": len(grid), "gamma": settings.training.gamma}, state.get("parent_run_id"),
+        description=describe(name, grid, settings, data))
     state["tracking_uri"] = uri
     return common_params
 
@@ -184,7 +198,7 @@ def run_sweep(
     init_ray(address)
     r = settings.resources
     check_placement(r.workers_per_trial, r.cpus_per_worker, r.gpus_per_worker, r.use_gpu)
-    common_params = start_tracking(uri, name, state, settings, data, len(grid))
+    common_params = start_tracking(uri, name, state, settings, data, grid)
     storage.makedirs(sweep_dir)
     write_state(sweep_dir, state)
 
@@ -207,6 +221,7 @@ def _run_tune(todo: list[TrialConfig], ctx: SweepContext, resources: Resources, 
     import ray
     from ray import tune
 
+    t0 = time.perf_counter()
     total_cpu = ray.cluster_resources().get("CPU", 1)
     need = resources.workers_per_trial * resources.cpus_per_worker
     concurrent = resources.max_concurrent_trials or max(1, int(total_cpu // max(need, 1e-9)))
@@ -234,6 +249,10 @@ def _run_tune(todo: list[TrialConfig], ctx: SweepContext, resources: Resources, 
     if not show:
         tuner.fit()
         return
+    if not is_terminal():  # a log: plain lines instead of the live table
+        with LogTicker(lambda: sweep_status_line(name, ctx.rows, t0)):
+            tuner.fit()
+        return
     from rich.live import Live
 
     stop = threading.Event()
@@ -249,3 +268,12 @@ def _run_tune(todo: list[TrialConfig], ctx: SweepContext, resources: Resources, 
         finally:
             stop.set()
             th.join()
+
+
+def sweep_status_line(name: str, rows: dict[str, TrialRow], t0: float) -> str:
+    """One plain line for a log: trials finished of total, the running ones with their epoch, elapsed time."""
+    done = sum(r.state in ("FINISHED", "FAILED") for r in rows.values())
+    running = [f"{r.name} epoch {r.epoch}/{r.epochs}" for r in rows.values() if r.state == "RUNNING"]
+    failed = sum(r.state == "FAILED" for r in rows.values())
+    return (f"sweep {name}: {done}/{len(rows)} trials done{f' ({failed} failed)' if failed else ''}"
+            f"{'; running ' + ', '.join(running) if running else ''}; {fmt_elapsed(time.perf_counter() - t0)}")

@@ -183,32 +183,61 @@ def base_layer_bd_rate(bd_rows: list[dict[str, Any]], metric: str = BASE_METRIC)
     return math.nan, "no proposed/choi2022 pair in the BD table (a curve is missing)"
 
 
+SUMMARY_COLUMNS = ("trial", "model", "lambda", "gamma", "bpp_base", "bpp_enh", "bpp", "psnr", "d_s_val",
+                   "coco_bpp_base", "s_snr", "map50", "relative_map")
+
+
+def write_summary_csv(result: QuickstartResult, path: Path) -> Path:
+    """Every column of every trial (the terminal shows two narrower tables)."""
+    import csv
+    import io
+
+    from pipeline.infra.atomic import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(SUMMARY_COLUMNS)
+    for t in result.trials:
+        total = t.bpp_base + t.bpp_enh if _finite(t.bpp_base) and _finite(t.bpp_enh) else math.nan
+        w.writerow([t.trial, t.model, t.lmbda, t.gamma, t.bpp_base, t.bpp_enh, total, t.psnr, t.d_s, t.bpp_coco_base,
+                    t.s_snr, t.map50, t.relative_map])
+    atomic_write_text(path, buf.getvalue())
+    return path
+
+
 def print_summary(result: QuickstartResult) -> None:
-    """The summary table, the BD-rate line and the MLflow UI command."""
+    """Two tables that fit 80 columns (the image for humans; the base layer for machines), the BD-rate
+    lines and the MLflow UI command. Every column is in ``summary.csv`` and the report."""
     from rich.console import Console
     from rich.table import Table
 
     def fmt(v: float, spec: str) -> str:
         return format(v, spec) if _finite(v) else "-"
 
-    con = Console(width=max(Console().width, 170))  # the table is wide; never squeeze it into 80 columns
+    con = Console()
     seed = (result.sweep_state.get("training_settings") or {}).get("seed", 0)
-    table = Table(title=f"quickstart: {len(result.trials)} trials (tiny preset, seed {seed}, sample data; detector: {result.detector})")
-    for col in ("trial", "λ", "γ", "bpp base", "bpp enh", "bpp", "PSNR dB", "D_s (val)", "COCO base bpp", "ŝ SNR dB",
-                f"mAP@0.5 vs uncompressed ({result.detector})", "relative mAP"):
-        table.add_column(col, justify="left" if col == "trial" else "right")
+    gammas = sorted({f"{t.gamma:.3g}" for t in result.trials if _finite(t.gamma)})
+    con.print(f"quickstart: {len(result.trials)} trials (tiny preset, seed {seed}, γ {', '.join(gammas) or '-'}, "
+              f"sample data; detector: {result.detector})")
+    human = Table(title="humans: both layers, Kodak-like images")
+    for col in ("trial", "bpp base", "bpp enh", "bpp", "PSNR dB"):
+        human.add_column(col, justify="left" if col == "trial" else "right", no_wrap=True)
+    machine = Table(title="machines: base layer only, COCO-like images at 512×512")
+    for col in ("trial", "bpp", "D_s val", "ŝ SNR dB", "mAP@.5", "rel. mAP"):
+        machine.add_column(col, justify="left" if col == "trial" else "right", no_wrap=True)
     for t in result.trials:
         total = t.bpp_base + t.bpp_enh if _finite(t.bpp_base) and _finite(t.bpp_enh) else math.nan
-        table.add_row(t.trial, fmt(t.lmbda, "g"), fmt(t.gamma, ".3g"), fmt(t.bpp_base, ".4f"), fmt(t.bpp_enh, ".4f"),
-                      fmt(total, ".4f"), fmt(t.psnr, ".2f"), fmt(t.d_s, ".4f"), fmt(t.bpp_coco_base, ".4f"), fmt(t.s_snr, ".2f"),
-                      fmt(t.map50, ".3f"),
-                      fmt(t.relative_map, ".3f"))
-    con.print(table)
-    con.print("bpp base/enh and PSNR: Kodak-like sample images, real bitstreams; D_s: last validation epoch "
-              "(normalised s); ŝ SNR: feature SNR of the decoded base layer ŝ against V_front(x), "
-              "-10·log10(mean over channels of MSE_c/Var_c(s)), COCO-like images at 512×512 (0 dB: no better than "
-              "each channel's mean; ŝ PSNR is in the report); relative mAP: mAP@0.5 of the base layer / mAP@0.5 of the uncompressed image "
+        human.add_row(t.trial, fmt(t.bpp_base, ".4f"), fmt(t.bpp_enh, ".4f"), fmt(total, ".4f"), fmt(t.psnr, ".2f"))
+        machine.add_row(t.trial, fmt(t.bpp_coco_base, ".4f"), fmt(t.d_s, ".3f"), fmt(t.s_snr, ".2f"),
+                        fmt(t.map50, ".3f"), fmt(t.relative_map, ".3f"))
+    con.print(human)
+    con.print(machine)
+    con.print("Rates from real bitstreams. D_s: last validation epoch (normalised s). ŝ SNR: feature SNR of the "
+              "decoded base layer against V_front(x), -10·log10(mean over channels of MSE_c/Var_c(s)) (0 dB: no better "
+              "than each channel's mean; ŝ PSNR is in the report). mAP@.5 is scored against the uncompressed image's "
+              f"detections ({result.detector}); rel. mAP: base-layer mAP / uncompressed mAP "
               f"({fmt(result.uncompressed_map50, '.3f')}).")
+
     def bd_text(value: float, note: str) -> str:
         if _finite(value):
             return f"{value:+.2f} %" + (f"  ({note})" if note else "")
@@ -219,9 +248,70 @@ def print_summary(result: QuickstartResult) -> None:
     con.print(f"BD-rate of proposed vs choi2022 on the base layer (COCO mAP@0.5 vs base-layer bpp, {result.detector}): "
               f"{bd_text(result.bd_rate_map, result.bd_note_map)}")
     con.print(f"report: {result.report}")
+    con.print(f"every column: {write_summary_csv(result, result.eval_dir / 'summary.csv')}")
     con.print(f"results: {result.eval_dir}  shards: {result.shards}")
     con.print("times: " + ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items()))
     con.print(f"open the runs: {mlflow_ui_command(result.tracking_uri)}")
+
+
+def prepare_stage(out: Path, yolo_weights: str | None, address: str | None, num_cpus: int | None, progress: bool,
+                  con: Any) -> tuple[Any, Path]:
+    """Step 1: the generated sample set, and its Vimeo-like clips into shards (Ray tasks)."""
+    from pipeline.data.prepare import run_prepare
+    from pipeline.data.sample_data import generate_sample
+    from pipeline.data.sources import list_source
+    from pipeline.infra.ray_runtime import init_ray
+
+    con.rule("1/5 prepare: sample data -> WebDataset shards (Ray)")
+    sample = generate_sample(out / "data", train_sequences=SAMPLE_TRAIN_SEQUENCES, val_sequences=SAMPLE_VAL_SEQUENCES)
+    init_ray(address, num_cpus)
+    shards = out / "shards"
+    rep = run_prepare(list_source("sample", sample.vimeo_root, SAMPLE_FRAMES), shards, yolo_weights=yolo_weights,
+                      frames=SAMPLE_FRAMES, shard_size=8, use_ray=True, address=address, num_cpus=num_cpus, progress=progress)
+    con.print(f"shards in {shards}: {rep.shards_written} written, {rep.shards_skipped} already finished")
+    return sample, shards
+
+
+def sweep_stage(out: Path, shards: Path, flags: dict[str, Any], lams: list[float], uri: str, address: str | None,
+                progress: bool, con: Any) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
+    """Step 2: proposed and choi2022 at every λ, in parallel (Ray Tune + Ray Train); returns (name, grid, record)."""
+    from pipeline.training.grid import build_grid
+    from pipeline.training.sweep import run_sweep
+    from pipeline.training.sweep_state import read_state
+
+    con.rule("2/5 sweep: proposed and choi2022, two λ each (Ray Tune + Ray Train)")
+    settings = resolve("tiny", {}, {"shards": str(shards), **flags})
+    grid = build_grid(list(MODELS), [settings.preset_configs[0]], lams)
+    storage = out / "runs"
+    name = sweep_name(settings, lams)
+    resume = read_state(storage / name) is not None
+    state = run_sweep(name, grid, settings, storage, uri, resume=resume, address=address, show=progress)
+    failed = [n for n, t in state["trials"].items() if t.get("status") != "finished"]
+    if failed:
+        raise UserError(f"trials {', '.join(failed)} did not finish; see {mlflow_ui_command(uri)}, then rerun quickstart")
+    return name, grid, state
+
+
+def evaluate_stage(eval_dir: Path, run_ids: list[str], sample: Any, yolo_weights: str | None, anchors: list[str] | None,
+                   uri: str, progress: bool, con: Any) -> dict[str, Any]:
+    """Step 3: every trial from real bitstreams, with the installed anchors (Ray tasks); returns the job's summary."""
+    from pipeline.evaluation.job import Job, run_job
+    from pipeline.evaluation.targets import coco_items, folder_items, resolve_targets
+    from pipeline.evaluation.tasks import Settings
+
+    con.rule("3/5 evaluate: real bitstreams, anchors, BD-rate, plots (Ray tasks)")
+    targets = resolve_targets([], run_ids, None, False, uri, eval_dir / ".downloads")
+    items, gt = coco_items(sample.coco_root, sample.coco_annotations, None)
+    job = Job(
+        targets=targets, out=eval_dir, settings=Settings(yolo_weights=yolo_weights, yolo_seed=0),
+        coco=(items, gt, sample.coco_annotations), kodak=folder_items(sample.kodak_root),
+        reference="uncompressed", anchors=list(anchors) if anchors is not None else ["jpeg", "webp", "avif", "hevc", "vvc"],
+        bd_reference="choi2022", tracking_uri=uri, redundancy_images=2, redundancy_fibers=1024,
+    )
+    summary = run_job(job, progress=progress)
+    for line in summary["notices"]:
+        con.print(line)
+    return summary
 
 
 def run_quickstart(
@@ -240,22 +330,12 @@ def run_quickstart(
     num_cpus: int | None = None,
     progress: bool = True,
 ) -> QuickstartResult:
-    """Run the six steps (see the module docstring); returns what was produced."""
+    """Run the steps (see the module docstring); returns what was produced."""
     from rich.console import Console
 
-    from pipeline.data.prepare import run_prepare
-    from pipeline.data.sample_data import generate_sample
-    from pipeline.data.sources import list_source
-    from pipeline.evaluation.job import Job, run_job
     from pipeline.evaluation.report import write_report
-    from pipeline.evaluation.targets import coco_items as list_coco_items
-    from pipeline.evaluation.targets import folder_items, resolve_targets
-    from pipeline.evaluation.tasks import Settings as EvalSettings
     from pipeline.infra import tracking
-    from pipeline.infra.ray_runtime import init_ray
-    from pipeline.training.grid import build_grid, parse_lambdas, parse_list
-    from pipeline.training.sweep import run_sweep
-    from pipeline.training.sweep_state import read_state
+    from pipeline.training.grid import parse_lambdas, parse_list
 
     con = Console()
     out = Path(out).expanduser().resolve()
@@ -274,58 +354,25 @@ def run_quickstart(
         raise UserError("--lambdas needs at least two values for a rate curve and a BD-rate; write e.g. 0.0018,0.0483")
     seconds: dict[str, float] = {}
 
-    # 1. sample data and shards (Ray tasks)
     t0 = time.perf_counter()
-    con.rule("1/5 prepare: sample data -> WebDataset shards (Ray)")
-    sample = generate_sample(out / "data", train_sequences=SAMPLE_TRAIN_SEQUENCES, val_sequences=SAMPLE_VAL_SEQUENCES)
-    init_ray(address, num_cpus)
-    shards = out / "shards"
-    rep = run_prepare(list_source("sample", sample.vimeo_root, SAMPLE_FRAMES), shards, yolo_weights=yolo_weights,
-                      frames=SAMPLE_FRAMES, shard_size=8, use_ray=True, address=address, num_cpus=num_cpus, progress=progress)
-    con.print(f"shards in {shards}: {rep.shards_written} written, {rep.shards_skipped} already finished")
+    sample, shards = prepare_stage(out, yolo_weights, address, num_cpus, progress, con)
     seconds["prepare"] = time.perf_counter() - t0
 
-    # 2. sweep: proposed and choi2022 x two λ, in parallel
     t0 = time.perf_counter()
-    con.rule("2/5 sweep: proposed and choi2022, two λ each (Ray Tune + Ray Train)")
-    flags = {"shards": str(shards), "epochs": epochs, "steps_per_epoch": steps_per_epoch, "val_steps": val_steps,
-             "lr": lr, "gamma": gamma, "seed": seed, "yolo_weights": yolo_weights}
-    settings = resolve("tiny", {}, flags)
-    grid = build_grid(list(MODELS), [settings.preset_configs[0]], lams)
-    storage = out / "runs"
-    name = sweep_name(settings, lams)
-    resume = read_state(storage / name) is not None
-    state = run_sweep(name, grid, settings, storage, uri, resume=resume, address=address, show=progress)
-    failed = [n for n, t in state["trials"].items() if t.get("status") != "finished"]
-    if failed:
-        raise UserError(f"trials {', '.join(failed)} did not finish; see {mlflow_ui_command(uri)}, then rerun quickstart")
+    flags = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "val_steps": val_steps, "lr": lr, "gamma": gamma,
+             "seed": seed, "yolo_weights": yolo_weights}
+    name, grid, state = sweep_stage(out, shards, flags, lams, uri, address, progress, con)
     seconds["sweep"] = time.perf_counter() - t0
 
-    # 3. evaluate every trial (real bitstreams) with the installed anchors
     t0 = time.perf_counter()
-    con.rule("3/5 evaluate: real bitstreams, anchors, BD-rate, plots (Ray tasks)")
     eval_dir = eval_folder(out, name)
     run_ids = [state["trials"][t["trial_name"]]["run_id"] for t in grid]
-    targets = resolve_targets([], run_ids, None, False, uri, eval_dir / ".downloads")
-    coco_items, coco_gt = list_coco_items(sample.coco_root, sample.coco_annotations, None)
-    job = Job(
-        targets=targets, out=eval_dir,
-        settings=EvalSettings(yolo_weights=yolo_weights, yolo_seed=0),
-        coco=(coco_items, coco_gt, sample.coco_annotations), kodak=folder_items(sample.kodak_root),
-        reference="uncompressed", anchors=list(anchors) if anchors is not None else ["jpeg", "webp", "avif", "hevc", "vvc"],
-        bd_reference="choi2022", tracking_uri=uri, redundancy_images=2, redundancy_fibers=1024,
-    )
-    summary = run_job(job, progress=progress)
-    for line in summary["notices"]:
-        con.print(line)
+    summary = evaluate_stage(eval_dir, run_ids, sample, yolo_weights, anchors, uri, progress, con)
     seconds["evaluate"] = time.perf_counter() - t0
 
-    # 4. report
     con.rule("4/5 report")
-    report_path = eval_dir / "report.html"
-    write_report(eval_dir, report_path)
+    report_path = write_report(eval_dir, eval_dir / "report.html")
 
-    # 5./6. summary and the MLflow UI command
     con.rule("5/5 summary")
     rows, unc = summarize_trials(state, summary["results"], uri)
     bd, note = base_layer_bd_rate(summary["bd_rows"], BASE_METRIC)
