@@ -169,7 +169,7 @@ def redundancy(
 @torch.no_grad()
 def _latents(model: torch.nn.Module, images: Iterable[Tensor]) -> tuple[Tensor, Tensor]:
     ys1, ys2 = [], []
-    device = next(model.parameters()).device
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     for x in images:
         if x.dim() == 3:
             x = x.unsqueeze(0)

@@ -71,11 +71,13 @@ def yolo():
 # quickstart (by the fixtures they use, or marked in their module); `pytest -m "not slow"` runs
 # the fast unit tests. CI runs everything.
 INTEGRATION_FIXTURES = frozenset({"ray_local", "ray_address", "mlflow_uri"})
+# Fixtures that take minutes on 2 cores: tests_codec's `trained` trains a codec for 300 steps.
+SLOW_FIXTURES = frozenset({"trained"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if (INTEGRATION_FIXTURES | SLOW_FIXTURES) & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
 
