@@ -48,8 +48,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure here means "not a checkpoint we can trust"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is not a loadable dvcm checkpoint ({first[:200]})") from None
+        raise CheckpointError(f"{path} is not a loadable dvcm checkpoint ({_load_failure(exc)})") from None
     if not isinstance(content, dict) or content.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a dvcm checkpoint (no '{FORMAT}' marker); pass a file written by dvcm")
     if content.get("version") != VERSION:
@@ -83,9 +82,36 @@ def load_checkpoint(path: str | Path, yolo_provenance: dict[str, Any] | None = N
         raise CheckpointError(f"{path}: {exc}") from None
     try:
         model.load_state_dict(content["state_dict"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit {content['model']} {content['config']} ({str(exc)[:200]})") from None
+    except KeyError as exc:  # CompressAI's buffer resizing looks up every entropy table by name
+        raise CheckpointError(f"{path}: the checkpoint lacks {exc.args[0]!r} (an entropy table or weight of "
+                              f"{content['model']} {content['config']}); it is incomplete: save it again with "
+                              "dvcm.checkpoint.save_checkpoint") from None
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: weights do not fit {content['model']} {content['config']} "
+                              f"({_state_dict_problem(exc)})") from None
     model.yolo_provenance = saved or None
     model.eval()
     meta = {k: v for k, v in content.items() if k != "state_dict"}
     return model, meta
+
+
+def _load_failure(exc: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one whole sentence.
+
+    For a pickle that needs arbitrary objects, torch's message leads with advice to pass
+    ``weights_only=False`` (which would run the file's code); say what the file needs instead.
+    """
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if str(exc).startswith("Weights only load failed"):
+        cause = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln or "WeightsUnpickler" in ln), "")
+        return ("it holds pickled Python objects that only an unsafe load could build, and loading it could run code"
+                + (f": {cause.rstrip('.')}" if cause else "") + "; use a checkpoint written by dvcm")
+    return lines[0] if lines else type(exc).__name__
+
+
+def _state_dict_problem(exc: Exception) -> str:
+    """The first problem of a failed ``load_state_dict``, whole (torch lists every mismatch on its own line)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    detail = next((ln for ln in lines[1:] if ln), "")
+    head = lines[0].rstrip(":") if lines else type(exc).__name__
+    return f"{head}: {detail}" if detail else head

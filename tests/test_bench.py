@@ -27,7 +27,7 @@ RATIO = r"\d+\.\d+x"
      ["loader throughput", "WebDataset shards", f"speed-up shards / on-the-fly: {RATIO}"]),
     (["train", "--batch-size", "1", "--crop", "128", "--steps", "1", "--N", "16", "--ddp-N", "16", "--ddp-crop", "128"],
      ["bench train", "train step on cpu", "DDP CPU 2 workers x 1 thread", r"proposed/hyperprior = \d+\.\d+",
-      r"2x1 / 1x2 = \d+\.\d+"]),
+      r"2x1 / 1x2 = \d+\.\d+", r"without / with the unused-parameter search = \d+\.\d+"]),
     (["evaluate", "--images", "2", "--N", "16"],
      ["bench evaluate", "coco", "kodak", RATIO]),
 ], ids=["codec", "prepare", "loader", "train", "evaluate"])

@@ -51,7 +51,7 @@ def _ddp_bench_loop(config: dict[str, Any]) -> None:
     torch.manual_seed(0)
     model = build("proposed", front=torch.nn.Identity(), N=config["N"], M1=64, M2=192, H=2)
     aux_names, aux_params = aux_parameters(model)
-    ddp = wrap_ddp(model, aux_names) if world > 1 else model
+    ddp = wrap_ddp(model, aux_names, bool(config["find_unused"])) if world > 1 else model
     net_opt, aux_opt = configure_optimizers(model, 1e-4, 1e-3)
     crit = ScalableRDLoss(0.0067, 1.0)
     b, c = int(config["batch"]), int(config["crop"])
@@ -134,20 +134,25 @@ def run_train_bench(
     init_ray(address)
     bench_dir = tempfile.mkdtemp(prefix="dvcm-bench-train-")
     ddp = {}
-    for workers, threads in ((1, 2), (2, 1)):
-        with console.status(f"DDP on CPU: {workers} worker(s) x {threads} thread(s)"):
+    for workers, threads, unused in ((1, 2, False), (2, 1, False), (2, 1, True)):
+        with console.status(f"DDP on CPU: {workers} worker(s) x {threads} thread(s), find_unused_parameters={unused}"):
             trainer = TorchTrainer(
                 _ddp_bench_loop,
-                train_loop_config={"threads": threads, "N": ddp_n, "batch": batch_size, "crop": ddp_crop, "steps": steps},
+                train_loop_config={"threads": threads, "N": ddp_n, "batch": batch_size, "crop": ddp_crop, "steps": steps,
+                                   "find_unused": unused},
                 torch_config=TorchConfig(backend="gloo"),
                 scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": threads}),
-                run_config=RunConfig(name=f"bench-ddp-{workers}x{threads}-{int(time.time())}", storage_path=bench_dir),
+                run_config=RunConfig(name=f"bench-ddp-{workers}x{threads}-{int(unused)}-{int(time.time())}",
+                                     storage_path=bench_dir),
             )
             with trainer.fit().checkpoint.as_directory() as d:
-                ddp[(workers, threads)] = json.loads((Path(d) / "bench.json").read_text())["samples_per_s"]
-    rows.append((f"DDP CPU 1 worker x 2 threads (N={ddp_n}, {ddp_crop} crops, batch {batch_size}/worker)", ddp[(1, 2)], ""))
-    rows.append((f"DDP CPU 2 workers x 1 thread (N={ddp_n}, {ddp_crop} crops, batch {batch_size}/worker)", ddp[(2, 1)],
-                 f"2x1 / 1x2 = {ddp[(2, 1)] / ddp[(1, 2)]:.2f}"))
+                ddp[(workers, threads, unused)] = json.loads((Path(d) / "bench.json").read_text())["samples_per_s"]
+    what = f"N={ddp_n}, {ddp_crop} crops, batch {batch_size}/worker"
+    rows.append((f"DDP CPU 1 worker x 2 threads ({what})", ddp[(1, 2, False)], ""))
+    rows.append((f"DDP CPU 2 workers x 1 thread ({what})", ddp[(2, 1, False)],
+                 f"2x1 / 1x2 = {ddp[(2, 1, False)] / ddp[(1, 2, False)]:.2f}"))
+    rows.append((f"DDP CPU 2 workers x 1 thread, find_unused_parameters=True ({what})", ddp[(2, 1, True)],
+                 f"without / with the unused-parameter search = {ddp[(2, 1, False)] / ddp[(2, 1, True)]:.2f}"))
 
     table = Table(title=f"bench train: samples/s, batch {batch_size}, {crop}x{crop} crops, {steps} timed steps")
     table.add_column("measurement")

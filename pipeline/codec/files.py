@@ -5,12 +5,14 @@ commands (``pipeline.cli.codec``) call these and print what they return."""
 from __future__ import annotations
 
 import io
+import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 from pipeline.data.images import load_image, save_png
-from pipeline.infra.atomic import atomic_write_bytes, atomic_write_json
+from pipeline.infra.atomic import atomic_write_bytes
 from pipeline.infra.errors import UserError
 
 
@@ -36,15 +38,36 @@ def resolve_yolo(provenance: dict[str, Any], weights: Path | None):  # -> dvcm.y
     return yolo
 
 
+def check_output(path: Path) -> Path:
+    """Refuse, before any work, an output path that names a folder or lies in a folder that cannot be written."""
+    if path.is_dir():
+        raise UserError(f"-o {path} is a folder; give a file name, e.g. {path / 'out.dvcm'}")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"-o {path}: folder {parent} does not exist; create it or choose another -o")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"-o {path}: folder {parent} is not writable; choose another -o")
+    return path
+
+
+def write_output(path: Path, data: bytes) -> None:
+    """Write an output file atomically; a refusal by the file system is one line."""
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        raise UserError(f"cannot write {path} ({exc.strerror or exc}); choose another -o") from None
+
+
 def compress_file(image: Path, output: Path, checkpoint: Path) -> str:
     """Code ``image`` with ``checkpoint`` into ``output``; returns the line that reports sizes and rates."""
     from dvcm import bitstream
     from dvcm.checkpoint import load_checkpoint
 
+    check_output(output)
     model, _ = load_checkpoint(checkpoint)
     x = load_image(image)
     data = bitstream.compress(model, x)
-    atomic_write_bytes(output, data)
+    write_output(output, data)
     sizes = bitstream.layer_sizes(data)
     pixels = x.shape[-2] * x.shape[-1]
     return (
@@ -66,10 +89,14 @@ def decompress_file(file: Path, output: Path, checkpoint: Path) -> str:
     from dvcm import bitstream
     from dvcm.checkpoint import load_checkpoint
 
+    check_output(output)
     data = read_stream(file)
     model, _ = load_checkpoint(checkpoint)
     x_hat = bitstream.decode(model, data)
-    save_png(x_hat, output)
+    try:
+        save_png(x_hat, output)
+    except OSError as exc:
+        raise UserError(f"cannot write {output} ({exc.strerror or exc}); choose another -o") from None
     return f"{output}: {x_hat.shape[-1]}x{x_hat.shape[-2]} image from {len(data)} bytes"
 
 
@@ -83,15 +110,15 @@ def decompress_base_file(file: Path, output: Path, checkpoint: Path, yolo_weight
     from dvcm.checkpoint import load_checkpoint
     from dvcm.yolo import COCO80_TO_COCO91, decode_detections
 
+    npy, det_path = base_outputs(output)
+    check_output(npy)
     data = read_stream(file)
     model, meta = load_checkpoint(checkpoint)
     s_hat = bitstream.decode_base(model, data)
     header = bitstream.read_header(data)
-    stem = output.with_suffix("") if output.suffix in (".npy", ".json") else output
-    npy, det_path = stem.with_suffix(".npy"), stem.with_suffix(".detections.json")
     buf = io.BytesIO()
     np.save(buf, s_hat[0].numpy())
-    atomic_write_bytes(npy, buf.getvalue())
+    write_output(npy, buf.getvalue())
     yolo = resolve_yolo(meta.get("yolo") or {}, yolo_weights)
     with torch.no_grad():
         (det,) = decode_detections(yolo.back(s_hat), header.hw, conf_thres=conf_thres, nms_iou=nms_iou)
@@ -101,14 +128,21 @@ def decompress_base_file(file: Path, output: Path, checkpoint: Path, yolo_weight
         for box, score, label in zip(det["boxes"], det["scores"], det["labels"])
     ]  # fmt: skip
     random = bool(yolo.provenance.get("random_weights"))
-    atomic_write_json(det_path, {
+    write_output(det_path, (json.dumps({
         "image_hw": list(header.hw),
         "base_layer_bytes": bitstream.HEADER_SIZE + header.base_length,
         "yolo": {**yolo.provenance, "note": "random-weight YOLOv3: detections are meaningless" if random else ""},
         "detections": detections,
-    })  # fmt: skip
+    }, indent=2) + "\n").encode())  # fmt: skip
     label = " (random-weight YOLOv3)" if random else ""
     return f"{npy}: ŝ {tuple(s_hat.shape[1:])}; {det_path}: {len(detections)} detections{label}"
+
+
+def base_outputs(output: Path) -> tuple[Path, Path]:
+    """``-o OUT`` of a base-layer decode: ``OUT.npy`` (ŝ) and ``OUT.detections.json``. A ``.npy`` or
+    ``.json`` suffix is taken off first; any other suffix is part of the name (``coffee.v2`` stays)."""
+    stem = output.with_suffix("") if output.suffix in (".npy", ".json") else output
+    return stem.parent / f"{stem.name}.npy", stem.parent / f"{stem.name}.detections.json"
 
 
 DEMO_NOTICE = "YOLOv3 uses seeded random weights (seed 0); the codec is untrained: this shows the file format only."

@@ -45,6 +45,7 @@ from pipeline.data.shards import (
 from pipeline.data.sources import FrameRef, Listing, list_source
 from pipeline.infra import storage
 from pipeline.infra.atomic import atomic_write_bytes, atomic_write_json
+from pipeline.data.images import to_rgb8
 from pipeline.infra.errors import UserError
 from pipeline.infra.progress import StepProgress
 
@@ -119,7 +120,9 @@ def _decode(ref: FrameRef) -> tuple[np.ndarray, bytes] | str:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
             fmt, mode = im.format, im.mode
-            rgb = im.convert("RGB")
+            rgb, _ = to_rgb8(im, Path(ref.path).name)  # alpha is dropped, as in every reader
+    except UserError as exc:  # a mode with no 8-bit mapping (32-bit, float)
+        return f"unsupported image ({exc})"
     except Exception as exc:  # noqa: BLE001 - any decoder failure means the file is unusable
         return f"corrupt image ({type(exc).__name__}: {str(exc)[:120]})"
     arr = np.asarray(rgb)

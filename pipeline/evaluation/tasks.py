@@ -59,12 +59,13 @@ def _codec(checkpoint: str, s: Settings):  # -> ScalableCodec
 
 
 def _load_rgb(path: str):  # -> PIL.Image | None
-    from PIL import Image, UnidentifiedImageError
+    """8-bit RGB (16-bit scaled, see pipeline.data.images), or None for a file that is skipped."""
+    from pipeline.data.images import read_rgb8
+    from pipeline.infra.errors import UserError
 
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError):
+        return read_rgb8(Path(path))[0]
+    except UserError:
         return None
 
 

@@ -25,19 +25,21 @@ def backends_by_device(backend: str) -> dict[str, str]:
     return dict(part.split(":", 1) for part in backend.split(","))
 
 
-def wrap_ddp(model: nn.Module, aux_names: list[str]) -> nn.Module:
+def wrap_ddp(model: nn.Module, aux_names: list[str], find_unused_parameters: bool = False) -> nn.Module:
     """DDP via ``ray.train.torch.prepare_model``, with the EntropyBottleneck quantiles left out.
 
     The quantiles are trained by the aux loss in a second backward that DDP's reducer must not
     see (it would all-reduce gradients it never expected); the training step averages their
-    gradients across ranks itself. ``find_unused_parameters`` stays on for models whose forward
-    skips a trainable submodule.
+    gradients across ranks itself. They were the only parameters the forward pass does not use,
+    so without them DDP needs no search for unused parameters (``find_unused_parameters``, an
+    extra autograd traversal every step; ``bench train`` measures both).
     """
     import ray.train.torch
     from torch.nn.parallel import DistributedDataParallel
 
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, aux_names)
-    return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
+    return ray.train.torch.prepare_model(
+        model, parallel_strategy_kwargs={"find_unused_parameters": find_unused_parameters})
 
 
 def param_checksum(model: nn.Module) -> torch.Tensor:
