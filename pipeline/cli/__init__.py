@@ -16,7 +16,7 @@ import typer
 from dvcm.errors import DvcmError
 from pipeline.cli import codec, evaluate, prepare, quickstart, report, training
 from pipeline.cli.bench import bench
-from pipeline.infra.ray_runtime import quiet_warnings
+from pipeline.infra.ray_runtime import VERBOSE_ENV, quiet_warnings
 
 app = typer.Typer(
     name="dvcm-pipeline",
@@ -25,6 +25,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+@app.callback()
+def options(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every line of Ray's and MLflow's output (nothing filtered)."),
+) -> None:
+    """Scalable image coding for humans and machines: prepare, train, sweep, evaluate."""
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"  # read by the Ray runtime and its workers
+
+
 app.command("compress")(codec.compress_command)
 app.command("decompress")(codec.decompress_command)
 app.command("demo")(codec.demo_command)

@@ -29,6 +29,8 @@ def quiet_warnings() -> None:
     """Warnings that every process would otherwise repeat: said once by the CLI, or not ours to fix."""
     # compressai scripts a function at import; torch 2.14 deprecates torch.jit.script.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+    if verbose():
+        return
     # A local Ray says that it enabled token authentication (good news, nothing to do); its warning when
     # authentication is *disabled* is kept.
     logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
@@ -44,6 +46,8 @@ def quiet_worker() -> None:
     - Ray Train's PlacementGroupCleaner polling the State API, which needs the dashboard that a
       local instance here runs without (``include_dashboard=False``): it would log every few seconds.
     """
+    if os.environ.get("DVCM_VERBOSE", "") not in ("", "0"):
+        return
     quiet_warnings()
     warnings.filterwarnings("ignore", message="YOLOv3 uses seeded random weights")
     # Ray Train's LoggingConfig(log_level=...) filters loggers named "ray.train.*", but two of its
@@ -80,7 +84,7 @@ def check_gcs_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> N
 # STORAGE_EMULATOR_HOST is gcsfs's endpoint for gs:// (a GCS emulator), the counterpart of AWS_ENDPOINT_URL;
 # GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false makes gcsfs skip its gRPC bucket-type probe, which an emulator
 # cannot answer (each probe would retry for 60 s): both must match on the driver and the workers.
-FORWARDED_ENV = ("PYTHONPATH", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
+FORWARDED_ENV = ("PYTHONPATH", "DVCM_VERBOSE", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
                  "AWS_DEFAULT_REGION", "STORAGE_EMULATOR_HOST", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT")
 FORWARDED_ENV_PREFIXES = ("FSSPEC_",)
 
@@ -89,6 +93,36 @@ def forwarded_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     """The driver's variables that the workers of a job get too (see ``FORWARDED_ENV``)."""
     env = os.environ if environ is None else environ
     return {k: v for k, v in env.items() if k in FORWARDED_ENV or k.startswith(FORWARDED_ENV_PREFIXES)}
+
+
+VERBOSE_ENV = "DVCM_VERBOSE"  # set by `dvcm-pipeline -v`: nothing of Ray's is filtered
+# Lines Ray forwards to the driver that tell a user of dvcm nothing to act on: the raylet's note that
+# more worker processes started than its startup concurrency (every Tune trial starts a Train
+# controller and workers at once), and a core worker's note on an actor's constructor arguments.
+DRIVER_NOISE = ("PYTHON worker processes have been started", "'PreemptionWatcher'")
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def filter_driver_logs() -> None:
+    """Drop :data:`DRIVER_NOISE` from what Ray prints on the driver (worker logs and error messages
+    pushed by the raylet); every other line, errors included, is printed as before. Must run before
+    ``ray.init``, which registers the printer."""
+    import ray._private.worker as ray_worker
+
+    original = ray_worker.print_to_stdstream
+    if verbose() or getattr(original, "dvcm_filter", False):
+        return
+
+    def print_to_stdstream(data: dict, ignore_prefix: bool) -> None:
+        lines = [ln for ln in data.get("lines", []) if not any(n in ln for n in DRIVER_NOISE)]
+        if lines:
+            original({**data, "lines": lines}, ignore_prefix)
+
+    print_to_stdstream.dvcm_filter = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = print_to_stdstream
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -101,6 +135,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    filter_driver_logs()
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
     # Workers must import dvcm and pipeline even on nodes whose cwd is elsewhere.

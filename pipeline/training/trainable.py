@@ -46,7 +46,8 @@ def trial_trainable(tune_config: dict[str, Any]) -> None:
             callbacks=[TuneReportCallback()],
             # Ray Train's INFO lines (every report with all its metrics, every checkpoint path) would
             # bury the sweep's own table; they stay in Ray's log files (ray-train-sys-*.log).
-            logging_config=LoggingConfig(log_level=os.environ.get("DVCM_RAY_TRAIN_LOG_LEVEL", "WARNING")),
+            logging_config=LoggingConfig(log_level=os.environ.get(
+                "DVCM_RAY_TRAIN_LOG_LEVEL", "INFO" if os.environ.get("DVCM_VERBOSE") else "WARNING")),
         ),
     )
     trainer.fit()
