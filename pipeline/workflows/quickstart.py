@@ -98,6 +98,7 @@ class QuickstartResult:
     bd_note_map: str
     detector: str
     seconds: dict[str, float] = field(default_factory=dict)
+    runs_url: str = ""
 
 
 def _finite(v: Any) -> bool:
@@ -114,6 +115,13 @@ def mlflow_ui_command(tracking_uri: str) -> str:
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {tracking_uri} in a browser (the tracking server is its own UI)"
     return f"mlflow ui --backend-store-uri {tracking_uri}"
+
+
+def mlflow_runs_url(tracking_uri: str, experiment_id: str) -> str:
+    """The address of the experiment's runs view: on the tracking server itself, or where ``mlflow ui`` serves
+    by default (127.0.0.1:5000)."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs"
 
 
 def _points(res: dict[str, Any], dataset: str) -> list[dict[str, Any]]:
@@ -247,11 +255,14 @@ def print_summary(result: QuickstartResult) -> None:
               f"base-layer bpp from real bitstreams): {bd_text(result.bd_rate_base, result.bd_note)}")
     con.print(f"BD-rate of proposed vs choi2022 on the base layer (COCO mAP@0.5 vs base-layer bpp, {result.detector}): "
               f"{bd_text(result.bd_rate_map, result.bd_note_map)}")
-    con.print(f"report: {result.report}")
-    con.print(f"every column: {write_summary_csv(result, result.eval_dir / 'summary.csv')}")
-    con.print(f"results: {result.eval_dir}  shards: {result.shards}")
+    # paths and commands are printed whole on one line each (never wrapped), so that they can be copied
+    con.print(f"report: {result.report}", soft_wrap=True)
+    con.print(f"every column: {write_summary_csv(result, result.eval_dir / 'summary.csv')}", soft_wrap=True)
+    con.print(f"results: {result.eval_dir}  shards: {result.shards}", soft_wrap=True)
     con.print("times: " + ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items()))
-    con.print(f"open the runs: {mlflow_ui_command(result.tracking_uri)}")
+    con.print(f"open the runs: {mlflow_ui_command(result.tracking_uri)}", soft_wrap=True)
+    if result.runs_url:
+        con.print(f"then browse: {result.runs_url}", soft_wrap=True)
 
 
 def prepare_stage(out: Path, yolo_weights: str | None, address: str | None, num_cpus: int | None, progress: bool,
@@ -378,7 +389,8 @@ def run_quickstart(
     bd, note = base_layer_bd_rate(summary["bd_rows"], BASE_METRIC)
     bd_map, note_map = base_layer_bd_rate(summary["bd_rows"], MAP_METRIC)
     result = QuickstartResult(out, shards, eval_dir, report_path, uri, state, rows, unc, bd, note, bd_map, note_map,
-                              summary["results"]["anchors"].get("detector", "YOLOv3"), seconds)
+                              summary["results"]["anchors"].get("detector", "YOLOv3"), seconds,
+                              mlflow_runs_url(uri, tracking.experiment_id(uri)))
     print_summary(result)
     return result
 
