@@ -4,7 +4,8 @@ Both share one base (Ballé et al. 2018 scale hyperprior, GDN/IGDN, CompressAI e
 models and rANS) and one latent layout: a base latent y1 for the machine (decoded alone to
 the YOLOv3 layer-13 features ŝ) and an enhancement latent y2 that, with y1, gives the image x̂.
 Configurations are (M1, M2, H) with N fixed; H=2 is one hyperprior per latent, H=1 one shared
-hyperprior whose z travels in the base layer.
+hyperprior whose z travels in the base layer: the two layouts are the latent codecs of
+``dvcm.latent_codecs``, with their dataflow diagrams, and a codec holds one of them.
 
 Proposed (paper Fig. 2/3, Table 1)::
 
@@ -23,13 +24,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from compressai.entropy_models import EntropyBottleneck
-from compressai.latent_codecs import GaussianConditionalLatentCodec, HyperLatentCodec
 from compressai.layers import GDN
 from compressai.models import CompressionModel
 from compressai.models.utils import conv, deconv
@@ -38,82 +37,14 @@ from compressai.registry import register_model
 from torch import Tensor
 
 from dvcm.errors import ConfigError
+from dvcm.latent_codecs import BaseLatent, ScalableLatentCodec, latent_codec
 
 C_S = 256  # channels of YOLOv3 layer-12 output (s)
 PAD_MULTIPLE = 64  # total downsampling of the hyper-latents: 2**6
-
-
-def _abs(x: Tensor) -> Tensor:
-    return torch.abs(x)
-
-
-class Lambda(nn.Module):
-    """A parameter-free function as a layer, so transforms stay plain ``nn.Sequential``s."""
-
-    def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fn(x)
-
-
-class Float64WhenEval(nn.Module):
-    """Run the wrapped module in float64 outside training.
-
-    The hyper-synthesis h_s predicts the scales whose *indexes* select the rANS tables: the
-    encoder and the decoder must get identical indexes, or the whole decode is corrupted.
-    float32 convolutions differ in their last bits between thread counts and devices, often
-    enough to flip an index somewhere in a large image; in float64 those differences are far
-    below the spacing of the scale table. h_s works at 1/64 resolution, so this is cheap.
-    """
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.training:
-            return self.module(x)
-        params = {k: v.double() for k, v in self.module.state_dict(keep_vars=True).items()}
-        out = torch.func.functional_call(self.module, params, (x.double(),))
-        return out.to(x.dtype)
-
-
-def hyper_analysis(M: int, N: int) -> nn.Sequential:
-    """h_a of Ballé 2018 (on |y|), latent M channels -> z with N channels at 1/4 the size."""
-    return nn.Sequential(
-        Lambda(_abs),
-        conv(M, N, stride=1, kernel_size=3),
-        nn.ReLU(inplace=True),
-        conv(N, N),
-        nn.ReLU(inplace=True),
-        conv(N, N),
-    )
-
-
-def hyper_synthesis(M: int, N: int) -> nn.Module:
-    """h_s of Ballé 2018: ẑ -> scales of the M latent channels (float64 at coding time)."""
-    return Float64WhenEval(
-        nn.Sequential(
-            deconv(N, N),
-            nn.ReLU(inplace=True),
-            deconv(N, N),
-            nn.ReLU(inplace=True),
-            conv(N, M, stride=1, kernel_size=3),
-            nn.ReLU(inplace=True),
-        )
-    )
-
-
-def hyperprior(M: int, N: int) -> HyperLatentCodec:
-    """A whole scale hyperprior side branch (h_a, EntropyBottleneck, h_s) as one CompressAI module."""
-    return HyperLatentCodec(EntropyBottleneck(N), hyper_analysis(M, N), hyper_synthesis(M, N))
-
-
-def scale_coder() -> GaussianConditionalLatentCodec:
-    """A zero-mean Gaussian conditional coder of a latent, given its scales."""
-    return GaussianConditionalLatentCodec(chunks=("scales",))
+# Format version 1 named the latent codec's tensors without the ``latent_codec.`` prefix (hyper1.…,
+# coder2.…): checkpoints written so far hold those keys, and every file's fingerprint was computed over them.
+LATENT_CODEC = "latent_codec."
+_FORMAT_V1_KEYS = ("hyper1.", "hyper2.", "hyper.", "coder1.", "coder2.")
 
 
 def feature_synthesis(M1: int, N: int) -> nn.Sequential:
@@ -184,16 +115,15 @@ class ScalableCodec(CompressionModel):
     """Common base: latent coding of (y1, y2), padding, the frozen V_front, compress/decompress.
 
     Subclasses define the transforms through ``analysis``, ``feature_synthesis`` (``g_s1``)
-    and ``pixel_synthesis`` (``g_s2``). ``forward(x, s=None)`` returns ``x_hat``, ``s_hat``,
-    ``s`` and the likelihoods of every latent: ``y1, z1, y2, z2`` (H=2) or ``y1, y2, z`` (H=1).
+    and ``pixel_synthesis`` (``g_s2``); the latents are coded by ``latent_codec``, the layout of H.
+    ``forward(x, s=None)`` returns ``x_hat``, ``s_hat``, ``s`` and the likelihoods of every
+    latent: ``y1, z1, y2, z2`` (H=2) or ``y1, y2, z`` (H=1).
     """
 
     name: str = ""
 
     def __init__(self, N: int = 192, M1: int = 64, M2: int = 192, H: int = 2, front: nn.Module | None = None) -> None:
         super().__init__()
-        if H not in (1, 2):
-            raise ConfigError(f"H must be 1 or 2 (hyperprior blocks), got {H}")
         if min(N, M1, M2) < 1:
             raise ConfigError(f"N, M1, M2 must be positive, got N={N}, M1={M1}, M2={M2}")
         self.N, self.M1, self.M2, self.H = int(N), int(M1), int(M2), int(H)
@@ -201,13 +131,7 @@ class ScalableCodec(CompressionModel):
         for p in self.front.parameters():
             p.requires_grad_(False)
         self.front.eval()
-        if H == 2:
-            self.hyper1 = hyperprior(M1, N)
-            self.hyper2 = hyperprior(M2, N)
-        else:
-            self.hyper = hyperprior(M1 + M2, N)
-        self.coder1 = scale_coder()
-        self.coder2 = scale_coder()
+        self.latent_codec: ScalableLatentCodec = latent_codec(self.H, self.M1, self.M2, self.N)
         # Per-channel statistics of s over the training set (dataset.json): g_a1 sees and g_s1 produces
         # s in these normalised units. V_front's channels differ in scale by orders of magnitude
         # (a seeded random front: std ~0.004), and unnormalised the base latent barely learns
@@ -282,21 +206,13 @@ class ScalableCodec(CompressionModel):
         h, w = x.shape[-2:]
         x_pad, s_pad, s = self._prepare(x, s)
         y1, y2 = self.analysis(x_pad, self.normalize_features(s_pad))
-        if self.H == 2:
-            h1, h2 = self.hyper1(y1), self.hyper2(y2)
-            scales1, scales2 = h1["params"], h2["params"]
-            lik_z = {"z1": h1["likelihoods"]["z"], "z2": h2["likelihoods"]["z"]}
-        else:
-            hy = self.hyper(torch.cat([y1, y2], dim=1))
-            scales1, scales2 = hy["params"].split([self.M1, self.M2], dim=1)
-            lik_z = {"z": hy["likelihoods"]["z"]}
-        c1, c2 = self.coder1(y1, scales1), self.coder2(y2, scales2)
-        y1_hat, y2_hat = c1["y_hat"], c2["y_hat"]
+        coded = self.latent_codec(y1, y2)
+        y1_hat, y2_hat = coded["y_hat"]
         fh, fw = feature_size(h, w)
         s_hat = self.synthesize_features(y1_hat)[..., :fh, :fw]
         x_hat = self.synthesize_pixels(y1_hat, y2_hat)[..., :h, :w]
-        likelihoods = {"y1": c1["likelihoods"]["y"], "y2": c2["likelihoods"]["y"], **lik_z}
-        return {"x_hat": x_hat, "s_hat": s_hat, "s": s, "likelihoods": likelihoods, "y1_hat": y1_hat, "y2_hat": y2_hat}
+        return {"x_hat": x_hat, "s_hat": s_hat, "s": s, "likelihoods": coded["likelihoods"], "y1_hat": y1_hat,
+                "y2_hat": y2_hat}
 
     # -- entropy coding ------------------------------------------------------------------
     def compress(self, x: Tensor) -> dict[str, Any]:
@@ -309,39 +225,19 @@ class ScalableCodec(CompressionModel):
         h, w = x.shape[-2:]
         x_pad, s_pad, _ = self._prepare(x, None)
         y1, y2 = self.analysis(x_pad, self.normalize_features(s_pad))
-        if self.H == 2:
-            h1, h2 = self.hyper1.compress(y1), self.hyper2.compress(y2)
-            c1 = self.coder1.compress(y1, h1["params"])
-            c2 = self.coder2.compress(y2, h2["params"])
-            base = [h1["strings"][0][0], c1["strings"][0][0]]
-            enhancement = [h2["strings"][0][0], c2["strings"][0][0]]
-        else:
-            hy = self.hyper.compress(torch.cat([y1, y2], dim=1))
-            scales1, scales2 = hy["params"].split([self.M1, self.M2], dim=1)
-            c1, c2 = self.coder1.compress(y1, scales1), self.coder2.compress(y2, scales2)
-            base = [hy["strings"][0][0], c1["strings"][0][0]]
-            enhancement = [c2["strings"][0][0]]
+        base, enhancement = self.latent_codec.compress(y1, y2)
         return {"base": base, "enhancement": enhancement, "hw": (h, w), "padded_hw": x_pad.shape[-2:]}
 
     def _latent_shapes(self, padded_hw: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
         ph, pw = padded_hw
         return (ph // 16, pw // 16), (ph // 64, pw // 64)
 
-    def _decode_base_latent(self, base: list[bytes], padded_hw: tuple[int, int]) -> tuple[Tensor, Tensor | None]:
-        """Decode ŷ1 (and, for H=1, the shared scales of ŷ2) from the base strings."""
-        y_shape, z_shape = self._latent_shapes(padded_hw)
-        z_str, y1_str = base
-        hyper = self.hyper1 if self.H == 2 else self.hyper
-        params = hyper.decompress([[z_str]], z_shape)["params"]
-        scales2 = None
-        if self.H == 1:
-            params, scales2 = params.split([self.M1, self.M2], dim=1)
-        y1_hat = self.coder1.decompress([[y1_str]], y_shape, params)["y_hat"]
-        return y1_hat, scales2
+    def _decode_base(self, base: list[bytes], padded_hw: tuple[int, int]) -> BaseLatent:
+        return self.latent_codec.decompress_base(base, *self._latent_shapes(padded_hw))
 
     def decompress_base(self, base: list[bytes], hw: tuple[int, int], padded_hw: tuple[int, int]) -> dict[str, Tensor]:
         """Machine side: the base strings alone give ŷ1 and ŝ."""
-        y1_hat, _ = self._decode_base_latent(base, padded_hw)
+        y1_hat = self._decode_base(base, padded_hw).y1_hat
         fh, fw = feature_size(*hw)
         return {"y1_hat": y1_hat, "s_hat": self.synthesize_features(y1_hat)[..., :fh, :fw]}
 
@@ -349,14 +245,9 @@ class ScalableCodec(CompressionModel):
         self, base: list[bytes], enhancement: list[bytes], hw: tuple[int, int], padded_hw: tuple[int, int]
     ) -> dict[str, Tensor]:
         """Human side: base and enhancement strings give x̂ (and ŝ)."""
-        y_shape, z_shape = self._latent_shapes(padded_hw)
-        y1_hat, scales2 = self._decode_base_latent(base, padded_hw)
-        if self.H == 2:
-            z2_str, y2_str = enhancement
-            scales2 = self.hyper2.decompress([[z2_str]], z_shape)["params"]
-        else:
-            (y2_str,) = enhancement
-        y2_hat = self.coder2.decompress([[y2_str]], y_shape, scales2)["y_hat"]
+        decoded_base = self._decode_base(base, padded_hw)
+        y1_hat = decoded_base.y1_hat
+        y2_hat = self.latent_codec.decompress_enhancement(enhancement, *self._latent_shapes(padded_hw), decoded_base)
         h, w = hw
         fh, fw = feature_size(h, w)
         return {
@@ -369,7 +260,7 @@ class ScalableCodec(CompressionModel):
     @property
     def segment_counts(self) -> tuple[int, int]:
         """Number of strings in the base and in the enhancement layer."""
-        return (2, 2) if self.H == 2 else (2, 1)
+        return self.latent_codec.segment_counts
 
     # -- identity of the coding model ----------------------------------------------------
     def update(self, scale_table: Tensor | None = None, force: bool = False, update_quantiles: bool = False) -> bool:
@@ -380,14 +271,20 @@ class ScalableCodec(CompressionModel):
     def load_state_dict(self, state_dict: dict[str, Tensor], strict: bool = True):  # type: ignore[override]
         if "s_mean" not in state_dict and "s_std" not in state_dict:  # written before feature statistics existed
             state_dict = {**state_dict, "s_mean": torch.zeros_like(self.s_mean), "s_std": torch.ones_like(self.s_std)}
+        # checkpoints of format version 1 name the latent codec's tensors without its prefix
+        state_dict = {(LATENT_CODEC + k if k.startswith(_FORMAT_V1_KEYS) else k): v for k, v in state_dict.items()}
         result = super().load_state_dict(state_dict, strict=strict)
         self._fingerprint = self.compute_fingerprint()
         return result
 
     def compute_fingerprint(self) -> bytes:
-        """8 bytes of sha256 over the model name, configuration and every tensor of the state."""
+        """8 bytes of sha256 over the model name, configuration and every tensor of the state.
+
+        The tensors are named as format version 1 named them (the latent codec's without its prefix),
+        so that every file written so far matches its checkpoint."""
         digest = hashlib.sha256(json.dumps({"name": self.name, **self.config}, sort_keys=True).encode())
-        for key, value in sorted(self.state_dict().items()):
+        state = {k.removeprefix(LATENT_CODEC): v for k, v in self.state_dict().items()}
+        for key, value in sorted(state.items()):
             digest.update(key.encode())
             digest.update(value.detach().cpu().contiguous().numpy().tobytes())
         return digest.digest()[:8]

@@ -380,3 +380,28 @@ def test_checkpoint_json_safe_metadata(trained):
 def test_uncompressed_checkpoint_is_small(trained):
     _, path = trained
     assert Path(path).stat().st_size < 20e6  # V_front (0.6M floats) travels with the codec, V_back does not
+
+
+@pytest.mark.parametrize("H", [1, 2])
+def test_under_autocast_the_entropy_models_run_in_float32(H: int) -> None:
+    """AMP: the transforms may run in bf16, the likelihoods (and so the rates) are computed in float32,
+    and they agree with a float32 pass to far better than bf16's 8 bits of mantissa would allow."""
+    from dvcm.models import build
+
+    torch.manual_seed(0)
+    model = build("proposed", N=8, M1=4, M2=8, H=H).train()
+    x = torch.rand(1, 3, 64, 64)
+    s = model.features(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, s)
+        y1, y2 = model.analysis(*model._prepare(x, s)[:2])
+    assert y1.dtype == torch.bfloat16  # the transforms did run in bf16
+    for name, lik in out["likelihoods"].items():
+        assert lik.dtype == torch.float32, name
+    torch.manual_seed(1)  # the same uniform noise in both passes
+    noisy = model.latent_codec(y1.float(), y2.float())["likelihoods"]
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        noisy_amp = model.latent_codec(y1, y2)["likelihoods"]
+    for name in noisy:
+        assert torch.allclose(noisy[name].log2().sum(), noisy_amp[name].log2().sum(), rtol=1e-5), name
