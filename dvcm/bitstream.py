@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from dvcm.errors import BitstreamError
+from dvcm.limits import check_coding_size, decode_base_bytes, decode_bytes, encode_bytes
 from dvcm.models import ScalableCodec, padded_size
 
 MAGIC = b"DVCM"
@@ -113,8 +114,11 @@ def _require_ready(model: ScalableCodec) -> bytes:
 
 
 @torch.no_grad()
-def compress(model: ScalableCodec, x: Tensor) -> bytes:
-    """Code one RGB image in [0,1] (shape [1,3,H,W] or [3,H,W], any size) into a dvcm file."""
+def compress(model: ScalableCodec, x: Tensor, max_pixels: int | None = None) -> bytes:
+    """Code one RGB image in [0,1] (shape [1,3,H,W] or [3,H,W], any size) into a dvcm file.
+
+    Refuses, before coding, an image whose coding would need more memory than this process has
+    (``dvcm.limits``), or more than ``max_pixels`` pixels when that is given instead."""
     fingerprint = _require_ready(model)
     if x.dim() == 3:
         x = x.unsqueeze(0)
@@ -123,6 +127,7 @@ def compress(model: ScalableCodec, x: Tensor) -> bytes:
     h, w = x.shape[-2:]
     if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
         raise BitstreamError(f"image size {h}x{w} is outside 1..{MAX_SIDE} pixels per side")
+    check_coding_size((h, w), encode_bytes((h, w), model.N), "image", max_pixels)
     with _eval_mode(model):
         coded = model.compress(x)
     base, enhancement = _pack_strings(coded["base"]), _pack_strings(coded["enhancement"])
@@ -200,22 +205,29 @@ def _base_strings(data: bytes, model: ScalableCodec) -> tuple[Header, list[bytes
 
 
 @torch.no_grad()
-def decode_base(model: ScalableCodec, data: bytes) -> Tensor:
-    """Machine side: read the header and base layer only, return ŝ [1,256,⌈H/8⌉,⌈W/8⌉]."""
+def decode_base(model: ScalableCodec, data: bytes, max_pixels: int | None = None) -> Tensor:
+    """Machine side: read the header and base layer only, return ŝ [1,256,⌈H/8⌉,⌈W/8⌉].
+
+    The declared size is checked against memory first, as in :func:`decode`."""
     header, base = _base_strings(data, model)
+    check_coding_size(header.hw, decode_base_bytes(header.hw, model.N, model.M1), "the file's image", max_pixels)
     with _eval_mode(model):
         return model.decompress_base(base, header.hw, header.padded_hw)["s_hat"]
 
 
 @torch.no_grad()
-def decode(model: ScalableCodec, data: bytes) -> Tensor:
-    """Human side: read both layers, return x̂ [1,3,H,W] clamped to [0,1]."""
+def decode(model: ScalableCodec, data: bytes, max_pixels: int | None = None) -> Tensor:
+    """Human side: read both layers, return x̂ [1,3,H,W] clamped to [0,1].
+
+    Refuses, before decoding, a declared image size whose decoding would need more memory than this
+    process has (``dvcm.limits``), or more than ``max_pixels`` pixels when that is given instead."""
     header, base = _base_strings(data, model)
     start = HEADER_SIZE + header.base_length
     enh = _segment(data, start, header.enhancement_length, header.enhancement_crc, "enhancement")
     if len(data) != header.total_length:
         raise BitstreamError(f"file has {len(data) - header.total_length} unexpected trailing bytes")
     enhancement = _unpack_strings(enh, model.segment_counts[1], "enhancement")
+    check_coding_size(header.hw, decode_bytes(header.hw, model.N, model.M1, model.M2), "the file's image", max_pixels)
     with _eval_mode(model):
         return model.decompress(base, enhancement, header.hw, header.padded_hw)["x_hat"].clamp_(0, 1)
 

@@ -104,6 +104,7 @@ def _load_failure(exc: Exception) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     if str(exc).startswith("Weights only load failed"):
         cause = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln or "WeightsUnpickler" in ln), "")
+        cause = cause.split(" Please ")[0].split(" Check the ")[0]  # not torch's advice on how to allow it
         return ("it holds pickled Python objects that only an unsafe load could build, and loading it could run code"
                 + (f": {cause.rstrip('.')}" if cause else "") + "; use a checkpoint written by dvcm")
     return lines[0] if lines else type(exc).__name__

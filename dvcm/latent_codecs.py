@@ -22,6 +22,10 @@ decode returned (:class:`BaseLatent`: with the shared layout, σ2 comes from the
 
 Under autocast (AMP) the entropy models run in float32: the likelihoods, and so the rate terms,
 would otherwise lose most of their bits in bf16.
+
+Decoding never lets CompressAI's rANS decoder read past a string: each string is checked and
+zero-padded for the symbols asked of it first (:func:`dvcm.limits.padded_rans_string`), so a
+crafted file decodes to garbage or is refused, and never crashes the process.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from compressai.models.utils import conv, deconv
 from torch import Tensor
 
 from dvcm.errors import ConfigError
+from dvcm.limits import padded_rans_string
 
 
 class Lambda(nn.Module):
@@ -113,6 +118,16 @@ def scale_coder() -> GaussianConditionalLatentCodec:
     return GaussianConditionalLatentCodec(chunks=("scales",))
 
 
+def _area(hw: tuple[int, int]) -> int:
+    return int(hw[0]) * int(hw[1])
+
+
+def _safe(string: bytes, channels: int, hw: tuple[int, int], what: str) -> list[list[bytes]]:
+    """One string in CompressAI's ``[[string]]`` layout, padded so that decoding ``channels``×``hw``
+    symbols cannot read past it."""
+    return [[padded_rans_string(string, channels * _area(hw), what)]]
+
+
 @contextlib.contextmanager
 def _float32(t: Tensor) -> Iterator[None]:
     """Autocast off on ``t``'s device: what runs inside runs in the dtype of its inputs (float32)."""
@@ -160,6 +175,7 @@ class PerLatentHyperpriors(ScalableLatentCodec):
 
     def __init__(self, M1: int, M2: int, N: int) -> None:
         super().__init__()
+        self.N, self.M1, self.M2 = N, M1, M2
         self.hyper1 = hyperprior(M1, N)
         self.hyper2 = hyperprior(M2, N)
         self.coder1 = scale_coder()
@@ -181,14 +197,14 @@ class PerLatentHyperpriors(ScalableLatentCodec):
 
     def decompress_base(self, strings: list[bytes], y_hw: tuple[int, int], z_hw: tuple[int, int]) -> BaseLatent:
         z1_str, y1_str = strings
-        scales1 = self.hyper1.decompress([[z1_str]], z_hw)["params"]
-        return BaseLatent(self.coder1.decompress([[y1_str]], y_hw, scales1)["y_hat"])
+        scales1 = self.hyper1.decompress(_safe(z1_str, self.N, z_hw, "ẑ1"), z_hw)["params"]
+        return BaseLatent(self.coder1.decompress(_safe(y1_str, self.M1, y_hw, "ŷ1"), y_hw, scales1)["y_hat"])
 
     def decompress_enhancement(self, strings: list[bytes], y_hw: tuple[int, int], z_hw: tuple[int, int],
                                base: BaseLatent) -> Tensor:
         z2_str, y2_str = strings
-        scales2 = self.hyper2.decompress([[z2_str]], z_hw)["params"]
-        return self.coder2.decompress([[y2_str]], y_hw, scales2)["y_hat"]
+        scales2 = self.hyper2.decompress(_safe(z2_str, self.N, z_hw, "ẑ2"), z_hw)["params"]
+        return self.coder2.decompress(_safe(y2_str, self.M2, y_hw, "ŷ2"), y_hw, scales2)["y_hat"]
 
 
 class SharedHyperprior(ScalableLatentCodec):
@@ -199,7 +215,7 @@ class SharedHyperprior(ScalableLatentCodec):
 
     def __init__(self, M1: int, M2: int, N: int) -> None:
         super().__init__()
-        self.M1, self.M2 = M1, M2
+        self.N, self.M1, self.M2 = N, M1, M2
         self.hyper = hyperprior(M1 + M2, N)
         self.coder1 = scale_coder()
         self.coder2 = scale_coder()
@@ -225,13 +241,13 @@ class SharedHyperprior(ScalableLatentCodec):
 
     def decompress_base(self, strings: list[bytes], y_hw: tuple[int, int], z_hw: tuple[int, int]) -> BaseLatent:
         z_str, y1_str = strings
-        scales1, scales2 = self._split(self.hyper.decompress([[z_str]], z_hw)["params"])
-        return BaseLatent(self.coder1.decompress([[y1_str]], y_hw, scales1)["y_hat"], scales2)
+        scales1, scales2 = self._split(self.hyper.decompress(_safe(z_str, self.N, z_hw, "ẑ"), z_hw)["params"])
+        return BaseLatent(self.coder1.decompress(_safe(y1_str, self.M1, y_hw, "ŷ1"), y_hw, scales1)["y_hat"], scales2)
 
     def decompress_enhancement(self, strings: list[bytes], y_hw: tuple[int, int], z_hw: tuple[int, int],
                                base: BaseLatent) -> Tensor:
         (y2_str,) = strings
-        return self.coder2.decompress([[y2_str]], y_hw, base.enhancement_scales)["y_hat"]
+        return self.coder2.decompress(_safe(y2_str, self.M2, y_hw, "ŷ2"), y_hw, base.enhancement_scales)["y_hat"]
 
 
 LAYOUTS: dict[int, type[ScalableLatentCodec]] = {2: PerLatentHyperpriors, 1: SharedHyperprior}

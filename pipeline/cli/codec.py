@@ -7,6 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
+MaxPixels = Annotated[Optional[int], typer.Option(
+    "--max-pixels", min=1,
+    help="Refuse images larger than this many pixels (default: whatever coding fits in this machine's memory).")]
+
 from pipeline.codec.files import (
     DEMO_NOTICE,
     compress_file,
@@ -20,9 +24,10 @@ def compress_command(
     image: Annotated[Path, typer.Argument(help="PNG/JPEG image to code.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output .dvcm file.")],
     checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Codec checkpoint (.pt).")],
+    max_pixels: MaxPixels = None,
 ) -> None:
     """Code an image into a two-layer file (base layer for machines, enhancement for humans)."""
-    typer.echo(compress_file(image, output, checkpoint))
+    typer.echo(compress_file(image, output, checkpoint, max_pixels))
 
 
 def decompress_command(
@@ -33,12 +38,13 @@ def decompress_command(
     yolo_weights: Annotated[Optional[Path], typer.Option(help="Darknet yolov3.weights (default: the checkpoint's seeded YOLO).")] = None,
     conf_thres: Annotated[float, typer.Option(help="Detection confidence threshold.")] = 0.25,
     nms_iou: Annotated[float, typer.Option(help="NMS IoU threshold.")] = 0.45,
+    max_pixels: MaxPixels = None,
 ) -> None:
     """Decode a file: the image (both layers), or with --base-only ŝ (.npy) and detections (.json)."""
     if base_only:
-        typer.echo(decompress_base_file(file, output, checkpoint, yolo_weights, conf_thres, nms_iou))
+        typer.echo(decompress_base_file(file, output, checkpoint, yolo_weights, conf_thres, nms_iou, max_pixels))
     else:
-        typer.echo(decompress_file(file, output, checkpoint))
+        typer.echo(decompress_file(file, output, checkpoint, max_pixels))
 
 
 def demo_command(

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipeline.data.images import load_image, save_png
+from pipeline.data.images import image_size, load_image, save_png
 from pipeline.infra.atomic import atomic_write_bytes
 from pipeline.infra.errors import UserError
 
@@ -58,15 +58,21 @@ def write_output(path: Path, data: bytes) -> None:
         raise UserError(f"cannot write {path} ({exc.strerror or exc}); choose another -o") from None
 
 
-def compress_file(image: Path, output: Path, checkpoint: Path) -> str:
-    """Code ``image`` with ``checkpoint`` into ``output``; returns the line that reports sizes and rates."""
+def compress_file(image: Path, output: Path, checkpoint: Path, max_pixels: int | None = None) -> str:
+    """Code ``image`` with ``checkpoint`` into ``output``; returns the line that reports sizes and rates.
+
+    The image's declared size is checked against the memory its coding needs (or ``max_pixels``)
+    from its header, before a pixel is read."""
     from dvcm import bitstream
     from dvcm.checkpoint import load_checkpoint
+    from dvcm.limits import check_coding_size, encode_bytes
 
     check_output(output)
     model, _ = load_checkpoint(checkpoint)
-    x = load_image(image)
-    data = bitstream.compress(model, x)
+    hw = image_size(image, max_pixels)
+    check_coding_size(hw, encode_bytes(hw, model.N), str(image), max_pixels)
+    x = load_image(image, max_pixels)
+    data = bitstream.compress(model, x, max_pixels)
     write_output(output, data)
     sizes = bitstream.layer_sizes(data)
     pixels = x.shape[-2] * x.shape[-1]
@@ -84,7 +90,7 @@ def read_stream(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def decompress_file(file: Path, output: Path, checkpoint: Path) -> str:
+def decompress_file(file: Path, output: Path, checkpoint: Path, max_pixels: int | None = None) -> str:
     """Human side: decode both layers of ``file`` into the PNG ``output``; returns the report line."""
     from dvcm import bitstream
     from dvcm.checkpoint import load_checkpoint
@@ -92,7 +98,7 @@ def decompress_file(file: Path, output: Path, checkpoint: Path) -> str:
     check_output(output)
     data = read_stream(file)
     model, _ = load_checkpoint(checkpoint)
-    x_hat = bitstream.decode(model, data)
+    x_hat = bitstream.decode(model, data, max_pixels)
     try:
         save_png(x_hat, output)
     except OSError as exc:
@@ -101,7 +107,7 @@ def decompress_file(file: Path, output: Path, checkpoint: Path) -> str:
 
 
 def decompress_base_file(file: Path, output: Path, checkpoint: Path, yolo_weights: Path | None,
-                         conf_thres: float, nms_iou: float) -> str:
+                         conf_thres: float, nms_iou: float, max_pixels: int | None = None) -> str:
     """Machine side: decode the base layer of ``file`` into ŝ (``.npy``) and YOLOv3 detections (``.detections.json``)."""
     import numpy as np
     import torch
@@ -114,7 +120,7 @@ def decompress_base_file(file: Path, output: Path, checkpoint: Path, yolo_weight
     check_output(npy)
     data = read_stream(file)
     model, meta = load_checkpoint(checkpoint)
-    s_hat = bitstream.decode_base(model, data)
+    s_hat = bitstream.decode_base(model, data, max_pixels)
     header = bitstream.read_header(data)
     buf = io.BytesIO()
     np.save(buf, s_hat[0].numpy())

@@ -12,9 +12,10 @@ Every reader of image files in dvcm (the codec commands, prepare, evaluate) conv
 - CMYK and YCbCr are converted by Pillow;
 - 32-bit integer and floating-point images are refused with the reason.
 
-Sizes are checked from the header, before any pixel is decoded: above ``max_pixels`` (the codec's
-memory estimate, :func:`dvcm.limits.default_max_pixels`, or ``--max-pixels``) an image is refused in
-one line, as are Pillow's decompression bombs.
+Sizes are checked from the header, before any pixel is decoded: above ``max_pixels``
+(``--max-pixels``) an image is refused in one line, as are Pillow's decompression bombs; the
+codec commands also check the memory that coding the declared size needs (:mod:`dvcm.limits`)
+before they read a pixel (:func:`image_size`).
 """
 
 from __future__ import annotations
@@ -73,11 +74,18 @@ def open_checked(path: Path, max_pixels: int | None = None) -> Any:
         raise UserError(f"image not found: {path}")
     if not path.is_file():
         raise UserError(f"{path} is not a file; pass an image file (PNG, JPEG, ...)")
+    # Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that; below its refusal, dvcm's own
+    # limits decide (max_pixels, or the memory that coding needs), and --max-pixels may raise Pillow's.
+    limit = max(Image.MAX_IMAGE_PIXELS or 0, max_pixels or 0) or None
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(path)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, limit
+            try:
+                im = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+    except Image.DecompressionBombError as exc:
         raise UserError(f"{path} declares more pixels than Pillow opens safely ({_first(exc)}); downscale it, or split it "
                         "into tiles and code each (dvcm has no tiled coding)") from None
     except (OSError, UnidentifiedImageError, ValueError) as exc:
@@ -89,6 +97,14 @@ def open_checked(path: Path, max_pixels: int | None = None) -> Any:
                         "default follows the memory that coding it would need); downscale it or split it into tiles, "
                         "or raise --max-pixels if this machine has the memory")
     return im
+
+
+def image_size(path: Path, max_pixels: int | None = None) -> tuple[int, int]:
+    """(height, width) from the file's header alone; bombs and unreadable files refused in one line."""
+    im = open_checked(Path(path), max_pixels)
+    w, h = im.size
+    im.close()
+    return h, w
 
 
 def _first(exc: BaseException) -> str:

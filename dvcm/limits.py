@@ -1,0 +1,166 @@
+"""How much memory coding an image takes, estimated from its size before anything is allocated.
+
+A file declares its image size in 56 bytes, and an image file in a few more: what a decoder or an
+encoder allocates follows from that size, not from the bytes that arrive. So both refuse, in one
+line, a size whose estimate exceeds what this process can hold, before they allocate, as Pillow
+refuses decompression bombs. ``max_pixels`` (the ``--max-pixels`` flag) replaces the default limit.
+
+The estimate is linear in the padded pixels. Measured on CPU with one thread (peak resident memory
+above the loaded model, ``/proc/self/status`` VmHWM), in bytes per pixel:
+
+==========================  ======  ======
+model, N                    encode  decode
+==========================  ======  ======
+proposed (16,32,2), N=16       401      63
+proposed (64,192,2), N=64      401     281
+proposed (64,192,2), N=192     677     638
+choi2022 (128,64,1), N=192     619     644
+==========================  ======  ======
+
+The synthesis g_s2 holds a few N-channel tensors at half resolution (≈ 3.4·N bytes per pixel);
+the encoder also runs V_front at full resolution (≈ 400 bytes per pixel whatever N). The model
+below, ``4·N + 64`` (decode) and ``max(4·N + 64, 448) + 16`` (encode), is above every row. The
+decoder adds the zero padding of its rANS strings (:func:`rans_padding`), up to 88 bytes per
+latent symbol, while the entropy decoding runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dvcm.errors import BitstreamError
+
+MEMORY_SHARE = 0.75  # of the memory available when coding starts
+
+
+def padded_pixels(hw: tuple[int, int], multiple: int = 64) -> int:
+    h, w = (-(-int(v) // multiple) * multiple for v in hw)
+    return h * w
+
+
+def latent_symbols(padded: int, N: int, M1: int, M2: int) -> int:
+    """rANS symbols of one image: ŷ1, ŷ2 at 1/16 of each side, and at most two ẑ of N channels at 1/64."""
+    return padded * (M1 + M2) // 256 + 2 * padded * N // 4096
+
+
+def decode_bytes(hw: tuple[int, int], N: int, M1: int, M2: int) -> int:
+    """Estimated peak bytes to decode an image of ``hw`` (both layers)."""
+    padded = padded_pixels(hw)
+    synthesis = (4 * N + 64) * padded
+    entropy = 2 * RANS_PAD_PER_SYMBOL * latent_symbols(padded, N, M1, M2)  # the padded string, and its copy in C++
+    return max(synthesis, entropy)
+
+
+def decode_base_bytes(hw: tuple[int, int], N: int, M1: int) -> int:
+    """Estimated peak bytes to decode the base layer alone (ŷ1, then g_s1 at 1/16 and 1/8 of each side)."""
+    padded = padded_pixels(hw)
+    synthesis = (N // 4 + 32) * padded
+    entropy = 2 * RANS_PAD_PER_SYMBOL * (padded * M1 // 256 + padded * N // 4096)
+    return max(synthesis, entropy)
+
+
+def encode_bytes(hw: tuple[int, int], N: int) -> int:
+    """Estimated peak bytes to encode an image of ``hw`` (V_front, then the analysis transforms)."""
+    return (max(4 * N + 64, 448) + 16) * padded_pixels(hw)
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        text = Path(path).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _meminfo_kb(field: str, path: str = "/proc/meminfo") -> int | None:
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def available_memory() -> int:
+    """Bytes this process can still allocate: the least of the machine's available memory, the cgroup's
+    room (containers, Kubernetes pods) and the address-space limit (``ulimit -v``)."""
+    candidates: list[int] = []
+    kb = _meminfo_kb("MemAvailable")
+    if kb is not None:
+        candidates.append(kb * 1024)
+    else:
+        try:
+            candidates.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            pass
+    limit, used = _read_int("/sys/fs/cgroup/memory.max"), _read_int("/sys/fs/cgroup/memory.current")
+    if limit is not None and used is not None:
+        candidates.append(max(limit - used, 0))
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            vm_kb = _meminfo_kb("VmSize", "/proc/self/status") or 0
+            candidates.append(max(soft - vm_kb * 1024, 0))
+    except (ImportError, OSError, ValueError):
+        pass
+    return min(candidates) if candidates else 1 << 62
+
+
+def check_coding_size(hw: tuple[int, int], needed: int, what: str, max_pixels: int | None = None) -> None:
+    """Refuse, in one line, an image whose coding needs more memory than this process has (or that is
+    larger than ``max_pixels``, when given: the user's own limit)."""
+    h, w = hw
+    pixels = h * w
+    if max_pixels is not None:
+        if pixels > max_pixels:
+            raise BitstreamError(f"{what} {h}x{w} = {pixels:,} pixels is more than --max-pixels {max_pixels:,}; "
+                                 "downscale the image or split it into tiles (dvcm has no tiled coding)")
+        return
+    room = int(available_memory() * MEMORY_SHARE)
+    if needed > room:
+        raise BitstreamError(
+            f"{what} {h}x{w} would need about {needed / 2**30:.1f} GiB to code, more than the "
+            f"{room / 2**30:.1f} GiB this process can use; downscale the image or split it into tiles "
+            "(dvcm has no tiled coding), or pass --max-pixels to take the risk on a machine with the memory")
+
+
+# ---------------------------------------------------------------------------------------------
+# rANS strings: no read past their end
+# ---------------------------------------------------------------------------------------------
+# CompressAI's RansDecoder.decode_with_indexes (cpp_exts/rans/rans_interface.cpp, ryg's rans64.h)
+# reads the string through a bare uint32 pointer with no end check: 2 words to start, then at most
+# one word per Rans64DecAdvance (one per symbol) and per Rans64DecGetBits (the bypass of values
+# outside the table). A string that is too short for the symbols asked of it is read past its end.
+#
+# Padded with zero words, every read lands in the padding when the padding covers the worst case:
+# - 8 bytes of initial state;
+# - per symbol, the Advance's word, and for a symbol decoded in bypass mode inside the zero region,
+#   at most 9 calls while the length nibbles are 15 (the state holds at most 8 nibbles above 2^31
+#   before a renormalisation shifts in a zero word, whose nibbles are 0) and so at most 15·8 = 120
+#   value nibbles: (9 + 120)·4 bits in at most 20 renormalisations, 21 words with the Advance's,
+#   so 88 bytes per symbol;
+# - the bypass lengths that the string's own nibbles can declare: at most 15 per nibble of the
+#   string and of the initial state, 4 bits each, so 15·(2·L + 16)·4 bits, read in words of at
+#   least 28 fresh bits: 18·L + 320 bytes for a string of L bytes.
+RANS_PAD_PER_SYMBOL = 88
+MAX_RANS_STRING = 64 << 20  # longer strings could overflow the decoder's int32 bypass count
+
+
+def rans_padding(length: int, symbols: int) -> int:
+    """Zero bytes to append to an rANS string of ``length`` bytes decoded into ``symbols`` symbols so that
+    CompressAI's decoder cannot read past the end (the bound above)."""
+    return 8 + RANS_PAD_PER_SYMBOL * symbols + 18 * length + 320
+
+
+def padded_rans_string(string: bytes, symbols: int, what: str = "rANS string") -> bytes:
+    """``string`` followed by its :func:`rans_padding`; refuses strings that no encoder writes."""
+    if len(string) > MAX_RANS_STRING:
+        raise BitstreamError(f"{what} is {len(string):,} bytes, more than any image dvcm codes needs")
+    if len(string) < 8 or len(string) % 4:
+        raise BitstreamError(f"{what} is {len(string)} bytes; an rANS string is whole 32-bit words, at least two "
+                             "(the coder's final state): the file is damaged or crafted")
+    return string + bytes(rans_padding(len(string), symbols))

@@ -1,0 +1,321 @@
+"""Hostile files, as an attacker writes them: dvcm files crafted with valid CRCs, image bombs, images whose
+mode would be silently wrong, broken checkpoints and bad output paths. Each is decoded by the CLI in its
+own process with a memory cap, as a user would run it: the answer is a correct result, or one line on
+stderr and exit code 2; a crash, a hang or a traceback fails the test.
+"""
+
+from __future__ import annotations
+
+import resource
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from dvcm import bitstream
+from dvcm.checkpoint import save_checkpoint
+from dvcm.limits import padded_rans_string, rans_padding
+from dvcm.models import build, padded_size
+
+MEMORY_CAP = 8 << 30  # address space of each decoding process (torch alone maps about 4 GiB)
+CONFIGS = {"proposed": dict(N=8, M1=4, M2=8, H=2), "choi2022": dict(N=8, M1=4, M2=8, H=1)}
+MODEL_IDS = {"proposed": 1, "choi2022": 2}
+
+
+# --------------------------------------------------------------------------------------------
+# Crafting files: the layout of dvcm/bitstream.py's docstring, written out here on its own
+# --------------------------------------------------------------------------------------------
+def pack_strings(strings: list[bytes]) -> bytes:
+    return b"".join(struct.pack(">I", len(s)) + s for s in strings)
+
+
+def craft(model: str, cfg: dict, fingerprint: bytes, hw: tuple[int, int], base: list[bytes], enh: list[bytes]) -> bytes:
+    """A dvcm file with every length and CRC right for what it holds, whatever it declares."""
+    h, w = hw
+    ph, pw = padded_size(h, w)
+    b, e = pack_strings(base), pack_strings(enh)
+    fields = struct.pack(">4sBBBB8s" + "H" * 10 + "IIII", b"DVCM", 1, MODEL_IDS[model], cfg["H"], 0, fingerprint,
+                         h, w, ph, pw, cfg["M1"], cfg["M2"], ph // 16, pw // 16, ph // 64, pw // 64,
+                         len(b), zlib.crc32(b), len(e), zlib.crc32(e))
+    return fields + struct.pack(">I", zlib.crc32(fields)) + b + e
+
+
+def _cap_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The CLI in its own process under the memory cap."""
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, preexec_fn=_cap_memory)
+
+
+def assert_refused_or_decoded(res: subprocess.CompletedProcess, *, refused: str | None = None) -> None:
+    assert res.returncode in (0, 2), f"exit {res.returncode} (a crash is negative or 139):\n{res.stderr[-2000:]}"
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    if res.returncode == 2:
+        errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+        assert len(errors) == 1, res.stderr
+    if refused is not None:
+        assert res.returncode == 2 and refused in res.stderr, res.stderr
+
+
+@pytest.fixture(scope="module")
+def codecs(tmp_path_factory: pytest.TempPathFactory, yolo) -> dict[str, tuple[Path, bytes]]:  # noqa: ANN001
+    """A tiny checkpoint of each layout, and its fingerprint."""
+    root = tmp_path_factory.mktemp("hostile")
+    out = {}
+    for name, cfg in CONFIGS.items():
+        torch.manual_seed(0)
+        model = build(name, front=yolo.front, yolo_provenance=yolo.provenance, **cfg)
+        save_checkpoint(root / f"{name}.pt", model)
+        out[name] = (root / f"{name}.pt", model.fingerprint)
+    return out
+
+
+def decode_both_ways(tmp_path: Path, checkpoint: Path, data: bytes) -> list[subprocess.CompletedProcess]:
+    f = tmp_path / "crafted.dvcm"
+    f.write_bytes(data)
+    return [cli("decompress", str(f), "-o", str(tmp_path / "x.png"), "-c", str(checkpoint)),
+            cli("decompress", str(f), "--base-only", "-o", str(tmp_path / "machine"), "-c", str(checkpoint))]
+
+
+# --------------------------------------------------------------------------------------------
+# The files of the issue (slow: every case decodes in a process of its own)
+# --------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("side", [4096, 16384])
+def test_the_72_byte_file_with_empty_strings_is_refused_in_one_line(side: int, codecs: dict, tmp_path: Path) -> None:
+    ckpt, fp = codecs["proposed"]
+    data = craft("proposed", CONFIGS["proposed"], fp, (side, side), [b"", b""], [b"", b""])
+    assert len(data) == 72
+    for res in decode_both_ways(tmp_path, ckpt, data):
+        assert_refused_or_decoded(res)
+        assert res.returncode == 2  # empty strings, or (16384²) the memory estimate first
+
+
+@pytest.mark.slow
+def test_strings_too_short_for_their_symbols_decode_without_reading_past_them(codecs: dict, tmp_path: Path) -> None:
+    # Without the padding this file crashes the process (measured: exit 139 at 1024x1024 and 4096x4096).
+    for name in CONFIGS:
+        ckpt, fp = codecs[name]
+        word2 = bytes(8)  # the shortest string an rANS encoder writes: its final state
+        enh = [word2, word2] if CONFIGS[name]["H"] == 2 else [word2]
+        for res in decode_both_ways(tmp_path, ckpt, craft(name, CONFIGS[name], fp, (1024, 1024), [word2, word2], enh)):
+            assert_refused_or_decoded(res)
+            assert res.returncode == 0, res.stderr  # garbage, but decoded
+    assert Image.open(tmp_path / "x.png").size == (1024, 1024)
+
+
+@pytest.mark.slow
+def test_a_huge_declared_size_is_refused_before_anything_is_allocated(codecs: dict, tmp_path: Path) -> None:
+    ckpt, fp = codecs["proposed"]
+    s = bytes(876)
+    data = craft("proposed", CONFIGS["proposed"], fp, (16384, 16384), [s, s], [s, s])
+    assert len(data) == 3576
+    for res in decode_both_ways(tmp_path, ckpt, data):
+        assert_refused_or_decoded(res, refused="would need about")
+    f = tmp_path / "crafted.dvcm"
+    res = cli("decompress", str(f), "-o", str(tmp_path / "x.png"), "-c", str(ckpt), "--max-pixels", "1000000")
+    assert_refused_or_decoded(res, refused="more than --max-pixels 1,000,000")
+
+
+@pytest.mark.slow
+def test_swapped_layers_are_refused_or_decoded(codecs: dict, tmp_path: Path) -> None:
+    from dvcm.checkpoint import load_checkpoint
+
+    ckpt, fp = codecs["proposed"]
+    x = torch.rand(1, 3, 100, 140)
+
+    model, _ = load_checkpoint(ckpt)
+    good = bitstream.compress(model, x)
+    header = bitstream.read_header(good)
+    base = good[bitstream.HEADER_SIZE: bitstream.HEADER_SIZE + header.base_length]
+    enh = good[bitstream.HEADER_SIZE + header.base_length:]
+
+    def unpack(seg: bytes) -> list[bytes]:
+        out, pos = [], 0
+        while pos < len(seg):
+            (n,) = struct.unpack_from(">I", seg, pos)
+            out.append(seg[pos + 4: pos + 4 + n])
+            pos += 4 + n
+        return out
+
+    swapped = craft("proposed", CONFIGS["proposed"], fp, (100, 140), unpack(enh), unpack(base))
+    for res in decode_both_ways(tmp_path, ckpt, swapped):
+        assert_refused_or_decoded(res)
+
+
+# --------------------------------------------------------------------------------------------
+# Structure-aware fuzzing: files that pass every CRC, with any declared size and any strings
+# --------------------------------------------------------------------------------------------
+def _strings() -> st.SearchStrategy[list[bytes]]:
+    one = st.one_of(st.just(b""), st.binary(min_size=1, max_size=7), st.sampled_from([bytes(8), b"\xff" * 8, b"\xff" * 64]),
+                    st.binary(min_size=8, max_size=256).map(lambda b: b[: len(b) // 4 * 4]))
+    return st.lists(one, min_size=0, max_size=4)
+
+
+@pytest.mark.slow
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(model=st.sampled_from(sorted(CONFIGS)),
+       hw=st.tuples(st.sampled_from([1, 7, 64, 333, 1024, 16384]), st.sampled_from([1, 64, 500, 2048, 16384])),
+       base=_strings(), enh=_strings(), base_only=st.booleans())
+def test_crafted_files_are_refused_or_decoded_never_a_crash(model: str, hw: tuple[int, int], base: list[bytes],
+                                                          enh: list[bytes], base_only: bool, codecs: dict,
+                                                          tmp_path: Path) -> None:
+    ckpt, fp = codecs[model]
+    f = tmp_path / "fuzz.dvcm"
+    f.write_bytes(craft(model, CONFIGS[model], fp, hw, base, enh))
+    args = ["decompress", str(f), "-c", str(ckpt)]
+    args += ["--base-only", "-o", str(tmp_path / "m")] if base_only else ["-o", str(tmp_path / "x.png")]
+    assert_refused_or_decoded(cli(*args))
+
+
+# --------------------------------------------------------------------------------------------
+# The padding bound itself, in process: what lies past the padding never changes a decode
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("which", ["gaussian", "bottleneck"])
+@settings(max_examples=40, deadline=None)
+@given(string=st.one_of(st.binary(min_size=2, max_size=64).map(lambda b: (b * 4)[: len(b) // 2 * 4 + 8]),
+                        st.integers(2, 40).map(lambda n: b"\xff" * 4 * n)),
+       symbols=st.integers(1, 400), seed=st.integers(0, 2**16))
+def test_nothing_past_the_padding_is_ever_read(which: str, string: bytes, symbols: int, seed: int) -> None:
+    """Two different tails after the padding give the same symbols: the decoder never reached them, even
+    for strings of 0xff bytes, whose nibbles of 15 drive CompressAI's coder into its longest bypass reads."""
+    from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+    from compressai.models.base import get_scale_table
+
+    torch.manual_seed(0)
+    if which == "gaussian":
+        coder = GaussianConditional(None)
+        coder.update_scale_table(get_scale_table(), force=True)
+        indexes = torch.randint(0, len(get_scale_table()), (symbols,), generator=torch.Generator().manual_seed(seed))
+    else:
+        coder = EntropyBottleneck(1)
+        coder.update(force=True)
+        indexes = torch.zeros(symbols, dtype=torch.int32)
+    padded = padded_rans_string(string, symbols)
+    assert len(padded) == len(string) + rans_padding(len(string), symbols)
+    rng = np.random.default_rng(seed)
+    outs = []
+    for tail in (bytes(4096), rng.integers(0, 256, 4096, dtype=np.uint8).tobytes(), b"\xff" * 4096):
+        decoded = coder.entropy_coder.decode_with_indexes(padded + tail, indexes.int().tolist(),
+                                                         coder._quantized_cdf.tolist(), coder._cdf_length.reshape(-1).int().tolist(),
+                                                         coder._offset.reshape(-1).int().tolist())
+        outs.append(decoded)
+    assert outs[0] == outs[1] == outs[2]
+
+
+# --------------------------------------------------------------------------------------------
+# Images: bombs, huge but valid files, and modes that would be silently wrong
+# --------------------------------------------------------------------------------------------
+def png_declaring(width: int, height: int, mode_bits: tuple[int, int] = (1, 0)) -> bytes:
+    """A PNG whose header declares ``width``×``height`` (bit depth, colour type) with an empty image stream."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, mode_bits[0], mode_bits[1], 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+@pytest.mark.slow
+def test_image_bombs_and_huge_images_are_refused_from_their_header(codecs: dict, tmp_path: Path) -> None:
+    ckpt, _ = codecs["proposed"]
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_declaring(30000, 30000))
+    assert len(bomb.read_bytes()) < 80
+    res = cli("compress", str(bomb), "-o", str(tmp_path / "b.dvcm"), "-c", str(ckpt))
+    assert_refused_or_decoded(res, refused="declares more pixels than Pillow opens safely")
+    # a valid 12000x12000 bilevel PNG, below Pillow's limit: its coding would need far more than the cap
+    Image.new("1", (12000, 12000)).save(tmp_path / "huge.png")
+    assert (tmp_path / "huge.png").stat().st_size < 100_000
+    res = cli("compress", str(tmp_path / "huge.png"), "-o", str(tmp_path / "h.dvcm"), "-c", str(ckpt))
+    assert_refused_or_decoded(res, refused="would need about")
+    res = cli("compress", str(tmp_path / "huge.png"), "-o", str(tmp_path / "h.dvcm"), "-c", str(ckpt),
+              "--max-pixels", "5000000")
+    assert_refused_or_decoded(res, refused="more than the limit of 5,000,000")
+    assert not (tmp_path / "h.dvcm").exists()
+
+
+def test_every_image_mode_maps_to_8_bit_rgb_or_is_refused(tmp_path: Path) -> None:
+    from pipeline.data.images import UnsupportedImage, read_rgb8
+
+    ramp16 = np.linspace(0, 65535, 64 * 48).reshape(48, 64).astype(np.uint16)
+    Image.fromarray(ramp16).save(tmp_path / "grey16.png")  # a 16-bit greyscale PNG
+    rgb, notes = read_rgb8(tmp_path / "grey16.png")
+    arr = np.asarray(rgb)
+    assert arr.shape == (48, 64, 3) and not notes
+    np.testing.assert_array_equal(arr[..., 0], np.rint(ramp16 / 65535 * 255).astype(np.uint8))  # scaled, not clipped
+    assert arr.min() == 0 and arr.max() == 255 and len(np.unique(arr)) > 200
+
+    colours = (np.arange(48 * 64 * 3) % 251).astype(np.uint8).reshape(48, 64, 3)
+    base = Image.fromarray(colours)
+    base.convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "palette.png")
+    palette_rgb, _ = read_rgb8(tmp_path / "palette.png")
+    assert np.abs(np.asarray(palette_rgb).astype(int) - np.asarray(Image.open(tmp_path / "palette.png").convert("RGB"))).max() == 0
+    rgba = base.copy()
+    rgba.putalpha(128)
+    rgba.save(tmp_path / "alpha.png")
+    rgb, notes = read_rgb8(tmp_path / "alpha.png")
+    np.testing.assert_array_equal(np.asarray(rgb), colours)  # the colour channels as they are
+    assert notes and "alpha" in notes[0]
+    base.convert("CMYK").save(tmp_path / "cmyk.jpg", quality=100)
+    rgb, _ = read_rgb8(tmp_path / "cmyk.jpg")
+    assert np.abs(np.asarray(rgb).astype(int) - colours).mean() < 8  # CMYK converted back, not garbled
+    base.convert("L").save(tmp_path / "grey.png")
+    rgb, _ = read_rgb8(tmp_path / "grey.png")
+    assert (np.asarray(rgb) == np.asarray(base.convert("L"))[..., None]).all()
+    for mode, arr in (("I", np.arange(48 * 64, dtype=np.int32).reshape(48, 64) * 70000),
+                      ("F", np.linspace(0, 1, 48 * 64, dtype=np.float32).reshape(48, 64))):
+        Image.fromarray(arr, mode).save(tmp_path / f"{mode}.tiff")
+        with pytest.raises(UnsupportedImage, match="no defined 8-bit mapping"):
+            read_rgb8(tmp_path / f"{mode}.tiff")
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints and output paths: one whole line each
+# --------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_broken_checkpoints_and_bad_outputs_are_one_whole_line(codecs: dict, tmp_path: Path) -> None:
+    ckpt, _ = codecs["proposed"]
+    Image.fromarray((np.random.default_rng(0).random((40, 56, 3)) * 255).astype(np.uint8)).save(tmp_path / "im.png")
+    res = cli("compress", str(tmp_path / "im.png"), "-o", str(tmp_path / "im.dvcm"), "-c", str(ckpt))
+    assert res.returncode == 0, res.stderr
+
+    content = torch.load(ckpt, weights_only=True)
+    (table,) = [k for k in content["state_dict"] if k.endswith("hyper1.entropy_bottleneck._quantized_cdf")]
+    del content["state_dict"][table]
+    torch.save(content, tmp_path / "no_table.pt")
+    res = cli("decompress", str(tmp_path / "im.dvcm"), "-o", str(tmp_path / "x.png"), "-c", str(tmp_path / "no_table.pt"))
+    assert_refused_or_decoded(res, refused="it is incomplete")
+
+    class Evil:
+        def __reduce__(self):  # noqa: ANN204
+            return (print, ("pwned",))
+
+    torch.save({"format": "dvcm-checkpoint", "payload": Evil()}, tmp_path / "evil.pt")
+    res = cli("decompress", str(tmp_path / "im.dvcm"), "-o", str(tmp_path / "x.png"), "-c", str(tmp_path / "evil.pt"))
+    assert_refused_or_decoded(res, refused="could run code")
+    assert "weights_only=False" not in res.stderr and "pwned" not in res.stdout
+    assert res.stderr.strip().endswith("use a checkpoint written by dvcm)")  # whole, not cut mid-sentence
+    assert "allowlist" not in res.stderr  # nor torch's advice on how to load it unsafely
+
+    (tmp_path / "folder").mkdir()
+    res = cli("decompress", str(tmp_path / "im.dvcm"), "-o", str(tmp_path / "folder"), "-c", str(ckpt))
+    assert_refused_or_decoded(res, refused="is a folder")
+    res = cli("decompress", str(tmp_path / "im.dvcm"), "-o", "/proc/x.png", "-c", str(ckpt))
+    assert_refused_or_decoded(res)
+    assert res.returncode == 2
+    (tmp_path / "out").mkdir()
+    res = cli("decompress", str(tmp_path / "im.dvcm"), "--base-only", "-o", str(tmp_path / "out" / "coffee.v2"),
+              "-c", str(ckpt))
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "out" / "coffee.v2.npy").is_file() and (tmp_path / "out" / "coffee.v2.detections.json").is_file()
