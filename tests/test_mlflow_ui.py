@@ -126,7 +126,8 @@ def test_sweep_runs_are_listed_in_the_mlflow_ui(mlflow_uri: str, tmp_path: Path,
     from pipeline.training.grid import trial_name
 
     sweep = f"ui-sweep-{int(time.time())}"
-    parent = tracking.start_parent_run(mlflow_uri, sweep, {"preset": "tiny"})
+    description = f"Sweep {sweep}: 2 trials of proposed; compare val/D_s across them"
+    parent = tracking.start_parent_run(mlflow_uri, sweep, {"preset": "tiny"}, description=description)
     trials: dict[str, str] = {}
     for lmbda in (0.0123, 0.0456):  # values no other test uses on the session's server
         name = trial_name("proposed", 16, 32, 2, lmbda)
@@ -139,6 +140,19 @@ def test_sweep_runs_are_listed_in_the_mlflow_ui(mlflow_uri: str, tmp_path: Path,
     exp = tracking.experiment_id(mlflow_uri)
     names = list(trials)
     runs_page = f"{mlflow_uri}/#/experiments/{exp}/runs"
+
+    # The address the quickstart prints lands on the runs of this model-training experiment in a fresh browser,
+    # not on MLflow 3's GenAI overview of traces ("No data available"), where the bare experiment address goes.
+    from pipeline.workflows.quickstart import mlflow_runs_url
+
+    browser.open(mlflow_runs_url(mlflow_uri, exp))
+    landing = browser.wait_for_text(sweep, "Runs")
+    assert "No data available" not in landing and "/runs" in browser.js("window.location.hash")
+    browser.screenshot(tmp_path / "landing.png")
+    # The parent run's page shows its description.
+    browser.open(f"{mlflow_uri}/#/experiments/{exp}/runs/{parent}?workflowType=machine_learning")
+    browser.wait_for_text(description)
+    browser.screenshot(tmp_path / "parent.png")
 
     # The runs page: the parent is listed; its trials show once the user expands it.
     browser.open(runs_page)
@@ -165,4 +179,4 @@ def test_sweep_runs_are_listed_in_the_mlflow_ui(mlflow_uri: str, tmp_path: Path,
     browser.wait_for_text(*names)
     browser.screenshot(tmp_path / "compare.png")
     assert (tmp_path / "runs_page.png").stat().st_size > 10_000
-    print(f"screenshots: {tmp_path / 'runs_page.png'} {tmp_path / 'compare.png'}")
+    print("screenshots: " + " ".join(str(tmp_path / f) for f in ("landing.png", "parent.png", "runs_page.png", "compare.png")))

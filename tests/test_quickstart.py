@@ -30,7 +30,7 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
     uri = f"sqlite:///{out.resolve() / 'mlflow.db'}"
     assert f"mlflow ui --backend-store-uri {uri}" in text  # whole, on one line, whatever the terminal's width
     exp = MlflowClient(uri).get_experiment_by_name("dvcm")
-    assert f"then browse: http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs" in text
+    assert f"then browse: http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" in text
     trials = ["proposed-16-32-2-l0.0018", "proposed-16-32-2-l0.0932", "choi2022-16-32-2-l0.0018", "choi2022-16-32-2-l0.0932"]
     for name in trials:
         assert name in text

@@ -119,9 +119,13 @@ def mlflow_ui_command(tracking_uri: str) -> str:
 
 def mlflow_runs_url(tracking_uri: str, experiment_id: str) -> str:
     """The address of the experiment's runs view: on the tracking server itself, or where ``mlflow ui`` serves
-    by default (127.0.0.1:5000)."""
+    by default (127.0.0.1:5000).
+
+    MLflow 3's UI takes its GenAI/model-training switch from this URL parameter, else from the browser's
+    storage (GenAI by default) whatever the experiment's kind tag says: without it a fresh browser opens
+    the experiment on the GenAI overview of traces (MLflow 3.17; mlflow/mlflow#24498)."""
     base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    return f"{base}/#/experiments/{experiment_id}/runs"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def _points(res: dict[str, Any], dataset: str) -> list[dict[str, Any]]:
