@@ -17,6 +17,10 @@ class DarknetWeightsError(DvcmError):
     """A Darknet ``.weights`` file does not match the network."""
 
 
+class DarknetCfgError(DvcmError):
+    """A Darknet ``.cfg`` file is not one of the YOLOv3 family that dvcm builds."""
+
+
 class CheckpointError(DvcmError):
     """A checkpoint cannot be loaded (unknown model, wrong format, unsafe content)."""
 
