@@ -128,6 +128,10 @@ class ScalableCodec(CompressionModel):
             raise ConfigError(f"N, M1, M2 must be positive, got N={N}, M1={M1}, M2={M2}")
         self.N, self.M1, self.M2, self.H = int(N), int(M1), int(M2), int(H)
         self.front = _bare_front(front)
+        channels = getattr(self.front, "out_channels", C_S)
+        if channels != C_S:
+            raise ConfigError(f"the YOLO front gives s with {channels} channels; this dvcm builds codecs for "
+                              f"C_s = {C_S} (standard-width YOLOv3) only")
         for p in self.front.parameters():
             p.requires_grad_(False)
         self.front.eval()

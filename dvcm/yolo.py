@@ -132,12 +132,18 @@ class YoloSpec:
 LayerSpec = ConvSpec | ShortcutSpec | RouteSpec | UpsampleSpec | YoloSpec
 
 
-def yolov3_layers(num_classes: int = 80) -> tuple[LayerSpec, ...]:
-    """The 107 layers (0..106) of darknet's ``yolov3.cfg``, with absolute layer references."""
+def yolov3_layers(num_classes: int = 80, width: float = 1.0) -> tuple[LayerSpec, ...]:
+    """The 107 layers (0..106) of darknet's ``yolov3.cfg``, with absolute layer references.
+
+    ``width`` multiplies the filters of every layer but the three detection convs (which keep
+    3·(5 + classes)), as the narrow members of the family do: the graph, its routes and its split
+    after layer 12 stay the same, and s has 256·width channels."""
     layers: list[LayerSpec] = []
+    if not (width > 0 and round(32 * width) >= 1):
+        raise ValueError(f"width {width} leaves the first layer without filters")
 
     def conv(filters: int, size: int, stride: int = 1) -> None:
-        layers.append(ConvSpec(filters, size, stride))
+        layers.append(ConvSpec(max(1, round(filters * width)), size, stride))
 
     def residual(blocks: int, channels: int) -> None:
         for _ in range(blocks):
@@ -159,15 +165,15 @@ def yolov3_layers(num_classes: int = 80) -> tuple[LayerSpec, ...]:
     conv(1024, 3, 2)
     residual(4, 1024)
     # Three heads: 75..82 (stride 32), 83..94 (stride 16), 95..106 (stride 8).
-    for width, mask, skip in ((512, HEAD_MASKS[0], None), (256, HEAD_MASKS[1], 61), (128, HEAD_MASKS[2], 36)):
+    for channels, mask, skip in ((512, HEAD_MASKS[0], None), (256, HEAD_MASKS[1], 61), (128, HEAD_MASKS[2], 36)):
         if skip is not None:
             layers.append(RouteSpec((len(layers) - 4,)))  # back to the last 1x1 conv before the head
-            conv(width, 1)
+            conv(channels, 1)
             layers.append(UpsampleSpec(match=skip))
             layers.append(RouteSpec((len(layers) - 1, skip)))
         for _ in range(3):
-            conv(width, 1)
-            conv(width * 2, 3)
+            conv(channels, 1)
+            conv(channels * 2, 3)
         layers.append(ConvSpec(head, 1, 1, bn=False))
         layers.append(YoloSpec(mask))
     return tuple(layers)
@@ -267,10 +273,13 @@ class YoloBack(_DarknetSegment):
 class YOLOv3(nn.Module):
     """YOLOv3 as ``back(front(x))``; ``provenance`` says where its weights come from."""
 
-    def __init__(self, num_classes: int = 80) -> None:
+    cfg_name = "yolov3.cfg"  # the network's cfg, named in errors
+
+    def __init__(self, num_classes: int = 80, layers: Sequence[LayerSpec] | None = None) -> None:
         super().__init__()
         self.num_classes = num_classes
-        specs = yolov3_layers(num_classes)
+        specs = tuple(layers) if layers is not None else yolov3_layers(num_classes)
+        self.specs = specs
         self.front = YoloFront(specs, 0, SPLIT_LAYER, in_channels=3)
         self.back = YoloBack(specs, SPLIT_LAYER + 1, len(specs) - 1, in_channels=self.front.out_channels)
         self.provenance: dict[str, object] = {}
@@ -456,10 +465,11 @@ def load_darknet_weights(model: YOLOv3, path: str | Path) -> DarknetHeader:
         if found != expected or stray:
             extra = f" plus {stray} stray bytes" if stray else ""
             raise DarknetWeightsError(
-                f"{path}: the network (yolov3.cfg, {model.num_classes} classes) expects {expected:,} floats, "
+                f"{path}: the network ({model.cfg_name}, {model.num_classes} classes) "
+                f"expects {expected:,} floats, "
                 f"the file holds {found:,} floats{extra} after its {header.nbytes}-byte header "
                 f"(version {header.major}.{header.minor}.{header.revision}); it is truncated, has extra data or is "
-                "for another network — use the yolov3.weights that matches yolov3.cfg"
+                f"for another network — use the weights that match {model.cfg_name}"
             )
         data = np.fromfile(f, dtype="<f4", count=expected)
     if data.size != expected:  # the file changed under us
@@ -477,17 +487,46 @@ def load_darknet_weights(model: YOLOv3, path: str | Path) -> DarknetHeader:
     return header
 
 
-def build_yolov3(weights: str | Path | None = None, seed: int = 0, num_classes: int = 80) -> YOLOv3:
+def _network_from_cfg(cfg: str | Path) -> tuple[tuple[LayerSpec, ...], int, str]:
+    """The layers and classes of a YOLOv3-family ``.cfg``, and the file's sha256; the split after layer 12
+    must be the stride-8 conv whose output the back reads alone."""
+    from dvcm.darknet_cfg import read_cfg
+    from dvcm.errors import DarknetCfgError
+
+    parsed = read_cfg(cfg)
+    layers = parsed.layers
+    split = layers[SPLIT_LAYER] if len(layers) > SPLIT_LAYER else None
+    if not isinstance(split, ConvSpec) or split.stride != 2:
+        raise DarknetCfgError(f"{cfg}: layer {SPLIT_LAYER} must be the stride-2 conv after which dvcm splits YOLOv3")
+    try:
+        with torch.device("meta"):  # the graph's check, without allocating its weights
+            YOLOv3(parsed.num_classes, layers)
+    except ValueError as exc:  # the back reads outputs of the front other than layer 12
+        raise DarknetCfgError(f"{cfg}: {exc}; dvcm splits the network after layer {SPLIT_LAYER}") from None
+    return layers, parsed.num_classes, file_sha256(Path(cfg))
+
+
+def build_yolov3(weights: str | Path | None = None, seed: int = 0, num_classes: int = 80,
+                 cfg: str | Path | None = None) -> YOLOv3:
     """YOLOv3 in eval mode: from a Darknet ``.weights`` file, or from ``seed`` when ``weights`` is None.
+
+    ``cfg`` (a Darknet ``.cfg`` of the YOLOv3 family, :mod:`dvcm.darknet_cfg`) gives the network,
+    classes included; without it the network is standard YOLOv3 with ``num_classes``. Weights that
+    do not fit the network are refused, naming both float counts.
 
     A seeded model warns that its detections are meaningless. ``model.provenance`` holds
     ``weights`` (the path, or ``"seeded-random:<seed>"``), ``weights_sha256`` (of the file, or of
     ``darknet_bytes(model)`` for a seeded model, so saving it with the default header gives a file
     with the same digest), ``split_layer`` (12) and ``random_weights``.
     """
+    layers, cfg_sha256 = None, None
+    if cfg is not None:
+        layers, num_classes, cfg_sha256 = _network_from_cfg(cfg)
     with torch.device("meta"):
-        model = YOLOv3(num_classes)
+        model = YOLOv3(num_classes, layers)
     model.to_empty(device="cpu")
+    if cfg is not None:
+        model.cfg_name = Path(cfg).name
     if weights is None:
         seed_weights(model, seed)
         warnings.warn(
@@ -505,6 +544,8 @@ def build_yolov3(weights: str | Path | None = None, seed: int = 0, num_classes: 
         "weights_sha256": digest,
         "split_layer": SPLIT_LAYER,
         "random_weights": weights is None,
+        **({"cfg": str(cfg), "cfg_sha256": cfg_sha256, "feature_channels": model.front.out_channels}
+           if cfg is not None else {}),
     }
     return model.eval()
 

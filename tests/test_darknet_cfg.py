@@ -80,3 +80,44 @@ def test_what_dvcm_does_not_build_is_refused_naming_file_and_line(tmp_path: Path
     if line_of is not None:
         line = next(i for i, ln in enumerate(text.splitlines(), start=1) if line_of in ln)
         assert f"{path}:{line}:" in str(info.value)
+
+
+def test_a_narrow_member_of_the_family_builds_from_its_cfg_and_refuses_other_weights(tmp_path: Path) -> None:
+    import warnings
+
+    import torch
+
+    from dvcm.darknet_cfg import DarknetCfg, YOLOV3_NET
+    from dvcm.errors import DarknetWeightsError
+    from dvcm.yolo import ANCHORS, build_yolov3, save_darknet_weights
+
+    narrow = yolov3_layers(num_classes=8, width=0.25)
+    assert len(narrow) == 107 and narrow[12].filters == 64  # C_s = 256 x width
+    assert [type(a) for a in narrow] == [type(b) for b in yolov3_layers()]  # the same graph
+    cfg_path = tmp_path / "mini.cfg"
+    cfg_path.write_text(write_cfg(DarknetCfg(narrow, 8, ANCHORS, list(YOLOV3_NET))))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        mini = build_yolov3(None, seed=3, cfg=cfg_path)
+    assert mini.num_classes == 8 and mini.front.out_channels == 64
+    assert mini.provenance["feature_channels"] == 64 and mini.provenance["cfg"] == str(cfg_path)
+    x = torch.rand(1, 3, 64, 96)
+    assert mini.front(x).shape == (1, 64, 8, 12)
+    assert [h.shape[1] for h in mini(x)] == [39, 39, 39]  # 3 x (5 + 8)
+    save_darknet_weights(mini, tmp_path / "mini.weights")
+    again = build_yolov3(tmp_path / "mini.weights", cfg=cfg_path)
+    assert torch.equal(again.front(x), mini.front(x))
+    # standard YOLOv3's network does not take the narrow weights: both float counts are named
+    n_mini = darknet_float_count(mini)
+    with pytest.raises(DarknetWeightsError, match=f"yolov3.cfg, 80 classes\\) expects 62,001,757 floats, the file holds {n_mini:,}"):
+        build_yolov3(tmp_path / "mini.weights")
+
+
+def test_a_codec_refuses_a_front_of_another_width_in_one_line() -> None:
+    from dvcm.errors import ConfigError
+    from dvcm.models import build
+    from dvcm.yolo import SPLIT_LAYER, YoloFront
+
+    front = YoloFront(yolov3_layers(8, width=0.25), 0, SPLIT_LAYER, in_channels=3)
+    with pytest.raises(ConfigError, match="s with 64 channels"):
+        build("proposed", front=front, N=8, M1=4, M2=8, H=2)
