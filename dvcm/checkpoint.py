@@ -11,8 +11,9 @@ from typing import Any
 
 import torch
 
-from dvcm.errors import CheckpointError, ConfigError
+from dvcm.errors import BitstreamError, CheckpointError, ConfigError
 from dvcm.fileio import atomic_open
+from dvcm.limits import check_entropy_tables
 from dvcm.models import MODEL_NAMES, ScalableCodec, build
 
 FORMAT = "dvcm-checkpoint"
@@ -89,6 +90,10 @@ def load_checkpoint(path: str | Path, yolo_provenance: dict[str, Any] | None = N
     except (RuntimeError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: weights do not fit {content['model']} {content['config']} "
                               f"({_state_dict_problem(exc)})") from None
+    try:
+        check_entropy_tables(model)
+    except BitstreamError as exc:
+        raise CheckpointError(f"{path}: {exc}; the checkpoint is damaged or crafted") from None
     model.yolo_provenance = saved or None
     model.eval()
     meta = {k: v for k, v in content.items() if k != "state_dict"}

@@ -102,6 +102,15 @@ def _int(section: _Section, key: str, where: str, default: int | None = None) ->
         raise DarknetCfgError(f"{where}:{line}: {key}={value} is not an integer") from None
 
 
+def _ints(section: _Section, key: str, where: str) -> tuple[int, ...]:
+    """A comma-separated list of integers (``mask = 6,7,8``, ``anchors = 10,13,  16,30``)."""
+    try:
+        return tuple(int(p) for p in (section.get(key) or "").replace(" ", "").split(",") if p)
+    except ValueError:
+        raise DarknetCfgError(f"{where}:{section.line_of(key)}: {key}={section.get(key)} is not a list of "
+                              "integers") from None
+
+
 def _refuse_unknown(section: _Section, allowed: set[str], where: str) -> None:
     for key, value, line in section.options:
         if key not in allowed:
@@ -157,9 +166,17 @@ def _layer(section: _Section, index: int, where: str, layers: list[LayerSpec]) -
         return UpsampleSpec(match=-1)
     if kind == "yolo":
         _refuse_unknown(section, _YOLO_NETWORK_KEYS | _YOLO_TRAINING_KEYS, where)
-        mask = tuple(int(p) for p in (section.get("mask") or "").split(","))
+        mask = _ints(section, "mask", where)
+        anchors = _ints(section, "anchors", where)
         if len(mask) != 3:
-            raise DarknetCfgError(f"{where}:{section.line}: [yolo] needs mask= with 3 anchor indexes")
+            raise DarknetCfgError(f"{where}:{section.line_of('mask')}: [yolo] needs mask= with 3 anchor indexes")
+        if not anchors or len(anchors) % 2:
+            raise DarknetCfgError(f"{where}:{section.line_of('anchors')}: [yolo] anchors= needs width,height pairs")
+        if _int(section, "num", where, len(anchors) // 2) != len(anchors) // 2:
+            raise DarknetCfgError(f"{where}:{section.line_of('num')}: [yolo] num= must count the {len(anchors) // 2} anchors")
+        if not all(0 <= m < len(anchors) // 2 for m in mask):
+            raise DarknetCfgError(f"{where}:{section.line_of('mask')}: [yolo] mask {mask} names anchors beyond the "
+                                  f"{len(anchors) // 2} given")
         return YoloSpec(mask)  # type: ignore[arg-type]
     raise DarknetCfgError(f"{where}:{section.line}: section [{kind}] is not in the YOLOv3 family "
                           "(net, convolutional, shortcut, route, upsample, yolo)")
@@ -195,7 +212,7 @@ def parse_cfg(text: str, where: str = "<cfg>") -> DarknetCfg:
         layers.append(_layer(section, index, where, layers))
         if section.kind == "yolo":
             classes.add(_int(section, "classes", where, 80))
-            values = [int(v) for v in (section.get("anchors") or "").replace(" ", "").split(",") if v]
+            values = _ints(section, "anchors", where)
             anchors.add(tuple(zip(values[0::2], values[1::2])))
             yolo_training.append([(k, v) for k, v, _ in section.options if k in _YOLO_TRAINING_KEYS])
     if len(classes) != 1 or len(anchors) != 1:
@@ -234,6 +251,7 @@ def write_cfg(cfg: DarknetCfg) -> str:
         elif isinstance(spec, ShortcutSpec):
             lines += ["[shortcut]", f"from={spec.source - index}", "activation=linear"]
         elif isinstance(spec, RouteSpec):
+            # darknet's own style: relative back into the head's branch, absolute to Darknet-53's stage outputs
             refs = [str(j - index) if j >= index - 4 else str(j) for j in spec.sources]
             lines += ["[route]", f"layers = {', '.join(refs)}"]
         elif isinstance(spec, UpsampleSpec):

@@ -20,8 +20,8 @@ choi2022 (128,64,1), N=192     619     644
 The synthesis g_s2 holds a few N-channel tensors at half resolution (≈ 3.4·N bytes per pixel);
 the encoder also runs V_front at full resolution (≈ 400 bytes per pixel whatever N). The model
 below, ``4·N + 64`` (decode) and ``max(4·N + 64, 448) + 16`` (encode), is above every row. The
-decoder adds the zero padding of its rANS strings (:func:`rans_padding`), up to 88 bytes per
-latent symbol, while the entropy decoding runs.
+decoder adds the zero padding of its rANS strings (:func:`rans_padding`), up to 240 bytes per
+latent symbol with its string, twice (the C++ coder takes a copy), while the entropy decoding runs.
 """
 
 from __future__ import annotations
@@ -29,9 +29,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
 from dvcm.errors import BitstreamError
 
 MEMORY_SHARE = 0.75  # of the memory available when coding starts
+# the largest padded rANS string per symbol: the string (8 B), its padding (88 B + 18 B per string byte)
+RANS_STRING_BYTES_PER_SYMBOL = 8 + 88 + 18 * 8
 
 
 def padded_pixels(hw: tuple[int, int], multiple: int = 64) -> int:
@@ -48,7 +52,7 @@ def decode_bytes(hw: tuple[int, int], N: int, M1: int, M2: int) -> int:
     """Estimated peak bytes to decode an image of ``hw`` (both layers)."""
     padded = padded_pixels(hw)
     synthesis = (4 * N + 64) * padded
-    entropy = 2 * RANS_PAD_PER_SYMBOL * latent_symbols(padded, N, M1, M2)  # the padded string, and its copy in C++
+    entropy = 2 * RANS_STRING_BYTES_PER_SYMBOL * latent_symbols(padded, N, M1, M2)  # padded string + its C++ copy
     return max(synthesis, entropy)
 
 
@@ -56,7 +60,7 @@ def decode_base_bytes(hw: tuple[int, int], N: int, M1: int) -> int:
     """Estimated peak bytes to decode the base layer alone (ŷ1, then g_s1 at 1/16 and 1/8 of each side)."""
     padded = padded_pixels(hw)
     synthesis = (N // 4 + 32) * padded
-    entropy = 2 * RANS_PAD_PER_SYMBOL * (padded * M1 // 256 + padded * N // 4096)
+    entropy = 2 * RANS_STRING_BYTES_PER_SYMBOL * (padded * M1 // 256 + padded * N // 4096)
     return max(synthesis, entropy)
 
 
@@ -95,9 +99,12 @@ def available_memory() -> int:
             candidates.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
         except (ValueError, OSError, AttributeError):
             pass
-    limit, used = _read_int("/sys/fs/cgroup/memory.max"), _read_int("/sys/fs/cgroup/memory.current")
-    if limit is not None and used is not None:
-        candidates.append(max(limit - used, 0))
+    for limit_file, used_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
+                                  ("/sys/fs/cgroup/memory/memory.limit_in_bytes",  # cgroup v1
+                                   "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        limit, used = _read_int(limit_file), _read_int(used_file)
+        if limit is not None and used is not None and limit < 1 << 60:  # v1 writes a huge number for "no limit"
+            candidates.append(max(limit - used, 0))
     try:
         import resource
 
@@ -136,18 +143,27 @@ def check_coding_size(hw: tuple[int, int], needed: int, what: str, max_pixels: i
 # one word per Rans64DecAdvance (one per symbol) and per Rans64DecGetBits (the bypass of values
 # outside the table). A string that is too short for the symbols asked of it is read past its end.
 #
-# Padded with zero words, every read lands in the padding when the padding covers the worst case:
+# Padded with zero words, every read lands in the padding when the padding covers the worst case
+# (the argument below was checked by an independent reading of the source, with a model of the
+# read pointer; tests/test_hostile_files.py checks that bytes past the padding never change a decode):
 # - 8 bytes of initial state;
-# - per symbol, the Advance's word, and for a symbol decoded in bypass mode inside the zero region,
-#   at most 9 calls while the length nibbles are 15 (the state holds at most 8 nibbles above 2^31
-#   before a renormalisation shifts in a zero word, whose nibbles are 0) and so at most 15·8 = 120
-#   value nibbles: (9 + 120)·4 bits in at most 20 renormalisations, 21 words with the Advance's,
-#   so 88 bytes per symbol;
-# - the bypass lengths that the string's own nibbles can declare: at most 15 per nibble of the
-#   string and of the initial state, 4 bits each, so 15·(2·L + 16)·4 bits, read in words of at
-#   least 28 fresh bits: 18·L + 320 bytes for a string of L bytes.
+# - per symbol inside the zero region, the Advance's word, and for a symbol decoded in bypass mode
+#   at most 9 length nibbles of 15 (a state above 2^31 holds at most 8 nibbles before a refill
+#   shifts in a zero word, whose nibbles are 0), so at most 15·9 = 135 value nibbles, read in at
+#   most 18 words: 88 bytes per symbol covers it (72 are enough);
+# - the bypass lengths that the string's own nibbles can declare, for the symbol that crosses the
+#   string's end: at most 15 per nibble of the string and of the initial state, 4 bits each,
+#   15·(2·L + 16)·4 bits, read in words of at least 28 fresh bits: 18·L + 320 bytes for L bytes
+#   (measured: 15·L + 20 for a string of 0xff bytes). The decoder's int32 bypass count stays below
+#   2^31 for L below 2^26, which the length limit below keeps for every image dvcm codes.
+# The bound assumes valid tables (strictly increasing CDFs from 0 to 2^16, lengths within their
+# rows): :func:`check_entropy_tables` checks them when a checkpoint is loaded.
+#
+# A real string needs at most about 7 bytes per symbol (16 bits of the table's precision, and for
+# a value outside the table at most 9 nibbles of bypass), plus the coder's 8-byte final state: a
+# longer one is refused, so that neither its padding nor its decoding time can be inflated.
 RANS_PAD_PER_SYMBOL = 88
-MAX_RANS_STRING = 64 << 20  # longer strings could overflow the decoder's int32 bypass count
+RANS_MAX_BYTES_PER_SYMBOL = 8
 
 
 def rans_padding(length: int, symbols: int) -> int:
@@ -158,9 +174,39 @@ def rans_padding(length: int, symbols: int) -> int:
 
 def padded_rans_string(string: bytes, symbols: int, what: str = "rANS string") -> bytes:
     """``string`` followed by its :func:`rans_padding`; refuses strings that no encoder writes."""
-    if len(string) > MAX_RANS_STRING:
-        raise BitstreamError(f"{what} is {len(string):,} bytes, more than any image dvcm codes needs")
+    if len(string) > RANS_MAX_BYTES_PER_SYMBOL * symbols + 16:
+        raise BitstreamError(f"{what} is {len(string):,} bytes for {symbols:,} symbols, more than an rANS coder "
+                             f"writes ({RANS_MAX_BYTES_PER_SYMBOL} bytes a symbol at most): the file is damaged or crafted")
     if len(string) < 8 or len(string) % 4:
         raise BitstreamError(f"{what} is {len(string)} bytes; an rANS string is whole 32-bit words, at least two "
                              "(the coder's final state): the file is damaged or crafted")
     return string + bytes(rans_padding(len(string), symbols))
+
+
+def check_entropy_tables(model: torch.nn.Module) -> None:
+    """Refuse entropy tables that would let CompressAI's decoder read outside them or outside a string:
+    each CDF must rise strictly from 0 to 2^16 within its row, and there must be a row for every index
+    the model can ask for (a channel of an EntropyBottleneck, a scale of a GaussianConditional)."""
+    from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+
+    for name, module in model.named_modules():
+        if not isinstance(module, (EntropyBottleneck, GaussianConditional)) or module._quantized_cdf.numel() == 0:
+            continue
+        cdf, lengths, offsets = module._quantized_cdf, module._cdf_length.reshape(-1), module._offset.reshape(-1)
+        rows = cdf.shape[0] if cdf.dim() == 2 else 0
+        wanted = module.quantiles.shape[0] if isinstance(module, EntropyBottleneck) else module.scale_table.numel()
+        problem = ""
+        if cdf.dim() != 2 or rows != wanted or lengths.numel() != rows or offsets.numel() != rows:
+            problem = f"{rows} CDF rows, {lengths.numel()} lengths and {offsets.numel()} offsets for {wanted} entries"
+        elif bool(((lengths < 2) | (lengths > cdf.shape[1])).any()):
+            problem = "a CDF length outside its row"
+        else:
+            col = torch.arange(cdf.shape[1]).expand_as(cdf)
+            inside = col < lengths[:, None]
+            last = cdf.gather(1, (lengths - 1).long()[:, None]).squeeze(1)
+            steps = cdf[:, 1:] - cdf[:, :-1]
+            rising = (steps > 0) | ~inside[:, 1:]
+            if bool((cdf[:, 0] != 0).any()) or bool((last != 1 << 16).any()) or not bool(rising.all()):
+                problem = "a CDF that does not rise strictly from 0 to 65536"
+        if problem:
+            raise BitstreamError(f"entropy table {name}: {problem}")

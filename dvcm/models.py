@@ -276,6 +276,10 @@ class ScalableCodec(CompressionModel):
         if "s_mean" not in state_dict and "s_std" not in state_dict:  # written before feature statistics existed
             state_dict = {**state_dict, "s_mean": torch.zeros_like(self.s_mean), "s_std": torch.ones_like(self.s_std)}
         # checkpoints of format version 1 name the latent codec's tensors without its prefix
+        old = [k for k in state_dict if k.startswith(_FORMAT_V1_KEYS)]
+        if old and any(k.startswith(LATENT_CODEC) for k in state_dict):
+            raise ConfigError(f"the state holds both {old[0]!r} (format version 1) and latent_codec.* keys; "
+                              "save it again with dvcm.checkpoint.save_checkpoint")
         state_dict = {(LATENT_CODEC + k if k.startswith(_FORMAT_V1_KEYS) else k): v for k, v in state_dict.items()}
         result = super().load_state_dict(state_dict, strict=strict)
         self._fingerprint = self.compute_fingerprint()

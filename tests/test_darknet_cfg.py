@@ -67,6 +67,9 @@ def test_training_only_settings_are_kept(tmp_path: Path) -> None:
     ("from=-3", "from=-30", "from=-30", "does not come before it"),
     ("classes=80", "classes=3", None, "needs filters=24"),  # every [yolo] section (see below)
     ("stride=2\n\n[route]", "stride=4\n\n[route]", None, "stride other than 2"),
+    ("mask = 6,7,8", "mask = 6,7,x", "mask = 6,7,x", "is not a list of integers"),
+    ("mask = 6,7,8", "mask = 6,7,12", "mask = 6,7,12", "names anchors beyond the 9 given"),
+    ("num=9", "num=8", "num=8", "must count the 9 anchors"),
 ])
 def test_what_dvcm_does_not_build_is_refused_naming_file_and_line(tmp_path: Path, old: str, new: str,
                                                                   line_of: str | None, message: str) -> None:

@@ -193,6 +193,7 @@ def test_nothing_past_the_padding_is_ever_read(which: str, string: bytes, symbol
     from compressai.entropy_models import EntropyBottleneck, GaussianConditional
     from compressai.models.base import get_scale_table
 
+    symbols = max(symbols, -(-(len(string) - 16) // 8))  # strings longer than a coder writes are refused
     torch.manual_seed(0)
     if which == "gaussian":
         coder = GaussianConditional(None)
@@ -319,3 +320,43 @@ def test_broken_checkpoints_and_bad_outputs_are_one_whole_line(codecs: dict, tmp
               "-c", str(ckpt))
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "out" / "coffee.v2.npy").is_file() and (tmp_path / "out" / "coffee.v2.detections.json").is_file()
+
+
+@pytest.mark.parametrize("damage", ["last value", "not rising", "rows", "length"])
+def test_checkpoints_with_entropy_tables_that_would_misread_are_refused(damage: str, yolo, tmp_path: Path) -> None:  # noqa: ANN001
+    from dvcm.checkpoint import load_checkpoint
+    from dvcm.errors import CheckpointError
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "good.pt", build("proposed", front=yolo.front, yolo_provenance=yolo.provenance,
+                                                **CONFIGS["proposed"]))
+    load_checkpoint(tmp_path / "good.pt")  # the control: intact tables load
+    content = torch.load(tmp_path / "good.pt", weights_only=True)
+    sd = content["state_dict"]
+    key = next(k for k in sd if k.endswith("hyper1.entropy_bottleneck._quantized_cdf"))
+    lengths = key.replace("_quantized_cdf", "_cdf_length")
+    if damage == "last value":
+        sd[key][0, int(sd[lengths][0]) - 1] = 60000
+    elif damage == "not rising":
+        sd[key][1, 1] = sd[key][1, 2]
+    elif damage == "rows":
+        sd[key] = sd[key][:2].clone()
+    else:
+        sd[lengths][0] = sd[key].shape[1] + 5
+    torch.save(content, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="entropy table") as info:
+        load_checkpoint(tmp_path / "bad.pt")
+    assert "\n" not in str(info.value)
+
+
+def test_a_string_longer_than_any_coder_writes_for_its_symbols_is_refused(codecs: dict) -> None:
+    from dvcm.checkpoint import load_checkpoint
+    from dvcm.errors import BitstreamError
+
+    ckpt, fp = codecs["proposed"]
+    model, _ = load_checkpoint(ckpt)
+    ok = bytes(8)
+    huge = bytes(1 << 20)  # 1 MiB for ẑ1 of 8 channels x 1 x 1: at most 8·8 + 16 bytes are possible
+    data = craft("proposed", CONFIGS["proposed"], fp, (64, 64), [huge, ok], [ok, ok])
+    with pytest.raises(BitstreamError, match="more than an rANS coder writes"):
+        bitstream.decode_base(model, data)

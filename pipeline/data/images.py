@@ -76,15 +76,18 @@ def open_checked(path: Path, max_pixels: int | None = None) -> Any:
         raise UserError(f"{path} is not a file; pass an image file (PNG, JPEG, ...)")
     # Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that; below its refusal, dvcm's own
     # limits decide (max_pixels, or the memory that coding needs), and --max-pixels may raise Pillow's.
-    limit = max(Image.MAX_IMAGE_PIXELS or 0, max_pixels or 0) or None
+    raise_limit = bool(max_pixels and Image.MAX_IMAGE_PIXELS and max_pixels > Image.MAX_IMAGE_PIXELS)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, limit
-            try:
+            if not raise_limit:
                 im = Image.open(path)
-            finally:
-                Image.MAX_IMAGE_PIXELS = saved
+            else:  # the user's --max-pixels is above Pillow's: let Pillow open what the user allows
+                saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
+                try:
+                    im = Image.open(path)
+                finally:
+                    Image.MAX_IMAGE_PIXELS = saved
     except Image.DecompressionBombError as exc:
         raise UserError(f"{path} declares more pixels than Pillow opens safely ({_first(exc)}); downscale it, or split it "
                         "into tiles and code each (dvcm has no tiled coding)") from None
@@ -93,9 +96,8 @@ def open_checked(path: Path, max_pixels: int | None = None) -> Any:
     w, h = im.size
     if max_pixels is not None and w * h > max_pixels:
         im.close()
-        raise UserError(f"{path} is {w}x{h} = {w * h:,} pixels, more than the limit of {max_pixels:,} (--max-pixels; the "
-                        "default follows the memory that coding it would need); downscale it or split it into tiles, "
-                        "or raise --max-pixels if this machine has the memory")
+        raise UserError(f"{path} is {w}x{h} = {w * h:,} pixels, more than the limit of {max_pixels:,} (--max-pixels); "
+                        "downscale it or split it into tiles, or raise --max-pixels if this machine has the memory")
     return im
 
 
