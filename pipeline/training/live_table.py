@@ -20,8 +20,13 @@ class TrialRow:
     note: str = ""
 
 
-def render_table(rows: dict[str, TrialRow], title: str, width: int | None = None):  # -> rich renderable
-    """A rich table of the trials, then one line per trial note (checkpoint path or error).
+def trial_notes(rows: dict[str, TrialRow]) -> list[str]:
+    """One line per trial note (checkpoint path or error), to print whole (``soft_wrap``) so paths can be copied."""
+    return [f"{r.name}: {r.note}" for r in rows.values() if r.note]
+
+
+def render_table(rows: dict[str, TrialRow], title: str, width: int | None = None, notes: bool = True):  # -> rich renderable
+    """A rich table of the trials, then (``notes``) one line per trial note, folded to the width.
 
     ``width``: the terminal's columns (default: the console's).
     """
@@ -48,5 +53,4 @@ def render_table(rows: dict[str, TrialRow], title: str, width: int | None = None
         table.add_column(c, no_wrap=True, min_width=widths[c], justify="left" if c in ("trial", "state") else "right")
     for row in cells.values():
         table.add_row(*(row[c] for c in columns))
-    notes = [Text(f"{r.name}: {r.note}", overflow="fold") for r in rows.values() if r.note]
-    return Group(table, *notes)
+    return Group(table, *(Text(line, overflow="fold") for line in (trial_notes(rows) if notes else [])))

@@ -27,7 +27,7 @@ from pipeline.infra import storage, tracking
 from pipeline.infra.errors import UserError
 from pipeline.infra.progress import LogTicker, fmt_elapsed, is_terminal
 from pipeline.training import faults
-from pipeline.training.live_table import TrialRow, render_table
+from pipeline.training.live_table import TrialRow, render_table, trial_notes
 from pipeline.training.settings import (
     Resources,
     SweepSettings,
@@ -212,7 +212,10 @@ def run_sweep(
     if show:
         from rich.console import Console
 
-        Console().print(render_table(ctx.rows, f"sweep {name}: {status.lower()}"))
+        con = Console()
+        con.print(render_table(ctx.rows, f"sweep {name}: {status.lower()}", notes=False))
+        for line in trial_notes(ctx.rows):  # checkpoint paths whole, on one line each
+            con.print(line, soft_wrap=True, highlight=False)
     return ctx.state
 
 
