@@ -64,6 +64,12 @@ def decode_base_bytes(hw: tuple[int, int], N: int, M1: int) -> int:
     return max(synthesis, entropy)
 
 
+def detect_bytes(hw: tuple[int, int]) -> int:
+    """Estimated peak bytes of YOLOv3's back (layers 13-106) on the ŝ of an image of ``hw``: measured
+    314-336 bytes per image pixel (512² and 1024², 2 threads); 384 is the model."""
+    return 384 * padded_pixels(hw)
+
+
 def encode_bytes(hw: tuple[int, int], N: int) -> int:
     """Estimated peak bytes to encode an image of ``hw`` (V_front, then the analysis transforms)."""
     return (max(4 * N + 64, 448) + 16) * padded_pixels(hw)

@@ -116,12 +116,17 @@ def decompress_base_file(file: Path, output: Path, checkpoint: Path, yolo_weight
     from dvcm.checkpoint import load_checkpoint
     from dvcm.yolo import COCO80_TO_COCO91, decode_detections
 
+    from dvcm.limits import check_coding_size, decode_base_bytes, detect_bytes
+
     npy, det_path = base_outputs(output)
     check_output(npy)
     data = read_stream(file)
     model, meta = load_checkpoint(checkpoint)
-    s_hat = bitstream.decode_base(model, data, max_pixels)
     header = bitstream.read_header(data)
+    # the detector runs on ŝ too: refuse, before decoding, a declared size whose detection would not fit
+    check_coding_size(header.hw, max(decode_base_bytes(header.hw, model.N, model.M1), detect_bytes(header.hw)),
+                      "the file's image", max_pixels)
+    s_hat = bitstream.decode_base(model, data, max_pixels)
     buf = io.BytesIO()
     np.save(buf, s_hat[0].numpy())
     write_output(npy, buf.getvalue())
