@@ -20,8 +20,9 @@ hyperprior. The codec chooses its layout once, at construction (:func:`latent_co
 Either way the base layer alone decodes ŷ1; decoding the enhancement layer takes what the base
 decode returned (:class:`BaseLatent`: with the shared layout, σ2 comes from the base layer's ẑ).
 
-Under autocast (AMP) the entropy models run in float32: the likelihoods, and so the rate terms,
-would otherwise lose most of their bits in bf16.
+Under autocast (AMP) the latent codecs run in float32, the entropy models and the hyperprior
+transforms h_a/h_s with them: the likelihoods, and so the rate terms, would otherwise lose most
+of their bits in bf16. The analysis and synthesis transforms around them stay in bf16.
 
 Decoding never lets CompressAI's rANS decoder read past a string: each string is checked and
 zero-padded for the symbols asked of it first (:func:`dvcm.limits.padded_rans_string`), so a
