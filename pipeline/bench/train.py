@@ -129,7 +129,7 @@ def run_train_bench(
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pipeline.infra.ray_runtime import init_ray
+    from pipeline.infra.ray_runtime import init_ray, train_logging_config
 
     init_ray(address)
     bench_dir = tempfile.mkdtemp(prefix="dvcm-bench-train-")
@@ -143,7 +143,7 @@ def run_train_bench(
                 torch_config=TorchConfig(backend="gloo"),
                 scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": threads}),
                 run_config=RunConfig(name=f"bench-ddp-{workers}x{threads}-{int(unused)}-{int(time.time())}",
-                                     storage_path=bench_dir),
+                                     storage_path=bench_dir, logging_config=train_logging_config()),
             )
             with trainer.fit().checkpoint.as_directory() as d:
                 ddp[(workers, threads, unused)] = json.loads((Path(d) / "bench.json").read_text())["samples_per_s"]

@@ -109,6 +109,15 @@ def verbose() -> bool:
     return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
 
 
+def train_logging_config():  # -> ray.train.LoggingConfig
+    """Ray Train's log level for the trainers dvcm starts: WARNING (its INFO lines, every report with all its
+    metrics, every worker group and checkpoint path, would bury dvcm's own output; they stay in Ray's log
+    files, ray-train-sys-*.log), INFO with ``-v``, or ``DVCM_RAY_TRAIN_LOG_LEVEL``."""
+    from ray.train import LoggingConfig
+
+    return LoggingConfig(log_level=os.environ.get("DVCM_RAY_TRAIN_LOG_LEVEL", "INFO" if verbose() else "WARNING"))
+
+
 def filter_driver_logs() -> None:
     """Drop :data:`DRIVER_NOISE` from what Ray prints on the driver (worker logs and error messages
     pushed by the raylet); every other line, errors included, is printed as before. Must run before

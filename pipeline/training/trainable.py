@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from pipeline.infra import storage
@@ -14,16 +13,11 @@ from pipeline.training.trial import TrialConfig
 
 def trial_trainable(tune_config: dict[str, Any]) -> None:
     """Ray Tune function trainable: run one trial's ``TorchTrainer`` and forward its reports to Tune."""
-    from ray.train import (
-        CheckpointConfig,
-        FailureConfig,
-        LoggingConfig,
-        RunConfig,
-        ScalingConfig,
-    )
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from pipeline.infra.ray_runtime import train_logging_config
 
     config = tune_config["trial"]
     trial = TrialConfig.from_dict(config)
@@ -44,10 +38,7 @@ def trial_trainable(tune_config: dict[str, Any]) -> None:
             failure_config=FailureConfig(max_failures=r.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()],
-            # Ray Train's INFO lines (every report with all its metrics, every checkpoint path) would
-            # bury the sweep's own table; they stay in Ray's log files (ray-train-sys-*.log).
-            logging_config=LoggingConfig(log_level=os.environ.get(
-                "DVCM_RAY_TRAIN_LOG_LEVEL", "INFO" if os.environ.get("DVCM_VERBOSE") else "WARNING")),
+            logging_config=train_logging_config(),  # Ray Train's INFO lines would bury the sweep's table
         ),
     )
     trainer.fit()
