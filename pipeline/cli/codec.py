@@ -7,10 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 
-MaxPixels = Annotated[Optional[int], typer.Option(
-    "--max-pixels", min=1,
-    help="Refuse images larger than this many pixels (default: whatever coding fits in this machine's memory).")]
-
 from pipeline.codec.files import (
     DEMO_NOTICE,
     compress_file,
@@ -18,6 +14,10 @@ from pipeline.codec.files import (
     decompress_file,
     run_demo,
 )
+
+MaxPixels = Annotated[Optional[int], typer.Option(
+    "--max-pixels", min=1,
+    help="Refuse images larger than this many pixels (default: whatever coding fits in this machine's memory).")]
 
 
 def compress_command(

@@ -114,9 +114,8 @@ def decompress_base_file(file: Path, output: Path, checkpoint: Path, yolo_weight
 
     from dvcm import bitstream
     from dvcm.checkpoint import load_checkpoint
-    from dvcm.yolo import COCO80_TO_COCO91, decode_detections
-
     from dvcm.limits import check_coding_size, decode_base_bytes, detect_bytes
+    from dvcm.yolo import COCO80_TO_COCO91, decode_detections
 
     npy, det_path = base_outputs(output)
     check_output(npy)
