@@ -206,7 +206,7 @@ def _base_strings(data: bytes, model: ScalableCodec) -> tuple[Header, list[bytes
 
 @torch.no_grad()
 def decode_base(model: ScalableCodec, data: bytes, max_pixels: int | None = None) -> Tensor:
-    """Machine side: read the header and base layer only, return ŝ [1,256,⌈H/8⌉,⌈W/8⌉].
+    """Machine side: read the header and base layer only, return ŝ [1,C_s,⌈H/8⌉,⌈W/8⌉].
 
     The declared size is checked against memory first, as in :func:`decode`."""
     header, base = _base_strings(data, model)

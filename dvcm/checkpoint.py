@@ -81,6 +81,10 @@ def load_checkpoint(path: str | Path, yolo_provenance: dict[str, Any] | None = N
         model = build(content["model"], **content["config"])
     except ConfigError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
+    expected = (yolo_provenance or {}).get("feature_channels")
+    if expected is not None and int(expected) != model.C_s:
+        raise CheckpointError(f"{path} is a codec for s with C_s = {model.C_s} channels, but the YOLO front in use gives "
+                              f"{expected}; pass the --yolo-weights/--yolo-cfg it was trained with")
     try:
         model.load_state_dict(content["state_dict"])
     except KeyError as exc:  # CompressAI's buffer resizing looks up every entropy table by name

@@ -9,14 +9,18 @@ hyperprior whose z travels in the base layer: the two layouts are the latent cod
 
 Proposed (paper Fig. 2/3, Table 1)::
 
-    s = V_front(x)                      (frozen YOLOv3 layers 0-12, 256 ch at H/8)
+    s = V_front(x)                      (frozen YOLOv3 layers 0-12, C_s = 256·width ch at H/8)
     y1 = g_a1(concat(s, bicubic(x, H/8)))    conv5s1 N, conv5s1 N, conv5s2 M1    -> H/16
     y2 = g_a2(x)                             conv5s2 N, N, N, M2                 -> H/16
-    ŝ  = g_s1(ŷ1)                            deconv5s1 N, deconv5s1 N, deconv5s2 256
+    ŝ  = g_s1(ŷ1)                            deconv5s1 N, deconv5s1 N, deconv5s2 C_s
     x̂  = g_s2(concat(ŷ1, ŷ2))               deconv5s2 N, N, N, 3
 
 Choi & Bajić 2022 on the same base: y = g_a(x) with M1+M2 channels, y1 = y[:M1], y2 = y[M1:],
 ŝ = LST(ŷ1) with g_s1's layer plan, x̂ = g_s(ŷ). s is not an encoder input.
+
+C_s is the front's: 256 for standard YOLOv3, 256·width for a narrow member of the family
+(``dvcm.yolo.yolov3_layers(width=...)``). ``config`` names it only when it is not 256, so the
+configuration, the fingerprint and the checkpoints of standard-width codecs are those of format 1.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from torch import Tensor
 from dvcm.errors import ConfigError
 from dvcm.latent_codecs import BaseLatent, ScalableLatentCodec, latent_codec
 
-C_S = 256  # channels of YOLOv3 layer-12 output (s)
+C_S = 256  # channels of standard YOLOv3's layer-12 output (s); a narrow front has 256·width
 PAD_MULTIPLE = 64  # total downsampling of the hyper-latents: 2**6
 # Format version 1 named the latent codec's tensors without the ``latent_codec.`` prefix (hyper1.…,
 # coder2.…): checkpoints written so far hold those keys, and every file's fingerprint was computed over them.
@@ -47,14 +51,14 @@ LATENT_CODEC = "latent_codec."
 _FORMAT_V1_KEYS = ("hyper1.", "hyper2.", "hyper.", "coder1.", "coder2.")
 
 
-def feature_synthesis(M1: int, N: int) -> nn.Sequential:
-    """g_s1 / LST: ŷ1 (H/16) -> ŝ (256 channels, H/8). Table 1, third column."""
+def feature_synthesis(M1: int, N: int, C_s: int = C_S) -> nn.Sequential:
+    """g_s1 / LST: ŷ1 (H/16) -> ŝ (C_s channels, H/8). Table 1, third column."""
     return nn.Sequential(
         deconv(M1, N, stride=1),
         GDN(N, inverse=True),
         deconv(N, N, stride=1),
         GDN(N, inverse=True),
-        deconv(N, C_S, stride=2),
+        deconv(N, C_s, stride=2),
     )
 
 
@@ -94,14 +98,24 @@ def feature_size(h: int, w: int) -> tuple[int, int]:
     return (math.ceil(h / 8), math.ceil(w / 8))
 
 
-def _bare_front(front: nn.Module | None) -> nn.Module:
+def _bare_front(front: nn.Module | None, C_s: int | None) -> nn.Module:
     """The V_front module itself (unwrapped from ``dvcm.yolo.FrozenModule``), so that checkpoint keys
-    do not depend on how the caller froze it; a fresh untrained front when None."""
+    do not depend on how the caller froze it; when None, a fresh untrained front of the family member
+    whose s has ``C_s`` channels (width C_s/256; its weights then come from a checkpoint)."""
     from dvcm.yolo import SPLIT_LAYER, FrozenModule, YoloFront, yolov3_layers
 
     if front is None:
-        return YoloFront(yolov3_layers(), 0, SPLIT_LAYER, in_channels=3)
-    return front.module if isinstance(front, FrozenModule) else front
+        width = (C_s or C_S) / C_S
+        try:
+            return YoloFront(yolov3_layers(width=width), 0, SPLIT_LAYER, in_channels=3)
+        except ValueError as exc:
+            raise ConfigError(f"C_s = {C_s}: {exc}") from None
+    bare = front.module if isinstance(front, FrozenModule) else front
+    channels = getattr(bare, "out_channels", C_S)
+    if C_s is not None and channels != C_s:
+        raise ConfigError(f"the YOLO front gives s with {channels} channels, the codec is configured for C_s = {C_s}; "
+                          "pass the --yolo-weights/--yolo-cfg it was trained with")
+    return bare
 
 
 def _pad_to(t: Tensor, hw: tuple[int, int]) -> Tensor:
@@ -122,16 +136,14 @@ class ScalableCodec(CompressionModel):
 
     name: str = ""
 
-    def __init__(self, N: int = 192, M1: int = 64, M2: int = 192, H: int = 2, front: nn.Module | None = None) -> None:
+    def __init__(self, N: int = 192, M1: int = 64, M2: int = 192, H: int = 2, front: nn.Module | None = None,
+                 C_s: int | None = None) -> None:
         super().__init__()
-        if min(N, M1, M2) < 1:
-            raise ConfigError(f"N, M1, M2 must be positive, got N={N}, M1={M1}, M2={M2}")
+        if min(N, M1, M2) < 1 or (C_s is not None and C_s < 1):
+            raise ConfigError(f"N, M1, M2 and C_s must be positive, got N={N}, M1={M1}, M2={M2}, C_s={C_s}")
         self.N, self.M1, self.M2, self.H = int(N), int(M1), int(M2), int(H)
-        self.front = _bare_front(front)
-        channels = getattr(self.front, "out_channels", C_S)
-        if channels != C_S:
-            raise ConfigError(f"the YOLO front gives s with {channels} channels; this dvcm builds codecs for "
-                              f"C_s = {C_S} (standard-width YOLOv3) only")
+        self.front = _bare_front(front, C_s)
+        self.C_s = int(getattr(self.front, "out_channels", C_S))
         for p in self.front.parameters():
             p.requires_grad_(False)
         self.front.eval()
@@ -140,8 +152,8 @@ class ScalableCodec(CompressionModel):
         # s in these normalised units. V_front's channels differ in scale by orders of magnitude
         # (a seeded random front: std ~0.004), and unnormalised the base latent barely learns
         # (measured, see set_feature_stats). Identity until set; saved in the state.
-        self.register_buffer("s_mean", torch.zeros(1, C_S, 1, 1))
-        self.register_buffer("s_std", torch.ones(1, C_S, 1, 1))
+        self.register_buffer("s_mean", torch.zeros(1, self.C_s, 1, 1))
+        self.register_buffer("s_std", torch.ones(1, self.C_s, 1, 1))
         self._fingerprint: bytes | None = None
         # YOLOv3.provenance of the front (weights digest, split layer); saved in checkpoints.
         self.yolo_provenance: dict[str, Any] | None = None
@@ -149,7 +161,9 @@ class ScalableCodec(CompressionModel):
     # -- configuration -------------------------------------------------------------------
     @property
     def config(self) -> dict[str, int]:
-        return {"N": self.N, "M1": self.M1, "M2": self.M2, "H": self.H}
+        """N, M1, M2, H, and C_s when it is not standard YOLOv3's 256 (format 1 had no C_s)."""
+        return {"N": self.N, "M1": self.M1, "M2": self.M2, "H": self.H,
+                **({"C_s": self.C_s} if self.C_s != C_S else {})}
 
     @property
     def downsampling_factor(self) -> int:
@@ -162,13 +176,16 @@ class ScalableCodec(CompressionModel):
 
     # -- feature normalisation -------------------------------------------------------------
     def set_feature_stats(self, mean: Tensor, std: Tensor) -> None:
-        """Per-channel mean and std of s (256 each) from the training set; set before training.
+        """Per-channel mean and std of s (C_s each) from the training set; set before training.
 
         Measured on the sample set (choi2022 (16,32,2), 800 steps, whole validation frames):
         normalised D_s 0.46 with these statistics against 1.02 without (no better than the mean).
         """
-        mean = torch.as_tensor(mean, dtype=torch.float32).reshape(1, C_S, 1, 1)
-        std = torch.as_tensor(std, dtype=torch.float32).reshape(1, C_S, 1, 1)
+        mean, std = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
+        if mean.numel() != self.C_s or std.numel() != self.C_s:
+            raise ConfigError(f"feature statistics have {mean.numel()} channels, the codec's s has C_s = {self.C_s}; "
+                              "prepare the data with the same --yolo-weights/--yolo-cfg")
+        mean, std = mean.reshape(1, self.C_s, 1, 1), std.reshape(1, self.C_s, 1, 1)
         if not bool(torch.isfinite(mean).all() and torch.isfinite(std).all()):
             raise ConfigError("feature statistics must be finite")
         self.s_mean.copy_(mean)
@@ -201,8 +218,8 @@ class ScalableCodec(CompressionModel):
         if s is None:
             s = self.features(x)
         fh, fw = feature_size(h, w)
-        if s.shape[-2:] != (fh, fw) or s.shape[1] != C_S:
-            raise ValueError(f"s has shape {tuple(s.shape)}, expected [B, {C_S}, {fh}, {fw}] for a {h}x{w} image")
+        if s.shape[-2:] != (fh, fw) or s.shape[1] != self.C_s:
+            raise ValueError(f"s has shape {tuple(s.shape)}, expected [B, {self.C_s}, {fh}, {fw}] for a {h}x{w} image")
         ph, pw = padded_size(h, w)
         return _pad_to(x, (ph, pw)), _pad_to(s, (ph // 8, pw // 8)), s
 
@@ -309,17 +326,18 @@ class ProposedCodec(ScalableCodec):
 
     name = "proposed"
 
-    def __init__(self, N: int = 192, M1: int = 64, M2: int = 192, H: int = 2, front: nn.Module | None = None) -> None:
-        super().__init__(N=N, M1=M1, M2=M2, H=H, front=front)
+    def __init__(self, N: int = 192, M1: int = 64, M2: int = 192, H: int = 2, front: nn.Module | None = None,
+                 C_s: int | None = None) -> None:
+        super().__init__(N=N, M1=M1, M2=M2, H=H, front=front, C_s=C_s)
         self.g_a1 = nn.Sequential(
-            conv(C_S + 3, N, stride=1),
+            conv(self.C_s + 3, N, stride=1),
             GDN(N),
             conv(N, N, stride=1),
             GDN(N),
             conv(N, M1, stride=2),
         )
         self.g_a2 = image_analysis(M2, N)
-        self.g_s1 = feature_synthesis(M1, N)
+        self.g_s1 = feature_synthesis(M1, N, self.C_s)
         self.g_s2 = pixel_synthesis(M1 + M2, N)
 
     def analysis(self, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
@@ -333,10 +351,11 @@ class Choi2022Codec(ScalableCodec):
 
     name = "choi2022"
 
-    def __init__(self, N: int = 192, M1: int = 128, M2: int = 64, H: int = 1, front: nn.Module | None = None) -> None:
-        super().__init__(N=N, M1=M1, M2=M2, H=H, front=front)
+    def __init__(self, N: int = 192, M1: int = 128, M2: int = 64, H: int = 1, front: nn.Module | None = None,
+                 C_s: int | None = None) -> None:
+        super().__init__(N=N, M1=M1, M2=M2, H=H, front=front, C_s=C_s)
         self.g_a = image_analysis(M1 + M2, N)
-        self.g_s1 = feature_synthesis(M1, N)  # the latent-space transform (LST)
+        self.g_s1 = feature_synthesis(M1, N, self.C_s)  # the latent-space transform (LST)
         self.g_s2 = pixel_synthesis(M1 + M2, N)
 
     def analysis(self, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
@@ -350,17 +369,18 @@ MODEL_NAMES: tuple[str, ...] = ("proposed", "choi2022")
 def build(
     name: str, front: nn.Module | None = None, yolo_provenance: dict[str, Any] | None = None, **config: int
 ) -> ScalableCodec:
-    """Build a codec by name (``proposed`` or ``choi2022``) with config keys N, M1, M2, H.
+    """Build a codec by name (``proposed`` or ``choi2022``) with config keys N, M1, M2, H and C_s.
 
-    ``front`` is the frozen V_front (``YOLOv3.front``); without it an untrained front of the
-    right shape is made (its weights then come from a checkpoint).
+    ``front`` is the frozen V_front (``YOLOv3.front``), whose output channels are C_s; without it
+    an untrained front of the family member with C_s channels (default 256) is made (its weights
+    then come from a checkpoint).
     """
     key = f"dvcm-{name}"
     if name not in MODEL_NAMES or key not in COMPRESSAI_MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
-    unknown = set(config) - {"N", "M1", "M2", "H"}
+    unknown = set(config) - {"N", "M1", "M2", "H", "C_s"}
     if unknown:
-        raise ConfigError(f"unknown config keys {sorted(unknown)} for model {name!r}; expected N, M1, M2, H")
+        raise ConfigError(f"unknown config keys {sorted(unknown)} for model {name!r}; expected N, M1, M2, H, C_s")
     model = COMPRESSAI_MODELS[key](front=front, **config)
     model.yolo_provenance = yolo_provenance
     return model

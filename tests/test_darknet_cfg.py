@@ -114,13 +114,3 @@ def test_a_narrow_member_of_the_family_builds_from_its_cfg_and_refuses_other_wei
     n_mini = darknet_float_count(mini)
     with pytest.raises(DarknetWeightsError, match=f"yolov3.cfg, 80 classes\\) expects 62,001,757 floats, the file holds {n_mini:,}"):
         build_yolov3(tmp_path / "mini.weights")
-
-
-def test_a_codec_refuses_a_front_of_another_width_in_one_line() -> None:
-    from dvcm.errors import ConfigError
-    from dvcm.models import build
-    from dvcm.yolo import SPLIT_LAYER, YoloFront
-
-    front = YoloFront(yolov3_layers(8, width=0.25), 0, SPLIT_LAYER, in_channels=3)
-    with pytest.raises(ConfigError, match="s with 64 channels"):
-        build("proposed", front=front, N=8, M1=4, M2=8, H=2)
