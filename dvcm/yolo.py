@@ -275,9 +275,13 @@ class YOLOv3(nn.Module):
 
     cfg_name = "yolov3.cfg"  # the network's cfg, named in errors
 
-    def __init__(self, num_classes: int = 80, layers: Sequence[LayerSpec] | None = None) -> None:
+    def __init__(self, num_classes: int = 80, layers: Sequence[LayerSpec] | None = None,
+                 anchors: Sequence[tuple[int, int]] = ANCHORS) -> None:
         super().__init__()
         self.num_classes = num_classes
+        if len(anchors) != 9:
+            raise ValueError(f"YOLOv3 has 9 anchors (3 per head), got {len(anchors)}")
+        self.anchors: tuple[tuple[int, int], ...] = tuple((int(w), int(h)) for w, h in anchors)
         specs = tuple(layers) if layers is not None else yolov3_layers(num_classes)
         self.specs = specs
         self.front = YoloFront(specs, 0, SPLIT_LAYER, in_channels=3)
@@ -487,9 +491,9 @@ def load_darknet_weights(model: YOLOv3, path: str | Path) -> DarknetHeader:
     return header
 
 
-def _network_from_cfg(cfg: str | Path) -> tuple[tuple[LayerSpec, ...], int, str]:
-    """The layers and classes of a YOLOv3-family ``.cfg``, and the file's sha256; the split after layer 12
-    must be the stride-8 conv whose output the back reads alone."""
+def _network_from_cfg(cfg: str | Path) -> tuple[tuple[LayerSpec, ...], int, tuple[tuple[int, int], ...], str]:
+    """The layers, classes and anchors of a YOLOv3-family ``.cfg``, and the file's sha256; the split after
+    layer 12 must be the stride-8 conv whose output the back reads alone."""
     from dvcm.darknet_cfg import read_cfg
     from dvcm.errors import DarknetCfgError
 
@@ -500,10 +504,10 @@ def _network_from_cfg(cfg: str | Path) -> tuple[tuple[LayerSpec, ...], int, str]
         raise DarknetCfgError(f"{cfg}: layer {SPLIT_LAYER} must be the stride-2 conv after which dvcm splits YOLOv3")
     try:
         with torch.device("meta"):  # the graph's check, without allocating its weights
-            YOLOv3(parsed.num_classes, layers)
+            YOLOv3(parsed.num_classes, layers, parsed.anchors)
     except ValueError as exc:  # the back reads outputs of the front other than layer 12
         raise DarknetCfgError(f"{cfg}: {exc}; dvcm splits the network after layer {SPLIT_LAYER}") from None
-    return layers, parsed.num_classes, file_sha256(Path(cfg))
+    return layers, parsed.num_classes, parsed.anchors, file_sha256(Path(cfg))
 
 
 def build_yolov3(weights: str | Path | None = None, seed: int = 0, num_classes: int = 80,
@@ -519,11 +523,11 @@ def build_yolov3(weights: str | Path | None = None, seed: int = 0, num_classes: 
     ``darknet_bytes(model)`` for a seeded model, so saving it with the default header gives a file
     with the same digest), ``split_layer`` (12) and ``random_weights``.
     """
-    layers, cfg_sha256 = None, None
+    layers, anchors, cfg_sha256 = None, ANCHORS, None
     if cfg is not None:
-        layers, num_classes, cfg_sha256 = _network_from_cfg(cfg)
+        layers, num_classes, anchors, cfg_sha256 = _network_from_cfg(cfg)
     with torch.device("meta"):
-        model = YOLOv3(num_classes, layers)
+        model = YOLOv3(num_classes, layers, anchors)
     model.to_empty(device="cpu")
     if cfg is not None:
         model.cfg_name = Path(cfg).name
@@ -544,8 +548,8 @@ def build_yolov3(weights: str | Path | None = None, seed: int = 0, num_classes: 
         "weights_sha256": digest,
         "split_layer": SPLIT_LAYER,
         "random_weights": weights is None,
-        **({"cfg": str(cfg), "cfg_sha256": cfg_sha256, "feature_channels": model.front.out_channels}
-           if cfg is not None else {}),
+        "feature_channels": model.front.out_channels,
+        **({"cfg": str(cfg), "cfg_sha256": cfg_sha256} if cfg is not None else {}),
     }
     return model.eval()
 
@@ -555,7 +559,8 @@ def build_yolov3(weights: str | Path | None = None, seed: int = 0, num_classes: 
 # ---------------------------------------------------------------------------------------------
 
 
-def _decode_heads(heads: Sequence[Tensor], input_hw: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+def _decode_heads(heads: Sequence[Tensor], input_hw: tuple[int, int],
+                  anchor_sizes: Sequence[tuple[int, int]] = ANCHORS) -> tuple[Tensor, Tensor, Tensor]:
     """All anchors of all heads: boxes xyxy [B,N,4] (input pixels), objectness [B,N], class probs [B,N,C]."""
     if len(heads) != len(HEAD_STRIDES):
         raise ValueError(f"expected {len(HEAD_STRIDES)} heads (strides 32, 16, 8), got {len(heads)}")
@@ -569,7 +574,7 @@ def _decode_heads(heads: Sequence[Tensor], input_hw: tuple[int, int]) -> tuple[T
         gy, gx = torch.meshgrid(
             torch.arange(h, device=head.device), torch.arange(w, device=head.device), indexing="ij"
         )
-        anchors = torch.tensor([ANCHORS[m] for m in mask], dtype=torch.float32, device=head.device).view(1, 3, 1, 1, 2)
+        anchors = torch.tensor([anchor_sizes[m] for m in mask], dtype=torch.float32, device=head.device).view(1, 3, 1, 1, 2)
         cx = (gx + torch.sigmoid(t[..., 0])) * stride
         cy = (gy + torch.sigmoid(t[..., 1])) * stride
         wh = torch.exp(t[..., 2:4]) * anchors
@@ -589,6 +594,7 @@ def decode_detections(
     conf_thres: float = 0.001,
     nms_iou: float = 0.5,
     max_det: int = 300,
+    anchors: Sequence[tuple[int, int]] = ANCHORS,
 ) -> list[dict[str, Tensor]]:
     """Detections per image from the three raw heads of ``YOLOv3.back`` (in its output order).
 
@@ -596,10 +602,11 @@ def decode_detections(
     xyxy, clipped to the image. Scoring is multi-label like darknet: every (box, class) pair
     with objectness > ``conf_thres`` and objectness*class_prob > ``conf_thres`` is a candidate
     (at most 30,000 per image, highest first); then class-wise NMS (``batched_nms``) and the
-    ``max_det`` best. Returns per image ``boxes`` [K,4], ``scores`` [K], ``labels`` [K] (0..C-1).
+    ``max_det`` best. ``anchors`` are the network's (``YOLOv3.anchors``; standard YOLOv3's by default).
+    Returns per image ``boxes`` [K,4], ``scores`` [K], ``labels`` [K] (0..C-1).
     """
     height, width = input_hw
-    boxes, obj, cls = _decode_heads(heads, input_hw)
+    boxes, obj, cls = _decode_heads(heads, input_hw, anchors)
     results: list[dict[str, Tensor]] = []
     for bxs, ob, cl in zip(boxes, obj, cls):
         scores = ob[:, None] * cl
