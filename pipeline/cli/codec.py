@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from pipeline.cli.options import YoloCfgOpt
 from pipeline.codec.files import (
     DEMO_NOTICE,
     compress_file,
@@ -36,13 +37,15 @@ def decompress_command(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="The checkpoint that coded the file.")],
     base_only: Annotated[bool, typer.Option("--base-only", help="Decode the base layer only: ŝ and YOLOv3 detections.")] = False,
     yolo_weights: Annotated[Optional[Path], typer.Option(help="Darknet yolov3.weights (default: the checkpoint's seeded YOLO).")] = None,
+    yolo_cfg: YoloCfgOpt = None,
     conf_thres: Annotated[float, typer.Option(help="Detection confidence threshold.")] = 0.25,
     nms_iou: Annotated[float, typer.Option(help="NMS IoU threshold.")] = 0.45,
     max_pixels: MaxPixels = None,
 ) -> None:
     """Decode a file: the image (both layers), or with --base-only ŝ (.npy) and detections (.json)."""
     if base_only:
-        typer.echo(decompress_base_file(file, output, checkpoint, yolo_weights, conf_thres, nms_iou, max_pixels))
+        typer.echo(decompress_base_file(file, output, checkpoint, yolo_weights, conf_thres, nms_iou, max_pixels,
+                                        yolo_cfg))
     else:
         typer.echo(decompress_file(file, output, checkpoint, max_pixels))
 

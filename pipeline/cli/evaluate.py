@@ -8,12 +8,14 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from pipeline.cli.options import YoloCfgOpt
 from pipeline.evaluation.anchors import parse_anchor_params
 from pipeline.evaluation.coco import DEFAULT_REFERENCE_SCORE
 from pipeline.evaluation.job import Job, run_job
 from pipeline.evaluation.targets import coco_items, folder_items, resolve_targets
 from pipeline.evaluation.tasks import Settings
 from pipeline.infra.errors import UserError
+from pipeline.infra.yolo_files import yolo_files
 
 
 def evaluate_command(
@@ -35,6 +37,7 @@ def evaluate_command(
     anchor_params: Annotated[Optional[str], typer.Option(help="Override fixed parameters, e.g. 'jpeg=10,40;hevc=37,32'.")] = None,
     bd_reference: Annotated[str, typer.Option(help="Model name whose curves are BD references (anchors always are).")] = "choi2022",
     yolo_weights: Annotated[Optional[Path], typer.Option(help="Darknet yolov3.weights; seeded random without.")] = None,
+    yolo_cfg: YoloCfgOpt = None,
     yolo_seed: Annotated[int, typer.Option(help="Seed of the random-weight YOLOv3 when no weights are given.")] = 0,
     redundancy_k: Annotated[int, typer.Option(help="k-means clusters K for Rdn.")] = 16,
     redundancy_fibers: Annotated[int, typer.Option(help="Fibers sampled for Rdn.")] = 2048,
@@ -54,8 +57,7 @@ def evaluate_command(
         raise UserError(f"--device must be cpu or cuda, got {device!r}")
     if reference_detections not in ("gt", "uncompressed"):
         raise UserError(f"--reference-detections must be gt or uncompressed, got {reference_detections!r}")
-    if yolo_weights is not None and not yolo_weights.is_file():
-        raise UserError(f"--yolo-weights {yolo_weights} does not exist; give a Darknet yolov3.weights file")
+    weights, cfg = yolo_files(yolo_weights, yolo_cfg)  # absolute: Ray tasks build the YOLO
     uri = tracking.resolve_tracking_uri(tracking_uri)
     tracking.check_reachable(uri)
     targets = resolve_targets(checkpoint or [], run or [], sweep, all_runs, uri, out / ".downloads")
@@ -66,7 +68,7 @@ def evaluate_command(
         coco = (items, gt, ann)
     kodak = folder_items(kodak_root) if kodak_root is not None else None
     names = [] if anchors.strip() == "none" else [a.strip() for a in anchors.split(",") if a.strip()]
-    job = Job(anchor_params=parse_anchor_params(anchor_params), targets=targets, out=out, settings=Settings(conf_thres, nms_iou, str(yolo_weights) if yolo_weights else None, yolo_seed, device=device),
+    job = Job(anchor_params=parse_anchor_params(anchor_params), targets=targets, out=out, settings=Settings(conf_thres, nms_iou, weights, yolo_seed, device=device, yolo_cfg=cfg),
               coco=coco, kodak=kodak, reference=reference_detections, reference_score=reference_score, anchors=names,
               bd_reference=bd_reference, overwrite=overwrite, chunk_size=chunk_size, redundancy_k=redundancy_k,
               redundancy_fibers=redundancy_fibers, redundancy_images=redundancy_images, tracking_uri=uri)

@@ -8,10 +8,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from pipeline.cli.options import YoloCfgOpt
 from pipeline.data.prepare import PrepareReport, estimate, listing_for, run_prepare
 from pipeline.data.sources import DATASETS, parse_frames
 from pipeline.infra import storage
-from pipeline.infra.errors import UserError
+from pipeline.infra.yolo_files import yolo_files
 
 
 def _print_summary(report: PrepareReport, out: str) -> None:
@@ -50,6 +51,7 @@ def prepare_command(
     batch_size: Annotated[int, typer.Option(help="Frames per V_front batch.")] = 8,
     feature_dtype: Annotated[str, typer.Option(help="float16, or uint8 with per-channel scale.")] = "float16",
     yolo_weights: Annotated[Optional[Path], typer.Option(help="Darknet yolov3.weights; seeded random without.")] = None,
+    yolo_cfg: YoloCfgOpt = None,
     yolo_seed: Annotated[int, typer.Option(help="Seed of the random YOLOv3 when no weights are given.")] = 0,
     num_gpus_per_worker: Annotated[float, typer.Option(help="GPUs per shard task (fractions share a GPU).")] = 0.0,
     num_cpus: Annotated[Optional[int], typer.Option(help="CPUs of a local Ray instance (default: all).")] = None,
@@ -63,8 +65,7 @@ def prepare_command(
     """Write WebDataset shards of (image PNG, YOLOv3 layer-12 features s, metadata) for training/evaluation."""
     frames_sel = parse_frames(frames)
     storage.check(out)
-    if yolo_weights is not None and not yolo_weights.is_file():
-        raise UserError(f"--yolo-weights {yolo_weights} does not exist; give a Darknet yolov3.weights file")
+    weights, cfg = yolo_files(yolo_weights, yolo_cfg)
     listing = listing_for(dataset, root, frames_sel, image_list, val_fraction, sample_seed)
     if dry_run:
         est = estimate(listing, feature_dtype)
@@ -77,8 +78,8 @@ def prepare_command(
         )
         return
     report = run_prepare(
-        listing, out, str(yolo_weights) if yolo_weights else None, yolo_seed, frames_sel, shard_size, batch_size,
-        feature_dtype, num_gpus_per_worker, overwrite, True, address, num_cpus,
+        listing, out, weights, yolo_seed, frames_sel, shard_size, batch_size,
+        feature_dtype, num_gpus_per_worker, overwrite, True, address, num_cpus, yolo_cfg=cfg,
     )
     _print_summary(report, storage.resolve(out))
 

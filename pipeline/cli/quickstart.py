@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from pipeline.cli.options import YoloCfgOpt
 from pipeline.training.grid import parse_list
 from pipeline.workflows.quickstart import (
     DEFAULT_EPOCHS,
@@ -22,6 +23,7 @@ from pipeline.workflows.quickstart import (
 def quickstart_command(
     out: Annotated[Path, typer.Option("--out", help="Folder for everything (data, shards, runs, eval, mlflow.db).")] = DEFAULT_OUT,
     yolo_weights: Annotated[Optional[Path], typer.Option("--yolo-weights", help="Darknet yolov3.weights (default: seeded random YOLOv3).")] = None,
+    yolo_cfg: YoloCfgOpt = None,
     lambdas: Annotated[str, typer.Option("--lambdas", help="Two or more λ, comma separated (each model gets all).")] = DEFAULT_LAMBDAS,
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs per trial.")] = DEFAULT_EPOCHS,
     steps_per_epoch: Annotated[int, typer.Option("--steps-per-epoch", help="Training steps per epoch.")] = DEFAULT_STEPS_PER_EPOCH,
@@ -39,6 +41,7 @@ def quickstart_command(
     names = [] if anchors.strip() == "none" else parse_list(anchors)
     run_quickstart(out, str(yolo_weights) if yolo_weights else None, parse_list(lambdas), epochs=epochs,
                    steps_per_epoch=steps_per_epoch, val_steps=val_steps, lr=lr, gamma=gamma,
-                   seed=seed, anchors=names, tracking_uri=tracking_uri, address=address, num_cpus=num_cpus)
+                   seed=seed, anchors=names, tracking_uri=tracking_uri, address=address, num_cpus=num_cpus,
+                   yolo_cfg=str(yolo_cfg) if yolo_cfg else None)
     typer.echo(f"quickstart finished in {time.perf_counter() - t0:.0f} s")
 

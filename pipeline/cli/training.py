@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from pipeline.cli.options import YoloCfgOpt
 from pipeline.infra.errors import UserError
 from pipeline.training.grid import build_grid, load_spec, parse_lambdas, parse_list
 from pipeline.training.settings import DEFAULT_GAMMA, resolve
@@ -46,8 +47,9 @@ def _flags(**given: Any) -> dict[str, Any]:
     """Command-line settings as a mapping (``None``: not given; ``--use-gpu`` off is not given)."""
     flags = {"N": given.pop("n", None), **given}
     flags["use_gpu"] = flags.get("use_gpu") or None
-    if flags.get("yolo_weights") is not None:
-        flags["yolo_weights"] = str(flags["yolo_weights"])
+    for key in ("yolo_weights", "yolo_cfg"):
+        if flags.get(key) is not None:
+            flags[key] = str(flags[key])
     return flags
 
 
@@ -64,7 +66,8 @@ def train_command(
     precision: PrecisionOpt = None, seed: SeedOpt = None, use_gpu: UseGpuOpt = False,
     workers_per_trial: WorkersOpt = None, gpus_per_worker: GpusOpt = None, cpus_per_worker: CpusOpt = None,
     max_failures: FailuresOpt = None, loader_workers: LoaderWorkersOpt = None, yolo_weights: YoloOpt = None,
-    yolo_seed: YoloSeedOpt = None, storage_root: StorageOpt = None, tracking_uri: TrackingOpt = None, address: AddressOpt = None,
+    yolo_cfg: YoloCfgOpt = None, yolo_seed: YoloSeedOpt = None, storage_root: StorageOpt = None,
+    tracking_uri: TrackingOpt = None, address: AddressOpt = None,
 ) -> None:
     """Train one (model, configuration, λ) trial with Ray Train DDP; logs to MLflow."""
     settings = resolve(preset, {}, _flags(
@@ -72,7 +75,7 @@ def train_command(
         steps_per_epoch=steps_per_epoch, val_steps=val_steps, max_lr_drops=max_lr_drops, lr=lr, precision=precision,
         seed=seed, use_gpu=use_gpu, workers_per_trial=workers_per_trial, gpus_per_worker=gpus_per_worker,
         cpus_per_worker=cpus_per_worker, max_failures=max_failures, loader_workers=loader_workers,
-        yolo_weights=yolo_weights, yolo_seed=yolo_seed))
+        yolo_weights=yolo_weights, yolo_cfg=yolo_cfg, yolo_seed=yolo_seed))
     grid = build_grid([model], [config or settings.preset_configs[0]], parse_lambdas([lmbda]))
     state = run_sweep(name or grid[0]["trial_name"], grid, settings, storage_root or "dvcm_runs", tracking_uri,
                       resume, address)
@@ -94,8 +97,8 @@ def sweep_command(
     max_lr_drops: LrDropsOpt = None, lr: LrOpt = None, precision: PrecisionOpt = None, seed: SeedOpt = None,
     use_gpu: UseGpuOpt = False, workers_per_trial: WorkersOpt = None, gpus_per_worker: GpusOpt = None,
     cpus_per_worker: CpusOpt = None, max_concurrent_trials: ConcurrentOpt = None, max_failures: FailuresOpt = None,
-    loader_workers: LoaderWorkersOpt = None, yolo_weights: YoloOpt = None, yolo_seed: YoloSeedOpt = None,
-    storage_root: StorageOpt = None,
+    loader_workers: LoaderWorkersOpt = None, yolo_weights: YoloOpt = None, yolo_cfg: YoloCfgOpt = None,
+    yolo_seed: YoloSeedOpt = None, storage_root: StorageOpt = None,
     tracking_uri: TrackingOpt = None, address: AddressOpt = None,
 ) -> None:
     """Train every (model, configuration, λ) trial in parallel (Ray Tune) with DDP per trial (Ray Train)."""
@@ -105,7 +108,7 @@ def sweep_command(
         steps_per_epoch=steps_per_epoch, val_steps=val_steps, max_lr_drops=max_lr_drops, lr=lr, precision=precision,
         seed=seed, use_gpu=use_gpu, workers_per_trial=workers_per_trial, gpus_per_worker=gpus_per_worker,
         cpus_per_worker=cpus_per_worker, max_concurrent_trials=max_concurrent_trials, max_failures=max_failures,
-        loader_workers=loader_workers, yolo_weights=yolo_weights, yolo_seed=yolo_seed))
+        loader_workers=loader_workers, yolo_weights=yolo_weights, yolo_cfg=yolo_cfg, yolo_seed=yolo_seed))
     models = parse_list(model) if model else list(spec_d.get("models") or ["proposed"])
     if configs:
         cfgs: list[str] | dict[str, list[str]] = parse_list(configs, ":")

@@ -16,19 +16,24 @@ from pipeline.infra.atomic import atomic_write_bytes
 from pipeline.infra.errors import UserError
 
 
-def resolve_yolo(provenance: dict[str, Any], weights: Path | None):  # -> dvcm.yolo.YOLOv3
-    """The YOLOv3 a checkpoint was trained with: ``--yolo-weights``, or the seed it records."""
+def resolve_yolo(provenance: dict[str, Any], weights: Path | None, cfg: Path | None = None):  # -> dvcm.yolo.YOLOv3
+    """The YOLOv3 a checkpoint was trained with: ``--yolo-weights`` (of the network ``--yolo-cfg``
+    describes, standard YOLOv3 without), or the seed it records."""
     from dvcm.yolo import build_yolov3
+    from pipeline.infra.yolo_files import checked_file
 
+    cfg_path = checked_file("--yolo-cfg", cfg, "a Darknet .cfg file of the YOLOv3 family (e.g. yolov3.cfg)")
+    if cfg_path is None and provenance.get("cfg_sha256"):
+        raise UserError(f"the checkpoint was trained with the YOLO cfg {provenance.get('cfg')}; pass it with --yolo-cfg")
     if weights is None:
         source = str(provenance.get("weights", "seeded-random:0"))
         if not source.startswith("seeded-random:"):
             raise UserError(f"the checkpoint was trained with YOLO weights {source}; pass them with --yolo-weights")
-        yolo = build_yolov3(None, seed=int(source.split(":", 1)[1]))
+        yolo = build_yolov3(None, seed=int(source.split(":", 1)[1]), cfg=cfg_path)
     else:
         if not weights.is_file():
             raise UserError(f"YOLO weights not found: {weights}")
-        yolo = build_yolov3(weights)
+        yolo = build_yolov3(weights, cfg=cfg_path)
     want = provenance.get("weights_sha256")
     if want and want != yolo.provenance["weights_sha256"]:
         raise UserError(
@@ -107,7 +112,8 @@ def decompress_file(file: Path, output: Path, checkpoint: Path, max_pixels: int 
 
 
 def decompress_base_file(file: Path, output: Path, checkpoint: Path, yolo_weights: Path | None,
-                         conf_thres: float, nms_iou: float, max_pixels: int | None = None) -> str:
+                         conf_thres: float, nms_iou: float, max_pixels: int | None = None,
+                         yolo_cfg: Path | None = None) -> str:
     """Machine side: decode the base layer of ``file`` into ŝ (``.npy``) and YOLOv3 detections (``.detections.json``)."""
     import numpy as np
     import torch
@@ -121,6 +127,7 @@ def decompress_base_file(file: Path, output: Path, checkpoint: Path, yolo_weight
     check_output(npy)
     data = read_stream(file)
     model, meta = load_checkpoint(checkpoint)
+    yolo = resolve_yolo(meta.get("yolo") or {}, yolo_weights, yolo_cfg)  # a wrong YOLO is refused before any output
     header = bitstream.read_header(data)
     # the detector runs on ŝ too: refuse, before decoding, a declared size whose detection would not fit
     check_coding_size(header.hw, max(decode_base_bytes(header.hw, model.N, model.M1), detect_bytes(header.hw)),
@@ -129,7 +136,6 @@ def decompress_base_file(file: Path, output: Path, checkpoint: Path, yolo_weight
     buf = io.BytesIO()
     np.save(buf, s_hat[0].numpy())
     write_output(npy, buf.getvalue())
-    yolo = resolve_yolo(meta.get("yolo") or {}, yolo_weights)
     with torch.no_grad():
         (det,) = decode_detections(yolo.back(s_hat), header.hw, conf_thres=conf_thres, nms_iou=nms_iou)
     detections = [

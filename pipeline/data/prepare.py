@@ -421,7 +421,7 @@ def finalize(plan: Plan, results: list[ShardResult], yolo_provenance: dict, feat
 
     order = {(t.split, t.index): i for i, t in enumerate(plan.tasks)}
     results = sorted(results, key=lambda r: order[(r.split, r.index)])
-    stats = ChannelStats()
+    stats = ChannelStats(int(yolo_provenance.get("feature_channels") or FEATURE_CHANNELS))
     rows: list[dict] = []
     skipped = list(plan.listing.skipped)
     splits: dict[str, dict] = {}
@@ -451,7 +451,8 @@ def finalize(plan: Plan, results: list[ShardResult], yolo_provenance: dict, feat
             "layout": plan.listing.layout,
             "source_root": plan.listing.root,
             "list_digests": plan.listing.list_digests,
-            "yolo": {k: yolo_provenance.get(k) for k in ("weights", "weights_sha256", "split_layer", "random_weights")},
+            "yolo": {k: yolo_provenance.get(k) for k in ("weights", "weights_sha256", "split_layer", "random_weights",
+                                                         "feature_channels", "cfg", "cfg_sha256")},
             "feature_dtype": feature_dtype,
             "feature_stride": FEATURE_STRIDE,
             "frames": plan.fingerprint["frames"],
@@ -530,10 +531,13 @@ def run_prepare(
     front: Any = None,
     yolo_provenance: dict | None = None,
     torch_threads: int | None = None,
+    yolo_cfg: str | None = None,
 ) -> PrepareReport:
     """Prepare ``listing`` into ``out``; resumes finished shards. ``use_ray=False`` runs in this process.
 
     ``torch_threads`` per shard: default 1 on Ray (one task per CPU), torch's default in-process.
+    ``yolo_cfg``: the Darknet ``.cfg`` of the YOLOv3 family ``yolo_weights`` belong to (default:
+    standard YOLOv3). ``dataset.json`` records the front's channels C_s and the cfg's sha256.
     """
     if feature_dtype not in FEATURE_DTYPES:
         raise UserError(f"--feature-dtype {feature_dtype!r} is not supported; use one of {', '.join(FEATURE_DTYPES)}")
@@ -544,10 +548,12 @@ def run_prepare(
     if front is None:
         from dvcm.yolo import build_yolov3
 
-        yolo = build_yolov3(yolo_weights, seed=yolo_seed)
+        yolo = build_yolov3(yolo_weights, seed=yolo_seed, cfg=yolo_cfg)
         front, yolo_provenance = yolo.front, dict(yolo.provenance)
         del yolo
     assert yolo_provenance is not None
+    yolo_provenance = {"feature_channels": getattr(front, "out_channels", FEATURE_CHANNELS), "cfg": None,
+                       "cfg_sha256": None, **yolo_provenance}
     plan = make_plan(
         listing, out, yolo_provenance, feature_dtype, frames, shard_size, batch_size,
         torch_threads=torch_threads or (1 if use_ray else None), use_gpu=num_gpus_per_worker > 0,

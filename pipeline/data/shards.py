@@ -217,20 +217,28 @@ def read_dataset_info(root: str) -> dict:
 
 
 def check_provenance(info: dict, yolo_provenance: dict) -> None:
-    """Refuse features computed by another YOLO front than the one in use."""
+    """Refuse features computed by another YOLO front than the one in use (its channels C_s first:
+    a ``dataset.json`` that does not record them was prepared with standard YOLOv3, 256)."""
     prov = info.get("provenance", {}).get("yolo", {})
+    stored_c = int(prov.get("feature_channels") or FEATURE_CHANNELS)
+    used_c = int(yolo_provenance.get("feature_channels") or FEATURE_CHANNELS)
+    if stored_c != used_c:
+        raise UserError(
+            f"the shards' features have {stored_c} channels, but the YOLO front in use gives {used_c}; "
+            "pass the same --yolo-weights/--yolo-cfg as prepare, or prepare again with these"
+        )
     stored = (prov.get("weights_sha256"), prov.get("split_layer"))
     used = (yolo_provenance.get("weights_sha256"), yolo_provenance.get("split_layer"))
     if stored != used:
         raise UserError(
             f"the shards' features come from YOLO weights sha256 {stored[0]} at split layer {stored[1]}, "
             f"but the YOLO front in use has sha256 {used[0]} at split layer {used[1]}; "
-            "use the same --yolo-weights/--yolo-seed or rerun prepare with them"
+            "use the same --yolo-weights/--yolo-cfg/--yolo-seed or rerun prepare with them"
         )
 
 
 def feature_stats(info: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, std) of s per channel over the whole prepared set, each [256] float32."""
+    """(mean, std) of s per channel over the whole prepared set, each [C_s] float32 (256 for standard YOLOv3)."""
     mean = torch.tensor(info["s_mean"], dtype=torch.float32)
     std = torch.tensor(info["s_std"], dtype=torch.float32)
     return mean, std

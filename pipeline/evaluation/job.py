@@ -35,7 +35,8 @@ a checkpoint, ``anchors`` for the anchors)::
 
     {"schema", "key", "kind": "model"|"anchors", "label", "run_id", "checkpoint", "checkpoint_sha256",
      "model", "config": {N, M1, M2, H}, "lmbda", "yolo": {weights, weights_sha256, split_layer,
-     random_weights}, "detector": "YOLOv3" | "random-weight YOLOv3",
+     random_weights; with --yolo-cfg also cfg, cfg_sha256, feature_channels},
+     "detector": "YOLOv3" | "random-weight YOLOv3",
      "datasets": {"coco"|"kodak": {"settings": {...}, "settings_digest", "images", "skipped",
                   "skipped_images": [...], "points": [point, ...]}},
      "redundancy": {"rdn_y1_given_y2", "rdn_y2_given_y1", "K", "fibers", "images"} | null,
@@ -181,7 +182,9 @@ def _digest(obj: Any) -> str:
 def _dataset_settings(job: Job, dataset: str) -> dict:
     items = job.coco[0] if dataset == "coco" else job.kodak
     base = {"images": [Path(i.path).name for i in items or []], "schema": SCHEMA,
-            "yolo_weights": job.settings.yolo_weights, "yolo_seed": job.settings.yolo_seed}
+            "yolo_weights": job.settings.yolo_weights, "yolo_seed": job.settings.yolo_seed,
+            # only with --yolo-cfg: results computed before it existed keep their digest
+            **({"yolo_cfg_sha256": file_digest(job.settings.yolo_cfg)} if job.settings.yolo_cfg else {})}
     if dataset == "coco":
         base.update(conf_thres=job.settings.conf_thres, nms_iou=job.settings.nms_iou, reference=job.reference,
                     reference_score=job.reference_score if job.reference == "uncompressed" else None,

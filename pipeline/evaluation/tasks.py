@@ -30,13 +30,14 @@ class Settings:
     yolo_seed: int = 0
     threads: int = 1
     device: str = "cpu"  # cuda: encoding, V_front/V_back and decoding on the GPU (scale indexes stay float64)
+    yolo_cfg: str | None = None  # a Darknet .cfg of the YOLOv3 family (None: standard yolov3.cfg)
 
 
 _CACHE: dict[tuple, Any] = {}
 
 
 def detector(s: Settings):  # -> YOLOv3
-    key = ("yolo", s.yolo_weights, s.yolo_seed, s.device)
+    key = ("yolo", s.yolo_weights, s.yolo_cfg, s.yolo_seed, s.device)
     if key not in _CACHE:
         import warnings
 
@@ -44,12 +45,12 @@ def detector(s: Settings):  # -> YOLOv3
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # the random-weight warning: labelled in every output
-            _CACHE[key] = build_yolov3(s.yolo_weights, seed=s.yolo_seed).to(s.device)
+            _CACHE[key] = build_yolov3(s.yolo_weights, seed=s.yolo_seed, cfg=s.yolo_cfg).to(s.device)
     return _CACHE[key]
 
 
 def _codec(checkpoint: str, s: Settings):  # -> ScalableCodec
-    key = ("codec", checkpoint, s.yolo_weights, s.yolo_seed, s.device)
+    key = ("codec", checkpoint, s.yolo_weights, s.yolo_cfg, s.yolo_seed, s.device)
     if key not in _CACHE:
         from dvcm.checkpoint import load_checkpoint
 

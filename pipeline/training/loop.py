@@ -122,7 +122,7 @@ def setup(trial: TrialConfig, rank: int, world: int, device: torch.device) -> Wo
     t = trial.training
     info = shard_reader.read_dataset_info(t.shards)
     s_mean, s_std = shard_reader.feature_stats(info)
-    yolo = build_yolov3(t.yolo_weights, seed=t.yolo_seed)
+    yolo = build_yolov3(t.yolo_weights, seed=t.yolo_seed, cfg=t.yolo_cfg)
     torch.manual_seed(t.seed)  # same initial weights on every rank
     model = build(trial.model, front=yolo.front, yolo_provenance=dict(yolo.provenance),
                   N=t.N, M1=trial.M1, M2=trial.M2, H=trial.H)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.infra.errors import UserError
+from pipeline.infra.yolo_files import yolo_files
 
 # Default feature-loss weight. D_s is the MSE of s normalised per channel by dataset.json's
 # statistics (so a D_s of 1 means "no better than predicting the mean"), D_x is the 0-255 MSE.
@@ -97,6 +98,7 @@ class TrainingSettings:
     yolo_seed: int = field(metadata=RESUME)
     loader_workers: int = 0
     yolo_weights: str | None = None
+    yolo_cfg: str | None = None  # a Darknet .cfg of the YOLOv3 family (None: standard yolov3.cfg)
     redundancy: bool = True  # the per-epoch Rdn(ŷ1|ŷ2), Rdn(ŷ2|ŷ1) on rank 0
 
 
@@ -181,6 +183,8 @@ def resolve(preset: str | None, spec: dict[str, Any], flags: dict[str, Any]) -> 
     if not resources.use_gpu:
         resources = dataclasses.replace(resources, gpus_per_worker=0.0)
     training = _build(TrainingSettings, values)
+    weights, cfg = yolo_files(training.yolo_weights, training.yolo_cfg)  # absolute: Ray Train workers build the YOLO
+    training = dataclasses.replace(training, yolo_weights=weights, yolo_cfg=cfg)
     settings = SweepSettings(training, resources, tuple(",".join(map(str, c)) for c in PRESETS[name]["configs"]))
     check(settings)
     return settings
@@ -220,7 +224,7 @@ def check_gpu_layout(r: Resources) -> None:
 
 def resume_record(settings: SweepSettings, data: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a resumed sweep must not change: every ``resume`` field, plus ``data`` (the digests of the
-    shards and of the YOLOv3 weights the trials were trained on)."""
+    shards and of the YOLOv3 weights and cfg the trials were trained on)."""
     out = {f.name: getattr(obj, f.name) for obj in (settings.training, settings.resources)
            for f in dataclasses.fields(obj) if f.metadata.get("resume")}
     return {**out, **(data or {})}

@@ -108,7 +108,7 @@ def check_data(settings: SweepSettings, storage_root: str | Path) -> SweepData:
     storage.check(t.shards)
     storage.check(storage_root)
     shards = storage.resolve(t.shards)
-    provenance = dict(build_yolov3(t.yolo_weights, seed=t.yolo_seed).provenance)
+    provenance = dict(build_yolov3(t.yolo_weights, seed=t.yolo_seed, cfg=t.yolo_cfg).provenance)
     return SweepData(shards, check_shards(shards, provenance), provenance)
 
 
@@ -120,7 +120,8 @@ def open_record(name: str, sweep_dir: str, resume: bool, settings: SweepSettings
     if state is None:
         state = {"name": name, "trials": {}, "parent_run_id": None}
     trained_on = resume_record(settings, {"shards_digest": data.digest(),
-                                          "yolo_weights_sha256": data.yolo_provenance.get("weights_sha256")})
+                                          "yolo_weights_sha256": data.yolo_provenance.get("weights_sha256"),
+                                          "yolo_cfg_sha256": data.yolo_provenance.get("cfg_sha256")})
     check_resume_settings(name, state, trained_on)
     state["training_settings"] = trained_on
     return state
@@ -145,7 +146,8 @@ def start_tracking(uri: str, name: str, state: dict[str, Any], settings: SweepSe
     common_params = {
         "preset": settings.training.preset, "dataset_digest": tracking.text_digest(json.dumps(data.info, sort_keys=True)),
         "yolo_weights_sha256": prov.get("weights_sha256"), "yolo_weights": prov.get("weights"),
-        "yolo_random_weights": prov.get("random_weights"), "code_version": tracking.code_version(),
+        "yolo_random_weights": prov.get("random_weights"), "yolo_cfg_sha256": prov.get("cfg_sha256"),
+        "code_version": tracking.code_version(),
         "shards": str(data.shards),
     }
     state["parent_run_id"] = tracking.start_parent_run(

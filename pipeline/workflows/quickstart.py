@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.infra.errors import UserError
+from pipeline.infra.yolo_files import yolo_files
 from pipeline.training.settings import SweepSettings, resolve, resume_record
 
 DEFAULT_OUT = Path("dvcm-quickstart")
@@ -270,7 +271,7 @@ def print_summary(result: QuickstartResult) -> None:
 
 
 def prepare_stage(out: Path, yolo_weights: str | None, address: str | None, num_cpus: int | None, progress: bool,
-                  con: Any) -> tuple[Any, Path]:
+                  con: Any, yolo_cfg: str | None = None) -> tuple[Any, Path]:
     """Step 1: the generated sample set, and its Vimeo-like clips into shards (Ray tasks)."""
     from pipeline.data.prepare import run_prepare
     from pipeline.data.sample_data import generate_sample
@@ -282,7 +283,8 @@ def prepare_stage(out: Path, yolo_weights: str | None, address: str | None, num_
     init_ray(address, num_cpus)
     shards = out / "shards"
     rep = run_prepare(list_source("sample", sample.vimeo_root, SAMPLE_FRAMES), shards, yolo_weights=yolo_weights,
-                      frames=SAMPLE_FRAMES, shard_size=8, use_ray=True, address=address, num_cpus=num_cpus, progress=progress)
+                      frames=SAMPLE_FRAMES, shard_size=8, use_ray=True, address=address, num_cpus=num_cpus, progress=progress,
+                      yolo_cfg=yolo_cfg)
     con.print(f"shards in {shards}: {rep.shards_written} written, {rep.shards_skipped} already finished")
     return sample, shards
 
@@ -308,7 +310,7 @@ def sweep_stage(out: Path, shards: Path, flags: dict[str, Any], lams: list[float
 
 
 def evaluate_stage(eval_dir: Path, run_ids: list[str], sample: Any, yolo_weights: str | None, anchors: list[str] | None,
-                   uri: str, progress: bool, con: Any) -> dict[str, Any]:
+                   uri: str, progress: bool, con: Any, yolo_cfg: str | None = None) -> dict[str, Any]:
     """Step 3: every trial from real bitstreams, with the installed anchors (Ray tasks); returns the job's summary."""
     from pipeline.evaluation.job import Job, run_job
     from pipeline.evaluation.targets import coco_items, folder_items, resolve_targets
@@ -318,7 +320,7 @@ def evaluate_stage(eval_dir: Path, run_ids: list[str], sample: Any, yolo_weights
     targets = resolve_targets([], run_ids, None, False, uri, eval_dir / ".downloads")
     items, gt = coco_items(sample.coco_root, sample.coco_annotations, None)
     job = Job(
-        targets=targets, out=eval_dir, settings=Settings(yolo_weights=yolo_weights, yolo_seed=0),
+        targets=targets, out=eval_dir, settings=Settings(yolo_weights=yolo_weights, yolo_seed=0, yolo_cfg=yolo_cfg),
         coco=(items, gt, sample.coco_annotations), kodak=folder_items(sample.kodak_root),
         reference="uncompressed", anchors=list(anchors) if anchors is not None else ["jpeg", "webp", "avif", "hevc", "vvc"],
         bd_reference="choi2022", tracking_uri=uri, redundancy_images=2, redundancy_fibers=1024,
@@ -344,8 +346,12 @@ def run_quickstart(
     address: str | None = None,
     num_cpus: int | None = None,
     progress: bool = True,
+    yolo_cfg: str | None = None,
 ) -> QuickstartResult:
-    """Run the steps (see the module docstring); returns what was produced."""
+    """Run the steps (see the module docstring); returns what was produced.
+
+    ``yolo_cfg``: the Darknet ``.cfg`` of the YOLOv3 family ``yolo_weights`` belong to (default: standard YOLOv3).
+    """
     from rich.console import Console
 
     from pipeline.evaluation.report import write_report
@@ -355,13 +361,14 @@ def run_quickstart(
     con = Console()
     out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
-    if yolo_weights is not None and not Path(yolo_weights).is_file():
-        raise UserError(f"--yolo-weights {yolo_weights} does not exist; give a Darknet yolov3.weights file")
+    yolo_weights, yolo_cfg = yolo_files(yolo_weights, yolo_cfg)  # absolute: Ray workers build the YOLO
     if yolo_weights is None:
         con.print("[bold yellow]YOLOv3 runs with seeded random weights (seed 0)[/]: no --yolo-weights was given, so "
                   "every detection and mAP below comes from a random-weight YOLOv3 and only shows that the path works.")
     else:
         con.print(f"YOLOv3 weights: {yolo_weights}")
+    if yolo_cfg is not None:
+        con.print(f"YOLOv3 network: {yolo_cfg}")
     uri = tracking.resolve_tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(out))
     tracking.check_reachable(uri)
     lams = parse_lambdas(lambdas if lambdas is not None else parse_list(DEFAULT_LAMBDAS))
@@ -370,19 +377,19 @@ def run_quickstart(
     seconds: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    sample, shards = prepare_stage(out, yolo_weights, address, num_cpus, progress, con)
+    sample, shards = prepare_stage(out, yolo_weights, address, num_cpus, progress, con, yolo_cfg)
     seconds["prepare"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     flags = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "val_steps": val_steps, "lr": lr, "gamma": gamma,
-             "seed": seed, "yolo_weights": yolo_weights}
+             "seed": seed, "yolo_weights": yolo_weights, "yolo_cfg": yolo_cfg}
     name, grid, state = sweep_stage(out, shards, flags, lams, uri, address, progress, con)
     seconds["sweep"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     eval_dir = eval_folder(out, name)
     run_ids = [state["trials"][t["trial_name"]]["run_id"] for t in grid]
-    summary = evaluate_stage(eval_dir, run_ids, sample, yolo_weights, anchors, uri, progress, con)
+    summary = evaluate_stage(eval_dir, run_ids, sample, yolo_weights, anchors, uri, progress, con, yolo_cfg)
     seconds["evaluate"] = time.perf_counter() - t0
 
     con.rule("4/5 report")
