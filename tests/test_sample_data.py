@@ -1,4 +1,4 @@
-"""The deterministic sample generator: layout, determinism, COCO validity, image content."""
+"""The deterministic sample generator: layout, determinism, COCO validity (the world's 8 classes), image content."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data.sample_data import COCO_CATEGORIES, generate_sample
+from pipeline.data.sample_data import generate_sample
+from pipeline.data.world import WORLD_CLASSES
 
 SMALL = dict(train_sequences=2, val_sequences=1, frame_size=(96, 64), coco_images=3, kodak_images=4)
 
@@ -73,8 +74,8 @@ def test_coco_annotations_load_with_pycocotools(sample) -> None:
     from pycocotools.coco import COCO
 
     coco = COCO(str(sample.coco_annotations))
-    valid = {cid for cid, _ in COCO_CATEGORIES}
-    assert len(valid) == 80 and set(coco.getCatIds()) == valid
+    valid = {cid for cid, _ in WORLD_CLASSES}
+    assert valid == set(range(1, 9)) and set(coco.getCatIds()) == valid
     assert len(coco.getImgIds()) == 3 and len(coco.getAnnIds()) >= 3
     for img_id in coco.getImgIds():
         info = coco.loadImgs(img_id)[0]

@@ -19,8 +19,9 @@ Training: 4 epochs × 200 steps per trial on 24 short sample scenes (2 frames ea
 the base latent to carry ŝ (with a few steps its rate is only ẑ1's side information). That is
 still far from converged, and with γ fixed (the paper's loss, R + λ·D_x + γ·D_s) a larger λ spends
 more base bits on the image while ŝ does not get better: measured with ``--seed 0/1/2 --anchors
-none``, the choi2022 base-layer curve was never increasing with overlapping quality (ŝ SNR fell
-with rate for seeds 0 and 2; for seed 1 its base rate fell with λ), and proposed's fell for seed 0.
+none`` on the random-shapes sample that preceded the synthetic world, the choi2022 base-layer
+curve was never increasing with overlapping quality (ŝ SNR fell with rate for seeds 0 and 2; for
+seed 1 its base rate fell with λ), and proposed's fell for seed 0.
 The BD-rate is then "n/a" with the reason, never a number made up from a non-increasing curve.
 The paper's curves come from `sweep --preset paper`. ``--seed`` (weights and crops) shows the spread.
 
