@@ -20,8 +20,12 @@ def resolve_yolo(provenance: dict[str, Any], weights: Path | None, cfg: Path | N
     """The YOLOv3 a checkpoint was trained with: ``--yolo-weights`` (of the network ``--yolo-cfg``
     describes, standard YOLOv3 without), or the seed it records."""
     from dvcm.yolo import build_yolov3
-    from pipeline.infra.yolo_files import checked_file
+    from dvcm.zoo import MINI_DETECTOR
+    from pipeline.infra.yolo_files import checked_file, yolo_files
 
+    if weights is not None and str(weights) == MINI_DETECTOR:  # the bundled detector and its cfg
+        mini_weights, mini_cfg = yolo_files(weights, cfg)
+        weights, cfg = Path(str(mini_weights)), Path(str(mini_cfg))
     cfg_path = checked_file("--yolo-cfg", cfg, "a Darknet .cfg file of the YOLOv3 family (e.g. yolov3.cfg)")
     if cfg_path is None and provenance.get("cfg_sha256"):
         raise UserError(f"the checkpoint was trained with the YOLO cfg {provenance.get('cfg')}; pass it with --yolo-cfg")
@@ -137,7 +141,8 @@ def decompress_base_file(file: Path, output: Path, checkpoint: Path, yolo_weight
     np.save(buf, s_hat[0].numpy())
     write_output(npy, buf.getvalue())
     with torch.no_grad():
-        (det,) = decode_detections(yolo.back(s_hat), header.hw, conf_thres=conf_thres, nms_iou=nms_iou)
+        (det,) = decode_detections(yolo.back(s_hat), header.hw, conf_thres=conf_thres, nms_iou=nms_iou,
+                                   anchors=yolo.anchors)
     detections = [
         {"bbox_xyxy": [round(float(v), 2) for v in box], "score": float(score), "label": int(label),
          "category_id": COCO80_TO_COCO91[int(label)]}

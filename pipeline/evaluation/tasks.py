@@ -120,10 +120,10 @@ def feature_snr(s, s_hat) -> float:
     return float("inf") if nmse == 0.0 else -10 * math.log10(nmse)
 
 
-def _detect(heads, hw_in, orig_hw, image_id: int, s: Settings) -> list[dict]:
+def _detect(heads, hw_in, orig_hw, image_id: int, s: Settings, anchors) -> list[dict]:
     from dvcm.yolo import decode_detections, detections_to_coco
 
-    (det,) = decode_detections(heads, hw_in, conf_thres=s.conf_thres, nms_iou=s.nms_iou)
+    (det,) = decode_detections(heads, hw_in, conf_thres=s.conf_thres, nms_iou=s.nms_iou, anchors=anchors)
     return detections_to_coco(det, image_id, scale_xy=(orig_hw[1] / hw_in[1], orig_hw[0] / hw_in[0]))
 
 
@@ -159,7 +159,7 @@ def run_codec_chunk(checkpoint: str, dataset: str, items: list[ImageItem], s: Se
                 t2 = time.perf_counter()
                 heads = yolo.back(s_hat)
                 t3 = time.perf_counter()
-                dets += _detect(heads, (COCO_SIZE, COCO_SIZE), (h, w), int(item.image_id), s)
+                dets += _detect(heads, (COCO_SIZE, COCO_SIZE), (h, w), int(item.image_id), s, yolo.anchors)
                 s_ref = yolo.front(x)
                 s_psnr, s_snr = feature_psnr(s_ref, s_hat), feature_snr(s_ref, s_hat)
                 t4 = time.perf_counter()
@@ -220,7 +220,7 @@ def run_anchor_chunk(codec: str, dataset: str, items: list[ImageItem], s: Settin
                     s_hat = yolo.front(x_hat)
                     heads = yolo.back(s_hat)
                     t2 = time.perf_counter()
-                    dets[str(p)] += _detect(heads, (COCO_SIZE, COCO_SIZE), (h, w), int(item.image_id), s)
+                    dets[str(p)] += _detect(heads, (COCO_SIZE, COCO_SIZE), (h, w), int(item.image_id), s, yolo.anchors)
                     t3 = time.perf_counter()
                     s_psnr = None if p is None else feature_psnr(s_ref, s_hat)  # uncompressed: ŝ = s
                     s_snr = None if p is None else feature_snr(s_ref, s_hat)

@@ -22,6 +22,15 @@ def checked_file(flag: str, path: str | Path | None, what: str) -> str | None:
 
 
 def yolo_files(weights: str | Path | None, cfg: str | Path | None) -> tuple[str | None, str | None]:
-    """(weights, cfg) of a command, each absolute or ``None``; a missing file is refused in one line."""
+    """(weights, cfg) of a command, each absolute or ``None``; a missing file is refused in one line.
+
+    ``--yolo-weights mini`` names the bundled mini YOLOv3 (:mod:`dvcm.zoo`) and brings its own cfg."""
+    from dvcm.zoo import MINI_DETECTOR, mini_detector
+
+    if weights is not None and str(weights) == MINI_DETECTOR:
+        mini_weights, mini_cfg, _ = mini_detector()
+        if cfg is not None and Path(cfg).expanduser().resolve() != mini_cfg.resolve():
+            raise UserError(f"--yolo-weights {MINI_DETECTOR} brings its own cfg; leave out --yolo-cfg {cfg}")
+        return str(mini_weights), str(mini_cfg)
     return (checked_file("--yolo-weights", weights, "a Darknet yolov3.weights file"),
             checked_file("--yolo-cfg", cfg, "a Darknet .cfg file of the YOLOv3 family (e.g. yolov3.cfg)"))
