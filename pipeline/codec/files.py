@@ -20,24 +20,18 @@ def resolve_yolo(provenance: dict[str, Any], weights: Path | None, cfg: Path | N
     """The YOLOv3 a checkpoint was trained with: ``--yolo-weights`` (of the network ``--yolo-cfg``
     describes, standard YOLOv3 without), or the seed it records."""
     from dvcm.yolo import build_yolov3
-    from dvcm.zoo import MINI_DETECTOR
-    from pipeline.infra.yolo_files import checked_file, yolo_files
+    from pipeline.infra.yolo_files import yolo_files
 
-    if weights is not None and str(weights) == MINI_DETECTOR:  # the bundled detector and its cfg
-        mini_weights, mini_cfg = yolo_files(weights, cfg)
-        weights, cfg = Path(str(mini_weights)), Path(str(mini_cfg))
-    cfg_path = checked_file("--yolo-cfg", cfg, "a Darknet .cfg file of the YOLOv3 family (e.g. yolov3.cfg)")
+    weights_path, cfg_path = yolo_files(weights, cfg)  # checked, absolute; ``mini`` brings its cfg
     if cfg_path is None and provenance.get("cfg_sha256"):
         raise UserError(f"the checkpoint was trained with the YOLO cfg {provenance.get('cfg')}; pass it with --yolo-cfg")
-    if weights is None:
+    if weights_path is None:
         source = str(provenance.get("weights", "seeded-random:0"))
         if not source.startswith("seeded-random:"):
             raise UserError(f"the checkpoint was trained with YOLO weights {source}; pass them with --yolo-weights")
         yolo = build_yolov3(None, seed=int(source.split(":", 1)[1]), cfg=cfg_path)
     else:
-        if not weights.is_file():
-            raise UserError(f"YOLO weights not found: {weights}")
-        yolo = build_yolov3(weights, cfg=cfg_path)
+        yolo = build_yolov3(weights_path, cfg=cfg_path)
     want = provenance.get("weights_sha256")
     if want and want != yolo.provenance["weights_sha256"]:
         raise UserError(
