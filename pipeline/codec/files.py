@@ -32,6 +32,10 @@ def resolve_yolo(provenance: dict[str, Any], weights: Path | None, cfg: Path | N
         yolo = build_yolov3(None, seed=int(source.split(":", 1)[1]), cfg=cfg_path)
     else:
         yolo = build_yolov3(weights_path, cfg=cfg_path)
+    want_cfg = provenance.get("cfg_sha256")
+    if want_cfg and want_cfg != yolo.provenance.get("cfg_sha256"):
+        raise UserError(f"the YOLO cfg's sha256 {str(yolo.provenance.get('cfg_sha256'))[:12]}… differs from the "
+                        f"checkpoint's {want_cfg[:12]}…; pass the --yolo-cfg the codec was trained with")
     want = provenance.get("weights_sha256")
     if want and want != yolo.provenance["weights_sha256"]:
         raise UserError(

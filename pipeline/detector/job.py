@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -20,6 +19,7 @@ from pipeline.infra.errors import UserError
 
 CFG_NAME, WEIGHTS_NAME, PROVENANCE_NAME = "detector.cfg", "detector.weights", "detector.json"
 RUN_NAME = "detector"
+FAMILY_WIDTHS = (0.125, 0.25, 0.5, 1.0)
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,8 @@ class DetectorSettings:
     threads: int = 2
 
     def check(self) -> None:
-        if not (0 < self.width <= 1):
-            raise UserError(f"--width {self.width} is outside (0, 1]; the family's widths are 1/8, 1/4, 1/2, 1")
+        if self.width not in FAMILY_WIDTHS:  # a codec rebuilds its front from C_s = 256·width: other widths round apart
+            raise UserError(f"--width {self.width} is not one of the family's widths 0.125, 0.25, 0.5, 1")
         if self.steps < 1 or self.batch_size < 1:
             raise UserError("--steps and --batch-size must be positive")
         if self.test_world_seed == self.world_seed:
@@ -61,6 +61,14 @@ def parse_sizes(text: str) -> tuple[int, ...]:
     if not sizes or any(v < 32 or v % 32 for v in sizes):
         raise UserError(f"--sizes {text!r}: every size must be a positive multiple of 32")
     return sizes
+
+
+def command_line(out: Path, settings: DetectorSettings) -> str:
+    """The ``train-detector`` command that trains these settings into ``out`` (for the provenance)."""
+    options = {**asdict(settings), "sizes": ",".join(map(str, settings.sizes))}
+    skip = {"warmup", "weight_decay", "log_every"}  # not options of the command: fixed by the code version
+    return shlex.join(["dvcm-pipeline", "train-detector", "--out", str(out),
+                       *(x for k, v in options.items() if k not in skip for x in (f"--{k.replace('_', '-')}", str(v)))])
 
 
 def _ray_run_dir(out: Path) -> Path:
@@ -80,35 +88,37 @@ def _check_or_record(out: Path, settings: DetectorSettings, run_id: str | None) 
             diff = sorted(k for k, v in asdict(settings).items() if json.loads(json.dumps(v)) != saved["settings"].get(k))
             raise UserError(f"{out} holds a detector trained with other settings ({', '.join(diff)}); "
                             "pass another --out or the same options")
-        return saved.get("run_id")
-    if run_id is not None:
+        previous = saved.get("run_id")
+    else:
+        previous = None
+    if run_id is not None:  # the run in use (a new one when the tracking store was replaced)
         atomic_write_json(path, {"settings": asdict(settings), "run_id": run_id})
-    return None
+    return previous
 
 
 def _follow(uri: str, run_id: str, total: int, done: threading.Event) -> None:
-    """A progress bar driven by the run's ``progress/step`` and ``val/map50`` metrics (the worker logs them)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
+    """The progress of the run, read from the ``progress/step``, ``train/loss`` and ``val/map50`` metrics that
+    the worker logs (it may run on another node): a bar on a terminal, plain lines in a log."""
     from pipeline.infra import tracking
+    from pipeline.infra.progress import StepProgress
 
     client = tracking.client(uri)
-    columns = (TextColumn("train-detector"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-               TimeElapsedColumn(), TimeRemainingColumn())
-    last = -1.0
-    with Progress(*columns, transient=False) as bar:
-        task = bar.add_task("steps", total=total, info="")
-        while not done.wait(2.0):
-            m = client.get_run(run_id).data.metrics
-            step = m.get("progress/step", 0.0)
-            info = f"loss {m['train/loss']:.2f}" if "train/loss" in m else ""
-            if "val/map50" in m:
-                info += f"  val mAP@0.5 {m['val/map50']:.3f}"
-            bar.update(task, completed=step, info=info)
-            if not sys.stdout.isatty() and step != last:  # a log file gets plain lines
-                print(f"step {int(step)}/{total} {info}", flush=True)
-                last = step
-        bar.update(task, completed=client.get_run(run_id).data.metrics.get("progress/step", 0.0))
+    metrics: dict[str, float] = {}
+
+    def detail() -> str:
+        text = f"loss {metrics['train/loss']:.2f}" if "train/loss" in metrics else ""
+        return text + (f", val mAP@0.5 {metrics['val/map50']:.3f}" if "val/map50" in metrics else "")
+
+    with StepProgress("train-detector", total, "steps", transient=False, detail=detail) as bar:
+        while True:
+            stop = done.wait(2.0)
+            try:
+                metrics.update(client.get_run(run_id).data.metrics)
+            except Exception:  # noqa: BLE001 - a busy store only delays the bar
+                pass
+            bar.advance(int(metrics.get("progress/step", 0)) - bar.done)
+            if stop:
+                return
 
 
 def _fit_anchors(settings: DetectorSettings) -> list[tuple[int, int]]:
@@ -194,13 +204,13 @@ def train_detector(out: Path, settings: DetectorSettings, tracking_uri: str | No
                       ("width", str(max(settings.sizes))), ("height", str(max(settings.sizes)))],
                      [list(YOLOV3_YOLO_TRAINING) for _ in range(3)])
     atomic_write_bytes(out / CFG_NAME, write_cfg(cfg).encode())
-    atomic_write_bytes(out / WEIGHTS_NAME, darknet_bytes(model, seen=settings.steps * settings.batch_size))
+    atomic_write_bytes(out / WEIGHTS_NAME, darknet_bytes(model, seen=settings.steps * settings.batch_size * settings.workers))
     provenance = {
         "name": f"mini YOLOv3 (width {settings.width}, {len(WORLD_CLASSES)} classes) trained on the synthetic world",
         "classes": [name for _, name in WORLD_CLASSES],
         "world_seed": settings.world_seed,
         "data_digest": world_digest(settings.world_seed),
-        "command": shlex.join(["dvcm-pipeline", *sys.argv[1:]]),
+        "command": command_line(out, settings),
         "code_version": tracking.code_version(),
         "settings": asdict(settings),
         "anchors": [list(a) for a in model.anchors],

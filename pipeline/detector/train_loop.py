@@ -89,12 +89,13 @@ def train_detector_loop(config: dict[str, Any]) -> None:
             metrics = {f"train/{k}": v / n for k, v in sums.items()}
             metrics.update({"train/lr": learning_rate(step - 1, config), "train/seconds": seconds, "progress/step": step})
             sums = {}
-            if step % config["eval_every"] == 0 or step == config["steps"]:
+            if rank == 0 and (step % config["eval_every"] == 0 or step == config["steps"]):
                 metrics.update({f"val/{k}": v for k, v in detection_map50(model, val).items()})
             if rank == 0:
                 tracking.log_metrics(uri, run_id, metrics, step)
             with tempfile.TemporaryDirectory() as tmp:
-                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                            "seconds": seconds}, Path(tmp) / STATE_NAME)
+                if rank == 0:  # the ranks hold the same weights (DDP); one of them saves
+                    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                                "seconds": seconds}, Path(tmp) / STATE_NAME)
                 ray.train.report({k: float(v) for k, v in metrics.items()},
                                  checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)

@@ -4,7 +4,6 @@ world's boxes, and mAP@0.5 against the world's ground truth (pycocotools)."""
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -85,14 +84,6 @@ def detection_map50(yolo: torch.nn.Module, scenes: Sequence[WorldScene]) -> dict
                 results.append({"image_id": n + 1, "category_id": WORLD_CLASSES[label][0],
                                 "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
     yolo.train(was_training)
-    # Ray Train V2 logs every print of a worker at INFO on the root logger, redirected or not: pycocotools'
-    # summary would reach the driver's terminal, so the root logger skips INFO while COCOeval runs.
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.WARNING))
-    try:
-        stats = evaluate(coco_from_dict(coco_dataset(images, annotations, "held-out world scenes")), results,
-                         [i["id"] for i in images])
-    finally:
-        root.setLevel(level)
+    stats = evaluate(coco_from_dict(coco_dataset(images, annotations, "held-out world scenes")), results,
+                     [i["id"] for i in images])
     return {"map50": stats["AP50"], "map": stats["AP"]}

@@ -18,7 +18,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +51,25 @@ def load_coco(path: str | Path) -> COCO:
         raise UserError(f"annotations file {path} is malformed ({type(exc).__name__}: {exc}); check it is COCO instances JSON") from None
 
 
+@contextlib.contextmanager
+def _quiet_pycocotools() -> Iterator[None]:
+    """pycocotools' prints, silenced. Ray Train V2 patches ``print`` on its workers to log every line at
+    INFO on the root logger, redirected or not, so the root logger skips INFO too while it runs."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
 def coco_from_dict(data: Mapping[str, Any]) -> COCO:
     """A :class:`COCO` index over an in-memory dataset dict (no file, no printing)."""
     coco = COCO()
     coco.dataset = dict(data)
-    with contextlib.redirect_stdout(io.StringIO()):
+    with _quiet_pycocotools():
         coco.createIndex()
     return coco
 
@@ -99,7 +114,7 @@ def evaluate(coco_gt: COCO, results: Sequence[Mapping[str, Any]], image_ids: Seq
         raise UserError("no images to evaluate; check --image-list and the annotations")
     if not results:
         return {k: 0.0 for k in STAT_NAMES}
-    with contextlib.redirect_stdout(io.StringIO()):
+    with _quiet_pycocotools():
         coco_dt = coco_gt.loadRes([dict(r) for r in results])
         ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
         ev.params.imgIds = ids
