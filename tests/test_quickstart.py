@@ -26,7 +26,8 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
     result = CliRunner().invoke(app, ["quickstart", "--out", str(out), *SHRINK])
     assert result.exit_code == 0, result.output[-4000:] + repr(result.exception)
     text = result.output
-    assert "YOLOv3 runs with seeded random weights" in text
+    mini = "mini YOLOv3 (width 0.125, 8 classes) trained on the synthetic world"
+    assert f"detector: {mini}" in text and "random weights" not in text  # the bundled detector by default
     uri = f"sqlite:///{out.resolve() / 'mlflow.db'}"
     assert f"mlflow ui --backend-store-uri {uri}" in text  # whole, on one line, whatever the terminal's width
     exp = MlflowClient(uri).get_experiment_by_name("dvcm")
@@ -44,8 +45,8 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
     m = re.search(r"quality = feature SNR of ŝ, base-layer bpp from real bitstreams\): "
                   r"([+-]?\d+\.\d+ %|n/a \((.+?)\))(?: \(.+?\))? BD-rate of proposed vs choi2022", flat)
     assert m, flat[-3000:]
-    assert re.search(r"COCO mAP@0\.5 vs base-layer bpp, random-weight YOLOv3\): ([+-]?\d+\.\d+ %|n/a \(.+\))", flat)
-    assert "detector: random-weight YOLOv3" in flat
+    assert re.search(r"COCO mAP@0\.5 vs base-layer bpp, " + re.escape(mini) + r"\): ([+-]?\d+\.\d+ %|n/a \(.+\))", flat)
+    assert f"mAP@.5 of {mini}, scored against the world's ground truth" in flat
 
     # files: shards, sweep record, evaluation results, BD table, plots, report
     assert (out / "shards" / "dataset.json").is_file()
@@ -59,7 +60,7 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
     assert sorted(state["trials"]) == sorted(trials) and all(t["status"] == "finished" for t in state["trials"].values())
     for entry in state["trials"].values():
         res = json.loads((eval_dir / entry["run_id"] / "results.json").read_text())
-        assert res["detector"] == "random-weight YOLOv3"
+        assert res["detector"] == mini
         kodak = res["datasets"]["kodak"]["points"][0]
         assert kodak["bpp_base"] > 0 and kodak["bpp_enh"] > 0 and math.isfinite(kodak["psnr"])
         coco = res["datasets"]["coco"]["points"][0]

@@ -234,7 +234,8 @@ def test_a_missing_cfg_exits_non_zero_with_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", [
-    ["train", "--shards", "s"], ["sweep", "--shards", "s"], ["evaluate", "--checkpoint", "c.pt"], ["quickstart"],
+    ["train", "--shards", "s"], ["sweep", "--shards", "s"], ["evaluate", "--checkpoint", "c.pt"],
+    ["quickstart", "--yolo-weights", "random"],  # its default, the mini detector, brings its own cfg (tested below)
 ])
 def test_every_stage_refuses_a_missing_cfg_before_starting(command: list[str], tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
@@ -251,3 +252,8 @@ def test_decompress_refuses_a_missing_cfg() -> None:
 
     with pytest.raises(UserError, match="^--yolo-cfg missing.cfg does not exist"):
         resolve_yolo({}, None, Path("missing.cfg"))
+
+
+def test_the_quickstart_detector_brings_its_own_cfg(tmp_path: Path) -> None:
+    result = CliRunner().invoke(_app(), ["quickstart", "--out", str(tmp_path / "q"), "--yolo-cfg", "other.cfg"])
+    assert isinstance(result.exception, UserError) and "--yolo-weights mini brings its own cfg" in str(result.exception)

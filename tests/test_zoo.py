@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dvcm.yolo import build_yolov3
-from dvcm.zoo import MINI_DETECTOR, mini_detector, mini_detector_dir
+from dvcm.zoo import MINI_DETECTOR, RANDOM_DETECTOR, detector_name, mini_detector, mini_detector_dir
 from pipeline.infra.errors import UserError
 from pipeline.infra.yolo_files import yolo_files
 
@@ -45,3 +45,17 @@ def test_a_damaged_bundle_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyP
     with pytest.raises(DarknetWeightsError, match="does not match the sha256"):
         mini_detector()
     assert meta["weights_sha256"]
+
+
+def test_yolo_weights_random_is_the_seeded_network() -> None:
+    assert yolo_files(RANDOM_DETECTOR, None) == (None, None)
+
+
+def test_every_output_names_the_detector_from_its_provenance() -> None:
+    weights, cfg, provenance = mini_detector()
+    mini = build_yolov3(weights, cfg=cfg)
+    assert detector_name(mini.provenance) == provenance["name"]
+    assert provenance["name"] == "mini YOLOv3 (width 0.125, 8 classes) trained on the synthetic world"
+    assert detector_name({"random_weights": True, "weights_sha256": provenance["weights_sha256"]}) == "random-weight YOLOv3"
+    assert detector_name({"weights_sha256": "0" * 64}) == "YOLOv3"
+    assert detector_name({"weights_sha256": "0" * 64, "cfg": "/nets/yolov3-tiny-world.cfg"}) == "YOLOv3 (yolov3-tiny-world.cfg)"

@@ -8,6 +8,8 @@ the sha256 of both files). ``--yolo-weights mini`` selects it on every command.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,9 @@ from dvcm.fileio import file_sha256
 
 MINI_DETECTOR = "mini"
 """The ``--yolo-weights`` value that names the bundled mini YOLOv3."""
+RANDOM_DETECTOR = "random"
+"""The ``--yolo-weights`` value that names the seeded random-weight YOLOv3 (what no weights give)."""
+RANDOM_DETECTOR_NAME = "random-weight YOLOv3"
 
 
 def mini_detector_dir() -> Path:
@@ -34,3 +39,24 @@ def mini_detector() -> tuple[Path, Path, dict[str, Any]]:
         if file_sha256(path) != provenance.get(key):
             raise DarknetWeightsError(f"{path} does not match the sha256 in {meta.name}; reinstall dvcm")
     return weights, cfg, provenance
+
+
+@lru_cache(maxsize=1)
+def _mini_provenance() -> dict[str, Any]:
+    meta = mini_detector_dir() / "detector.json"
+    return json.loads(meta.read_text()) if meta.is_file() else {}
+
+
+def detector_name(provenance: Mapping[str, Any]) -> str:
+    """What every output calls the YOLOv3 whose provenance (``YOLOv3.provenance``) this is.
+
+    ``random-weight YOLOv3`` for seeded random weights; the bundled detector's own name ("mini YOLOv3
+    (width 0.125, 8 classes) trained on the synthetic world") for its weights; else ``YOLOv3``, with the
+    cfg's file name when the network is not standard YOLOv3."""
+    if provenance.get("random_weights"):
+        return RANDOM_DETECTOR_NAME
+    mini = _mini_provenance()
+    if mini and provenance.get("weights_sha256") == mini.get("weights_sha256"):
+        return str(mini["name"])
+    cfg = provenance.get("cfg")
+    return f"YOLOv3 ({Path(str(cfg)).name})" if cfg else "YOLOv3"

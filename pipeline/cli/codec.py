@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.cli.options import YoloCfgOpt
+from pipeline.cli.options import YOLO_WEIGHTS_HELP, YoloCfgOpt
 from pipeline.codec.files import (
     DEMO_NOTICE,
     compress_file,
@@ -36,7 +36,7 @@ def decompress_command(
     output: Annotated[Path, typer.Option("-o", "--output", help="x̂ as PNG; with --base-only a path stem for .npy/.json.")],
     checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="The checkpoint that coded the file.")],
     base_only: Annotated[bool, typer.Option("--base-only", help="Decode the base layer only: ŝ and YOLOv3 detections.")] = False,
-    yolo_weights: Annotated[Optional[Path], typer.Option(help="Darknet yolov3.weights (default: the checkpoint's seeded YOLO).")] = None,
+    yolo_weights: Annotated[Optional[Path], typer.Option(help=f"{YOLO_WEIGHTS_HELP} (default: the checkpoint's seeded YOLO).")] = None,
     yolo_cfg: YoloCfgOpt = None,
     conf_thres: Annotated[float, typer.Option(help="Detection confidence threshold.")] = 0.25,
     nms_iou: Annotated[float, typer.Option(help="NMS IoU threshold.")] = 0.45,

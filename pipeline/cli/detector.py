@@ -37,5 +37,9 @@ def train_detector_command(
     p = train_detector(out, settings, tracking_uri, address)
     typer.echo(f"{p['name']}: test mAP@0.5 {p['test_map50']:.3f} on {p['test_images']} scenes of world "
                f"{p['test_world_seed']} (the same network with random weights: {p['random_weights_test_map50']:.3f})")
+    for who, st in p["s_statistics_on_test"].items():
+        typer.echo(f"s = V_front(x), {who.replace('_', ' ')}: per-channel std {st['std_min']:.3g} .. {st['std_median']:.3g} "
+                   f"(median) .. {st['std_max']:.3g} over {st['channels']} channels, median |mean| "
+                   f"{st['mean_abs_median']:.3g}, {st['dead_channels']} dead")
     typer.echo(f"wrote {out / CFG_NAME} and {out / WEIGHTS_NAME} (sha256 {p['weights_sha256'][:12]}); "
                f"use them with --yolo-cfg {out / CFG_NAME} --yolo-weights {out / WEIGHTS_NAME}")

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from pipeline.cli.options import YoloCfgOpt
+from pipeline.cli.options import YoloCfgOpt, YoloWeightsOpt
 from pipeline.evaluation.anchors import parse_anchor_params
 from pipeline.evaluation.coco import DEFAULT_REFERENCE_SCORE
 from pipeline.evaluation.job import Job, run_job
@@ -36,7 +36,7 @@ def evaluate_command(
     anchors: Annotated[str, typer.Option(help="Comma-separated anchors (jpeg,webp,avif,hevc,vvc) or 'none'.")] = "jpeg,webp,avif,hevc,vvc",
     anchor_params: Annotated[Optional[str], typer.Option(help="Override fixed parameters, e.g. 'jpeg=10,40;hevc=37,32'.")] = None,
     bd_reference: Annotated[str, typer.Option(help="Model name whose curves are BD references (anchors always are).")] = "choi2022",
-    yolo_weights: Annotated[Optional[Path], typer.Option(help="Darknet yolov3.weights; seeded random without.")] = None,
+    yolo_weights: YoloWeightsOpt = None,
     yolo_cfg: YoloCfgOpt = None,
     yolo_seed: Annotated[int, typer.Option(help="Seed of the random-weight YOLOv3 when no weights are given.")] = 0,
     redundancy_k: Annotated[int, typer.Option(help="k-means clusters K for Rdn.")] = 16,

@@ -8,7 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.cli.options import YoloCfgOpt
+from dvcm.zoo import detector_name
+
+from pipeline.cli.options import YoloCfgOpt, YoloWeightsOpt
 from pipeline.data.prepare import PrepareReport, estimate, listing_for, run_prepare
 from pipeline.data.sources import DATASETS, parse_frames
 from pipeline.infra import storage
@@ -29,7 +31,7 @@ def _print_summary(report: PrepareReport, out: str) -> None:
     console.print(table)
     rate = report.frames_written / report.seconds if report.seconds > 0 else 0.0
     yolo = info["provenance"]["yolo"]
-    label = "random-weight YOLOv3" if yolo.get("random_weights") else "YOLOv3"
+    label = detector_name(yolo)
     console.print(
         f"shards written {report.shards_written}, already finished {report.shards_skipped}; "
         f"{report.frames_written} frames in {report.seconds:.1f} s ({rate:.1f} frames/s); "
@@ -50,7 +52,7 @@ def prepare_command(
     shard_size: Annotated[int, typer.Option(help="Samples per shard.")] = 128,
     batch_size: Annotated[int, typer.Option(help="Frames per V_front batch.")] = 8,
     feature_dtype: Annotated[str, typer.Option(help="float16, or uint8 with per-channel scale.")] = "float16",
-    yolo_weights: Annotated[Optional[Path], typer.Option(help="Darknet yolov3.weights; seeded random without.")] = None,
+    yolo_weights: YoloWeightsOpt = None,
     yolo_cfg: YoloCfgOpt = None,
     yolo_seed: Annotated[int, typer.Option(help="Seed of the random YOLOv3 when no weights are given.")] = 0,
     num_gpus_per_worker: Annotated[float, typer.Option(help="GPUs per shard task (fractions share a GPU).")] = 0.0,

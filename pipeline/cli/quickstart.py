@@ -8,7 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.cli.options import YoloCfgOpt
+from dvcm.zoo import MINI_DETECTOR
+
+from pipeline.cli.options import YOLO_WEIGHTS_HELP, YoloCfgOpt
 from pipeline.training.grid import parse_list
 from pipeline.workflows.quickstart import (
     DEFAULT_EPOCHS,
@@ -22,7 +24,7 @@ from pipeline.workflows.quickstart import (
 
 def quickstart_command(
     out: Annotated[Path, typer.Option("--out", help="Folder for everything (data, shards, runs, eval, mlflow.db).")] = DEFAULT_OUT,
-    yolo_weights: Annotated[Optional[Path], typer.Option("--yolo-weights", help="Darknet yolov3.weights (default: seeded random YOLOv3).")] = None,
+    yolo_weights: Annotated[Optional[Path], typer.Option("--yolo-weights", help=f"{YOLO_WEIGHTS_HELP} (default: mini).")] = Path(MINI_DETECTOR),
     yolo_cfg: YoloCfgOpt = None,
     lambdas: Annotated[str, typer.Option("--lambdas", help="Two or more λ, comma separated (each model gets all).")] = DEFAULT_LAMBDAS,
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs per trial.")] = DEFAULT_EPOCHS,

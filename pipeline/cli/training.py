@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline.cli.options import YoloCfgOpt
+from pipeline.cli.options import YoloCfgOpt, YoloWeightsOpt
 from pipeline.infra.errors import UserError
 from pipeline.training.grid import build_grid, load_spec, parse_lambdas, parse_list
 from pipeline.training.settings import DEFAULT_GAMMA, resolve
@@ -37,7 +37,7 @@ ConcurrentOpt = Annotated[int | None, typer.Option("--max-concurrent-trials", he
 FailuresOpt = Annotated[int | None, typer.Option("--max-failures", help="Worker-failure restarts per trial (default 2).")]
 LoaderWorkersOpt = Annotated[int | None, typer.Option("--loader-workers", help="Data-loader processes per worker.")]
 YoloSeedOpt = Annotated[int | None, typer.Option("--yolo-seed", help="Seed of the random YOLOv3 when no --yolo-weights (as in prepare).")]
-YoloOpt = Annotated[Path | None, typer.Option("--yolo-weights", help="Darknet yolov3.weights (default: seeded random YOLOv3).")]
+YoloOpt = YoloWeightsOpt
 StorageOpt = Annotated[str | None, typer.Option("--storage", help="Folder or fsspec URL (s3://bucket/runs) for checkpoints and sweep records (default ./dvcm_runs).")]
 TrackingOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow URI (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db).")]
 AddressOpt = Annotated[str | None, typer.Option("--address", help="Ray cluster address (default RAY_ADDRESS or a local Ray).")]

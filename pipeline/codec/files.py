@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from dvcm.zoo import detector_name
+
 from pipeline.data.images import image_size, load_image, save_png
 from pipeline.infra.atomic import atomic_write_bytes
 from pipeline.infra.errors import UserError
@@ -147,14 +149,15 @@ def decompress_base_file(file: Path, output: Path, checkpoint: Path, yolo_weight
         for box, score, label in zip(det["boxes"], det["scores"], det["labels"])
     ]  # fmt: skip
     random = bool(yolo.provenance.get("random_weights"))
+    name = detector_name(yolo.provenance)
     write_output(det_path, (json.dumps({
         "image_hw": list(header.hw),
         "base_layer_bytes": bitstream.HEADER_SIZE + header.base_length,
-        "yolo": {**yolo.provenance, "note": "random-weight YOLOv3: detections are meaningless" if random else ""},
+        "yolo": {**yolo.provenance, "name": name,
+                 "note": f"{name}: detections are meaningless" if random else ""},
         "detections": detections,
     }, indent=2) + "\n").encode())  # fmt: skip
-    label = " (random-weight YOLOv3)" if random else ""
-    return f"{npy}: ŝ {tuple(s_hat.shape[1:])}; {det_path}: {len(detections)} detections{label}"
+    return f"{npy}: ŝ {tuple(s_hat.shape[1:])}; {det_path}: {len(detections)} detections ({name})"
 
 
 def base_outputs(output: Path) -> tuple[Path, Path]:

@@ -167,7 +167,7 @@ def train_detector(out: Path, settings: DetectorSettings, tracking_uri: str | No
     from dvcm.yolo import darknet_bytes
     from pipeline.data.world import WORLD_CLASSES
     from pipeline.detector.train_loop import STATE_NAME, build_network
-    from pipeline.detector.world_batches import detection_map50, held_out_scenes, world_digest
+    from pipeline.detector.world_batches import detection_map50, feature_statistics, held_out_scenes, world_digest
     from pipeline.infra import tracking
     from pipeline.infra.ray_runtime import init_ray
 
@@ -197,7 +197,9 @@ def train_detector(out: Path, settings: DetectorSettings, tracking_uri: str | No
     model.eval()
     test = held_out_scenes(settings.test_world_seed, "test", settings.test_images)
     trained = detection_map50(model, test)
-    random_start = detection_map50(build_network(config).eval(), test)
+    random_network = build_network(config).eval()
+    random_start = detection_map50(random_network, test)
+    features = {"trained": feature_statistics(model, test), "random_weights": feature_statistics(random_network, test)}
     cfg = DarknetCfg(model.specs, len(WORLD_CLASSES), model.anchors,
                      [*(kv for kv in YOLOV3_NET if kv[0] not in ("width", "height", "batch", "subdivisions")),
                       ("batch", str(settings.batch_size)), ("subdivisions", "1"),
@@ -219,6 +221,7 @@ def train_detector(out: Path, settings: DetectorSettings, tracking_uri: str | No
         "test_map50": trained["map50"],
         "test_map": trained["map"],
         "random_weights_test_map50": random_start["map50"],
+        "s_statistics_on_test": features,
         "train_seconds_this_call": round(time.perf_counter() - t0, 1),
         "cfg_sha256": file_sha256(out / CFG_NAME),
         "weights_sha256": file_sha256(out / WEIGHTS_NAME),

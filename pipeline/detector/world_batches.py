@@ -87,3 +87,16 @@ def detection_map50(yolo: torch.nn.Module, scenes: Sequence[WorldScene]) -> dict
     stats = evaluate(coco_from_dict(coco_dataset(images, annotations, "held-out world scenes")), results,
                      [i["id"] for i in images])
     return {"map50": stats["AP50"], "map": stats["AP"]}
+
+
+@torch.no_grad()
+def feature_statistics(yolo: torch.nn.Module, scenes: Sequence[WorldScene]) -> dict[str, float]:
+    """Per-channel mean and std of s = V_front(x) over ``scenes``, summarised across channels: how far the
+    front's features are from a shallow random projection (a seeded random front's std is near 0.015)."""
+    s = torch.cat([yolo.front(to_tensor([scene.image])).flatten(2) for scene in scenes], 2)[0].double()  # [C, N]
+    mean, std = s.mean(1), s.std(1)
+    q = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    std_min, std_median, std_max = torch.quantile(std, q).tolist()
+    return {"channels": int(s.shape[0]), "std_min": std_min, "std_median": std_median, "std_max": std_max,
+            "mean_abs_median": float(mean.abs().median()), "mean_of_means": float(mean.mean()),
+            "dead_channels": int((std < 1e-6).sum())}

@@ -70,10 +70,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dvcm.zoo import detector_name
+
 from pipeline.evaluation.publish import log_to_mlflow
 from pipeline.evaluation.results import (
     SCHEMA,
-    detector_name,
     load_results,
     model_label,
     summarize,

@@ -122,7 +122,7 @@ def plot_metric(results: list[dict], metric: str, path: Path) -> Path | None:
         det = _detector(results)
         if unc is not None:
             ax.axhline(unc, color="k", linestyle=":", label=f"uncompressed ({det})")
-        title += f" — detector: {det}"
+        title += f"\ndetector: {det}"  # its own line: the mini detector's name is long
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)

@@ -86,6 +86,3 @@ def model_label(meta: dict) -> str:
     text = f"{meta.get('model', '?')} ({cfg.get('M1')},{cfg.get('M2')},{cfg.get('H')})"
     return text + (f" λ={lam:g}" if isinstance(lam, (int, float)) else "")
 
-
-def detector_name(provenance: dict) -> str:
-    return "random-weight YOLOv3" if provenance.get("random_weights") else "YOLOv3"

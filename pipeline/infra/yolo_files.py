@@ -24,9 +24,12 @@ def checked_file(flag: str, path: str | Path | None, what: str) -> str | None:
 def yolo_files(weights: str | Path | None, cfg: str | Path | None) -> tuple[str | None, str | None]:
     """(weights, cfg) of a command, each absolute or ``None``; a missing file is refused in one line.
 
-    ``--yolo-weights mini`` names the bundled mini YOLOv3 (:mod:`dvcm.zoo`) and brings its own cfg."""
-    from dvcm.zoo import MINI_DETECTOR, mini_detector
+    ``--yolo-weights mini`` names the bundled mini YOLOv3 (:mod:`dvcm.zoo`) and brings its own cfg;
+    ``--yolo-weights random`` the seeded random-weight YOLOv3 (as no weights do)."""
+    from dvcm.zoo import MINI_DETECTOR, RANDOM_DETECTOR, mini_detector
 
+    if weights is not None and str(weights) == RANDOM_DETECTOR:
+        weights = None
     if weights is not None and str(weights) == MINI_DETECTOR:
         mini_weights, mini_cfg, _ = mini_detector()
         if cfg is not None and Path(cfg).expanduser().resolve() != mini_cfg.resolve():

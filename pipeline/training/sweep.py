@@ -129,7 +129,9 @@ def open_record(name: str, sweep_dir: str, resume: bool, settings: SweepSettings
 
 def describe(name: str, grid: list[dict[str, Any]], settings: SweepSettings, data: SweepData) -> str:
     """The parent run's description in the MLflow UI: what the sweep trains and which metrics to compare."""
-    detector = "random-weight YOLOv3 (seeded)" if data.yolo_provenance.get("random_weights") else "YOLOv3"
+    from dvcm.zoo import detector_name
+
+    detector = detector_name(data.yolo_provenance)
     trials = ", ".join(t["trial_name"] for t in grid)
     return (f"Sweep {name}: {len(grid)} trials ({trials}), gamma {settings.training.gamma:g}, preset "
             f"{settings.training.preset}, features from {detector}.\n\n"

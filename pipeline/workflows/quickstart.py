@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dvcm.zoo import MINI_DETECTOR
+
 from pipeline.infra.errors import UserError
 from pipeline.infra.yolo_files import yolo_files
 from pipeline.training.settings import SweepSettings, resolve, resume_record
@@ -101,6 +103,7 @@ class QuickstartResult:
     detector: str
     seconds: dict[str, float] = field(default_factory=dict)
     runs_url: str = ""
+    map_reference: str = "gt"  # what mAP is scored against: "gt" (the world's annotations) or "uncompressed"
 
 
 def _finite(v: Any) -> bool:
@@ -246,10 +249,12 @@ def print_summary(result: QuickstartResult) -> None:
                         fmt(t.map50, ".3f"), fmt(t.relative_map, ".3f"))
     con.print(human)
     con.print(machine)
+    scored = ("the world's ground truth" if result.map_reference == "gt"
+              else "the uncompressed image's detections (a random detector has no ground truth it could find)")
     con.print("Rates from real bitstreams. D_s: last validation epoch (normalised s). ŝ SNR: feature SNR of the "
               "decoded base layer against V_front(x), -10·log10(mean over channels of MSE_c/Var_c(s)) (0 dB: no better "
-              "than each channel's mean; ŝ PSNR is in the report). mAP@.5 is scored against the uncompressed image's "
-              f"detections ({result.detector}); rel. mAP: base-layer mAP / uncompressed mAP "
+              f"than each channel's mean; ŝ PSNR is in the report). mAP@.5 of {result.detector}, scored against "
+              f"{scored}; rel. mAP: base-layer mAP / mAP on the uncompressed images "
               f"({fmt(result.uncompressed_map50, '.3f')}).")
 
     def bd_text(value: float, note: str) -> str:
@@ -311,7 +316,7 @@ def sweep_stage(out: Path, shards: Path, flags: dict[str, Any], lams: list[float
 
 
 def evaluate_stage(eval_dir: Path, run_ids: list[str], sample: Any, yolo_weights: str | None, anchors: list[str] | None,
-                   uri: str, progress: bool, con: Any, yolo_cfg: str | None = None) -> dict[str, Any]:
+                   uri: str, progress: bool, con: Any, yolo_cfg: str | None = None, reference: str = "gt") -> dict[str, Any]:
     """Step 3: every trial from real bitstreams, with the installed anchors (Ray tasks); returns the job's summary."""
     from pipeline.evaluation.job import Job, run_job
     from pipeline.evaluation.targets import coco_items, folder_items, resolve_targets
@@ -323,7 +328,7 @@ def evaluate_stage(eval_dir: Path, run_ids: list[str], sample: Any, yolo_weights
     job = Job(
         targets=targets, out=eval_dir, settings=Settings(yolo_weights=yolo_weights, yolo_seed=0, yolo_cfg=yolo_cfg),
         coco=(items, gt, sample.coco_annotations), kodak=folder_items(sample.kodak_root),
-        reference="uncompressed", anchors=list(anchors) if anchors is not None else ["jpeg", "webp", "avif", "hevc", "vvc"],
+        reference=reference, anchors=list(anchors) if anchors is not None else ["jpeg", "webp", "avif", "hevc", "vvc"],
         bd_reference="choi2022", tracking_uri=uri, redundancy_images=2, redundancy_fibers=1024,
     )
     summary = run_job(job, progress=progress)
@@ -332,9 +337,31 @@ def evaluate_stage(eval_dir: Path, run_ids: list[str], sample: Any, yolo_weights
     return summary
 
 
+def map_reference(yolo_weights: str | None, yolo_cfg: str | None) -> str:
+    """What the quickstart scores mAP against: ``gt``, the world's annotations, for a detector of the world's
+    classes (the mini YOLOv3, or one that ``train-detector`` wrote); else ``uncompressed``, the detector's own
+    detections on the uncompressed images (a random or 80-class YOLOv3 finds none of the world's classes)."""
+    from dvcm.darknet_cfg import read_cfg
+    from pipeline.data.world import WORLD_CLASSES
+
+    if yolo_weights is None or yolo_cfg is None:
+        return "uncompressed"
+    return "gt" if read_cfg(yolo_cfg).num_classes == len(WORLD_CLASSES) else "uncompressed"
+
+
+def describe_detector(yolo_weights: str | None, yolo_cfg: str | None) -> str:
+    """The detector's name before it is built (:func:`dvcm.zoo.detector_name` of its files)."""
+    from dvcm.fileio import file_sha256
+    from dvcm.zoo import detector_name
+
+    if yolo_weights is None:
+        return detector_name({"random_weights": True})
+    return detector_name({"weights_sha256": file_sha256(Path(yolo_weights)), "cfg": yolo_cfg})
+
+
 def run_quickstart(
     out: Path = DEFAULT_OUT,
-    yolo_weights: str | None = None,
+    yolo_weights: str | None = MINI_DETECTOR,
     lambdas: list[float] | None = None,
     epochs: int | None = DEFAULT_EPOCHS,
     steps_per_epoch: int | None = DEFAULT_STEPS_PER_EPOCH,
@@ -363,13 +390,15 @@ def run_quickstart(
     out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     yolo_weights, yolo_cfg = yolo_files(yolo_weights, yolo_cfg)  # absolute: Ray workers build the YOLO
+    reference = map_reference(yolo_weights, yolo_cfg)
     if yolo_weights is None:
-        con.print("[bold yellow]YOLOv3 runs with seeded random weights (seed 0)[/]: no --yolo-weights was given, so "
+        con.print("[bold yellow]YOLOv3 runs with seeded random weights (seed 0)[/] (--yolo-weights random), so "
                   "every detection and mAP below comes from a random-weight YOLOv3 and only shows that the path works.")
     else:
-        con.print(f"YOLOv3 weights: {yolo_weights}")
+        con.print(f"detector: {describe_detector(yolo_weights, yolo_cfg)}", soft_wrap=True)
+        con.print(f"  weights {yolo_weights}", soft_wrap=True)
     if yolo_cfg is not None:
-        con.print(f"YOLOv3 network: {yolo_cfg}")
+        con.print(f"  network {yolo_cfg}", soft_wrap=True)
     uri = tracking.resolve_tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(out))
     tracking.check_reachable(uri)
     lams = parse_lambdas(lambdas if lambdas is not None else parse_list(DEFAULT_LAMBDAS))
@@ -390,7 +419,7 @@ def run_quickstart(
     t0 = time.perf_counter()
     eval_dir = eval_folder(out, name)
     run_ids = [state["trials"][t["trial_name"]]["run_id"] for t in grid]
-    summary = evaluate_stage(eval_dir, run_ids, sample, yolo_weights, anchors, uri, progress, con, yolo_cfg)
+    summary = evaluate_stage(eval_dir, run_ids, sample, yolo_weights, anchors, uri, progress, con, yolo_cfg, reference)
     seconds["evaluate"] = time.perf_counter() - t0
 
     con.rule("4/5 report")
@@ -402,7 +431,7 @@ def run_quickstart(
     bd_map, note_map = base_layer_bd_rate(summary["bd_rows"], MAP_METRIC)
     result = QuickstartResult(out, shards, eval_dir, report_path, uri, state, rows, unc, bd, note, bd_map, note_map,
                               summary["results"]["anchors"].get("detector", "YOLOv3"), seconds,
-                              mlflow_runs_url(uri, tracking.experiment_id(uri)))
+                              mlflow_runs_url(uri, tracking.experiment_id(uri)), reference)
     print_summary(result)
     return result
 
