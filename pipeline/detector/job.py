@@ -29,7 +29,7 @@ class DetectorSettings:
     world_seed: int = 0
     test_world_seed: int = 1  # the unseen world of the final score
     width: float = 0.125
-    steps: int = 1500
+    steps: int = 4000  # about 12 minutes on 2 cores (0.17 s a step); held-out mAP still rises at 1500
     batch_size: int = 8
     sizes: tuple[int, ...] = (224, 256, 288, 320)
     lr: float = 2e-3

@@ -2,28 +2,29 @@
 
 In order, each step through the job's own Python function (no subprocess):
 
-1. generate the download-free sample set and ``prepare`` its Vimeo-like part into shards with Ray;
+1. generate the download-free sample set (scenes of the synthetic world, :mod:`pipeline.data.world`) and
+   ``prepare`` its Vimeo-like part into shards with Ray, s from the detector's front;
 2. ``sweep`` ``proposed`` and ``choi2022`` at two λ each on the ``tiny`` preset, trials in parallel;
-3. ``evaluate`` every trial on the sample COCO-like and Kodak-like images with the installed anchors
-   (detections scored against the uncompressed YOLOv3's own detections, so that a random-weight
-   YOLOv3 still gives a meaningful *relative* accuracy);
+3. ``evaluate`` every trial on the sample's COCO-like and Kodak-like images (the world's test split)
+   with the installed anchors;
 4. write the HTML ``report``;
 5. print a summary table and the BD-rate of ``proposed`` against ``choi2022`` on the base layer:
    on the feature SNR of ŝ against V_front(x) (real base-layer bitstreams, each channel's MSE
-   normalised by its variance: the distortion D_s that training minimises; meaningful even with a
-   random-weight YOLOv3), and on mAP@0.5 when that curve is defined (with random weights and tiny
-   training mAP is mostly noise, not monotone in rate, and the BD-rate is then "n/a" with the reason);
+   normalised by its variance: the distortion D_s that training minimises), and on mAP@0.5
+   (the BD-rate is "n/a" with the reason when a curve is not increasing in rate, never a number
+   made up from it);
 6. print the ``mlflow ui`` command that opens the runs.
 
-Training: 4 epochs × 200 steps per trial on 24 short sample scenes (2 frames each), enough for
-the base latent to carry ŝ (with a few steps its rate is only ẑ1's side information). That is
-still far from converged, and with γ fixed (the paper's loss, R + λ·D_x + γ·D_s) a larger λ spends
-more base bits on the image while ŝ does not get better: measured with ``--seed 0/1/2 --anchors
-none`` on the random-shapes sample that preceded the synthetic world, the choi2022 base-layer
-curve was never increasing with overlapping quality (ŝ SNR fell with rate for seeds 0 and 2; for
-seed 1 its base rate fell with λ), and proposed's fell for seed 0.
-The BD-rate is then "n/a" with the reason, never a number made up from a non-increasing curve.
-The paper's curves come from `sweep --preset paper`. ``--seed`` (weights and crops) shows the spread.
+The detector is the bundled mini YOLOv3 (``--yolo-weights mini``, :mod:`dvcm.zoo`: width 1/8, the
+world's 8 classes, trained by ``train-detector``), and mAP is scored against the world's ground
+truth. ``--yolo-weights random`` runs the seeded random-weight YOLOv3 instead; a random detector finds
+none of the world's classes, so its mAP is scored against its own detections on the uncompressed
+images, and every output says it is random.
+
+Training: 4 epochs × 200 steps per trial on 24 short sample scenes (2 frames each). That is far
+from converged: the curves are often not increasing in rate (a larger λ spends base bits on the
+image while ŝ gets no better, with γ fixed as in the paper's loss), and the BD-rates are then
+"n/a". ``--seed`` (weights and crops) shows the spread.
 
 Everything lands in ``--out`` (default ``./dvcm-quickstart``). A rerun into the same folder
 resumes: finished shards, trials and evaluations are skipped; a new folder starts afresh.
