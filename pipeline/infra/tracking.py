@@ -184,14 +184,16 @@ def text_digest(text: str) -> str:
 
 
 def code_version() -> str:
-    """The git commit of the checkout (``-dirty`` when modified), else the package version."""
+    """The git commit of the checkout (``-dirty`` when the code differs from it: ``dvcm/``, ``pipeline/`` or
+    ``pyproject.toml``; an edited README or test does not change what runs), else the package version."""
     here = Path(__file__).resolve().parent.parent
     try:
         rev = subprocess.run(
             ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "--",
+             "dvcm", "pipeline", "pyproject.toml"],
             capture_output=True, text=True, timeout=10,
         ).stdout.strip()
         return rev + ("-dirty" if dirty else "")
