@@ -193,7 +193,7 @@ def code_version() -> str:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "--",
-             "dvcm", "pipeline", "pyproject.toml"],
+             ":/dvcm", ":/pipeline", ":/pyproject.toml"],  # from the top of the repository
             capture_output=True, text=True, timeout=10,
         ).stdout.strip()
         return rev + ("-dirty" if dirty else "")
