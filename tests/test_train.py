@@ -57,6 +57,38 @@ def test_rng_state_round_trips_through_weights_only_load(tmp_path: Path) -> None
     assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1]) and expected[2] == got[2]
 
 
+def test_warm_start_takes_the_neighbours_weights_and_refuses_another_codec(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from dvcm.checkpoint import save_checkpoint
+    from dvcm.errors import CheckpointError
+    from dvcm.models import build
+    from dvcm.yolo import build_yolov3
+    from dvcm.zoo import MINI_DETECTOR
+    from pipeline.infra.yolo_files import yolo_files
+    from pipeline.training.loop import Worker, warm_start
+
+    weights, cfg = yolo_files(MINI_DETECTOR, None)
+    front = build_yolov3(weights, cfg=cfg)
+    torch.manual_seed(1)
+    neighbour = build("proposed", front=front.front, yolo_provenance=dict(front.provenance), N=16, M1=8, M2=8, H=2)
+    save_checkpoint(tmp_path / "neighbour.pt", neighbour)
+    torch.manual_seed(2)
+    fresh = build("proposed", front=front.front, yolo_provenance=dict(front.provenance), N=16, M1=8, M2=8, H=2)
+    trial = SimpleNamespace(model="proposed", yolo_provenance=dict(front.provenance))
+    w = Worker(trial=trial, rank=0, world=1, device=torch.device("cpu"), model=fresh, forward=fresh,  # type: ignore[arg-type]
+               criterion=torch.nn.Identity(), net_opt=None, aux_opt=None, sched=None)  # type: ignore[arg-type]
+    warm_start(w, str(tmp_path / "neighbour.pt"))
+    for key, value in neighbour.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+    other = build("proposed", front=front.front, yolo_provenance=dict(front.provenance), N=16, M1=8, M2=4, H=2)
+    w.model = other
+    with pytest.raises(CheckpointError, match="not the trial's proposed"):
+        warm_start(w, str(tmp_path / "neighbour.pt"))
+    with pytest.raises(CheckpointError, match="not a file"):
+        warm_start(w, str(tmp_path / "missing.pt"))
+
+
 def test_param_checksum_sees_a_single_changed_weight() -> None:
     a = torch.nn.Linear(4, 3)
     b = torch.nn.Linear(4, 3)

@@ -54,9 +54,10 @@ def check_models(models: list[str]) -> list[str]:
     return models
 
 
-def trial_name(model: str, m1: int, m2: int, h: int, lmbda: float) -> str:
-    """``proposed-64-192-2-l0.0067``: model, configuration and λ, as in MLflow and Ray storage."""
-    return f"{model}-{m1}-{m2}-{h}-l{lmbda:g}"
+def trial_name(model: str, m1: int, m2: int, h: int, lmbda: float, seed: int | None = None) -> str:
+    """``proposed-64-192-2-l0.0067``: model, configuration and λ, as in MLflow and Ray storage; ``-s1`` ends the
+    name of a trial with its own seed (a sweep over seeds)."""
+    return f"{model}-{m1}-{m2}-{h}-l{lmbda:g}" + (f"-s{seed}" if seed is not None else "")
 
 
 def build_grid(

@@ -154,6 +154,23 @@ def read_state(checkpoint: Any) -> dict[str, Any] | None:
         return torch.load(Path(d) / STATE_NAME, map_location="cpu", weights_only=True)
 
 
+def warm_start(w: Worker, path: str) -> None:
+    """A fresh trial starts from the weights of another trial's final checkpoint (a neighbouring λ of the same
+    model, configuration and front), with fresh optimizers and schedule."""
+    from dvcm.checkpoint import load_checkpoint
+    from dvcm.errors import CheckpointError
+    from pipeline.infra import storage
+
+    local = storage.local_path(path)
+    if local is None or not local.is_file():
+        raise CheckpointError(f"init checkpoint {path} is not a file on this node")
+    start, meta = load_checkpoint(local, w.trial.yolo_provenance)
+    if (meta.get("model"), start.config) != (w.trial.model, w.model.config):
+        raise CheckpointError(f"init checkpoint {path} holds {meta.get('model')} {start.config}, not the trial's "
+                              f"{w.trial.model} {w.model.config}")
+    w.model.load_state_dict(start.state_dict())
+
+
 def restore(w: Worker, state: dict[str, Any]) -> None:
     """Weights, RNG states, epoch and LR-drop count from a checkpoint's state (before :func:`place`)."""
     w.model.load_state_dict(state["model"])
@@ -283,6 +300,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     w = setup(trial, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
     checkpoint = ray.train.get_checkpoint()
     state = read_state(checkpoint)
+    if state is None and trial.init_checkpoint:
+        warm_start(w, trial.init_checkpoint)
     if state is not None:
         restore(w, state)
         if state.get("final_metrics"):  # finished before the driver could record it: report it again

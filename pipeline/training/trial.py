@@ -30,13 +30,15 @@ class TrialConfig:
     storage_path: str  # Ray Train's storage for this trial's checkpoints
     yolo_provenance: dict[str, Any]
     faults: Faults | None = None  # test-only (pipeline.training.faults)
+    init_checkpoint: str | None = None  # warm start: the weights of this dvcm checkpoint (a neighbouring λ's)
 
     def to_dict(self) -> dict[str, Any]:
         """The flat mapping that travels through Ray and is logged to MLflow."""
         return {**dataclasses.asdict(self.training), **dataclasses.asdict(self.resources),
                 "trial_name": self.trial_name, "model": self.model, "M1": self.M1, "M2": self.M2, "H": self.H,
                 "lmbda": self.lmbda, "storage_path": self.storage_path, "yolo_provenance": dict(self.yolo_provenance),
-                "faults": dataclasses.asdict(self.faults) if self.faults else None}
+                "faults": dataclasses.asdict(self.faults) if self.faults else None,
+                "init_checkpoint": self.init_checkpoint}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrialConfig:
@@ -46,13 +48,17 @@ class TrialConfig:
 
         return cls(d["trial_name"], d["model"], int(d["M1"]), int(d["M2"]), int(d["H"]), float(d["lmbda"]),
                    pick(TrainingSettings), pick(Resources), d["storage_path"], dict(d["yolo_provenance"]),
-                   Faults(**d["faults"]) if d.get("faults") else None)
+                   Faults(**d["faults"]) if d.get("faults") else None, d.get("init_checkpoint"))
 
 
 def trial_configs(grid: list[dict[str, Any]], settings: SweepSettings, shards: str, storage_path: str,
                   yolo_provenance: dict[str, Any], faults: dict[str, dict[str, Any] | None]) -> list[TrialConfig]:
-    """One :class:`TrialConfig` per grid entry (``shards`` resolved, ``faults`` by trial name)."""
+    """One :class:`TrialConfig` per grid entry (``shards`` resolved, ``faults`` by trial name).
+
+    An entry may carry its own ``seed`` (several seeds in one sweep) and an ``init_checkpoint`` to start from."""
     training = dataclasses.replace(settings.training, shards=shards)
-    return [TrialConfig(t["trial_name"], t["model"], t["M1"], t["M2"], t["H"], t["lmbda"], training, settings.resources,
-                        storage_path, yolo_provenance, Faults(**faults[t["trial_name"]]) if faults.get(t["trial_name"]) else None)
+    return [TrialConfig(t["trial_name"], t["model"], t["M1"], t["M2"], t["H"], t["lmbda"],
+                        dataclasses.replace(training, seed=int(t.get("seed", training.seed))), settings.resources,
+                        storage_path, yolo_provenance, Faults(**faults[t["trial_name"]]) if faults.get(t["trial_name"]) else None,
+                        t.get("init_checkpoint"))
             for t in grid]

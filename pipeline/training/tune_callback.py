@@ -45,7 +45,8 @@ def make_tune_callback(ctx: SweepContext):  # -> ray.tune.Callback
                 params = {**ctx.common_params, **{k: cfg[k] for k in ("model", "N", "M1", "M2", "H", "lmbda", "gamma")},
                           "config": f"{cfg['M1']},{cfg['M2']},{cfg['H']}", "trial": name,
                           **{k: cfg.get(k) for k in ("crop", "batch_size", "epochs", "steps_per_epoch", "lr",
-                                                     "workers_per_trial", "precision", "preset")}}
+                                                     "workers_per_trial", "precision", "preset", "seed",
+                                                     "init_checkpoint")}}
                 tags = {"model": cfg["model"], "config": f"{cfg['M1']},{cfg['M2']},{cfg['H']}",
                         "lambda": f"{cfg['lmbda']:g}", "gamma": f"{cfg['gamma']:g}"}
                 entry["run_id"] = tracking.start_trial_run(ctx.tracking_uri, ctx.parent_run_id, name, tags, params)

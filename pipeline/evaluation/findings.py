@@ -1,0 +1,286 @@
+"""The paper's findings, measured: what ``dvcm-pipeline reproduce`` reports side by side with the paper.
+
+Input: one :class:`StudyPoint` per evaluated (model, seed, λ): real-bitstream rates and qualities
+from ``evaluate`` and the redundancy of its latents. Output: :class:`Finding` (a), (b), (c), each with
+our value, its spread over seeds, the paper's value and a verdict — "holds", "does not hold" or
+"undefined (reason)" — and the acceptance checks of the training (:func:`acceptance`).
+
+- (a) base-layer BD-rate of proposed against choi2022 on detection (paper: −40.6 %), on mAP@0.5 and on
+  the feature SNR of ŝ, per seed (the strict Bjøntegaard figure of :mod:`pipeline.evaluation.bdrate`);
+  holds when it is negative on every seed.
+- (b) redundancy (paper Sec. 5, Fig. 5, no exact figures): for proposed Rdn(ŷ1|ŷ2) settles near 0 and
+  Rdn(ŷ2|ŷ1) near 1; for choi2022 Rdn(ŷ1|ŷ2) is larger and Rdn(ŷ2|ŷ1) near 0. Averaged over λ per
+  seed; holds when proposed's Rdn(ŷ1|ŷ2) is below choi2022's and its Rdn(ŷ2|ŷ1) above, on every seed.
+- (c) proposed's PSNR sits below choi2022's at equal total bpp (paper: yes): BD-PSNR on the Kodak-like
+  images; holds when it is negative on every seed.
+
+A finding that does not hold is a result, reported as measured; nothing here decides what a study should find.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.evaluation.bdrate import Curve, bd_delta
+from pipeline.infra.atomic import atomic_write_json, atomic_write_text
+
+PROPOSED, BASELINE = "proposed", "choi2022"
+HOLDS, DOES_NOT_HOLD = "holds", "does not hold"
+
+
+@dataclass(frozen=True)
+class StudyPoint:
+    """One evaluated (model, seed, λ): rates in bpp from real bitstreams."""
+
+    model: str
+    seed: int
+    lmbda: float
+    coco_bpp_base: float  # base layer, COCO-like images at 512×512
+    map50: float  # base layer, against the world's ground truth
+    s_snr: float  # feature SNR of ŝ, dB
+    kodak_bpp: float  # both layers, Kodak-like images
+    psnr: float
+    ms_ssim: float
+    rdn_y1_given_y2: float = math.nan
+    rdn_y2_given_y1: float = math.nan
+
+
+@dataclass
+class Finding:
+    """One of the paper's findings: our value (mean over seeds), its spread, the paper's, a verdict."""
+
+    key: str
+    claim: str
+    paper: str
+    unit: str
+    ours: float | None
+    spread: float | None  # sample standard deviation over seeds (None with one seed)
+    per_seed: dict[str, float | None]
+    verdict: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _curve(points: Sequence[StudyPoint], label: str, rate: str, quality: str) -> Curve:
+    return Curve(label, tuple(getattr(p, rate) for p in points), tuple(getattr(p, quality) for p in points))
+
+
+def _by(points: Sequence[StudyPoint], model: str, seed: int) -> list[StudyPoint]:
+    return sorted((p for p in points if p.model == model and p.seed == seed), key=lambda p: p.lmbda)
+
+
+def seeds_of(points: Sequence[StudyPoint]) -> list[int]:
+    return sorted({p.seed for p in points})
+
+
+def _summary(values: dict[str, float | None]) -> tuple[float | None, float | None]:
+    finite = [v for v in values.values() if _finite(v)]
+    if not finite or len(finite) < len(values):
+        return None, None
+    return float(statistics.fmean(finite)), (float(statistics.stdev(finite)) if len(finite) > 1 else None)
+
+
+def _sign_verdict(values: dict[str, float | None], notes: dict[str, str], negative_holds: bool = True) -> str:
+    """``holds`` when every seed's value has the claimed sign; ``undefined (reason)`` when a seed has none."""
+    missing = [s for s, v in values.items() if not _finite(v)]
+    if not values:
+        return "undefined (no seed has both models)"
+    if missing:
+        return f"undefined (seed {missing[0]}: {notes.get(missing[0]) or 'no value'})"
+    good = [(v < 0) if negative_holds else (v > 0) for v in values.values()]  # type: ignore[operator]
+    if all(good):
+        return HOLDS
+    return DOES_NOT_HOLD + ("" if not any(good) else " (the sign changes across seeds)")
+
+
+def _bd_finding(points: Sequence[StudyPoint], key: str, claim: str, paper: str, rate: str, quality: str,
+                pick: int, unit: str) -> Finding:
+    """BD figure ``pick`` (0: BD-rate %, 1: BD-quality) of proposed against choi2022, per seed."""
+    values: dict[str, float | None] = {}
+    notes: dict[str, str] = {}
+    for seed in seeds_of(points):
+        ref, test = _by(points, BASELINE, seed), _by(points, PROPOSED, seed)
+        if not ref or not test:
+            continue
+        figures = bd_delta(_curve(ref, BASELINE, rate, quality), _curve(test, PROPOSED, rate, quality))
+        value, note = figures[pick], figures[2]
+        values[str(seed)] = float(value) if _finite(value) else None
+        if note:
+            notes[str(seed)] = note
+    ours, spread = _summary(values)
+    return Finding(key, claim, paper, unit, ours, spread, values, _sign_verdict(values, notes), {"notes": notes})
+
+
+def _mean_over_lambdas(points: Sequence[StudyPoint], attr: str) -> float | None:
+    values = [getattr(p, attr) for p in points]
+    return float(np.mean(values)) if values and all(_finite(v) for v in values) else None
+
+
+def redundancy_finding(points: Sequence[StudyPoint]) -> Finding:
+    """(b): Rdn(ŷ1|ŷ2) and Rdn(ŷ2|ŷ1) of both models, each averaged over λ, per seed."""
+    table: dict[str, dict[str, float | None]] = {}
+    gaps: dict[str, float | None] = {}  # proposed's margin on the weaker of the two orderings
+    notes: dict[str, str] = {}
+    for seed in seeds_of(points):
+        row = {f"{m}_{attr}": _mean_over_lambdas(_by(points, m, seed), attr)
+               for m in (PROPOSED, BASELINE) for attr in ("rdn_y1_given_y2", "rdn_y2_given_y1")}
+        table[str(seed)] = row
+        if any(v is None for v in row.values()):
+            gaps[str(seed)] = None
+            notes[str(seed)] = "a redundancy estimate is missing"
+            continue
+        below = row[f"{BASELINE}_rdn_y1_given_y2"] - row[f"{PROPOSED}_rdn_y1_given_y2"]  # type: ignore[operator]
+        above = row[f"{PROPOSED}_rdn_y2_given_y1"] - row[f"{BASELINE}_rdn_y2_given_y1"]  # type: ignore[operator]
+        gaps[str(seed)] = float(min(below, above))
+    verdict = _sign_verdict(gaps, notes, negative_holds=False)
+    means = {k: _summary({s: r[k] for s, r in table.items()}) for k in next(iter(table.values()), {})}
+    return Finding(
+        "b", "proposed: Rdn(ŷ1|ŷ2) near 0, Rdn(ŷ2|ŷ1) near 1; choi2022: Rdn(ŷ1|ŷ2) larger, Rdn(ŷ2|ŷ1) near 0",
+        "Fig. 5, no exact figures", "margin", *_summary(gaps), gaps, verdict,
+        {"per_seed": table, "mean_and_spread": {k: list(v) for k, v in means.items()}, "notes": notes,
+         "margin": "the smaller of choi2022's Rdn(ŷ1|ŷ2) − proposed's and proposed's Rdn(ŷ2|ŷ1) − choi2022's; "
+                   "positive on every seed: holds"})
+
+
+def study_findings(points: Sequence[StudyPoint]) -> list[Finding]:
+    """(a) on mAP@0.5 and on ŝ SNR, (b), (c)."""
+    return [
+        _bd_finding(points, "a_map50", "base-layer BD-rate of proposed vs choi2022 on detection (mAP@0.5)",
+                    "−40.6 %", "coco_bpp_base", "map50", 0, "%"),
+        _bd_finding(points, "a_s_snr", "base-layer BD-rate of proposed vs choi2022 on the feature SNR of ŝ",
+                    "not reported (the paper's (a) is on mAP)", "coco_bpp_base", "s_snr", 0, "%"),
+        redundancy_finding(points),
+        _bd_finding(points, "c", "proposed's PSNR sits below choi2022's at equal total bpp (BD-PSNR < 0)",
+                    "yes (Fig. 4b)", "kodak_bpp", "psnr", 1, "dB"),
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Acceptance of the training (every model and seed)
+# --------------------------------------------------------------------------------------------
+AXES: tuple[tuple[str, str, str], ...] = (
+    ("coco_bpp_base", "map50", "mAP@0.5 vs base bpp"),
+    ("coco_bpp_base", "s_snr", "ŝ SNR vs base bpp"),
+    ("kodak_bpp", "psnr", "PSNR vs total bpp"),
+    ("kodak_bpp", "ms_ssim", "MS-SSIM vs total bpp"),
+)
+
+
+def rises_with_rate(points: Sequence[StudyPoint], rate: str, quality: str) -> bool:
+    """Quality strictly increases with rate (points ordered by rate)."""
+    pairs = sorted((getattr(p, rate), getattr(p, quality)) for p in points)
+    return len(pairs) >= 2 and all(r1 > r0 and q1 > q0 for (r0, q0), (r1, q1) in zip(pairs, pairs[1:]))
+
+
+def jpeg_psnr_at(jpeg: Sequence[tuple[float, float]], bpp: float) -> float | None:
+    """JPEG's PSNR at ``bpp``, linearly interpolated on its (bpp, PSNR) curve; None outside its range."""
+    pts = sorted(jpeg)
+    if len(pts) < 2 or not pts[0][0] <= bpp <= pts[-1][0]:
+        return None
+    return float(np.interp(bpp, [p[0] for p in pts], [p[1] for p in pts]))
+
+
+def acceptance(points: Sequence[StudyPoint], jpeg: Sequence[tuple[float, float]]) -> list[dict[str, Any]]:
+    """Per (model, seed): which axes rise with rate, and the highest λ's PSNR against JPEG's at the same bpp."""
+    rows = []
+    for model in (PROPOSED, BASELINE):
+        for seed in seeds_of(points):
+            pts = _by(points, model, seed)
+            if not pts:
+                continue
+            top = pts[-1]
+            ref = jpeg_psnr_at(jpeg, top.kodak_bpp)
+            rows.append({
+                "model": model, "seed": seed,
+                "rises": {label: rises_with_rate(pts, r, q) for r, q, label in AXES},
+                "top_lambda": top.lmbda, "top_bpp": top.kodak_bpp, "top_psnr": top.psnr, "jpeg_psnr": ref,
+                "beats_jpeg": None if ref is None else bool(top.psnr >= ref),
+            })
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+def _fmt(v: float | None, unit: str) -> str:
+    if v is None:
+        return "–"
+    return f"{v:+.2f} {unit}" if unit in ("%", "dB") else f"{v:+.3f}"
+
+
+def findings_markdown(findings: Sequence[Finding], checks: Sequence[dict[str, Any]], header: str) -> str:
+    """``findings.md``: the findings table, then the acceptance checks."""
+    lines = [header, "", "| finding | paper | ours (mean over seeds) | spread (sd) | per seed | verdict |",
+             "|---|---|---|---|---|---|"]
+    for f in findings:
+        seeds = ", ".join(f"{s}: {_fmt(v, f.unit)}" for s, v in f.per_seed.items()) or "–"
+        spread = "–" if f.spread is None else f"{f.spread:.2f}"
+        lines.append(f"| ({f.key}) {f.claim} | {f.paper} | {_fmt(f.ours, f.unit)} | {spread} | {seeds} | {f.verdict} |")
+    b = next((f for f in findings if f.key == "b"), None)
+    if b is not None and b.detail.get("mean_and_spread"):
+        lines += ["", "Redundancy, mean over λ and seeds (sd over seeds):", ""]
+        for k, (mean, sd) in b.detail["mean_and_spread"].items():
+            lines.append(f"- {k}: {'–' if mean is None else f'{mean:.3f}'}"
+                         + ("" if sd is None else f" (sd {sd:.3f})"))
+    lines += ["", "Acceptance of the training (every model and seed):", "",
+              "| model | seed | " + " | ".join(label for _, _, label in AXES) + " | PSNR at the highest λ vs JPEG |",
+              "|---|---|" + "---|" * len(AXES) + "---|"]
+    for c in checks:
+        jpeg = ("– (outside JPEG's range)" if c["jpeg_psnr"] is None else
+                f"{c['top_psnr']:.2f} vs {c['jpeg_psnr']:.2f} dB at {c['top_bpp']:.3f} bpp: "
+                + ("at or above" if c["beats_jpeg"] else "below"))
+        lines.append(f"| {c['model']} | {c['seed']} | " + " | ".join("rises" if c["rises"][label] else "does not rise"
+                                                                       for _, _, label in AXES) + f" | {jpeg} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_findings(out: Path, points: Sequence[StudyPoint], jpeg: Sequence[tuple[float, float]],
+                   header: str, extra: dict[str, Any] | None = None) -> tuple[list[Finding], list[dict[str, Any]]]:
+    """``out/findings.json`` and ``out/findings.md``; returns (findings, acceptance checks)."""
+    findings = study_findings(points)
+    checks = acceptance(points, jpeg)
+    atomic_write_json(out / "findings.json", {
+        "schema": "dvcm-findings/1", **(extra or {}), "findings": [asdict(f) for f in findings],
+        "acceptance": checks, "points": [asdict(p) for p in points], "jpeg": [list(p) for p in jpeg]})
+    atomic_write_text(out / "findings.md", findings_markdown(findings, checks, header))
+    return findings, checks
+
+
+def points_from_results(results: dict[str, dict], trials: dict[str, dict[str, Any]]) -> list[StudyPoint]:
+    """:class:`StudyPoint` per evaluated run: ``results`` by run id (``evaluate``'s results.json), ``trials`` by
+    run id: {"model", "seed", "lmbda"}."""
+    def point(res: dict, dataset: str) -> dict[str, Any]:
+        pts = ((res.get("datasets") or {}).get(dataset) or {}).get("points") or [{}]
+        return pts[0]
+
+    def num(v: Any) -> float:
+        return float(v) if _finite(v) else math.nan
+
+    out = []
+    for run_id, t in trials.items():
+        res = results.get(run_id)
+        if not res:
+            continue
+        coco, kodak = point(res, "coco"), point(res, "kodak")
+        rdn = res.get("redundancy") or {}
+        out.append(StudyPoint(t["model"], int(t["seed"]), float(t["lmbda"]), num(coco.get("bpp_base")),
+                              num(coco.get("map50")), num(coco.get("s_snr")), num(kodak.get("bpp")), num(kodak.get("psnr")),
+                              num(kodak.get("ms_ssim")), num(rdn.get("rdn_y1_given_y2")), num(rdn.get("rdn_y2_given_y1"))))
+    return out
+
+
+def read_findings(folder: Path) -> dict[str, Any] | None:
+    """``findings.json`` of a study's evaluation folder, if there is one (the report shows it)."""
+    path = folder / "findings.json"
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -1,0 +1,88 @@
+"""The paper's findings from a study's points: worked examples whose verdicts follow from the numbers,
+and a study in which a finding does not hold is reported as such."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from pipeline.evaluation.findings import (
+    DOES_NOT_HOLD,
+    HOLDS,
+    StudyPoint,
+    acceptance,
+    jpeg_psnr_at,
+    study_findings,
+    write_findings,
+)
+
+LAMBDAS = (0.0067, 0.025, 0.0932, 0.18)
+
+
+def _points(model: str, seed: int, base_scale: float, psnr_shift: float, rdn: tuple[float, float]) -> list[StudyPoint]:
+    """A model whose base layer needs ``base_scale`` times the bits for the same mAP and ŝ SNR."""
+    out = []
+    for i, lam in enumerate(LAMBDAS):
+        bpp_base = 0.01 * (i + 1) * base_scale
+        quality = i + 1  # the same qualities for every model: only the rates differ
+        out.append(StudyPoint(model, seed, lam, bpp_base, 0.5 + 0.1 * quality, 2.0 * quality,
+                              0.1 * (i + 1), 30.0 + 2 * i + psnr_shift, 0.9 + 0.01 * i, *rdn))
+    return out
+
+
+def _study(proposed_scale: float = 0.5, proposed_psnr: float = -1.0) -> list[StudyPoint]:
+    pts = []
+    for seed in (0, 1):
+        pts += _points("proposed", seed, proposed_scale, proposed_psnr, (0.05, 0.9))
+        pts += _points("choi2022", seed, 1.0, 0.0, (0.4, 0.05))
+    return pts
+
+
+def test_a_proposed_base_layer_at_half_the_rate_is_a_minus_fifty_percent_bd_rate() -> None:
+    a_map, a_snr, b, c = study_findings(_study())
+    # same qualities at half the rate: the BD-rate is -50 % exactly, on both axes, on every seed
+    for f in (a_map, a_snr):
+        assert f.per_seed == {"0": pytest.approx(-50.0), "1": pytest.approx(-50.0)}
+        assert f.ours == pytest.approx(-50.0) and f.spread == pytest.approx(0.0, abs=1e-9) and f.verdict == HOLDS
+    assert b.verdict == HOLDS and b.per_seed["0"] == pytest.approx(min(0.4 - 0.05, 0.9 - 0.05))
+    assert c.per_seed["0"] == pytest.approx(-1.0) and c.verdict == HOLDS  # 1 dB below at equal bpp
+
+
+def test_findings_that_do_not_hold_are_reported_as_measured() -> None:
+    a_map, _, _, c = study_findings(_study(proposed_scale=2.0, proposed_psnr=+0.5))
+    assert a_map.ours == pytest.approx(100.0) and a_map.verdict == DOES_NOT_HOLD
+    assert c.ours == pytest.approx(0.5) and c.verdict == DOES_NOT_HOLD
+
+
+def test_a_curve_that_falls_makes_the_finding_undefined_with_its_reason() -> None:
+    pts = _study()
+    # seed 1's choi2022 mAP falls at its highest rate
+    pts = [StudyPoint(**{**p.__dict__, "map50": 0.1}) if (p.model, p.seed, p.lmbda) == ("choi2022", 1, 0.18) else p
+           for p in pts]
+    a_map = study_findings(pts)[0]
+    assert a_map.per_seed["1"] is None and a_map.ours is None
+    assert a_map.verdict.startswith("undefined (seed 1: choi2022: quality is not strictly increasing")
+
+
+def test_acceptance_checks_every_axis_and_jpeg_at_the_same_rate() -> None:
+    jpeg = [(0.05, 28.0), (0.2, 34.0), (0.5, 40.0)]
+    assert jpeg_psnr_at(jpeg, 0.4) == pytest.approx(38.0) and jpeg_psnr_at(jpeg, 0.6) is None
+    pts = _study()
+    checks = acceptance(pts, jpeg)
+    assert len(checks) == 4 and all(all(c["rises"].values()) for c in checks)
+    top = next(c for c in checks if c["model"] == "choi2022" and c["seed"] == 0)
+    # choi2022's highest λ: 0.4 bpp at 36 dB against JPEG's 38 dB there
+    assert (top["top_bpp"], top["top_psnr"], top["beats_jpeg"]) == (pytest.approx(0.4), 36.0, False)
+
+
+def test_files_hold_a_value_or_a_reason_for_each_finding(tmp_path: Path) -> None:
+    findings, _ = write_findings(tmp_path, _study(), [(0.05, 28.0), (0.5, 40.0)], "# study", {"seeds": [0, 1]})
+    data = json.loads((tmp_path / "findings.json").read_text())
+    assert [f["key"] for f in data["findings"]] == ["a_map50", "a_s_snr", "b", "c"] and data["seeds"] == [0, 1]
+    md = (tmp_path / "findings.md").read_text()
+    assert "| (a_map50)" in md and "−40.6 %" in md and "-50.00 %" in md and "PSNR vs total bpp" in md
+    assert all(f.verdict in (HOLDS, DOES_NOT_HOLD) or f.verdict.startswith("undefined (") for f in findings)
+    assert not any(isinstance(v, float) and math.isnan(v) for f in data["findings"] for v in f["per_seed"].values())
