@@ -46,13 +46,15 @@ def test_grid_entries_may_carry_their_own_seed_and_warm_start() -> None:
 
     settings = resolve("tiny", {}, {"shards": "s", "seed": 0})
     grid = [{"trial_name": trial_name("proposed", 16, 32, 2, 0.0932, seed=1), "model": "proposed", "M1": 16, "M2": 32,
-             "H": 2, "lmbda": 0.0932, "seed": 1, "init_checkpoint": "/runs/proposed-16-32-2-l0.18-s1/final.pt"},
+             "H": 2, "lmbda": 0.0932, "seed": 1, "init_checkpoint": "/runs/proposed-16-32-2-l0.18-s1/final.pt",
+             "epochs": 7},
             {"trial_name": trial_name("proposed", 16, 32, 2, 0.0932), "model": "proposed", "M1": 16, "M2": 32, "H": 2,
              "lmbda": 0.0932}]
     seeded, plain = trial_configs(grid, settings, "s", "/runs", {}, {})
     assert seeded.trial_name == "proposed-16-32-2-l0.0932-s1" and plain.trial_name == "proposed-16-32-2-l0.0932"
     assert (seeded.training.seed, seeded.init_checkpoint) == (1, "/runs/proposed-16-32-2-l0.18-s1/final.pt")
     assert (plain.training.seed, plain.init_checkpoint) == (0, None)
+    assert (seeded.training.epochs, plain.training.epochs) == (7, settings.training.epochs)
     assert TrialConfig.from_dict(seeded.to_dict()) == seeded  # what travels through Ray comes back whole
 
 

@@ -44,8 +44,35 @@ def _table(headers: list[str], rows: list[list[str]], left: int = 1) -> str:
     return f"<table><tr>{th}</tr>{body}</table>"
 
 
-def build_report(eval_dir: Path) -> str:
-    """The HTML text for the results under ``eval_dir``."""
+def findings_section(findings: dict[str, Any]) -> str:
+    """The paper's findings next to ours (``findings.json`` of ``dvcm-pipeline reproduce``), and the acceptance checks."""
+    rows = []
+    for f in findings.get("findings", []):
+        unit = f.get("unit", "")
+
+        def val(v: Any, unit: str = unit) -> str:
+            return "–" if v is None else (f"{v:+.2f} {unit}" if unit in ("%", "dB") else f"{v:+.3f}")
+
+        seeds = ", ".join(f"{s}: {val(v)}" for s, v in f.get("per_seed", {}).items())
+        rows.append([f"({html.escape(f['key'])}) {html.escape(f['claim'])}", html.escape(f["paper"]), val(f.get("ours")),
+                     "–" if f.get("spread") is None else f"{f['spread']:.2f}", html.escape(seeds),
+                     f"<b>{html.escape(f['verdict'])}</b>"])
+    out = ["<h2>Findings, side by side with the paper</h2>",
+           f"<p>{html.escape(findings.get('summary', ''))}</p>",
+           _table(["finding", "paper", "ours (mean over seeds)", "spread (sd)", "per seed", "verdict"], rows)]
+    checks = findings.get("acceptance", [])
+    if checks:
+        axes = list(checks[0]["rises"])
+        out.append("<h3>Acceptance of the training</h3>")
+        out.append(_table(["model", "seed", *axes, "PSNR at the highest λ vs JPEG at that bpp"], [
+            [html.escape(c["model"]), str(c["seed"]), *("rises" if c["rises"][a] else "<b>does not rise</b>" for a in axes),
+             "outside JPEG's range" if c.get("jpeg_psnr") is None else
+             f"{c['top_psnr']:.2f} vs {c['jpeg_psnr']:.2f} dB at {c['top_bpp']:.3f} bpp"] for c in checks], left=2))
+    return "\n".join(out)
+
+
+def build_report(eval_dir: Path, findings: dict[str, Any] | None = None) -> str:
+    """The HTML text for the results under ``eval_dir``; with ``findings`` (a study's ``findings.json``) they come first."""
     if not eval_dir.is_dir():
         raise UserError(f"{eval_dir} is not a folder; pass the --out folder of 'dvcm-pipeline evaluate'")
     results = []
@@ -64,6 +91,8 @@ def build_report(eval_dir: Path) -> str:
     if detector.startswith("random-weight"):
         parts.append("<p class='note'>These COCO accuracies use a random-weight YOLOv3: they measure how compression "
                      "moves its detections, not real detection accuracy.</p>")
+    if findings:
+        parts.append(findings_section(findings))
     notices = [n for r in results for n in r.get("notices", [])]
     if notices:
         parts.append("<ul class='note'>" + "".join(f"<li>{html.escape(n)}</li>" for n in notices) + "</ul>")
@@ -110,12 +139,8 @@ def build_report(eval_dir: Path) -> str:
     return "\n".join(parts)
 
 
-
-
-
-
-def write_report(eval_dir: Path, out: Path | None = None) -> Path:
+def write_report(eval_dir: Path, out: Path | None = None, findings: dict[str, Any] | None = None) -> Path:
     """Write the report of ``eval_dir`` to ``out`` (default ``<eval_dir>/report.html``) atomically; returns its path."""
     target = out or eval_dir / "report.html"
-    atomic_write_text(target, build_report(eval_dir))
+    atomic_write_text(target, build_report(eval_dir, findings))
     return target

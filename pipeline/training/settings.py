@@ -43,6 +43,21 @@ PRESETS: dict[str, dict[str, Any]] = {
         "loader_workers": 0,
         "shuffle_buffer": 16,
     },
+    "mini": {
+        # The miniature study on CPUs (`dvcm-pipeline reproduce`): N 192 / 4, 128 crops, batch 8; epochs of 200
+        # steps, the LR divided by 10 after one epoch without a better validation loss, a stop at the second drop.
+        "N": 48,
+        "configs": [(16, 48, 2)],
+        "crop": 128,
+        "batch_size": 8,
+        "epochs": 60,
+        "steps_per_epoch": 200,
+        "val_steps": 8,
+        "max_lr_drops": 2,
+        "lr_patience": 1,
+        "loader_workers": 0,
+        "shuffle_buffer": 64,
+    },
     "paper": {
         "N": 192,
         "configs": [(64, 192, 2), (64, 128, 2), (64, 128, 1), (128, 64, 1)],

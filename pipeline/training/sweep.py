@@ -163,7 +163,7 @@ def plan_trials(grid: list[dict[str, Any]], ctx: SweepContext, settings: SweepSe
     """The trials still to train (a finished trial whose checkpoint exists is skipped); fills the table rows."""
     todo = []
     for t in grid:
-        row = TrialRow(t["trial_name"], epochs=settings.training.epochs)
+        row = TrialRow(t["trial_name"], epochs=int(t.get("epochs", settings.training.epochs)))
         ctx.rows[t["trial_name"]] = row
         done = ctx.state["trials"].get(t["trial_name"], {})
         if done.get("status") == "finished" and done.get("final_checkpoint") and storage.is_file(done["final_checkpoint"]):

@@ -55,10 +55,12 @@ def trial_configs(grid: list[dict[str, Any]], settings: SweepSettings, shards: s
                   yolo_provenance: dict[str, Any], faults: dict[str, dict[str, Any] | None]) -> list[TrialConfig]:
     """One :class:`TrialConfig` per grid entry (``shards`` resolved, ``faults`` by trial name).
 
-    An entry may carry its own ``seed`` (several seeds in one sweep) and an ``init_checkpoint`` to start from."""
+    An entry may carry its own ``seed`` (several seeds in one sweep), ``epochs`` (its cap) and an
+    ``init_checkpoint`` to start from."""
     training = dataclasses.replace(settings.training, shards=shards)
     return [TrialConfig(t["trial_name"], t["model"], t["M1"], t["M2"], t["H"], t["lmbda"],
-                        dataclasses.replace(training, seed=int(t.get("seed", training.seed))), settings.resources,
+                        dataclasses.replace(training, seed=int(t.get("seed", training.seed)),
+                                            epochs=int(t.get("epochs", training.epochs))), settings.resources,
                         storage_path, yolo_provenance, Faults(**faults[t["trial_name"]]) if faults.get(t["trial_name"]) else None,
                         t.get("init_checkpoint"))
             for t in grid]

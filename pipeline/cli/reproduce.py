@@ -1,0 +1,56 @@
+"""``dvcm-pipeline reproduce``: the paper's study in miniature (see :mod:`pipeline.workflows.reproduce`)."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.training.grid import parse_lambdas, parse_list
+from pipeline.workflows.reproduce import PRESETS, run_reproduce
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(v) for v in parse_list(text)]
+    except ValueError:
+        raise typer.BadParameter(f"--seeds {text!r}: write integers such as 0,1") from None
+
+
+def reproduce_command(
+    out: Annotated[Path, typer.Option("--out", help="Folder for everything: data, shards, runs, eval, findings, mlflow.db.")] = Path("dvcm-reproduce"),
+    preset: Annotated[str, typer.Option("--preset", help=f"Study preset: {', '.join(PRESETS)}.")] = "mini",
+    budget_minutes: Annotated[Optional[float], typer.Option("--budget-minutes", help="Wall time the study may take; the training's epoch caps follow from it (default: 60 for mini).")] = None,
+    lambdas: Annotated[Optional[str], typer.Option("--lambdas", help="λ values, comma separated (default: the paper's 0.0018,0.0067,0.025,0.0932).")] = None,
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Seeds of the trials' weights and crops (default 0,1).")] = None,
+    gamma: Annotated[Optional[float], typer.Option("--gamma", help="γ of every trial (fixed per study, as in the paper).")] = None,
+    train_detector: Annotated[bool, typer.Option("--train-detector", help="Train the mini YOLOv3 now instead of using the bundled one.")] = False,
+    anchors: Annotated[str, typer.Option("--anchors", help="Anchors to evaluate where installed (jpeg,webp,avif,hevc,vvc) or 'none'.")] = "jpeg,webp,avif,hevc,vvc",
+    steps_per_epoch: Annotated[Optional[int], typer.Option("--steps-per-epoch", help="Training steps per epoch (default: the preset's).")] = None,
+    val_steps: Annotated[Optional[int], typer.Option("--val-steps", help="Validation batches per epoch (default: the preset's).")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow URI (default MLFLOW_TRACKING_URI, else sqlite:///<out>/mlflow.db).")] = None,
+    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default RAY_ADDRESS or a local Ray).")] = None,
+    num_cpus: Annotated[Optional[int], typer.Option("--num-cpus", help="CPUs of the local Ray instance (default: all).")] = None,
+) -> None:
+    """Run the paper's experiment in miniature and write its findings next to the paper's (a rerun resumes)."""
+    names = [] if anchors.strip() == "none" else parse_list(anchors)
+    run_reproduce(out, preset, budget_minutes, parse_lambdas(parse_list(lambdas)) if lambdas else None,
+                  _seeds(seeds) if seeds is not None else None, gamma, train_detector, names, tracking_uri, address,
+                  num_cpus, settings_flags={"steps_per_epoch": steps_per_epoch, "val_steps": val_steps},
+                  command=_command_line())
+
+
+def _command_line() -> str:
+    """The command as given (its options that differ from their defaults), for the findings' provenance."""
+    import click
+
+    ctx = click.get_current_context()
+    words = ["dvcm-pipeline", "reproduce"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value == param.default or not param.opts:
+            continue
+        words += [param.opts[0]] if param.is_flag else [param.opts[0], str(value)]
+    return shlex.join(words)

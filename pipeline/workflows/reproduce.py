@@ -1,0 +1,406 @@
+"""``dvcm-pipeline reproduce``: the paper's experiment in miniature, one command.
+
+1. **Detector**: the bundled mini YOLOv3 (``--yolo-weights mini``), or one trained now (``--train-detector``).
+2. **Data**: clips of the synthetic world's train split, prepared into shards with that front (Ray);
+   the evaluation images come from the world's held-out test split (COCO-like with ground truth,
+   Kodak-like).
+3. **Training**: ``proposed`` and ``choi2022`` at every λ and seed, γ fixed for the study as in the
+   paper, in *rounds* of one sweep: round 0 trains the highest λ from scratch; round k starts each
+   (model, seed) from its round k−1 checkpoint, the next λ down (warm start, as the field does when it
+   trains a family of rate points). Each trial stops on its validation plateau
+   (ReduceLROnPlateau drops), with a cap on epochs that keeps the study within ``--budget-minutes``.
+4. **Evaluation** per seed on the test split: base-layer mAP@0.5 against the ground truth and ŝ SNR
+   against base-layer bpp, PSNR and MS-SSIM against total bpp, Rdn(ŷ1|ŷ2) and Rdn(ŷ2|ŷ1), next to the
+   installed anchors (computed once, shared by every seed's folder).
+5. **Findings** (:mod:`pipeline.evaluation.findings`): ``findings.md``, ``findings.json``, the report's
+   first section, and the study's parent MLflow run.
+
+The plan and its time estimate are printed before anything trains; the estimate comes from a probe of
+this machine's training and coding speed, not from constants.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.infra.errors import UserError
+
+STUDY_NAME = "reproduce"
+PAPER_LAMBDAS = (0.0018, 0.0067, 0.025, 0.0932)
+
+
+@dataclass(frozen=True)
+class StudyPreset:
+    """What a study trains and evaluates (the training preset of :mod:`pipeline.training.settings` and the data)."""
+
+    training_preset: str
+    configs: dict[str, str]  # per model: M1,M2,H
+    lambdas: tuple[float, ...] = PAPER_LAMBDAS
+    seeds: tuple[int, ...] = (0, 1)
+    gamma: float = 1.0
+    lr: float = 1e-3
+    train_sequences: int = 96
+    val_sequences: int = 8
+    frames: int = 3
+    coco_images: int = 48
+    kodak_images: int = 12
+    first_round_share: float = 0.4  # of the training time, for the highest λ trained from scratch
+    budget_minutes: float = 60.0
+
+
+PRESETS: dict[str, StudyPreset] = {
+    # The paper's configurations scaled by 1/4 (N 192 -> 48): proposed (64,192,2) -> (16,48,2), choi2022
+    # (128,64,1) -> (32,16,1), so that the base latent of choi2022 is twice proposed's, as in the paper.
+    "mini": StudyPreset("mini", {"proposed": "16,48,2", "choi2022": "32,16,1"}),
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Rounds of λ (highest first), the epochs cap of each round's trials, and the time estimate."""
+
+    preset: StudyPreset
+    lambdas: tuple[float, ...]  # highest first: the order of the rounds
+    seeds: tuple[int, ...]
+    models: tuple[str, ...]
+    steps_per_epoch: int
+    epoch_caps: tuple[int, ...]  # per round
+    step_seconds: dict[str, float]  # per model, measured
+    concurrency: int
+    seconds: dict[str, float] = field(default_factory=dict)  # estimate per stage
+
+    @property
+    def trials(self) -> int:
+        return len(self.lambdas) * len(self.seeds) * len(self.models)
+
+
+TRIAL_START_S = 20.0  # Ray Train's worker group, the model and the loader of one trial (measured: 13-20 s here)
+EPOCH_OVERHEAD_S = 2.0  # an epoch's checkpoint, report and redundancy estimate (measured: ~2 s here)
+
+
+def plan_rounds(preset: StudyPreset, lambdas: tuple[float, ...], seeds: tuple[int, ...], step_seconds: dict[str, float],
+                concurrency: int, steps_per_epoch: int, budget_minutes: float, overhead_seconds: float,
+                val_steps: int = 8) -> Plan:
+    """Share the training time of the budget between the rounds; the cap of a round is what fits its share.
+
+    The first round (highest λ, from scratch) gets ``first_round_share`` of the training time, the others
+    the rest in equal parts. Within a round the (model, seed) trials run ``concurrency`` at a time; each
+    trial costs its start-up, and each epoch its steps, its validation (a forward pass costs about 0.4 of a
+    training step) and a fixed overhead."""
+    order = tuple(sorted(lambdas, reverse=True))
+    models = tuple(preset.configs)
+    train_seconds = budget_minutes * 60.0 - overhead_seconds
+    rounds = len(order)
+    shares = [1.0] if rounds == 1 else [preset.first_round_share] + [(1 - preset.first_round_share) / (rounds - 1)] * (rounds - 1)
+    waves = math.ceil(len(models) * len(seeds) / max(1, concurrency))
+    slowest = max(step_seconds.values())
+    epoch_seconds = steps_per_epoch * slowest + 0.4 * val_steps * slowest + EPOCH_OVERHEAD_S
+    caps = tuple(int((train_seconds * s / waves - TRIAL_START_S) // epoch_seconds) for s in shares)
+    if min(caps) < 1:
+        need = overhead_seconds + max(waves * (TRIAL_START_S + epoch_seconds) / s for s in shares)
+        raise UserError(f"--budget-minutes {budget_minutes:g} leaves too little time to train (one epoch of every round "
+                        f"needs about {need / 60:.1f} min here with data and evaluation); give more minutes")
+    estimate = sum(waves * (TRIAL_START_S + cap * epoch_seconds) for cap in caps)
+    return Plan(preset, order, seeds, models, steps_per_epoch, caps, step_seconds, concurrency,
+                {"training (at most)": estimate, "data, evaluation, findings": overhead_seconds})
+
+
+def describe_plan(plan: Plan, detector: str) -> list[str]:
+    """The plan as lines to print before anything trains."""
+    p = plan.preset
+    lines = [f"reproduce: {plan.trials} trials = {len(plan.models)} models x {len(plan.lambdas)} λ x {len(plan.seeds)} "
+             f"seeds, γ {p.gamma:g} for every trial; detector: {detector}",
+             "  models: " + ", ".join(f"{m} ({p.configs[m]})" for m in plan.models)
+             + f"; training preset {p.training_preset}; {plan.concurrency} trials at a time",
+             "  rounds (highest λ from scratch, each next λ warm-started from the one above):"]
+    for k, (lam, cap) in enumerate(zip(plan.lambdas, plan.epoch_caps)):
+        lines.append(f"    {k + 1}. λ {lam:g}: until the validation plateau, at most {cap} epochs of "
+                     f"{plan.steps_per_epoch} steps" + ("" if k == 0 else f" (from λ {plan.lambdas[k - 1]:g})"))
+    speed = ", ".join(f"{m} {1 / s:.1f} steps/s" for m, s in plan.step_seconds.items())
+    total = sum(plan.seconds.values())
+    lines.append(f"  measured here: {speed}; estimate: {total / 60:.0f} min at most ("
+                 + ", ".join(f"{k} {v / 60:.0f} min" for k, v in plan.seconds.items()) + ")")
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
+# Measuring this machine
+# --------------------------------------------------------------------------------------------
+def probe_step_seconds(preset: StudyPreset, settings: Any, yolo: Any, steps: int = 4) -> dict[str, float]:
+    """Seconds per training step of each model at the preset's crop and batch, on one thread as a trial has."""
+    import torch
+
+    from dvcm.loss import ScalableRDLoss
+    from dvcm.models import build, parse_config
+    from dvcm.train_utils import configure_optimizers
+    from pipeline.training.step import aux_parameters, train_step
+
+    t = settings.training
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(settings.resources.cpus_per_worker)))
+    out = {}
+    try:
+        for model_name, config in preset.configs.items():
+            m1, m2, h = parse_config(config)
+            torch.manual_seed(0)
+            model = build(model_name, front=yolo.front, N=t.N, M1=m1, M2=m2, H=h).train()
+            criterion = ScalableRDLoss(preset.lambdas[-1], preset.gamma)
+            net_opt, aux_opt = configure_optimizers(model, t.lr, t.aux_lr)
+            _, aux = aux_parameters(model)
+            x = torch.rand(t.batch_size, 3, t.crop, t.crop)
+            with torch.no_grad():
+                s = yolo.front(x)
+            for i in range(steps + 1):  # the first step warms the allocator up, and is not counted
+                if i == 1:
+                    t0 = time.perf_counter()
+                train_step(model, model, criterion, net_opt, aux_opt, (x, s), aux_params=aux)
+            out[model_name] = (time.perf_counter() - t0) / steps
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------------------------
+def detector_stage(out: Path, train: bool, tracking_uri: str, address: str | None, con: Any) -> tuple[str, str]:
+    """(weights, cfg) of the study's detector: the bundled mini YOLOv3, or one trained into ``out/detector``."""
+    from dvcm.zoo import MINI_DETECTOR
+    from pipeline.infra.yolo_files import yolo_files
+
+    if not train:
+        weights, cfg = yolo_files(MINI_DETECTOR, None)
+        return str(weights), str(cfg)
+    from pipeline.detector.job import CFG_NAME, WEIGHTS_NAME, DetectorSettings, train_detector
+
+    con.rule("detector: train-detector on the synthetic world (Ray Train)")
+    prov = train_detector(out / "detector", DetectorSettings(), tracking_uri, address)
+    con.print(f"{prov['name']}: test mAP@0.5 {prov['test_map50']:.3f} (random weights {prov['random_weights_test_map50']:.3f})")
+    return str((out / "detector" / WEIGHTS_NAME).resolve()), str((out / "detector" / CFG_NAME).resolve())
+
+
+def data_stage(out: Path, preset: StudyPreset, weights: str, cfg: str, address: str | None, progress: bool,
+               con: Any) -> tuple[Any, Path]:
+    """The world's clips (train split) into shards with the detector's front; the test split's images."""
+    from pipeline.data.prepare import run_prepare
+    from pipeline.data.sample_data import generate_sample
+    from pipeline.data.sources import list_source
+
+    con.rule("data: the synthetic world -> WebDataset shards (Ray)")
+    sample = generate_sample(out / "data", train_sequences=preset.train_sequences, val_sequences=preset.val_sequences,
+                             coco_images=preset.coco_images, kodak_images=preset.kodak_images)
+    shards = out / "shards"
+    rep = run_prepare(list_source("sample", sample.vimeo_root, preset.frames), shards, yolo_weights=weights, yolo_cfg=cfg,
+                      frames=preset.frames, shard_size=32, use_ray=True, address=address, progress=progress)
+    con.print(f"shards in {shards}: {rep.shards_written} written, {rep.shards_skipped} already finished")
+    return sample, shards
+
+
+def round_grid(plan: Plan, k: int, state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The trials of round ``k``: every (model, seed) at λ_k, warm-started from round k−1's checkpoint."""
+    from pipeline.training.grid import parse_config, trial_name
+
+    grid = []
+    for model in plan.models:
+        m1, m2, h = parse_config(plan.preset.configs[model])
+        for seed in plan.seeds:
+            entry: dict[str, Any] = {
+                "trial_name": trial_name(model, m1, m2, h, plan.lambdas[k], seed=seed), "model": model,
+                "M1": m1, "M2": m2, "H": h, "lmbda": plan.lambdas[k], "seed": seed, "epochs": plan.epoch_caps[k]}
+            if k > 0:
+                above = state["trials"][trial_name(model, m1, m2, h, plan.lambdas[k - 1], seed=seed)]
+                entry["init_checkpoint"] = above["final_checkpoint"]
+            grid.append(entry)
+    return grid
+
+
+def train_stage(out: Path, plan: Plan, settings: Any, uri: str, address: str | None, progress: bool,
+                con: Any) -> dict[str, Any]:
+    """Every round of the study as one sweep (``reproduce``): one MLflow parent run, a nested run per trial."""
+    from pipeline.training.sweep import run_sweep
+    from pipeline.training.sweep_state import read_state
+
+    storage = out / "runs"
+    state: dict[str, Any] = read_state(storage / STUDY_NAME) or {"trials": {}}
+    for k, lam in enumerate(plan.lambdas):
+        con.rule(f"train: round {k + 1}/{len(plan.lambdas)}, λ {lam:g} (Ray Tune + Ray Train)")
+        grid = round_grid(plan, k, state)
+        state = run_sweep(STUDY_NAME, grid, settings, storage, uri, resume=read_state(storage / STUDY_NAME) is not None,
+                          address=address, show=progress)
+        failed = [t["trial_name"] for t in grid if state["trials"].get(t["trial_name"], {}).get("status") != "finished"]
+        if failed:
+            raise UserError(f"trials {', '.join(failed)} did not finish; rerun the same command to resume")
+    return state
+
+
+def evaluate_stage(out: Path, plan: Plan, state: dict[str, Any], sample: Any, weights: str, cfg: str,
+                   anchors: list[str], uri: str, progress: bool, con: Any) -> dict[int, dict[str, Any]]:
+    """Each seed's trials in ``out/eval/seed-<n>`` (anchors computed in the first and copied to the others)."""
+    from pipeline.evaluation.job import Job, run_job
+    from pipeline.evaluation.targets import coco_items, folder_items, resolve_targets
+    from pipeline.evaluation.tasks import Settings
+
+    items, gt = coco_items(sample.coco_root, sample.coco_annotations, None)
+    kodak = folder_items(sample.kodak_root)
+    summaries: dict[int, dict[str, Any]] = {}
+    first: Path | None = None
+    for seed in plan.seeds:
+        con.rule(f"evaluate: seed {seed}, real bitstreams on the world's test split (Ray tasks)")
+        eval_dir = out / "eval" / f"seed-{seed}"
+        if first is not None and (first / "anchors").is_dir() and not (eval_dir / "anchors").is_dir():
+            shutil.copytree(first / "anchors", eval_dir / "anchors")  # the same images: the same anchor points
+        run_ids = [t["run_id"] for name, t in sorted(state["trials"].items()) if name.endswith(f"-s{seed}")]
+        targets = resolve_targets([], run_ids, None, False, uri, eval_dir / ".downloads")
+        job = Job(targets=targets, out=eval_dir, settings=Settings(yolo_weights=weights, yolo_seed=0, yolo_cfg=cfg),
+                  coco=(items, gt, sample.coco_annotations), kodak=kodak, reference="gt", anchors=anchors,
+                  bd_reference="choi2022", tracking_uri=uri, redundancy_images=4, redundancy_fibers=2048)
+        summaries[seed] = run_job(job, progress=progress)
+        first = first or eval_dir
+    return summaries
+
+
+def study_points(state: dict[str, Any], summaries: dict[int, dict[str, Any]]) -> tuple[list[Any], list[tuple[float, float]]]:
+    """The findings' points (every trial) and JPEG's Kodak curve (bpp, PSNR)."""
+    from pipeline.evaluation.findings import points_from_results
+
+    results = {k: v for s in summaries.values() for k, v in s["results"].items()}
+    trials = {}
+    for name, t in state["trials"].items():
+        res = results.get(t.get("run_id") or "")
+        if res:
+            trials[t["run_id"]] = {"model": res["model"], "lmbda": res["lmbda"], "seed": int(name.rsplit("-s", 1)[1])}
+    anchors = next(iter(summaries.values()))["results"].get("anchors", {})
+    kodak = ((anchors.get("datasets") or {}).get("kodak") or {}).get("points", [])
+    jpeg = [(float(p["bpp"]), float(p["psnr"])) for p in kodak if p.get("codec") == "jpeg"
+            and isinstance(p.get("bpp"), (int, float)) and isinstance(p.get("psnr"), (int, float))]
+    return points_from_results(results, trials), jpeg
+
+
+def findings_stage(out: Path, plan: Plan, state: dict[str, Any], summaries: dict[int, dict[str, Any]], detector: str,
+                   uri: str, command: str) -> tuple[list[Any], list[dict[str, Any]], Path]:
+    """``out/findings.md`` and ``.json``, the study's report (findings first), and the same in MLflow."""
+    from pipeline.evaluation.findings import read_findings, write_findings
+    from pipeline.evaluation.report import write_report
+    from pipeline.infra import tracking
+
+    points, jpeg = study_points(state, summaries)
+    p = plan.preset
+    header = (f"# The paper's findings, measured in miniature\n\n{plan.trials} trials: "
+              + ", ".join(f"{m} ({p.configs[m]})" for m in plan.models)
+              + f" at λ {', '.join(f'{v:g}' for v in sorted(plan.lambdas))}, seeds {', '.join(map(str, plan.seeds))}, "
+              f"γ {p.gamma:g}; detector: {detector}; evaluated on the synthetic world's test split "
+              f"({p.coco_images} COCO-like images at 512×512, {p.kodak_images} Kodak-like). Command: `{command}`.")
+    summary = (f"{plan.trials} trials ({len(plan.seeds)} seeds), γ {p.gamma:g}, detector: {detector}. "
+               "Each verdict is measured; a finding that does not hold is a result.")
+    findings, checks = write_findings(out, points, jpeg, header, {"summary": summary, "seeds": list(plan.seeds),
+                                                                   "lambdas": list(plan.lambdas), "gamma": p.gamma,
+                                                                   "configs": p.configs, "detector": detector,
+                                                                   "command": command})
+    data = read_findings(out)
+    report = write_report(out / "eval" / f"seed-{plan.seeds[0]}", out / "report.html", findings=data)
+    parent = state.get("parent_run_id")
+    if parent:
+        metrics = {f"findings/{f.key}": f.ours for f in findings if f.ours is not None}
+        tracking.log_metrics(uri, parent, metrics, step=0)
+        for name in ("findings.md", "findings.json", "report.html"):
+            tracking.log_artifact(uri, parent, out / name, "findings")
+    return findings, checks, report
+
+
+def study_settings(preset: StudyPreset, shards: str, weights: str, cfg: str, flags: dict[str, Any]) -> Any:
+    """The sweep settings of every round (the training preset, the study's γ and lr, the detector's files)."""
+    from pipeline.training.settings import resolve
+
+    return resolve(preset.training_preset, {}, {"shards": shards, "gamma": preset.gamma, "lr": preset.lr,
+                                                  "yolo_weights": weights, "yolo_cfg": cfg, **flags})
+
+
+def run_reproduce(out: Path, preset_name: str = "mini", budget_minutes: float | None = None,
+                  lambdas: list[float] | None = None, seeds: list[int] | None = None, gamma: float | None = None,
+                  train_detector: bool = False, anchors: list[str] | None = None, tracking_uri: str | None = None,
+                  address: str | None = None, num_cpus: int | None = None, progress: bool = True,
+                  settings_flags: dict[str, Any] | None = None, command: str = "dvcm-pipeline reproduce",
+                  preset_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the study (module docstring); returns {"findings", "acceptance", "report", "seconds", "plan"}.
+
+    ``preset_overrides`` replace fields of the :class:`StudyPreset` (a shrunk study: fewer clips and images)."""
+    import os
+
+    from rich.console import Console
+
+    from dvcm.yolo import build_yolov3
+    from dvcm.zoo import detector_name
+    from pipeline.infra import tracking
+    from pipeline.infra.ray_runtime import init_ray
+
+    if preset_name not in PRESETS:
+        raise UserError(f"unknown --preset {preset_name!r}; choose one of {', '.join(PRESETS)}")
+    preset = PRESETS[preset_name]
+    preset = dataclasses.replace(
+        preset, lambdas=tuple(lambdas or preset.lambdas), seeds=tuple(seeds if seeds is not None else preset.seeds),
+        gamma=preset.gamma if gamma is None else gamma,
+        budget_minutes=preset.budget_minutes if budget_minutes is None else budget_minutes, **(preset_overrides or {}))
+    if len(preset.lambdas) < 2 or len(set(preset.lambdas)) != len(preset.lambdas):
+        raise UserError("--lambdas needs two or more different values for rate curves")
+    if not preset.seeds:
+        raise UserError("--seeds needs at least one seed")
+    con = Console()
+    out = Path(out).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    uri = tracking.resolve_tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+                                        or f"sqlite:///{out / 'mlflow.db'}")
+    tracking.check_reachable(uri)
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    weights, cfg = detector_stage(out, train_detector, uri, address, con)
+    yolo = build_yolov3(weights, cfg=cfg)
+    detector = detector_name(yolo.provenance)
+    init_ray(address, num_cpus)
+    import ray
+
+    settings = study_settings(preset, str(out / "shards"), weights, cfg, settings_flags or {})
+    concurrency = max(1, int(ray.cluster_resources().get("CPU", 1) // settings.resources.cpus_per_worker))
+    step_seconds = probe_step_seconds(preset, settings, yolo)
+    overhead = overhead_seconds(preset, step_seconds, concurrency)
+    budget = preset.budget_minutes or 10**6
+    plan = plan_rounds(preset, preset.lambdas, preset.seeds, step_seconds, concurrency, settings.training.steps_per_epoch,
+                       budget, overhead, settings.training.val_steps)
+    for line in describe_plan(plan, detector):
+        con.print(line, soft_wrap=True, highlight=False)
+    seconds["plan"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    sample, shards = data_stage(out, preset, weights, cfg, address, progress, con)
+    seconds["data"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    state = train_stage(out, plan, settings, uri, address, progress, con)
+    seconds["training"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    summaries = evaluate_stage(out, plan, state, sample, weights, cfg,
+                               anchors if anchors is not None else ["jpeg", "webp", "avif", "hevc", "vvc"], uri, progress, con)
+    seconds["evaluation"] = time.perf_counter() - t0
+    findings, checks, report = findings_stage(out, plan, state, summaries, detector, uri, command)
+    con.rule("findings")
+    con.print((out / "findings.md").read_text(), soft_wrap=True, highlight=False, markup=False)
+    con.print(f"report: {report}", soft_wrap=True)
+    con.print("times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items())
+              + f" (estimate was {sum(plan.seconds.values()) / 60:.0f} min at most)", soft_wrap=True)
+    return {"findings": findings, "acceptance": checks, "report": report, "seconds": seconds, "plan": plan,
+            "state": state, "out": out}
+
+
+def overhead_seconds(preset: StudyPreset, step_seconds: dict[str, float], concurrency: int) -> float:
+    """Data, evaluation and findings: about what they took here (prepare ~1 s a frame with Ray's start-up; coding
+    and detection ~ 40 training steps an image; anchors ~ 2 s an image); a floor of two minutes."""
+    frames = (preset.train_sequences + preset.val_sequences) * preset.frames
+    images = preset.coco_images + preset.kodak_images
+    trials = len(preset.configs) * len(preset.lambdas) * len(preset.seeds)
+    coding = trials * images * 40 * max(step_seconds.values()) / max(1, concurrency)
+    return max(120.0, 30 + 0.2 * frames + coding + 2.0 * images)
