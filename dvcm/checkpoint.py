@@ -42,8 +42,12 @@ def save_checkpoint(path: str | Path, model: ScalableCodec, extra: dict[str, Any
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read and validate a checkpoint file without building the model (safe unpickling only)."""
-    path = Path(path)
+    """Read and validate a checkpoint file without building the model (safe unpickling only).
+
+    ``zoo:NAME`` reads the bundled checkpoint ``NAME`` (:mod:`dvcm.zoo`)."""
+    from dvcm.zoo import ZOO_PREFIX, zoo_checkpoint
+
+    path = zoo_checkpoint(str(path)) if str(path).startswith(ZOO_PREFIX) else Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:

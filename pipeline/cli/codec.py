@@ -24,7 +24,7 @@ MaxPixels = Annotated[Optional[int], typer.Option(
 def compress_command(
     image: Annotated[Path, typer.Argument(help="PNG/JPEG image to code.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output .dvcm file.")],
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Codec checkpoint (.pt).")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Codec checkpoint (.pt), or zoo:NAME for a bundled one (e.g. zoo:proposed-l0.0932).")],
     max_pixels: MaxPixels = None,
 ) -> None:
     """Code an image into a two-layer file (base layer for machines, enhancement for humans)."""
@@ -34,7 +34,7 @@ def compress_command(
 def decompress_command(
     file: Annotated[Path, typer.Argument(help="A .dvcm file (whole, or its base layer only).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="x̂ as PNG; with --base-only a path stem for .npy/.json.")],
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="The checkpoint that coded the file.")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="The checkpoint that coded the file (a .pt, or zoo:NAME).")],
     base_only: Annotated[bool, typer.Option("--base-only", help="Decode the base layer only: ŝ and YOLOv3 detections.")] = False,
     yolo_weights: Annotated[Optional[Path], typer.Option(help=f"{YOLO_WEIGHTS_HELP} (default: the checkpoint's seeded YOLO).")] = None,
     yolo_cfg: YoloCfgOpt = None,

@@ -19,7 +19,7 @@ from pipeline.infra.yolo_files import yolo_files
 
 
 def evaluate_command(
-    checkpoint: Annotated[Optional[list[str]], typer.Option("--checkpoint", help="A checkpoint file or fsspec URL such as s3://bucket/runs/.../final.pt (repeatable).")] = None,
+    checkpoint: Annotated[Optional[list[str]], typer.Option("--checkpoint", help="A checkpoint file, an fsspec URL such as s3://bucket/runs/.../final.pt, or zoo:NAME for a bundled one (repeatable).")] = None,
     run: Annotated[Optional[list[str]], typer.Option("--run", help="An MLflow trial run id (repeatable).")] = None,
     sweep: Annotated[Optional[str], typer.Option(help="Every finished trial of this sweep.")] = None,
     all_runs: Annotated[bool, typer.Option("--all-runs", help="Every finished trial run in the store.")] = False,

@@ -20,6 +20,7 @@ def _seeds(text: str) -> list[int]:
 
 
 def reproduce_command(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", help="Folder for everything: data, shards, runs, eval, findings, mlflow.db.")] = Path("dvcm-reproduce"),
     preset: Annotated[str, typer.Option("--preset", help=f"Study preset: {', '.join(PRESETS)}.")] = "mini",
     budget_minutes: Annotated[Optional[float], typer.Option("--budget-minutes", help="Wall time the study may take; the training's epoch caps follow from it (default: 60 for mini).")] = None,
@@ -39,14 +40,11 @@ def reproduce_command(
     run_reproduce(out, preset, budget_minutes, parse_lambdas(parse_list(lambdas)) if lambdas else None,
                   _seeds(seeds) if seeds is not None else None, gamma, train_detector, names, tracking_uri, address,
                   num_cpus, settings_flags={"steps_per_epoch": steps_per_epoch, "val_steps": val_steps},
-                  command=_command_line())
+                  command=_command_line(ctx))
 
 
-def _command_line() -> str:
+def _command_line(ctx: typer.Context) -> str:
     """The command as given (its options that differ from their defaults), for the findings' provenance."""
-    import click
-
-    ctx = click.get_current_context()
     words = ["dvcm-pipeline", "reproduce"]
     for param in ctx.command.params:
         value = ctx.params.get(param.name)

@@ -46,8 +46,13 @@ def resolve_targets(
 
     A URL (``s3://...``) is downloaded to ``download_dir`` first, so that ``torch.load`` reads a local file.
     """
+    from dvcm.zoo import ZOO_PREFIX, zoo_checkpoint
+
     targets = []
     for p in checkpoints:
+        if str(p).startswith(ZOO_PREFIX):  # a bundled checkpoint (dvcm.zoo)
+            targets.append(Target(zoo_checkpoint(str(p)), origin=str(p)))
+            continue
         storage.check(p)
         if not storage.is_file(p):
             raise UserError(f"checkpoint {p} does not exist; pass a file written by dvcm training")
