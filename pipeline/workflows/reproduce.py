@@ -133,38 +133,49 @@ def describe_plan(plan: Plan, detector: str) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # Measuring this machine
 # --------------------------------------------------------------------------------------------
-def probe_step_seconds(preset: StudyPreset, settings: Any, yolo: Any, steps: int = 4) -> dict[str, float]:
-    """Seconds per training step of each model at the preset's crop and batch, on one thread as a trial has."""
+def _probe(configs: dict[str, str], training: Any, threads: int, lmbda: float, gamma: float, steps: int) -> dict[str, float]:
+    """Seconds per training step of each model (the first step, which warms the allocator up, not counted)."""
     import torch
 
     from dvcm.loss import ScalableRDLoss
     from dvcm.models import build, parse_config
     from dvcm.train_utils import configure_optimizers
+    from dvcm.yolo import build_yolov3
     from pipeline.training.step import aux_parameters, train_step
 
-    t = settings.training
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(settings.resources.cpus_per_worker)))
+    torch.set_num_threads(threads)
+    yolo = build_yolov3(training.yolo_weights, seed=training.yolo_seed, cfg=training.yolo_cfg)
     out = {}
-    try:
-        for model_name, config in preset.configs.items():
-            m1, m2, h = parse_config(config)
-            torch.manual_seed(0)
-            model = build(model_name, front=yolo.front, N=t.N, M1=m1, M2=m2, H=h).train()
-            criterion = ScalableRDLoss(preset.lambdas[-1], preset.gamma)
-            net_opt, aux_opt = configure_optimizers(model, t.lr, t.aux_lr)
-            _, aux = aux_parameters(model)
-            x = torch.rand(t.batch_size, 3, t.crop, t.crop)
-            with torch.no_grad():
-                s = yolo.front(x)
-            for i in range(steps + 1):  # the first step warms the allocator up, and is not counted
-                if i == 1:
-                    t0 = time.perf_counter()
-                train_step(model, model, criterion, net_opt, aux_opt, (x, s), aux_params=aux)
-            out[model_name] = (time.perf_counter() - t0) / steps
-    finally:
-        torch.set_num_threads(threads)
+    for model_name, config in configs.items():
+        m1, m2, h = parse_config(config)
+        torch.manual_seed(0)
+        model = build(model_name, front=yolo.front, N=training.N, M1=m1, M2=m2, H=h).train()
+        criterion = ScalableRDLoss(lmbda, gamma)
+        net_opt, aux_opt = configure_optimizers(model, training.lr, training.aux_lr)
+        _, aux = aux_parameters(model)
+        x = torch.rand(training.batch_size, 3, training.crop, training.crop)
+        with torch.no_grad():
+            s = yolo.front(x)
+        for i in range(steps + 1):
+            if i == 1:
+                t0 = time.perf_counter()
+            train_step(model, model, criterion, net_opt, aux_opt, (x, s), aux_params=aux)
+        out[model_name] = (time.perf_counter() - t0) / steps
     return out
+
+
+def probe_step_seconds(preset: StudyPreset, settings: Any, concurrency: int, steps: int = 4) -> dict[str, float]:
+    """Seconds per training step of each model at the preset's crop and batch, measured in ``concurrency`` Ray
+    tasks at once with a trial's CPUs each, as the trials will run (side by side they share the memory
+    bandwidth: measured here, a step of two trials at once took ~1.3x as long as one alone); the slowest of them."""
+    import ray
+
+    r = settings.resources
+    task = ray.remote(num_cpus=r.cpus_per_worker)(_probe)
+    refs = [task.remote(preset.configs, settings.training, max(1, int(r.cpus_per_worker)), max(preset.lambdas),
+                        preset.gamma, steps) for _ in range(concurrency)]
+    results = ray.get(refs)
+    return {m: max(res[m] for res in results) for m in preset.configs}
 
 
 # --------------------------------------------------------------------------------------------
@@ -396,7 +407,7 @@ def run_reproduce(out: Path, preset_name: str = "mini", budget_minutes: float | 
 
     settings = study_settings(preset, str(out / "shards"), weights, cfg, settings_flags or {})
     concurrency = max(1, int(ray.cluster_resources().get("CPU", 1) // settings.resources.cpus_per_worker))
-    step_seconds = probe_step_seconds(preset, settings, yolo)
+    step_seconds = probe_step_seconds(preset, settings, concurrency)
     overhead = overhead_seconds(preset, step_seconds, concurrency)
     budget = preset.budget_minutes or 10**6
     plan = plan_rounds(preset, preset.lambdas, preset.seeds, step_seconds, concurrency, settings.training.steps_per_epoch,
