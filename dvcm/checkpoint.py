@@ -41,6 +41,44 @@ def save_checkpoint(path: str | Path, model: ScalableCodec, extra: dict[str, Any
         torch.save(content, f)
 
 
+# The Gaussian conditionals' CDF tables: a function of their scale table (CompressAI's ``update``), which
+# every codec shares; a compact checkpoint leaves them out and :func:`load_checkpoint` computes them again.
+GAUSSIAN_TABLES = ("gaussian_conditional._quantized_cdf", "gaussian_conditional._offset",
+                   "gaussian_conditional._cdf_length")
+
+
+def compact_checkpoint(src: str | Path, dst: str | Path) -> dict[str, Any]:
+    """Write ``src`` as a compact checkpoint: the transforms' float32 weights stored as float16 (the entropy models
+    and the feature statistics stay float32), the Gaussian conditionals' CDF tables left out (rebuilt on load). What it decodes is what the float16 weights give, so a file coded with
+    it decodes the same everywhere; how far that is from ``src`` is for the caller to measure. Returns its content."""
+    content = read_checkpoint(src)
+    state = {}
+    for key, value in content["state_dict"].items():
+        if key.endswith(GAUSSIAN_TABLES):
+            continue
+        entropy_model = "gaussian_conditional" in key or "entropy_bottleneck" in key or key in ("s_mean", "s_std")
+        state[key] = value.half() if value.dtype == torch.float32 and not entropy_model else value
+    content = {**content, "state_dict": state, "compact": {"float16": True, "rebuilt": list(GAUSSIAN_TABLES)}}
+    with atomic_open(dst) as f:
+        torch.save(content, f)
+    return content
+
+
+def _expand_compact(content: dict[str, Any]) -> dict[str, Any]:
+    """The full state of a compact checkpoint: float32 tensors, and the Gaussian tables of dvcm's scale table
+    (from a codec of the same configuration whose entropy tables are computed afresh)."""
+    reference = build(content["model"], **content["config"])
+    reference.update(force=True)
+    own = reference.state_dict()
+    state = content["state_dict"]
+    for key, value in state.items():
+        if key.endswith("gaussian_conditional.scale_table") and not torch.equal(value, own[key]):
+            raise CheckpointError("a compact checkpoint of another scale table than dvcm's cannot rebuild its tables")
+    full = {k: (v.float() if v.dtype == torch.float16 else v) for k, v in state.items()}
+    full.update({k: v for k, v in own.items() if k.endswith(GAUSSIAN_TABLES)})
+    return full
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read and validate a checkpoint file without building the model (safe unpickling only).
 
@@ -89,8 +127,9 @@ def load_checkpoint(path: str | Path, yolo_provenance: dict[str, Any] | None = N
     if expected is not None and int(expected) != model.C_s:
         raise CheckpointError(f"{path} is a codec for s with C_s = {model.C_s} channels, but the YOLO front in use gives "
                               f"{expected}; pass the --yolo-weights/--yolo-cfg it was trained with")
+    state = _expand_compact(content) if content.get("compact") else content["state_dict"]
     try:
-        model.load_state_dict(content["state_dict"])
+        model.load_state_dict(state)
     except KeyError as exc:  # CompressAI's buffer resizing looks up every entropy table by name
         raise CheckpointError(f"{path}: the checkpoint lacks {exc.args[0]!r} (an entropy table or weight of "
                               f"{content['model']} {content['config']}); it is incomplete: save it again with "

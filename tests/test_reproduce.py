@@ -23,7 +23,7 @@ def test_the_budget_is_shared_between_rounds_and_refused_when_it_cannot_train() 
 
     preset = PRESETS["mini"]
     plan = plan_rounds(preset, (0.0018, 0.0932, 0.025), (0, 1), {"proposed": 0.1, "choi2022": 0.2}, 2, 100, 60, 600, 5)
-    assert plan.lambdas == (0.0932, 0.025, 0.0018)  # highest first: it trains from scratch
+    assert plan.lambdas == (0.0018, 0.025, 0.0932)  # lowest first: it trains from scratch
     # 3000 s of training in shares 0.4, 0.3, 0.3; 2 waves of 2 trials; an epoch of the slowest model: 100 steps
     # of 0.2 s, 5 validation batches at 0.4 of a step, and the fixed overhead
     epoch = 100 * 0.2 + 0.4 * 5 * 0.2 + EPOCH_OVERHEAD_S
@@ -57,7 +57,7 @@ def test_a_shrunk_study_writes_findings_for_each_claim(tmp_path: Path, ray_local
     assert "−40.6 %" in md and "Acceptance of the training" in md
     page = (out / "report.html").read_text()
     assert page.index("Findings, side by side with the paper") < page.index("Operating points")
-    # rounds: the highest λ from scratch, the next warm-started from it, per (model, seed)
+    # rounds: the lowest λ from scratch, the next warm-started from it, per (model, seed)
     state = result["state"]
     assert len(state["trials"]) == 8 and all(t["status"] == "finished" for t in state["trials"].values())
     c = MlflowClient(mlflow_uri)
@@ -65,9 +65,9 @@ def test_a_shrunk_study_writes_findings_for_each_claim(tmp_path: Path, ray_local
     kids = c.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     by_name = {r.info.run_name: r for r in kids}
     assert sorted(by_name) == sorted(state["trials"])
-    low = by_name["proposed-16-48-2-l0.0067-s1"].data.params
-    assert low["seed"] == "1" and low["init_checkpoint"] == state["trials"]["proposed-16-48-2-l0.0932-s1"]["final_checkpoint"]
-    assert "init_checkpoint" not in by_name["proposed-16-48-2-l0.0932-s1"].data.params  # from scratch
+    high = by_name["proposed-11-32-2-l0.0932-s1"].data.params
+    assert high["seed"] == "1" and high["init_checkpoint"] == state["trials"]["proposed-11-32-2-l0.0067-s1"]["final_checkpoint"]
+    assert "init_checkpoint" not in by_name["proposed-11-32-2-l0.0067-s1"].data.params  # from scratch
     assert {a.path for a in c.list_artifacts(parent.info.run_id, "findings")} >= {"findings/findings.md",
                                                                                   "findings/findings.json"}
     # the anchors were computed once and shared by the seeds' folders

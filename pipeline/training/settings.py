@@ -44,10 +44,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "shuffle_buffer": 16,
     },
     "mini": {
-        # The miniature study on CPUs (`dvcm-pipeline reproduce`): N 192 / 4, 128 crops, batch 8; epochs of 200
+        # The miniature study on CPUs (`dvcm-pipeline reproduce`): N 192 / 6, 128 crops, batch 8; epochs of 200
         # steps, the LR divided by 10 after one epoch without a better validation loss, a stop at the second drop.
-        "N": 48,
-        "configs": [(16, 48, 2)],
+        "N": 32,
+        "configs": [(11, 32, 2)],
         "crop": 128,
         "batch_size": 8,
         "epochs": 60,
