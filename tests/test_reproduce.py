@@ -43,7 +43,11 @@ def test_a_shrunk_study_writes_findings_for_each_claim(tmp_path: Path, ray_local
     result = run_reproduce(out, "mini", budget_minutes=3, lambdas=[0.0067, 0.0932], seeds=[0, 1], anchors=["jpeg"],
                            tracking_uri=mlflow_uri, progress=False, preset_overrides=SHRUNK,
                            settings_flags={"steps_per_epoch": 4, "val_steps": 1, "batch_size": 2, "cpus_per_worker": 0.5})
-    assert result["plan"].concurrency == 4 and max(result["plan"].epoch_caps) <= 10
+    plan = result["plan"]
+    # the caps follow from this machine's measured step time (a faster machine gets more epochs), but the
+    # training they allow always fits the budget left after data and evaluation
+    assert plan.concurrency == 4 and min(plan.epoch_caps) >= 1
+    assert plan.seconds["training (at most)"] <= 3 * 60 - plan.seconds["data, evaluation, findings"] + 1e-6
     print("stage times (s):", {k: round(v) for k, v in result["seconds"].items()})
     data = json.loads((out / "findings.json").read_text())
     assert [f["key"] for f in data["findings"]] == ["a_map50", "a_s_snr", "b", "c"]
