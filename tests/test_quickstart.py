@@ -32,9 +32,12 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
     assert f"mlflow ui --backend-store-uri {uri}" in text  # whole, on one line, whatever the terminal's width
     exp = MlflowClient(uri).get_experiment_by_name("dvcm")
     assert f"then browse: http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" in text
-    trials = ["proposed-16-32-2-l0.0018", "proposed-16-32-2-l0.0932", "choi2022-16-32-2-l0.0018", "choi2022-16-32-2-l0.0932"]
+    trials = ["proposed-11-32-2-l0.0018", "proposed-11-32-2-l0.0932", "choi2022-21-11-1-l0.0018", "choi2022-21-11-1-l0.0932"]
     for name in trials:
         assert name in text
+    # every trial fine-tunes the zoo's checkpoint of its model and λ, and says so
+    for model, lam in (("proposed", "0.0018"), ("proposed", "0.0932"), ("choi2022", "0.0018"), ("choi2022", "0.0932")):
+        assert f"fine-tunes zoo:{model}-l{lam}" in text
     assert "BD-rate of proposed vs choi2022 on the base layer" in text
     # the base-layer BD-rate on feature SNR of ŝ (real bitstreams), printed as the BD table has it: a number
     # (followed by the BD library's note, if it warned, e.g. of too little curve overlap), or "n/a (reason)" when
@@ -66,9 +69,9 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
         coco = res["datasets"]["coco"]["points"][0]
         assert coco["bpp_base"] > 0 and math.isfinite(coco["s_psnr"]) and math.isfinite(coco["s_snr"])
     bd = (eval_dir / "bd_table.csv").read_text()
-    assert "coco_map50" in bd and "choi2022 (16,32,2)" in bd and "proposed (16,32,2)" in bd
+    assert "coco_map50" in bd and "choi2022 (21,11,1)" in bd and "proposed (11,32,2)" in bd
     (row,) = [r for r in csv.DictReader(bd.splitlines()) if r["metric"] == "coco_s_snr"
-              and r["reference"] == "choi2022 (16,32,2)" and r["test"] == "proposed (16,32,2)"]
+              and r["reference"] == "choi2022 (21,11,1)" and r["test"] == "proposed (11,32,2)"]
     value = float(row["bd_rate_percent"]) if row["bd_rate_percent"] else math.nan
     if math.isfinite(value):
         assert m.group(1) == f"{value:+.2f} %"
@@ -84,7 +87,7 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
     kids = c.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(r.info.run_name for r in kids) == sorted(trials)
     for r in kids:
-        assert r.data.tags["model"] in ("proposed", "choi2022") and r.data.tags["config"] == "16,32,2"
+        assert (r.data.tags["model"], r.data.tags["config"]) in (("proposed", "11,32,2"), ("choi2022", "21,11,1"))
         assert r.data.tags["lambda"] in ("0.0018", "0.0932")
         assert {a.path for a in c.list_artifacts(r.info.run_id, "checkpoint")} == {"checkpoint/final.pt"}
         assert {"evaluation/results.json", "evaluation/results.csv"} <= {a.path for a in c.list_artifacts(r.info.run_id, "evaluation")}
@@ -110,17 +113,18 @@ def test_sweep_name_is_the_default_only_for_the_default_training_settings() -> N
         DEFAULT_LAMBDAS,
         DEFAULT_TRAINING,
         SWEEP_NAME,
+        TRAINING_PRESET,
         eval_folder,
         sweep_name,
     )
 
     def name(lams: list[float] | None = None, **flags: object) -> str:
-        settings = resolve("tiny", {}, {**DEFAULT_TRAINING, "shards": "x", **flags})
+        settings = resolve(TRAINING_PRESET, {}, {**DEFAULT_TRAINING, "shards": "x", **flags})
         return sweep_name(settings, lams or [float(v) for v in DEFAULT_LAMBDAS.split(",")])
 
-    # the resolved settings count: the tiny preset's own γ and validation steps, given explicitly, are the defaults
-    assert name() == name(gamma=1.0) == name(val_steps=2) == name([0.0932, 0.0018]) == SWEEP_NAME
-    others = {name(seed=1), name(gamma=5.0), name([0.0018, 0.0483]), name(lr=1e-4)}
+    # the resolved settings count: the preset's own γ and validation steps, given explicitly, are the defaults
+    assert name() == name(gamma=1.0) == name(val_steps=8) == name([0.0932, 0.0018]) == SWEEP_NAME
+    others = {name(seed=1), name(gamma=5.0), name([0.0018, 0.0483]), name(lr=1e-3)}
     assert len(others) == 4 and all(n.startswith(SWEEP_NAME + "-") for n in others)
     assert name(seed=1) == name(seed=1)  # stable: a rerun resumes
     assert eval_folder(Path("q"), SWEEP_NAME) == Path("q/eval") and eval_folder(Path("q"), name(seed=1)).name.startswith("eval-")

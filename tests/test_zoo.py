@@ -59,3 +59,43 @@ def test_every_output_names_the_detector_from_its_provenance() -> None:
     assert detector_name({"random_weights": True, "weights_sha256": provenance["weights_sha256"]}) == "random-weight YOLOv3"
     assert detector_name({"weights_sha256": "0" * 64}) == "YOLOv3"
     assert detector_name({"weights_sha256": "0" * 64, "cfg": "/nets/yolov3-tiny-world.cfg"}) == "YOLOv3 (yolov3-tiny-world.cfg)"
+
+
+def test_every_zoo_checkpoint_carries_its_provenance_and_loads_by_name() -> None:
+    from dvcm.checkpoint import load_checkpoint
+    from dvcm.zoo import codec_zoo, codec_zoo_dir
+
+    entries = codec_zoo()
+    models = {e["model"] for e in entries.values()}
+    assert models == {"proposed", "choi2022"} and len({e["lmbda"] for e in entries.values()}) >= 4
+    for name, e in entries.items():
+        for key in ("command", "seed", "data_digest", "code_version", "sha256", "lmbda", "gamma", "detector"):
+            assert e.get(key) is not None, (name, key)
+        assert e["seed"] == 0 and e["detector"]["weights_sha256"] == mini_detector()[2]["weights_sha256"]
+        model, meta = load_checkpoint(f"zoo:{name}")
+        assert meta["model"] == e["model"] and ",".join(str(model.config[k]) for k in ("M1", "M2", "H")) == e["config"]
+    shipped = sum(p.stat().st_size for p in codec_zoo_dir().iterdir()) + sum(p.stat().st_size for p in mini_detector_dir().iterdir())
+    assert shipped <= 20 * 2**20
+
+
+def test_an_unknown_zoo_name_is_refused_naming_the_known_ones() -> None:
+    from dvcm.errors import CheckpointError
+    from dvcm.zoo import zoo_checkpoint
+
+    with pytest.raises(CheckpointError, match=r"no checkpoint zoo:proposed-l9 in the zoo; known: zoo:"):
+        zoo_checkpoint("zoo:proposed-l9")
+
+
+def test_a_published_file_decodes_with_its_zoo_checkpoint_to_the_same_pixels() -> None:
+    import torch
+
+    from dvcm.checkpoint import load_checkpoint
+    from tests.data.make_zoo_bitstream import HERE, decoded
+
+    expected = torch.load(HERE / "zoo_bitstream.pt", weights_only=True)
+    model, _ = load_checkpoint(expected["checkpoint"])
+    got = decoded(model, (HERE / "zoo_bitstream.dvcm").read_bytes())
+    # the same 8-bit pixels (one level of rounding apart at most, as another CPU's float sums may give)
+    assert (got["x_hat"].int() - expected["x_hat"].int()).abs().max() <= 1
+    assert (got["x_hat"] != expected["x_hat"]).float().mean() < 1e-3
+    assert torch.allclose(got["s_hat"].float(), expected["s_hat"].float(), atol=2e-3, rtol=1e-3)
