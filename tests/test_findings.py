@@ -14,6 +14,7 @@ from pipeline.evaluation.findings import (
     HOLDS,
     StudyPoint,
     acceptance,
+    jpeg_comparison,
     jpeg_psnr_at,
     study_findings,
     write_findings,
@@ -76,6 +77,32 @@ def test_acceptance_checks_every_axis_and_jpeg_at_the_same_rate() -> None:
     top = next(c for c in checks if c["model"] == "choi2022" and c["seed"] == 0)
     # choi2022's highest λ: 0.4 bpp at 36 dB against JPEG's 38 dB there
     assert (top["top_bpp"], top["top_psnr"], top["beats_jpeg"]) == (pytest.approx(0.4), 36.0, False)
+
+
+def test_below_jpegs_lowest_rate_a_point_is_compared_by_the_rate_jpeg_needs() -> None:
+    jpeg = [(0.15, 27.5), (0.17, 35.3), (0.22, 37.3), (0.36, 38.7)]  # JPEG cannot go below 0.15 bpp
+    above = jpeg_comparison(jpeg, 0.13, 37.2)
+    assert above["beats_jpeg"] is True and above["jpeg_psnr"] is None
+    assert above["jpeg_bpp_for_psnr"] == pytest.approx(0.17 + 0.05 * (37.2 - 35.3) / 2.0)
+    assert above["jpeg_text"].startswith("above: 37.20 dB at 0.130 bpp, less than JPEG's lowest rate (0.150 bpp, 27.50 dB)")
+    assert "JPEG needs 0.218 bpp for 37.20 dB" in above["jpeg_text"]
+    # below JPEG's lowest rate and below its PSNR there: undecided, never a guess
+    assert jpeg_comparison(jpeg, 0.10, 20.0)["beats_jpeg"] is None
+    # above its highest rate and below its PSNR there: below JPEG
+    assert jpeg_comparison(jpeg, 0.5, 38.0)["beats_jpeg"] is False
+    inside = jpeg_comparison(jpeg, 0.22, 36.0)
+    assert inside["beats_jpeg"] is False and inside["jpeg_text"].startswith("36.00 vs 37.30 dB at 0.220 bpp: below")
+
+
+def test_curves_that_share_no_quality_range_say_which_model_dominates() -> None:
+    # proposed below choi2022's lowest rate and above its best quality, its base rate nearly fixed over λ
+    pts = [StudyPoint(**{**p.__dict__, "coco_bpp_base": 0.005 + 0.0001 * i, "map50": 0.95 + 0.001 * i})
+           if p.model == "proposed" else p for i, p in enumerate(_study())]
+    a_map = study_findings(pts)[0]
+    assert a_map.ours is None and a_map.verdict.startswith("undefined (seed 0: proposed dominates choi2022: map50 ")
+    assert "share no quality range" in a_map.verdict
+    # overlapping curves: no dominance is claimed
+    assert "dominates" not in study_findings(_study())[0].verdict
 
 
 def test_files_hold_a_value_or_a_reason_for_each_finding(tmp_path: Path) -> None:

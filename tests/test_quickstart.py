@@ -128,3 +128,18 @@ def test_sweep_name_is_the_default_only_for_the_default_training_settings() -> N
     assert len(others) == 4 and all(n.startswith(SWEEP_NAME + "-") for n in others)
     assert name(seed=1) == name(seed=1)  # stable: a rerun resumes
     assert eval_folder(Path("q"), SWEEP_NAME) == Path("q/eval") and eval_folder(Path("q"), name(seed=1)).name.startswith("eval-")
+
+
+def test_a_base_layer_that_dominates_is_said_when_no_bd_rate_exists() -> None:
+    from pipeline.workflows.quickstart import TrialSummary, base_layer_dominance
+
+    def row(model: str, lam: float, bpp: float, map50: float) -> TrialSummary:
+        return TrialSummary(f"{model}-{lam}", model, lam, None, bpp_coco_base=bpp, map50=map50)
+
+    rows = [row("proposed", 0.0018, 0.026, 0.867), row("proposed", 0.0932, 0.025, 0.860),
+            row("choi2022", 0.0018, 0.043, 0.593), row("choi2022", 0.0932, 0.074, 0.648)]
+    assert base_layer_dominance(rows, "map50", "mAP@0.5") == (
+        "proposed dominates choi2022: mAP@0.5 0.860–0.867 at 0.0250–0.0260 bpp against 0.593–0.648 at "
+        "0.0430–0.0740 bpp, so the curves share no quality range for a BD-rate")
+    rows[2] = row("choi2022", 0.0018, 0.020, 0.593)  # choi2022 now reaches a lower rate: neither dominates
+    assert base_layer_dominance(rows, "map50", "mAP@0.5") == ""

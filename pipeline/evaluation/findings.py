@@ -116,10 +116,37 @@ def _bd_finding(points: Sequence[StudyPoint], key: str, claim: str, paper: str, 
         figures = bd_delta(_curve(ref, BASELINE, rate, quality), _curve(test, PROPOSED, rate, quality))
         value, note = figures[pick], figures[2]
         values[str(seed)] = float(value) if _finite(value) else None
+        if not _finite(value):
+            note = "; ".join(n for n in (dominance(test, ref, rate, quality), note) if n)
         if note:
             notes[str(seed)] = note
     ours, spread = _summary(values)
     return Finding(key, claim, paper, unit, ours, spread, values, _sign_verdict(values, notes), {"notes": notes})
+
+
+def _span(values: Sequence[float], digits: int) -> str:
+    lo, hi = f"{min(values):.{digits}f}", f"{max(values):.{digits}f}"
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
+def dominance_text(test: Sequence[tuple[float, float]], ref: Sequence[tuple[float, float]], quality: str,
+                   names: tuple[str, str] = (PROPOSED, BASELINE)) -> str:
+    """When one curve's every (rate, quality) point has a higher quality at a lower rate than every point of the
+    other, say so with both ranges: what a BD-rate cannot say when the curves share no quality range; else ""."""
+    for a, b, (name_a, name_b) in ((test, ref, names), (ref, test, names[::-1])):
+        if a and b and max(r for r, _ in a) < min(r for r, _ in b) and min(q for _, q in a) > max(q for _, q in b):
+            return (f"{name_a} dominates {name_b}: {quality} {_span([q for _, q in a], 3)} at "
+                    f"{_span([r for r, _ in a], 4)} bpp against {_span([q for _, q in b], 3)} at "
+                    f"{_span([r for r, _ in b], 4)} bpp, so the curves share no quality range for a BD-rate")
+    return ""
+
+
+def dominance(test: Sequence[StudyPoint], ref: Sequence[StudyPoint], rate: str, quality: str) -> str:
+    """:func:`dominance_text` on two models' study points."""
+    def pairs(points: Sequence[StudyPoint]) -> list[tuple[float, float]]:
+        return [(getattr(p, rate), getattr(p, quality)) for p in points]
+
+    return dominance_text(pairs(test), pairs(ref), quality)
 
 
 def _mean_over_lambdas(points: Sequence[StudyPoint], attr: str) -> float | None:
@@ -191,8 +218,45 @@ def jpeg_psnr_at(jpeg: Sequence[tuple[float, float]], bpp: float) -> float | Non
     return float(np.interp(bpp, [p[0] for p in pts], [p[1] for p in pts]))
 
 
+def jpeg_bpp_for(jpeg: Sequence[tuple[float, float]], psnr: float) -> float | None:
+    """The bpp JPEG needs for ``psnr``, linearly interpolated on its curve when PSNR rises with its rate;
+    None outside its PSNR range or when its curve is not increasing."""
+    pts = sorted(jpeg)
+    rising = len(pts) >= 2 and all(b[1] > a[1] for a, b in zip(pts, pts[1:]))
+    if not rising or not pts[0][1] <= psnr <= pts[-1][1]:
+        return None
+    return float(np.interp(psnr, [p[1] for p in pts], [p[0] for p in pts]))
+
+
+def jpeg_comparison(jpeg: Sequence[tuple[float, float]], bpp: float, psnr: float) -> dict[str, Any]:
+    """A rate point against the JPEG anchor: JPEG's PSNR at the same bpp, the bpp JPEG needs for the same PSNR,
+    whether the point is at or above JPEG (None when undecided) and a sentence saying so.
+
+    Below JPEG's lowest rate the point is above JPEG when its PSNR is at least JPEG's at that lowest rate
+    (JPEG's PSNR only falls as its rate does); above JPEG's highest rate it is below when its PSNR is less
+    than JPEG's there."""
+    pts = sorted(jpeg)
+    at, needs = jpeg_psnr_at(pts, bpp), jpeg_bpp_for(pts, psnr)
+    if at is not None:
+        beats: bool | None = psnr >= at
+        text = f"{psnr:.2f} vs {at:.2f} dB at {bpp:.3f} bpp: " + ("at or above" if beats else "below")
+    elif len(pts) >= 2 and bpp < pts[0][0] and psnr >= pts[0][1]:
+        beats = True
+        text = (f"above: {psnr:.2f} dB at {bpp:.3f} bpp, less than JPEG's lowest rate "
+                f"({pts[0][0]:.3f} bpp, {pts[0][1]:.2f} dB)")
+    elif len(pts) >= 2 and bpp > pts[-1][0] and psnr < pts[-1][1]:
+        beats = False
+        text = (f"below: {psnr:.2f} dB at {bpp:.3f} bpp, more than JPEG's highest rate "
+                f"({pts[-1][0]:.3f} bpp, {pts[-1][1]:.2f} dB)")
+    else:
+        beats, text = None, f"– (outside JPEG's range: {psnr:.2f} dB at {bpp:.3f} bpp)"
+    if needs is not None:
+        text += f"; JPEG needs {needs:.3f} bpp for {psnr:.2f} dB"
+    return {"jpeg_psnr": at, "jpeg_bpp_for_psnr": needs, "beats_jpeg": beats, "jpeg_text": text}
+
+
 def acceptance(points: Sequence[StudyPoint], jpeg: Sequence[tuple[float, float]]) -> list[dict[str, Any]]:
-    """Per (model, seed): which axes rise with rate, and the highest λ's PSNR against JPEG's at the same bpp."""
+    """Per (model, seed): which axes rise with rate, and the highest λ's PSNR against JPEG (:func:`jpeg_comparison`)."""
     rows = []
     for model in (PROPOSED, BASELINE):
         for seed in seeds_of(points):
@@ -200,12 +264,11 @@ def acceptance(points: Sequence[StudyPoint], jpeg: Sequence[tuple[float, float]]
             if not pts:
                 continue
             top = pts[-1]
-            ref = jpeg_psnr_at(jpeg, top.kodak_bpp)
             rows.append({
                 "model": model, "seed": seed,
                 "rises": {label: rises_with_rate(pts, r, q) for r, q, label in AXES},
-                "top_lambda": top.lmbda, "top_bpp": top.kodak_bpp, "top_psnr": top.psnr, "jpeg_psnr": ref,
-                "beats_jpeg": None if ref is None else bool(top.psnr >= ref),
+                "top_lambda": top.lmbda, "top_bpp": top.kodak_bpp, "top_psnr": top.psnr,
+                **jpeg_comparison(jpeg, top.kodak_bpp, top.psnr),
             })
     return rows
 
@@ -237,9 +300,7 @@ def findings_markdown(findings: Sequence[Finding], checks: Sequence[dict[str, An
               "| model | seed | " + " | ".join(label for _, _, label in AXES) + " | PSNR at the highest λ vs JPEG |",
               "|---|---|" + "---|" * len(AXES) + "---|"]
     for c in checks:
-        jpeg = ("– (outside JPEG's range)" if c["jpeg_psnr"] is None else
-                f"{c['top_psnr']:.2f} vs {c['jpeg_psnr']:.2f} dB at {c['top_bpp']:.3f} bpp: "
-                + ("at or above" if c["beats_jpeg"] else "below"))
+        jpeg = c["jpeg_text"]
         lines.append(f"| {c['model']} | {c['seed']} | " + " | ".join("rises" if c["rises"][label] else "does not rise"
                                                                        for _, _, label in AXES) + f" | {jpeg} |")
     return "\n".join(lines) + "\n"

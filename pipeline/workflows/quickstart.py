@@ -207,6 +207,18 @@ def base_layer_bd_rate(bd_rows: list[dict[str, Any]], metric: str = BASE_METRIC)
     return math.nan, "no proposed/choi2022 pair in the BD table (a curve is missing)"
 
 
+def base_layer_dominance(rows: list[TrialSummary], quality: str, label: str) -> str:
+    """When proposed's base-layer points all lie above and left of choi2022's (or the other way), say so: the
+    case in which no BD-rate exists because the curves share no quality range (see ``findings.dominance_text``)."""
+    from pipeline.evaluation.findings import dominance_text
+
+    def pairs(model: str) -> list[tuple[float, float]]:
+        return [(t.bpp_coco_base, getattr(t, quality)) for t in rows
+                if t.model == model and _finite(t.bpp_coco_base) and _finite(getattr(t, quality))]
+
+    return dominance_text(pairs("proposed"), pairs("choi2022"), label)
+
+
 SUMMARY_COLUMNS = ("trial", "model", "lambda", "gamma", "bpp_base", "bpp_enh", "bpp", "psnr", "d_s_val",
                    "coco_bpp_base", "s_snr", "map50", "relative_map")
 
@@ -469,6 +481,10 @@ def run_quickstart(
     rows, unc = summarize_trials(state, summary["results"], uri)
     bd, note = base_layer_bd_rate(summary["bd_rows"], BASE_METRIC)
     bd_map, note_map = base_layer_bd_rate(summary["bd_rows"], MAP_METRIC)
+    if not _finite(bd):
+        note = "; ".join(n for n in (base_layer_dominance(rows, "s_snr", "ŝ SNR"), note) if n)
+    if not _finite(bd_map):
+        note_map = "; ".join(n for n in (base_layer_dominance(rows, "map50", "mAP@0.5"), note_map) if n)
     result = QuickstartResult(out, shards, eval_dir, report_path, uri, state, rows, unc, bd, note, bd_map, note_map,
                               summary["results"]["anchors"].get("detector", "YOLOv3"), seconds,
                               mlflow_runs_url(uri, tracking.experiment_id(uri)), reference)
