@@ -82,3 +82,12 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     colors = img.getcolors(maxcolors=1 << 20)
     assert colors is not None and len(colors) > 50  # text, tables and plots, not a blank page
     shutil.copy(shot, Path("/tmp") / "dvcm_report_screenshot.png")
+
+
+def test_every_plot_lists_the_models_in_the_same_order_whatever_the_order_of_the_results(tmp_path: Path) -> None:
+    from pipeline.evaluation.plots import curves
+
+    results = [json.loads(p.read_text()) for p in sorted(_results(tmp_path).glob("*/results.json"))]
+    for order in (results, results[::-1]):
+        labels = [c.label for c in curves(order, "coco_map50")]
+        assert labels == ["choi2022 (128,64,1)", "proposed (64,192,2)", "JPEG (Pillow)"]

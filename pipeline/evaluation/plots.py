@@ -86,6 +86,8 @@ def curves(results: list[dict], metric: str) -> list[Curve]:
         pts.sort()
         out.append(Curve(label, tuple(x for x, _, _ in pts), tuple(y for _, y, _ in pts),
                          meta={"kind": kinds[label], "points": [n for _, _, n in pts]}))
+    # models first, by name, then the anchors in their own order: every plot gives a model the same colour
+    out.sort(key=lambda c: (c.meta["kind"] != "model", c.label if c.meta["kind"] == "model" else ""))
     return out
 
 
