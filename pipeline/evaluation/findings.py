@@ -124,6 +124,9 @@ def _bd_finding(points: Sequence[StudyPoint], key: str, claim: str, paper: str, 
     return Finding(key, claim, paper, unit, ours, spread, values, _sign_verdict(values, notes), {"notes": notes})
 
 
+QUALITY_NAMES = {"map50": "mAP@0.5", "s_snr": "ŝ SNR (dB)", "psnr": "PSNR (dB)", "ms_ssim": "MS-SSIM"}
+
+
 def _span(values: Sequence[float], digits: int) -> str:
     lo, hi = f"{min(values):.{digits}f}", f"{max(values):.{digits}f}"
     return lo if lo == hi else f"{lo}–{hi}"
@@ -146,7 +149,7 @@ def dominance(test: Sequence[StudyPoint], ref: Sequence[StudyPoint], rate: str, 
     def pairs(points: Sequence[StudyPoint]) -> list[tuple[float, float]]:
         return [(getattr(p, rate), getattr(p, quality)) for p in points]
 
-    return dominance_text(pairs(test), pairs(ref), quality)
+    return dominance_text(pairs(test), pairs(ref), QUALITY_NAMES.get(quality, quality))
 
 
 def _mean_over_lambdas(points: Sequence[StudyPoint], attr: str) -> float | None:
