@@ -100,7 +100,7 @@ def test_curves_that_share_no_quality_range_say_which_model_dominates() -> None:
            if p.model == "proposed" else p for i, p in enumerate(_study())]
     a_map = study_findings(pts)[0]
     assert a_map.ours is None and a_map.verdict.startswith("undefined (seed 0: proposed dominates choi2022: mAP@0.5 ")
-    assert "share no quality range" in a_map.verdict
+    assert "share no range for a Bjøntegaard figure" in a_map.verdict
     # overlapping curves: no dominance is claimed
     assert "dominates" not in study_findings(_study())[0].verdict
 

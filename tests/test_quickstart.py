@@ -116,6 +116,18 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
     assert ckpt.stat().st_mtime_ns == mtime
     assert len(c.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")) == 4
 
+    # a folder whose sweep was trained otherwise (as by an earlier dvcm under the same name) is refused in one
+    # line that says what to do with the quickstart's own options
+    record = json.loads((sweep_dir / "sweep.json").read_text())
+    record["training_settings"]["lr"] = 0.5
+    (sweep_dir / "sweep.json").write_text(json.dumps(record))
+    old = CliRunner().invoke(app, ["quickstart", "--out", str(out), *SHRINK])
+    # (pipeline.cli.main prints a UserError as its one line and exits 1; CliRunner hands back the error itself)
+    message = str(old.exception)
+    assert old.exit_code == 1 and type(old.exception).__name__ == "UserError" and "\n" not in message
+    assert "holds a quickstart trained otherwise" in message and "lr 0.5 -> 0.0001" in message
+    assert message.endswith("pass a new --out") and "--name" not in message
+
 
 def test_sweep_name_is_the_default_only_for_the_default_training_settings() -> None:
     from pipeline.training.settings import resolve
@@ -150,6 +162,6 @@ def test_a_base_layer_that_dominates_is_said_when_no_bd_rate_exists() -> None:
             row("choi2022", 0.0018, 0.043, 0.593), row("choi2022", 0.0932, 0.074, 0.648)]
     assert base_layer_dominance(rows, "map50", "mAP@0.5") == (
         "proposed dominates choi2022: mAP@0.5 0.860–0.867 at 0.0250–0.0260 bpp against 0.593–0.648 at "
-        "0.0430–0.0740 bpp, so the curves share no quality range for a BD-rate")
+        "0.0430–0.0740 bpp, so the curves share no range for a Bjøntegaard figure")
     rows[2] = row("choi2022", 0.0018, 0.020, 0.593)  # choi2022 now reaches a lower rate: neither dominates
     assert base_layer_dominance(rows, "map50", "mAP@0.5") == ""

@@ -44,10 +44,9 @@ def test_a_shrunk_study_writes_findings_for_each_claim(tmp_path: Path, ray_local
                            tracking_uri=mlflow_uri, progress=False, preset_overrides=SHRUNK,
                            settings_flags={"steps_per_epoch": 4, "val_steps": 1, "batch_size": 2, "cpus_per_worker": 0.5})
     plan = result["plan"]
-    # the caps follow from this machine's measured step time (a faster machine gets more epochs), but the
-    # training they allow always fits the budget left after data and evaluation
-    assert plan.concurrency == 4 and min(plan.epoch_caps) >= 1
-    assert plan.seconds["training (at most)"] <= 3 * 60 - plan.seconds["data, evaluation, findings"] + 1e-6
+    # the caps follow from this machine's measured step time (a faster machine gets more epochs): not asserted
+    # here (test_the_budget_is_shared... checks the arithmetic); each round's trials get their round's cap
+    assert plan.concurrency == 4 and plan.lambdas == (0.0067, 0.0932)
     print("stage times (s):", {k: round(v) for k, v in result["seconds"].items()})
     data = json.loads((out / "findings.json").read_text())
     assert [f["key"] for f in data["findings"]] == ["a_map50", "a_s_snr", "b", "c"]
@@ -72,6 +71,8 @@ def test_a_shrunk_study_writes_findings_for_each_claim(tmp_path: Path, ray_local
     high = by_name["proposed-11-32-2-l0.0932-s1"].data.params
     assert high["seed"] == "1" and high["init_checkpoint"] == state["trials"]["proposed-11-32-2-l0.0067-s1"]["final_checkpoint"]
     assert "init_checkpoint" not in by_name["proposed-11-32-2-l0.0067-s1"].data.params  # from scratch
+    for name, run in by_name.items():
+        assert run.data.params["epochs"] == str(plan.epoch_caps[0 if "-l0.0067-" in name else 1]), name
     assert {a.path for a in c.list_artifacts(parent.info.run_id, "findings")} >= {"findings/findings.md",
                                                                                   "findings/findings.json"}
     # the anchors were computed once and shared by the seeds' folders

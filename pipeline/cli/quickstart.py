@@ -12,14 +12,7 @@ from dvcm.zoo import MINI_DETECTOR
 
 from pipeline.cli.options import YOLO_WEIGHTS_HELP, YoloCfgOpt
 from pipeline.training.grid import parse_list
-from pipeline.workflows.quickstart import (
-    DEFAULT_EPOCHS,
-    DEFAULT_LAMBDAS,
-    DEFAULT_LR,
-    DEFAULT_OUT,
-    DEFAULT_STEPS_PER_EPOCH,
-    run_quickstart,
-)
+from pipeline.workflows.quickstart import DEFAULT_LAMBDAS, DEFAULT_OUT, run_quickstart
 
 
 def quickstart_command(
@@ -27,11 +20,11 @@ def quickstart_command(
     yolo_weights: Annotated[Optional[Path], typer.Option("--yolo-weights", help=f"{YOLO_WEIGHTS_HELP} (default: mini).")] = Path(MINI_DETECTOR),
     yolo_cfg: YoloCfgOpt = None,
     lambdas: Annotated[str, typer.Option("--lambdas", help="Two or more λ, comma separated (each model gets all).")] = DEFAULT_LAMBDAS,
-    epochs: Annotated[int, typer.Option("--epochs", help="Epochs per trial.")] = DEFAULT_EPOCHS,
-    steps_per_epoch: Annotated[int, typer.Option("--steps-per-epoch", help="Training steps per epoch.")] = DEFAULT_STEPS_PER_EPOCH,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs per trial (default: 3 from the zoo, 4 from scratch).")] = None,
+    steps_per_epoch: Annotated[Optional[int], typer.Option("--steps-per-epoch", help="Training steps per epoch (default: 100 from the zoo, 200 from scratch).")] = None,
     val_steps: Annotated[Optional[int], typer.Option("--val-steps", help="Validation batches per epoch (default: the mini preset's).")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Adam learning rate of the trials.")] = DEFAULT_LR,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the trials' initial weights and crops (the random YOLOv3 keeps seed 0).")] = 0,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Adam learning rate of the trials (default: 1e-4 from the zoo, 1e-3 from scratch).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the trials' crops and order (and of their initial weights when they train from scratch; the random YOLOv3 keeps seed 0).")] = 0,
     gamma: Annotated[Optional[float], typer.Option("--gamma", help="Feature-loss weight γ, one for every trial as in the paper (default: 1, the zoo's).")] = None,
     anchors: Annotated[str, typer.Option("--anchors", help="Anchors to evaluate where installed (jpeg,webp,avif,hevc,vvc) or 'none'.")] = "jpeg,webp,avif,hevc,vvc",
     tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow URI (default MLFLOW_TRACKING_URI, else sqlite:///<out>/mlflow.db).")] = None,

@@ -136,11 +136,15 @@ def dominance_text(test: Sequence[tuple[float, float]], ref: Sequence[tuple[floa
                    names: tuple[str, str] = (PROPOSED, BASELINE)) -> str:
     """When one curve's every (rate, quality) point has a higher quality at a lower rate than every point of the
     other, say so with both ranges: what a BD-rate cannot say when the curves share no quality range; else ""."""
+    def usable(pts: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+        return [(r, q) for r, q in pts if _finite(r) and r > 0 and _finite(q)]
+
+    test, ref = usable(test), usable(ref)
     for a, b, (name_a, name_b) in ((test, ref, names), (ref, test, names[::-1])):
         if a and b and max(r for r, _ in a) < min(r for r, _ in b) and min(q for _, q in a) > max(q for _, q in b):
             return (f"{name_a} dominates {name_b}: {quality} {_span([q for _, q in a], 3)} at "
                     f"{_span([r for r, _ in a], 4)} bpp against {_span([q for _, q in b], 3)} at "
-                    f"{_span([r for r, _ in b], 4)} bpp, so the curves share no quality range for a BD-rate")
+                    f"{_span([r for r, _ in b], 4)} bpp, so the curves share no range for a Bjøntegaard figure")
     return ""
 
 

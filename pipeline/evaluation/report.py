@@ -66,7 +66,9 @@ def findings_section(findings: dict[str, Any]) -> str:
         out.append("<h3>Acceptance of the training</h3>")
         out.append(_table(["model", "seed", *axes, "PSNR at the highest λ vs JPEG"], [
             [html.escape(c["model"]), str(c["seed"]), *("rises" if c["rises"][a] else "<b>does not rise</b>" for a in axes),
-             html.escape(c.get("jpeg_text") or "–")] for c in checks], left=2))
+             html.escape(c.get("jpeg_text") or ("outside JPEG's range" if c.get("jpeg_psnr") is None else  # older files
+                                                 f"{c['top_psnr']:.2f} vs {c['jpeg_psnr']:.2f} dB at {c['top_bpp']:.3f} bpp"))]
+            for c in checks], left=2))
     return "\n".join(out)
 
 

@@ -159,9 +159,11 @@ def warm_start(w: Worker, path: str) -> None:
     model, configuration and front), with fresh optimizers and schedule."""
     from dvcm.checkpoint import load_checkpoint
     from dvcm.errors import CheckpointError
+    from dvcm.zoo import ZOO_PREFIX, zoo_checkpoint
     from pipeline.infra import storage
 
-    local = storage.local_path(path)
+    # zoo:NAME: the bundled checkpoint of this node's install (a driver's site-packages path may not exist here)
+    local = zoo_checkpoint(path) if path.startswith(ZOO_PREFIX) else storage.local_path(path)
     if local is None or not local.is_file():
         raise CheckpointError(f"init checkpoint {path} is not a file on this node")
     start, meta = load_checkpoint(local, w.trial.yolo_provenance)

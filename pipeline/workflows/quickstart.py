@@ -54,18 +54,17 @@ DEFAULT_LAMBDAS = "0.0018,0.0932"
 # Training per trial: each trial fine-tunes the zoo's checkpoint of its model and λ (dvcm.zoo, trained by
 # `reproduce` on the same world with the same detector): 3 epochs x 100 steps of the mini preset's 128x128
 # crops, batch 8, at a tenth of the study's learning rate, stopping earlier on the validation plateau.
+# With another detector the zoo does not fit its s: the trials train from scratch, 4 x 200 steps at 1e-3.
 TRAINING_PRESET = "mini"
-DEFAULT_LR = 1e-4
-DEFAULT_EPOCHS = 3
-DEFAULT_STEPS_PER_EPOCH = 100
+FROM_ZOO_TRAINING: dict[str, Any] = {"epochs": 3, "steps_per_epoch": 100, "lr": 1e-4}
+FROM_SCRATCH_TRAINING: dict[str, Any] = {"epochs": 4, "steps_per_epoch": 200, "lr": 1e-3}
 # The sample set: many short scenes rather than a few long ones (the same prepare time; measured:
 # ŝ SNR on unseen images 1.7 dB with 24 scenes x 2 frames against 0.3 dB with 4 scenes x 7 frames).
 SAMPLE_TRAIN_SEQUENCES, SAMPLE_VAL_SEQUENCES, SAMPLE_FRAMES = 24, 4, 2
 MODELS = ("proposed", "choi2022")
 SWEEP_NAME = "quickstart"
 # The training flags of the default quickstart (see sweep_name).
-DEFAULT_TRAINING: dict[str, Any] = {"epochs": DEFAULT_EPOCHS, "steps_per_epoch": DEFAULT_STEPS_PER_EPOCH,
-                                    "lr": DEFAULT_LR, "seed": 0}
+DEFAULT_TRAINING: dict[str, Any] = {**FROM_ZOO_TRAINING, "seed": 0}
 PAPER_BD_RATE = "-40.6 %"  # the paper's base-layer BD-rate of proposed against Choi & Bajić on mAP@0.5 (Sec. 4.2)
 BASE_METRIC = "coco_s_snr"  # the base layer: COCO path, base-layer bpp vs feature SNR of ŝ (normalised per channel)
 MAP_METRIC = "coco_map50"  # the base layer: COCO path, base-layer bpp vs mAP@0.5
@@ -111,6 +110,7 @@ class QuickstartResult:
     seconds: dict[str, float] = field(default_factory=dict)
     runs_url: str = ""
     map_reference: str = "gt"  # what mAP is scored against: "gt" (the world's annotations) or "uncompressed"
+    from_zoo: bool = False  # the trials fine-tuned the zoo's checkpoints (else they trained from scratch)
 
 
 def _finite(v: Any) -> bool:
@@ -253,7 +253,8 @@ def print_summary(result: QuickstartResult) -> None:
     con = Console()
     seed = (result.sweep_state.get("training_settings") or {}).get("seed", 0)
     gammas = sorted({f"{t.gamma:.3g}" for t in result.trials if _finite(t.gamma)})
-    con.print(f"quickstart: {len(result.trials)} trials fine-tuned from the zoo ({TRAINING_PRESET} preset, seed {seed}, γ {', '.join(gammas) or '-'}, "
+    how = "fine-tuned from the zoo" if result.from_zoo else "trained from scratch"
+    con.print(f"quickstart: {len(result.trials)} trials {how} ({TRAINING_PRESET} preset, seed {seed}, γ {', '.join(gammas) or '-'}, "
               f"sample data; detector: {result.detector})")
     human = Table(title="humans: both layers, Kodak-like images")
     for col in ("trial", "bpp base", "bpp enh", "bpp", "PSNR dB"):
@@ -337,8 +338,8 @@ def quickstart_grid(lams: list[float], from_zoo: bool = True) -> list[dict[str, 
     for entry in grid:
         start = zoo_start(entry["model"], entry["lmbda"]) if from_zoo else None
         if start is not None:
-            entry["init_checkpoint"] = str(zoo_checkpoint(start))
-            entry["zoo"] = ZOO_PREFIX + start
+            zoo_checkpoint(start)  # checked here (sha256), resolved again on the worker's node
+            entry["init_checkpoint"] = entry["zoo"] = ZOO_PREFIX + start
     return grid
 
 
@@ -351,16 +352,26 @@ def sweep_stage(out: Path, shards: Path, flags: dict[str, Any], lams: list[float
     from pipeline.training.sweep import run_sweep
     from pipeline.training.sweep_state import read_state
 
+    from_zoo = is_mini_detector(read_dataset_info(str(shards)).get("provenance", {}).get("yolo", {}))
+    defaults = FROM_ZOO_TRAINING if from_zoo else FROM_SCRATCH_TRAINING
+    flags = {**flags, **{k: v for k, v in defaults.items() if flags.get(k) is None}}
     settings = resolve(TRAINING_PRESET, {}, {"shards": str(shards), **flags})
-    grid = quickstart_grid(lams, from_zoo=is_mini_detector(read_dataset_info(str(shards))["provenance"]["yolo"]))
-    con.rule("2/5 sweep: proposed and choi2022 fine-tuned from the zoo (Ray Tune + Ray Train)")
+    grid = quickstart_grid(lams, from_zoo=from_zoo)
+    con.rule("2/5 sweep: proposed and choi2022 " + ("fine-tuned from the zoo" if from_zoo else "from scratch")
+             + " (Ray Tune + Ray Train)")
     for entry in grid:
         con.print(f"{entry['trial_name']}: " + (f"fine-tunes {entry['zoo']}" if entry.get("zoo") else
                                                 "trains from scratch (the zoo's codecs are for the mini YOLOv3's s)"))
     storage = out / "runs"
     name = sweep_name(settings, lams)
     resume = read_state(storage / name) is not None
-    state = run_sweep(name, grid, settings, storage, uri, resume=resume, address=address, show=progress)
+    try:
+        state = run_sweep(name, grid, settings, storage, uri, resume=resume, address=address, show=progress)
+    except UserError as e:  # the sweep's advice (--name) is not a quickstart option
+        if "was started with other training settings" not in str(e):
+            raise
+        raise UserError(f"{out} holds a quickstart trained otherwise (an earlier dvcm?): "
+                        f"{str(e).split('; resume it')[0]}; pass a new --out") from None
     failed = [n for n, t in state["trials"].items() if t.get("status") != "finished"]
     if failed:
         raise UserError(f"trials {', '.join(failed)} did not finish; see {mlflow_ui_command(uri)}, then rerun quickstart")
@@ -415,10 +426,10 @@ def run_quickstart(
     out: Path = DEFAULT_OUT,
     yolo_weights: str | None = MINI_DETECTOR,
     lambdas: list[float] | None = None,
-    epochs: int | None = DEFAULT_EPOCHS,
-    steps_per_epoch: int | None = DEFAULT_STEPS_PER_EPOCH,
+    epochs: int | None = None,
+    steps_per_epoch: int | None = None,
     val_steps: int | None = None,
-    lr: float | None = DEFAULT_LR,
+    lr: float | None = None,
     gamma: float | None = None,
     seed: int = 0,
     anchors: list[str] | None = None,
@@ -487,7 +498,8 @@ def run_quickstart(
         note_map = "; ".join(n for n in (base_layer_dominance(rows, "map50", "mAP@0.5"), note_map) if n)
     result = QuickstartResult(out, shards, eval_dir, report_path, uri, state, rows, unc, bd, note, bd_map, note_map,
                               summary["results"]["anchors"].get("detector", "YOLOv3"), seconds,
-                              mlflow_runs_url(uri, tracking.experiment_id(uri)), reference)
+                              mlflow_runs_url(uri, tracking.experiment_id(uri)), reference,
+                              from_zoo=any(e.get("zoo") for e in grid))
     print_summary(result)
     return result
 
