@@ -88,13 +88,19 @@ def _to_tensor(img, device: str = "cpu"):  # PIL → [1,3,H,W] float in [0,1]
     return x.to(device)
 
 
-def _quality(x, x_hat) -> tuple[float, float]:
-    """PSNR (RGB, 0–255 scale) and MS-SSIM (NaN when the image is too small for 5 scales)."""
+def image_psnr(x, x_hat) -> float:
+    """PSNR (dB) of x̂ against x, both in [0, 1], on the 0–255 scale over all RGB samples (inf when equal)."""
     import torch
-    from pytorch_msssim import ms_ssim
 
     mse = torch.mean((x * 255.0 - x_hat * 255.0) ** 2).item()
-    psnr = 10 * math.log10(255.0**2 / mse) if mse > 0 else float("inf")
+    return 10 * math.log10(255.0**2 / mse) if mse > 0 else float("inf")
+
+
+def _quality(x, x_hat) -> tuple[float, float]:
+    """PSNR (RGB, 0–255 scale) and MS-SSIM (NaN when the image is too small for 5 scales)."""
+    from pytorch_msssim import ms_ssim
+
+    psnr = image_psnr(x, x_hat)
     msssim = float(ms_ssim(x, x_hat, data_range=1.0).item()) if min(x.shape[-2:]) > 160 else float("nan")
     return psnr, msssim
 

@@ -245,6 +245,17 @@ def resume_record(settings: SweepSettings, data: dict[str, Any] | None = None) -
     return {**out, **(data or {})}
 
 
+class SettingsChangedError(UserError):
+    """A sweep is resumed with other training settings than it started with; ``changes`` says which."""
+
+    def __init__(self, message: str, changes: str) -> None:
+        super().__init__(message)
+        self.changes = changes
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # picklable (Ray) with both arguments
+        return type(self), (self.args[0], self.changes)
+
+
 def check_resume_settings(name: str, state: dict[str, Any], now: dict[str, Any]) -> None:
     """Refuse to resume a sweep with other training settings (``now``: :func:`resume_record`) than it started with."""
     before = state.get("training_settings")
@@ -253,5 +264,5 @@ def check_resume_settings(name: str, state: dict[str, Any], now: dict[str, Any])
     now = json.loads(json.dumps(now))
     changed = [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in dict.fromkeys([*before, *now]) if before.get(k) != now.get(k)]
     if changed:
-        raise UserError(f"sweep {name!r} was started with other training settings ({'; '.join(changed)}); "
-                        "resume it with the same settings, or pass --name for a new sweep")
+        raise SettingsChangedError(f"sweep {name!r} was started with other training settings ({'; '.join(changed)}); "
+                                   "resume it with the same settings, or pass --name for a new sweep", "; ".join(changed))

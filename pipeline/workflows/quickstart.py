@@ -26,8 +26,8 @@ images, and every output says it is random.
 Training: 3 epochs × 100 steps per trial at a tenth of the study's learning rate, from the zoo's
 checkpoints: a few minutes of CPU rather than the hour the zoo's training took, so that the curves are
 those of trained codecs. With another detector (``--yolo-weights random`` or a user's weights) the zoo's
-codecs do not fit its s, and the trials train from scratch on the same budget: then the curves are often
-not increasing in rate and the BD-rates "n/a". ``--seed`` (crops and order) shows the spread.
+codecs do not fit its s, and the trials train from scratch (4 × 200 steps at lr 1e-3): then the curves are
+often not increasing in rate and the BD-rates "n/a". ``--seed`` (crops and order) shows the spread.
 
 Everything lands in ``--out`` (default ``./dvcm-quickstart``). A rerun into the same folder
 resumes: finished shards, trials and evaluations are skipped; a new folder starts afresh.
@@ -47,7 +47,7 @@ from dvcm.zoo import MINI_DETECTOR
 
 from pipeline.infra.errors import UserError
 from pipeline.infra.yolo_files import yolo_files
-from pipeline.training.settings import SweepSettings, resolve, resume_record
+from pipeline.training.settings import SettingsChangedError, SweepSettings, resolve, resume_record
 
 DEFAULT_OUT = Path("dvcm-quickstart")
 DEFAULT_LAMBDAS = "0.0018,0.0932"
@@ -367,11 +367,9 @@ def sweep_stage(out: Path, shards: Path, flags: dict[str, Any], lams: list[float
     resume = read_state(storage / name) is not None
     try:
         state = run_sweep(name, grid, settings, storage, uri, resume=resume, address=address, show=progress)
-    except UserError as e:  # the sweep's advice (--name) is not a quickstart option
-        if "was started with other training settings" not in str(e):
-            raise
-        raise UserError(f"{out} holds a quickstart trained otherwise (an earlier dvcm?): "
-                        f"{str(e).split('; resume it')[0]}; pass a new --out") from None
+    except SettingsChangedError as e:  # the sweep's advice (--name) is not a quickstart option
+        raise UserError(f"{out} holds a quickstart trained otherwise (an earlier dvcm?): sweep {name!r} was "
+                        f"started with other training settings ({e.changes}); pass a new --out") from None
     failed = [n for n, t in state["trials"].items() if t.get("status") != "finished"]
     if failed:
         raise UserError(f"trials {', '.join(failed)} did not finish; see {mlflow_ui_command(uri)}, then rerun quickstart")

@@ -341,6 +341,7 @@ def float16_effect(src: str | Path, dst: Path, images: list[Path]) -> dict[str, 
     from dvcm import bitstream
     from dvcm.checkpoint import compact_checkpoint, load_checkpoint
     from pipeline.data.images import load_image
+    from pipeline.evaluation.tasks import image_psnr
 
     compact_checkpoint(src, dst)
     full, _ = load_checkpoint(src)
@@ -351,9 +352,8 @@ def float16_effect(src: str | Path, dst: Path, images: list[Path]) -> dict[str, 
         out = []
         for model in (full, half):
             data = bitstream.compress(model, x)
-            x_hat = (bitstream.decode(model, data).clamp(0, 1) * 255).round()
-            mse = float((x_hat - x * 255).pow(2).mean())
-            out.append((len(data), 10 * math.log10(255**2 / max(mse, 1e-12))))
+            x_hat = (bitstream.decode(model, data).clamp(0, 1) * 255).round() / 255  # what a PNG holds
+            out.append((len(data), image_psnr(x, x_hat)))
         psnr_change = max(psnr_change, abs(out[0][1] - out[1][1]))
         size_change = max(size_change, abs(out[0][0] - out[1][0]) / out[0][0])
     return {"psnr_change_db": round(psnr_change, 4), "size_change": round(size_change, 5), "images": len(images)}
