@@ -1,5 +1,9 @@
 """Paper Eq. 2: L = R(ŷ1) + R(ẑ1) + R(ŷ2) + R(ẑ2) + λ·D_x + γ·D_s.
 
+With ``gamma_mode="scaled"`` the feature term's weight is λ·γ instead of γ, that is
+L = R + λ·(D_x + γ·D_s): both distortions are traded against the rate by one λ, so a λ sweep
+moves the base layer's rate too (:func:`feature_weight`).
+
 Rates are in bits per pixel of x; D_x is the MSE on the 0-255 scale (as CompressAI's
 ``RateDistortionLoss``: 255²·MSE on [0,1] images); D_s is the MSE between s and ŝ after
 normalising each channel of s by the dataset's standard deviation (``dataset.json``), so
@@ -25,9 +29,22 @@ def bits_per_pixel(likelihoods: Tensor, num_pixels: int) -> Tensor:
     return torch.log(likelihoods).sum() / (-math.log(2) * num_pixels)
 
 
+GAMMA_MODES = ("fixed", "scaled")
+
+
+def feature_weight(lmbda: float, gamma: float, mode: str = "fixed") -> float:
+    """The weight on D_s: γ (``fixed``, the paper's Eq. 2) or λ·γ (``scaled``: L = R + λ·(D_x + γ·D_s))."""
+    if mode == "fixed":
+        return float(gamma)
+    if mode == "scaled":
+        return float(lmbda) * float(gamma)
+    raise ValueError(f"gamma mode must be one of {', '.join(GAMMA_MODES)}, got {mode!r}")
+
+
 class ScalableRDLoss(nn.Module):
     """Eq. 2 with every rate term reported separately.
 
+    ``gamma`` is the weight on D_s as it enters the loss (:func:`feature_weight` of the sweep's γ).
     Returns a dict with ``loss``, ``bpp`` (total), ``bpp_<key>`` for every latent, ``bpp_base``,
     ``bpp_enh``, ``D_x`` (0-255 MSE), ``D_s`` (normalised feature MSE) and ``psnr`` (dB).
     """

@@ -133,21 +133,24 @@ def test_sweep_name_is_the_default_only_for_the_default_training_settings() -> N
     from pipeline.training.settings import resolve
     from pipeline.workflows.quickstart import (
         DEFAULT_LAMBDAS,
-        DEFAULT_TRAINING,
         SWEEP_NAME,
         TRAINING_PRESET,
+        default_training,
         eval_folder,
         sweep_name,
+        zoo_loss,
     )
 
     def name(lams: list[float] | None = None, **flags: object) -> str:
-        settings = resolve(TRAINING_PRESET, {}, {**DEFAULT_TRAINING, "shards": "x", **flags})
+        settings = resolve(TRAINING_PRESET, {}, {**default_training(), "shards": "x", **flags})
         return sweep_name(settings, lams or [float(v) for v in DEFAULT_LAMBDAS.split(",")])
 
-    # the resolved settings count: the preset's own γ and validation steps, given explicitly, are the defaults
-    assert name() == name(gamma=1.0) == name(val_steps=8) == name([0.0932, 0.0018]) == SWEEP_NAME
-    others = {name(seed=1), name(gamma=5.0), name([0.0018, 0.0483]), name(lr=1e-3)}
-    assert len(others) == 4 and all(n.startswith(SWEEP_NAME + "-") for n in others)
+    # the resolved settings count: the zoo's own γ and the preset's validation steps, given explicitly, are the defaults
+    gamma = zoo_loss()["gamma"]
+    assert name() == name(gamma=gamma) == name(val_steps=8) == name([0.0932, 0.0018]) == SWEEP_NAME
+    others = {name(seed=1), name(gamma=gamma * 5), name([0.0018, 0.0483]), name(lr=1e-3),
+              name(gamma_mode="fixed" if zoo_loss()["gamma_mode"] == "scaled" else "scaled")}
+    assert len(others) == 5 and all(n.startswith(SWEEP_NAME + "-") for n in others)
     assert name(seed=1) == name(seed=1)  # stable: a rerun resumes
     assert eval_folder(Path("q"), SWEEP_NAME) == Path("q/eval") and eval_folder(Path("q"), name(seed=1)).name.startswith("eval-")
 

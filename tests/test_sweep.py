@@ -206,6 +206,31 @@ def test_resume_settings_check_compares_training_settings_only() -> None:
         check_resume_settings("s1", state, record(workers_per_trial=2))
     with pytest.raises(UserError, match=r"shards_digest 'abc' -> 'xyz'"):  # other data
         check_resume_settings("s1", state, resume_record(resolve("tiny", {}, flags), {**data, "shards_digest": "xyz"}))
+    # a record written before --gamma-mode existed trained with the paper's fixed γ
+    legacy = {"training_settings": {k: v for k, v in record().items() if k != "gamma_mode"}}
+    check_resume_settings("s1", legacy, record())
+    with pytest.raises(UserError, match=r"gamma_mode 'fixed' -> 'scaled'"):
+        check_resume_settings("s1", legacy, record(gamma_mode="scaled"))
+
+
+def test_gamma_mode_sets_the_weight_of_the_feature_term() -> None:
+    import torch
+
+    from dvcm.loss import ScalableRDLoss, feature_weight
+
+    assert feature_weight(0.025, 4.0, "fixed") == 4.0
+    assert feature_weight(0.025, 4.0, "scaled") == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="gamma mode"):
+        feature_weight(0.025, 4.0, "linear")
+    with pytest.raises(UserError, match=r"^--gamma-mode must be one of fixed, scaled, got 'linear'$"):
+        resolve("tiny", {}, {"shards": "s", "gamma_mode": "linear"})
+    # the loss the trial builds: R + λ·D_x + λ·γ·D_s in the scaled mode
+    x = torch.rand(1, 3, 8, 8)
+    out = {"likelihoods": {"y1": torch.full((1, 1, 2, 2), 0.5)}, "x_hat": x + 0.1, "s": torch.zeros(1, 2, 1, 1),
+           "s_hat": torch.ones(1, 2, 1, 1)}
+    terms = ScalableRDLoss(0.025, feature_weight(0.025, 4.0, "scaled"))(out, x)
+    expected = terms["bpp"] + 0.025 * terms["D_x"] + 0.025 * 4.0 * terms["D_s"]
+    assert float(terms["loss"]) == pytest.approx(float(expected))
 
 
 @pytest.mark.parametrize("width", [80, 160])

@@ -25,7 +25,8 @@ def quickstart_command(
     val_steps: Annotated[Optional[int], typer.Option("--val-steps", help="Validation batches per epoch (default: the mini preset's).")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Adam learning rate of the trials (default: 1e-4 from the zoo, 1e-3 from scratch).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the trials' crops and order (and of their initial weights when they train from scratch; the random YOLOv3 keeps seed 0).")] = 0,
-    gamma: Annotated[Optional[float], typer.Option("--gamma", help="Feature-loss weight γ, one for every trial as in the paper (default: 1, the zoo's).")] = None,
+    gamma: Annotated[Optional[float], typer.Option("--gamma", help="Feature-loss weight γ, one for every trial as in the paper (default: the zoo's).")] = None,
+    gamma_mode: Annotated[Optional[str], typer.Option("--gamma-mode", help="fixed (L = R + λ·D_x + γ·D_s) or scaled (L = R + λ·(D_x + γ·D_s)); default: the zoo's.")] = None,
     anchors: Annotated[str, typer.Option("--anchors", help="Anchors to evaluate where installed (jpeg,webp,avif,hevc,vvc) or 'none'.")] = "jpeg,webp,avif,hevc,vvc",
     tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow URI (default MLFLOW_TRACKING_URI, else sqlite:///<out>/mlflow.db).")] = None,
     address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default RAY_ADDRESS or a local Ray).")] = None,
@@ -35,7 +36,7 @@ def quickstart_command(
     t0 = time.perf_counter()
     names = [] if anchors.strip() == "none" else parse_list(anchors)
     run_quickstart(out, str(yolo_weights) if yolo_weights else None, parse_list(lambdas), epochs=epochs,
-                   steps_per_epoch=steps_per_epoch, val_steps=val_steps, lr=lr, gamma=gamma,
+                   steps_per_epoch=steps_per_epoch, val_steps=val_steps, lr=lr, gamma=gamma, gamma_mode=gamma_mode,
                    seed=seed, anchors=names, tracking_uri=tracking_uri, address=address, num_cpus=num_cpus,
                    yolo_cfg=str(yolo_cfg) if yolo_cfg else None)
     typer.echo(f"quickstart finished in {time.perf_counter() - t0:.0f} s")

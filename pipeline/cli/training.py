@@ -19,6 +19,7 @@ from pipeline.training.sweep import run_sweep
 ShardsOpt = Annotated[str | None, typer.Option("--shards", help="Prepared shard folder or fsspec URL (s3://bucket/shards).")]
 PresetOpt = Annotated[str | None, typer.Option("--preset", help="tiny (CPU smoke run) or paper (256 crops, batch 16, N=192).")]
 GammaOpt = Annotated[float | None, typer.Option("--gamma", help=f"Feature-loss weight on normalised s (default {DEFAULT_GAMMA}).")]
+GammaModeOpt = Annotated[str | None, typer.Option("--gamma-mode", help="fixed: L = R + λ·D_x + γ·D_s (the paper's Eq. 2, default); scaled: L = R + λ·(D_x + γ·D_s), so λ moves the base layer's rate too.")]
 NOpt = Annotated[int | None, typer.Option("--N", help="Channels N of the transforms.")]
 CropOpt = Annotated[int | None, typer.Option("--crop", help="Training crop size (multiple of 64, >= 128).")]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Batch size per worker.")]
@@ -60,7 +61,7 @@ def train_command(
     lmbda: Annotated[float, typer.Option("--lmbda", "--lambda", help="Rate-distortion trade-off λ (> 0).")] = 0.0067,
     name: Annotated[str | None, typer.Option("--name", help="Run name (default: the trial name).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")] = False,
-    preset: PresetOpt = None, gamma: GammaOpt = None, n: NOpt = None, crop: CropOpt = None,
+    preset: PresetOpt = None, gamma: GammaOpt = None, gamma_mode: GammaModeOpt = None, n: NOpt = None, crop: CropOpt = None,
     batch_size: BatchOpt = None, epochs: EpochsOpt = None, steps_per_epoch: StepsOpt = None,
     val_steps: ValStepsOpt = None, max_lr_drops: LrDropsOpt = None, lr: LrOpt = None,
     precision: PrecisionOpt = None, seed: SeedOpt = None, use_gpu: UseGpuOpt = False,
@@ -71,7 +72,7 @@ def train_command(
 ) -> None:
     """Train one (model, configuration, λ) trial with Ray Train DDP; logs to MLflow."""
     settings = resolve(preset, {}, _flags(
-        shards=shards, gamma=gamma, n=n, crop=crop, batch_size=batch_size, epochs=epochs,
+        shards=shards, gamma=gamma, gamma_mode=gamma_mode, n=n, crop=crop, batch_size=batch_size, epochs=epochs,
         steps_per_epoch=steps_per_epoch, val_steps=val_steps, max_lr_drops=max_lr_drops, lr=lr, precision=precision,
         seed=seed, use_gpu=use_gpu, workers_per_trial=workers_per_trial, gpus_per_worker=gpus_per_worker,
         cpus_per_worker=cpus_per_worker, max_failures=max_failures, loader_workers=loader_workers,
@@ -92,7 +93,7 @@ def sweep_command(
     spec: Annotated[Path | None, typer.Option("--spec", help="Sweep spec YAML (e.g. jobs/paper_sweep.yaml); flags override it.")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Sweep name (MLflow parent run, storage folder).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted sweep; finished trials are skipped.")] = False,
-    preset: PresetOpt = None, gamma: GammaOpt = None, n: NOpt = None, crop: CropOpt = None, batch_size: BatchOpt = None,
+    preset: PresetOpt = None, gamma: GammaOpt = None, gamma_mode: GammaModeOpt = None, n: NOpt = None, crop: CropOpt = None, batch_size: BatchOpt = None,
     epochs: EpochsOpt = None, steps_per_epoch: StepsOpt = None, val_steps: ValStepsOpt = None,
     max_lr_drops: LrDropsOpt = None, lr: LrOpt = None, precision: PrecisionOpt = None, seed: SeedOpt = None,
     use_gpu: UseGpuOpt = False, workers_per_trial: WorkersOpt = None, gpus_per_worker: GpusOpt = None,
@@ -104,7 +105,7 @@ def sweep_command(
     """Train every (model, configuration, λ) trial in parallel (Ray Tune) with DDP per trial (Ray Train)."""
     spec_d = load_spec(spec) if spec else {}
     settings = resolve(preset, spec_d, _flags(
-        shards=shards, gamma=gamma, n=n, crop=crop, batch_size=batch_size, epochs=epochs,
+        shards=shards, gamma=gamma, gamma_mode=gamma_mode, n=n, crop=crop, batch_size=batch_size, epochs=epochs,
         steps_per_epoch=steps_per_epoch, val_steps=val_steps, max_lr_drops=max_lr_drops, lr=lr, precision=precision,
         seed=seed, use_gpu=use_gpu, workers_per_trial=workers_per_trial, gpus_per_worker=gpus_per_worker,
         cpus_per_worker=cpus_per_worker, max_concurrent_trials=max_concurrent_trials, max_failures=max_failures,

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dvcm.loss import feature_weight
 from pipeline.training.ddp import rank_checksums, wrap_ddp
 from pipeline.training.step import (
     METRIC_KEYS,
@@ -127,7 +128,7 @@ def setup(trial: TrialConfig, rank: int, world: int, device: torch.device) -> Wo
     model = build(trial.model, front=yolo.front, yolo_provenance=dict(yolo.provenance),
                   N=t.N, M1=trial.M1, M2=trial.M2, H=trial.H)
     model.set_feature_stats(s_mean, s_std)  # g_a1/g_s1 work on s normalised by the training set's statistics
-    criterion = ScalableRDLoss(trial.lmbda, t.gamma, s_mean=s_mean, s_std=s_std)
+    criterion = ScalableRDLoss(trial.lmbda, feature_weight(trial.lmbda, t.gamma, t.gamma_mode), s_mean=s_mean, s_std=s_std)
     net_opt, aux_opt = configure_optimizers(model, t.lr, t.aux_lr)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(net_opt, "min", factor=t.lr_factor, patience=t.lr_patience)
     return Worker(trial, rank, world, device, model, model, criterion, net_opt, aux_opt, sched)
@@ -229,9 +230,9 @@ def validate(w: Worker) -> tuple[dict[str, float], list[torch.Tensor]]:
     return val, images
 
 
-def loss_shares(terms: dict[str, float], lmbda: float, gamma: float) -> dict[str, float]:
-    """Share of rate, λ·D_x and γ·D_s in the total loss (what steers the base layer)."""
-    parts = {"rate": terms["bpp"], "dx": lmbda * terms["D_x"], "ds": gamma * terms["D_s"]}
+def loss_shares(terms: dict[str, float], lmbda: float, weight_s: float) -> dict[str, float]:
+    """Share of rate, λ·D_x and the feature term (``weight_s``·D_s) in the total loss (what steers the base layer)."""
+    parts = {"rate": terms["bpp"], "dx": lmbda * terms["D_x"], "ds": weight_s * terms["D_s"]}
     total = sum(parts.values()) or 1.0
     return {f"share_{k}": v / total for k, v in parts.items()}
 
@@ -255,8 +256,9 @@ def epoch_metrics(w: Worker, epoch: int, train: dict[str, float], extra: dict[st
                                "trial_done": int(done)}
     metrics.update({f"train/{k}": v for k, v in train.items()})
     metrics.update({f"val/{k}": v for k, v in val.items()})
-    metrics.update({f"train/{k}": v for k, v in loss_shares(train, t.lmbda, t.training.gamma).items()})
-    metrics.update({f"val/{k}": v for k, v in loss_shares(val, t.lmbda, t.training.gamma).items()})
+    weight_s = feature_weight(t.lmbda, t.training.gamma, t.training.gamma_mode)
+    metrics.update({f"train/{k}": v for k, v in loss_shares(train, t.lmbda, weight_s).items()})
+    metrics.update({f"val/{k}": v for k, v in loss_shares(val, t.lmbda, weight_s).items()})
     metrics.update({f"train/{k}": v for k, v in extra.items()})
     metrics.update({f"ddp/param_checksum_rank{i}": v for i, v in enumerate(rank_checksums(w.model, w.rank, w.world))})
     if w.rank == 0 and t.training.redundancy and images:
@@ -278,6 +280,7 @@ def save_and_report(w: Worker, epoch: int, metrics: dict[str, Any], val_loss: fl
             if done:
                 save_checkpoint(Path(tmp) / FINAL_NAME, w.model, extra={
                     "trial": w.trial.trial_name, "lmbda": w.trial.lmbda, "gamma": w.trial.training.gamma,
+                    "gamma_mode": w.trial.training.gamma_mode,
                     "epochs": epoch, "val_loss": val_loss})
             torch.save({"model": w.model.state_dict(), "net_opt": w.net_opt.state_dict(),
                         "aux_opt": w.aux_opt.state_dict(), "sched": w.sched.state_dict(), "epoch": epoch,

@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from dvcm.loss import GAMMA_MODES
 from pipeline.infra.errors import UserError
 from pipeline.infra.yolo_files import yolo_files
 
@@ -76,6 +77,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Settings that do not depend on the preset.
 COMMON: dict[str, Any] = {
     "gamma": DEFAULT_GAMMA,
+    "gamma_mode": "fixed",  # the paper's Eq. 2; "scaled": L = R + λ·(D_x + γ·D_s) (dvcm.loss.feature_weight)
     "lr": 1e-4,
     "aux_lr": 1e-3,
     "clip_max_norm": 1.0,
@@ -84,6 +86,9 @@ COMMON: dict[str, Any] = {
     "seed": 0,
     "yolo_seed": 0,
 }
+
+# Settings added after sweeps were first recorded, with the value those sweeps trained with.
+LEGACY_SETTINGS: dict[str, Any] = {"gamma_mode": "fixed"}
 
 RESUME = {"resume": True}  # field metadata: a resumed sweep must keep this value
 
@@ -96,6 +101,7 @@ class TrainingSettings:
     preset: str = field(metadata=RESUME)
     precision: str = field(metadata=RESUME)
     gamma: float = field(metadata=RESUME)
+    gamma_mode: str = field(metadata=RESUME)
     lr: float = field(metadata=RESUME)
     aux_lr: float = field(metadata=RESUME)
     lr_factor: float = field(metadata=RESUME)
@@ -221,6 +227,8 @@ def check(settings: SweepSettings) -> None:
         raise UserError(f"--crop must be a multiple of 64 and at least 128 (small crops do not generalise), got {t.crop}")
     if t.gamma < 0:
         raise UserError(f"--gamma must be >= 0, got {t.gamma}")
+    if t.gamma_mode not in GAMMA_MODES:
+        raise UserError(f"--gamma-mode must be one of {', '.join(GAMMA_MODES)}, got {t.gamma_mode!r}")
     check_gpu_layout(r)
 
 
@@ -261,6 +269,7 @@ def check_resume_settings(name: str, state: dict[str, Any], now: dict[str, Any])
     before = state.get("training_settings")
     if before is None:  # a record written before training settings were kept
         return
+    before = {**LEGACY_SETTINGS, **before}  # records written before a setting existed had its old behaviour
     now = json.loads(json.dumps(now))
     changed = [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in dict.fromkeys([*before, *now]) if before.get(k) != now.get(k)]
     if changed:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dvcm.loss import feature_weight
 from pipeline.infra import storage, tracking
 from pipeline.training.live_table import TrialRow
 from pipeline.training.sweep_state import _STATE_LOCK, write_state
@@ -43,6 +44,8 @@ def make_tune_callback(ctx: SweepContext):  # -> ray.tune.Callback
             if not entry.get("run_id"):
                 cfg = trial.config["trial"]
                 params = {**ctx.common_params, **{k: cfg[k] for k in ("model", "N", "M1", "M2", "H", "lmbda", "gamma")},
+                          "gamma_mode": cfg.get("gamma_mode", "fixed"),
+                          "feature_weight": feature_weight(cfg["lmbda"], cfg["gamma"], cfg.get("gamma_mode", "fixed")),
                           "config": f"{cfg['M1']},{cfg['M2']},{cfg['H']}", "trial": name,
                           **{k: cfg.get(k) for k in ("crop", "batch_size", "epochs", "steps_per_epoch", "lr",
                                                      "workers_per_trial", "precision", "preset", "seed",

@@ -63,8 +63,6 @@ FROM_SCRATCH_TRAINING: dict[str, Any] = {"epochs": 4, "steps_per_epoch": 200, "l
 SAMPLE_TRAIN_SEQUENCES, SAMPLE_VAL_SEQUENCES, SAMPLE_FRAMES = 24, 4, 2
 MODELS = ("proposed", "choi2022")
 SWEEP_NAME = "quickstart"
-# The training flags of the default quickstart (see sweep_name).
-DEFAULT_TRAINING: dict[str, Any] = {**FROM_ZOO_TRAINING, "seed": 0}
 PAPER_BD_RATE = "-40.6 %"  # the paper's base-layer BD-rate of proposed against Choi & Bajić on mAP@0.5 (Sec. 4.2)
 BASE_METRIC = "coco_s_snr"  # the base layer: COCO path, base-layer bpp vs feature SNR of ŝ (normalised per channel)
 MAP_METRIC = "coco_map50"  # the base layer: COCO path, base-layer bpp vs mAP@0.5
@@ -79,6 +77,7 @@ class TrialSummary:
     lmbda: float
     run_id: str | None
     gamma: float = math.nan
+    gamma_mode: str = "fixed"
     bpp_base: float = math.nan
     bpp_enh: float = math.nan
     bpp_coco_base: float = math.nan
@@ -168,6 +167,7 @@ def summarize_trials(state: dict[str, Any], eval_results: dict[str, dict], track
             run = c.get_run(run_id)
             row.d_s = float(run.data.metrics.get("val/D_s", math.nan))
             row.gamma = float(run.data.params.get("gamma", math.nan))
+            row.gamma_mode = run.data.params.get("gamma_mode", "fixed")
         rows.append(row)
     return rows, unc
 
@@ -186,7 +186,7 @@ def sweep_name(settings: SweepSettings, lambdas: list[float]) -> str:
     from pipeline.infra.tracking import text_digest
 
     given = _training_key(settings, lambdas)
-    default = _training_key(resolve(TRAINING_PRESET, {}, {**DEFAULT_TRAINING, "shards": "-"}),
+    default = _training_key(resolve(TRAINING_PRESET, {}, {**default_training(), "shards": "-"}),
                             [float(v) for v in DEFAULT_LAMBDAS.split(",")])
     if given == default:
         return SWEEP_NAME
@@ -200,11 +200,23 @@ def eval_folder(out: Path, name: str) -> Path:
 
 
 def base_layer_bd_rate(bd_rows: list[dict[str, Any]], metric: str = BASE_METRIC) -> tuple[float, str]:
-    """BD-rate (%) of ``proposed`` against ``choi2022`` on the base layer (``metric`` vs base bpp)."""
-    for r in bd_rows:
-        if r["metric"] == metric and r["reference"].startswith("choi2022") and r["test"].startswith("proposed"):
-            return float(r["bd_rate_percent"]), str(r.get("note") or "")
-    return math.nan, "no proposed/choi2022 pair in the BD table (a curve is missing)"
+    """BD-rate (%) of ``proposed`` against ``choi2022`` on the base layer (``metric`` vs base bpp): the strict
+    Bjøntegaard figure when it is defined, else the one on monotone fits, and a note that says which."""
+    from pipeline.evaluation.bdrate import FITTED, STRICT, pick_row
+
+    pair = [r for r in bd_rows
+            if r["metric"] == metric and r["reference"].startswith("choi2022") and r["test"].startswith("proposed")]
+    row = pick_row(pair)
+    if row is None:
+        return math.nan, "no proposed/choi2022 pair in the BD table (a curve is missing)"
+    value = float(row["bd_rate_percent"])
+    if not _finite(value):
+        return value, str(row.get("note") or "")
+    if (row.get("method") or STRICT) == FITTED:
+        strict = next((r for r in pair if r.get("method") == STRICT), {})
+        return value, (f"{FITTED}: on monotone fits of both curves; the strict {STRICT} figure is n/a: "
+                       f"{strict.get('note') or 'undefined'}")
+    return value, f"{STRICT}, strict" + (f"; {row['note']}" if row.get("note") else "")
 
 
 def base_layer_dominance(rows: list[TrialSummary], quality: str, label: str) -> str:
@@ -252,7 +264,8 @@ def print_summary(result: QuickstartResult) -> None:
 
     con = Console()
     seed = (result.sweep_state.get("training_settings") or {}).get("seed", 0)
-    gammas = sorted({f"{t.gamma:.3g}" for t in result.trials if _finite(t.gamma)})
+    gammas = sorted({f"{t.gamma:.3g}" + (" scaled by λ" if t.gamma_mode == "scaled" else "")
+                     for t in result.trials if _finite(t.gamma)})
     how = "fine-tuned from the zoo" if result.from_zoo else "trained from scratch"
     con.print(f"quickstart: {len(result.trials)} trials {how} ({TRAINING_PRESET} preset, seed {seed}, γ {', '.join(gammas) or '-'}, "
               f"sample data; detector: {result.detector})")
@@ -326,6 +339,23 @@ def zoo_start(model: str, lmbda: float) -> str | None:
     return min(entries, key=lambda n: abs(math.log(entries[n]["lmbda"] / lmbda)))
 
 
+def default_training() -> dict[str, Any]:
+    """The training flags of the default quickstart (see :func:`sweep_name`): the zoo's fine-tuning with its loss."""
+    return {**FROM_ZOO_TRAINING, **zoo_loss(), "seed": 0}
+
+
+def zoo_loss() -> dict[str, Any]:
+    """γ and its mode as the zoo's codecs were trained (a fine-tuned trial keeps its checkpoint's loss);
+    empty when this install ships no zoo."""
+    from dvcm.zoo import codec_zoo
+
+    losses = {(e["gamma"], e.get("gamma_mode", "fixed")) for e in codec_zoo().values()}
+    if len(losses) != 1:
+        return {}
+    gamma, mode = losses.pop()
+    return {"gamma": gamma, "gamma_mode": mode}
+
+
 def quickstart_grid(lams: list[float], from_zoo: bool = True) -> list[dict[str, Any]]:
     """proposed and choi2022 at every λ in the study's configurations, each from its zoo checkpoint when
     ``from_zoo`` (the zoo's codecs take s from the bundled mini YOLOv3: another detector trains from scratch)."""
@@ -353,7 +383,7 @@ def sweep_stage(out: Path, shards: Path, flags: dict[str, Any], lams: list[float
     from pipeline.training.sweep_state import read_state
 
     from_zoo = is_mini_detector(read_dataset_info(str(shards)).get("provenance", {}).get("yolo", {}))
-    defaults = FROM_ZOO_TRAINING if from_zoo else FROM_SCRATCH_TRAINING
+    defaults = {**FROM_ZOO_TRAINING, **zoo_loss()} if from_zoo else FROM_SCRATCH_TRAINING
     flags = {**flags, **{k: v for k, v in defaults.items() if flags.get(k) is None}}
     settings = resolve(TRAINING_PRESET, {}, {"shards": str(shards), **flags})
     grid = quickstart_grid(lams, from_zoo=from_zoo)
@@ -429,6 +459,7 @@ def run_quickstart(
     val_steps: int | None = None,
     lr: float | None = None,
     gamma: float | None = None,
+    gamma_mode: str | None = None,
     seed: int = 0,
     anchors: list[str] | None = None,
     tracking_uri: str | None = None,
@@ -473,7 +504,7 @@ def run_quickstart(
 
     t0 = time.perf_counter()
     flags = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "val_steps": val_steps, "lr": lr, "gamma": gamma,
-             "seed": seed, "yolo_weights": yolo_weights, "yolo_cfg": yolo_cfg}
+             "gamma_mode": gamma_mode, "seed": seed, "yolo_weights": yolo_weights, "yolo_cfg": yolo_cfg}
     name, grid, state = sweep_stage(out, shards, flags, lams, uri, address, progress, con)
     seconds["sweep"] = time.perf_counter() - t0
 
