@@ -7,11 +7,15 @@ import math
 import pytest
 
 from pipeline.evaluation.bdrate import (
+    FITTED,
+    STRICT,
     Curve,
     bd_delta,
     bd_quality,
     bd_rate,
     bd_table,
+    monotone_fit,
+    pick_row,
     table_csv,
     table_markdown,
     write_table,
@@ -77,7 +81,7 @@ def test_undefined_curves_are_nan_with_a_reason() -> None:
 def test_table_files(tmp_path) -> None:
     half = Curve("half", tuple(r * 0.5 for r in REF.rates), REF.quality)
     rows = bd_table([REF, half], references=["ref", "missing"], metric="psnr")
-    assert len(rows) == 1 and rows[0]["test"] == "half"
+    assert [(r["test"], r["method"]) for r in rows] == [("half", STRICT), ("half", FITTED)]
     md, cs = write_table(rows, tmp_path)
     assert "-50.00" in md.read_text() and md.read_text() == table_markdown(rows)
     assert cs.read_text() == table_csv(rows)
@@ -94,3 +98,45 @@ def test_disjoint_quality_ranges_say_so_in_our_words() -> None:
 def test_two_points_at_one_rate_are_named() -> None:
     flat = Curve("flat", (0.1, 0.1, 0.3), (30.0, 31.0, 32.0))
     assert bd_delta(REF, flat)[2] == "flat: two points share the rate 0.1 (qualities 30 and 31)"
+
+
+@pytest.mark.parametrize(("anchor", "test", "expected_percent"), JCTVC_CASES)
+def test_a_monotone_curve_gives_the_same_figure_both_ways(anchor: list, test: list, expected_percent: float) -> None:
+    a = Curve("anchor", tuple(r for r, _ in anchor), tuple(q for _, q in anchor))
+    t = Curve("test", tuple(r for r, _ in test), tuple(q for _, q in test))
+    strict, fitted = bd_delta(a, t), bd_delta(a, t, fit=True)
+    assert fitted[0] == pytest.approx(strict[0], abs=1e-12) == pytest.approx(expected_percent, abs=1e-4)
+    assert fitted[1] == pytest.approx(strict[1], abs=1e-12)
+    assert monotone_fit(a).sorted()[1].tolist() == a.sorted()[1].tolist()
+
+
+# The quickstart's JPEG mAP curve (issue 17): it saturates and dips by 0.003 at its top rate.
+SATURATING = Curve("jpeg", (0.2, 0.35, 0.6, 1.1, 2.0), (0.61, 0.79, 0.86, 0.8847, 0.8815))
+
+
+def test_a_saturating_curve_with_a_dip_has_a_fitted_figure_only() -> None:
+    ref = Curve("ref", (0.15, 0.3, 0.5, 0.9, 1.6), (0.55, 0.75, 0.84, 0.87, 0.883))
+    strict, fitted = bd_delta(ref, SATURATING), bd_delta(ref, SATURATING, fit=True)
+    assert math.isnan(strict[0]) and "not strictly increasing" in strict[2]
+    assert math.isfinite(fitted[0]) and math.isfinite(fitted[1])
+    # the fit pools the dip into one level at the lower rate: (1.1, 0.8831); the point at 2.0 bpp goes
+    fit = monotone_fit(SATURATING)
+    assert fit.rates == (0.2, 0.35, 0.6, 1.1)
+    assert fit.quality[-1] == pytest.approx((0.8847 + 0.8815) / 2)
+    # the fitted figure is the strict figure of the fitted curves
+    assert fitted[0] == pytest.approx(bd_delta(ref, fit)[0])
+
+
+def test_a_flat_curve_stays_undefined_after_the_fit() -> None:
+    flat = Curve("flat", (0.1, 0.2, 0.4), (0.9, 0.9, 0.8))
+    rate, _, note = bd_delta(REF, flat, fit=True)
+    assert math.isnan(rate) and note == "flat: one quality level after the monotone fit (a flat curve)"
+
+
+def test_the_shown_figure_is_strict_when_defined_else_fitted() -> None:
+    rows = bd_table([Curve("ref", (0.15, 0.3, 0.5, 0.9, 1.6), (0.55, 0.75, 0.84, 0.87, 0.883)), SATURATING,
+                     Curve("half", (0.075, 0.15, 0.25, 0.45, 0.8), (0.55, 0.75, 0.84, 0.87, 0.883))], ["ref"], "map50")
+    assert pick_row([r for r in rows if r["test"] == "half"])["method"] == STRICT
+    assert pick_row([r for r in rows if r["test"] == "jpeg"])["method"] == FITTED
+    legacy = [{"metric": "map50", "reference": "ref", "test": "x", "bd_rate_percent": "nan", "note": "why"}]
+    assert pick_row(legacy) is legacy[0] and pick_row([]) is None

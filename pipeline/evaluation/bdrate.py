@@ -6,6 +6,15 @@ spreadsheets. This module only orders the points, rejects curves that cannot be
 interpolated (fewer than two points, not monotone, no overlap) with ``nan`` and a reason,
 and writes the table (Markdown and CSV).
 
+Two figures per pair of curves (the table's ``method`` column):
+
+- ``pchip`` (strict): on the raw points, ``n/a (reason)`` when a curve is not monotone;
+- ``pchip-isotonic`` (fitted): on a monotone fit of each curve first, as the feature-coding
+  community reports saturating task curves (mAP that wobbles by a few thousandths at the top):
+  the isotonic regression of quality on rate (``scipy.optimize.isotonic_regression``), then, of
+  points fitted to the same quality, the one of lowest rate. On a curve that is already
+  strictly increasing the fit changes nothing, so both figures agree.
+
 Sign convention: BD-rate < 0 means the test curve needs fewer bits than the reference
 for the same quality; BD-quality > 0 means it reaches a higher quality at the same rate.
 """
@@ -25,6 +34,9 @@ import numpy as np
 from pipeline.infra.atomic import atomic_write_text
 
 METHOD = "pchip"
+STRICT = "pchip"
+FITTED = "pchip-isotonic"
+METHODS = (STRICT, FITTED)
 
 
 @dataclass(frozen=True)
@@ -60,8 +72,28 @@ def _why_not(curve: Curve) -> str | None:
     return None
 
 
-def bd_delta(reference: Curve, test: Curve, method: str = METHOD) -> tuple[float, float, str]:
-    """(BD-rate in %, BD-quality in quality units, note). ``nan`` with a note when undefined."""
+def monotone_fit(curve: Curve) -> Curve:
+    """``curve`` made strictly increasing: isotonic regression of quality on rate, then of points fitted to
+    the same quality only the lowest rate (the others cost more bits for nothing)."""
+    from scipy.optimize import isotonic_regression
+
+    r, q = curve.sorted()
+    if len(r) == 0:
+        return curve
+    fitted = isotonic_regression(q, increasing=True).x
+    keep = np.concatenate(([True], np.diff(fitted) > 1e-12 * np.maximum(1.0, np.abs(fitted[1:]))))
+    return Curve(curve.label, tuple(map(float, r[keep])), tuple(map(float, fitted[keep])), dict(curve.meta))
+
+
+def bd_delta(reference: Curve, test: Curve, method: str = METHOD, fit: bool = False) -> tuple[float, float, str]:
+    """(BD-rate in %, BD-quality in quality units, note). ``nan`` with a note when undefined.
+
+    ``fit``: on :func:`monotone_fit` of both curves (the ``pchip-isotonic`` figure)."""
+    if fit:
+        reference, test = monotone_fit(reference), monotone_fit(test)
+        for c in (reference, test):
+            if len(c.sorted()[0]) < 2:
+                return math.nan, math.nan, f"{c.label}: one quality level after the monotone fit (a flat curve)"
     for c in (reference, test):
         why = _why_not(c)
         if why:
@@ -90,11 +122,12 @@ def bd_quality(reference: Curve, test: Curve, method: str = METHOD) -> float:
     return bd_delta(reference, test, method)[1]
 
 
-TABLE_COLUMNS = ("metric", "reference", "test", "bd_rate_percent", "bd_quality", "note")
+TABLE_COLUMNS = ("metric", "method", "reference", "test", "bd_rate_percent", "bd_quality", "note")
 
 
 def bd_table(curves: list[Curve], references: list[str], metric: str) -> list[dict]:
-    """One row per (reference, other curve) pair, for every reference label present."""
+    """Two rows (``pchip``, then ``pchip-isotonic``) per (reference, other curve) pair, for every reference
+    label present."""
     by_label = {c.label: c for c in curves}
     rows: list[dict] = []
     for ref_label in references:
@@ -104,12 +137,29 @@ def bd_table(curves: list[Curve], references: list[str], metric: str) -> list[di
         for c in curves:
             if c.label == ref_label:
                 continue
-            rate, qual, note = bd_delta(ref, c)
-            rows.append(
-                {"metric": metric, "reference": ref_label, "test": c.label,
-                 "bd_rate_percent": rate, "bd_quality": qual, "note": note}
-            )
+            for method in METHODS:
+                rate, qual, note = bd_delta(ref, c, fit=method == FITTED)
+                rows.append({"metric": metric, "method": method, "reference": ref_label, "test": c.label,
+                             "bd_rate_percent": rate, "bd_quality": qual, "note": note})
     return rows
+
+
+def pick_row(pair: list[dict]) -> dict | None:
+    """Of one pair's rows, the figure to show: the strict one when it is defined, else the fitted one (its
+    ``method`` says which); ``None`` when there is no row. Rows of tables written before the ``method``
+    column count as strict."""
+    for method in METHODS:
+        for r in pair:
+            if (r.get("method") or STRICT) == method and _finite(r.get("bd_rate_percent")):
+                return r
+    return next((r for r in pair if (r.get("method") or STRICT) == STRICT), pair[0] if pair else None)
+
+
+def _finite(v: object) -> bool:
+    try:
+        return math.isfinite(float(v))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
 
 
 def _fmt(v: object) -> str:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.evaluation.bdrate import Curve, bd_delta
+from pipeline.evaluation.bdrate import FITTED, STRICT, Curve, bd_delta
 from pipeline.infra.atomic import atomic_write_json, atomic_write_text
 
 PROPOSED, BASELINE = "proposed", "choi2022"
@@ -109,19 +109,28 @@ def _bd_finding(points: Sequence[StudyPoint], key: str, claim: str, paper: str, 
     """BD figure ``pick`` (0: BD-rate %, 1: BD-quality) of proposed against choi2022, per seed."""
     values: dict[str, float | None] = {}
     notes: dict[str, str] = {}
+    methods: dict[str, str] = {}
     for seed in seeds_of(points):
         ref, test = _by(points, BASELINE, seed), _by(points, PROPOSED, seed)
         if not ref or not test:
             continue
-        figures = bd_delta(_curve(ref, BASELINE, rate, quality), _curve(test, PROPOSED, rate, quality))
+        curves = (_curve(ref, BASELINE, rate, quality), _curve(test, PROPOSED, rate, quality))
+        figures = bd_delta(*curves)
         value, note = figures[pick], figures[2]
+        methods[str(seed)] = STRICT
+        if not _finite(value):
+            fitted = bd_delta(*curves, fit=True)
+            if _finite(fitted[pick]):  # the strict figure is undefined (a wobble), the fitted one exists
+                value, note = fitted[pick], f"{FITTED} (monotone fits; strict {STRICT} n/a: {note})"
+                methods[str(seed)] = FITTED
         values[str(seed)] = float(value) if _finite(value) else None
         if not _finite(value):
             note = "; ".join(n for n in (dominance(test, ref, rate, quality), note) if n)
         if note:
             notes[str(seed)] = note
     ours, spread = _summary(values)
-    return Finding(key, claim, paper, unit, ours, spread, values, _sign_verdict(values, notes), {"notes": notes})
+    return Finding(key, claim, paper, unit, ours, spread, values, _sign_verdict(values, notes),
+                   {"notes": notes, "methods": methods})
 
 
 QUALITY_NAMES = {"map50": "mAP@0.5", "s_snr": "ŝ SNR (dB)", "psnr": "PSNR (dB)", "ms_ssim": "MS-SSIM"}
@@ -294,7 +303,9 @@ def findings_markdown(findings: Sequence[Finding], checks: Sequence[dict[str, An
     lines = [header, "", "| finding | paper | ours (mean over seeds) | spread (sd) | per seed | verdict |",
              "|---|---|---|---|---|---|"]
     for f in findings:
-        seeds = ", ".join(f"{s}: {_fmt(v, f.unit)}" for s, v in f.per_seed.items()) or "–"
+        methods = f.detail.get("methods", {})
+        seeds = ", ".join(f"{s}: {_fmt(v, f.unit)}" + (" (fitted)" if methods.get(s) == FITTED else "")
+                          for s, v in f.per_seed.items()) or "–"
         spread = "–" if f.spread is None else f"{f.spread:.2f}"
         lines.append(f"| ({f.key}) {f.claim} | {f.paper} | {_fmt(f.ours, f.unit)} | {spread} | {seeds} | {f.verdict} |")
     b = next((f for f in findings if f.key == "b"), None)
