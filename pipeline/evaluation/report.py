@@ -24,6 +24,7 @@ table{border-collapse:collapse;font-size:13px;margin:8px 0}
 th,td{border:1px solid #bbb;padding:3px 8px;text-align:right} th{background:#eee}
 td.l,th.l,td:last-child{text-align:left} .note{color:#a40;font-size:13px}
 img{max-width:100%;border:1px solid #ddd;margin:6px 0}
+details{margin:14px 0} summary{cursor:pointer;font-weight:600;font-size:15px}
 """
 
 
@@ -53,7 +54,9 @@ def findings_section(findings: dict[str, Any]) -> str:
         def val(v: Any, unit: str = unit) -> str:
             return "–" if v is None else (f"{v:+.2f} {unit}" if unit in ("%", "dB") else f"{v:+.3f}")
 
-        seeds = ", ".join(f"{s}: {val(v)}" for s, v in f.get("per_seed", {}).items())
+        methods = (f.get("detail") or {}).get("methods", {})
+        seeds = ", ".join(f"{s}: {val(v)}" + (" (fitted)" if methods.get(s) == "pchip-isotonic" else "")
+                          for s, v in f.get("per_seed", {}).items())
         rows.append([f"({html.escape(f['key'])}) {html.escape(f['claim'])}", html.escape(f["paper"]), val(f.get("ours")),
                      "–" if f.get("spread") is None else f"{f['spread']:.2f}", html.escape(seeds),
                      f"<b>{html.escape(f['verdict'])}</b>"])
@@ -98,6 +101,21 @@ def build_report(eval_dir: Path, findings: dict[str, Any] | None = None) -> str:
     if notices:
         parts.append("<ul class='note'>" + "".join(f"<li>{html.escape(n)}</li>" for n in notices) + "</ul>")
 
+    parts += plots_section(eval_dir)
+    bd_rows: list[dict[str, str]] = []
+    bd = eval_dir / "bd_table.csv"
+    if bd.is_file():
+        with open(bd, newline="") as f:
+            bd_rows = list(csv.DictReader(f))
+    models = sorted({_curve_label(r) for r in results if r.get("kind") == "model"})
+    parts += bd_summary_section(bd_rows, models)
+    red_rows = [[html.escape(r["label"]), _fmt(r["redundancy"].get("rdn_y1_given_y2")),
+                 _fmt(r["redundancy"].get("rdn_y2_given_y1")), str(r["redundancy"].get("K")),
+                 str(r["redundancy"].get("fibers"))] for r in results if r.get("redundancy")]
+    if red_rows:
+        parts.append("<h2>Redundancy</h2>")
+        parts.append(_table(["model", "Rdn(ŷ1|ŷ2)", "Rdn(ŷ2|ŷ1)", "K", "fibers"], red_rows))
+
     rows = []
     for r in results:
         for d, entry in sorted(r.get("datasets", {}).items()):
@@ -106,38 +124,92 @@ def build_report(eval_dir: Path, findings: dict[str, Any] | None = None) -> str:
                              _fmt(p.get("bpp_enh"), 4), _fmt(p.get("container_bpp"), 4), _fmt(p.get("map50")),
                              _fmt(p.get("psnr"), 2), _fmt(p.get("ms_ssim"), 4), str(p.get("images")),
                              str(entry.get("skipped", 0))])
-    parts.append("<h2>Operating points</h2>")
-    parts.append(_table(["codec", "dataset", "bpp", "bpp base", "bpp enh", "container bpp", f"mAP@0.5 ({detector})",
-                         "PSNR", "MS-SSIM", "images", "skipped"], rows, left=2))
-
-    red_rows = [[html.escape(r["label"]), _fmt(r["redundancy"].get("rdn_y1_given_y2")),
-                 _fmt(r["redundancy"].get("rdn_y2_given_y1")), str(r["redundancy"].get("K")),
-                 str(r["redundancy"].get("fibers"))] for r in results if r.get("redundancy")]
-    if red_rows:
-        parts.append("<h2>Redundancy</h2>")
-        parts.append(_table(["model", "Rdn(ŷ1|ŷ2)", "Rdn(ŷ2|ŷ1)", "K", "fibers"], red_rows))
-
-    bd = eval_dir / "bd_table.csv"
-    parts.append("<h2>BD-rate (piecewise cubic, Bjøntegaard)</h2>")
-    if bd.is_file():
-        with open(bd, newline="") as f:
-            bd_rows = list(csv.DictReader(f))
-        parts.append("<p>Negative BD-rate: the test curve needs fewer bits than the reference for the same quality.</p>")
-        parts.append(_table(["metric", "reference", "test", "BD-rate %", "BD-quality", "note"],
-                            [[html.escape(b["metric"]), html.escape(b["reference"]), html.escape(b["test"]),
-                              _fmt(b["bd_rate_percent"], 2), _fmt(b["bd_quality"], 4), html.escape(b["note"])]
-                             for b in bd_rows], left=3))
+    rows.sort(key=lambda row: (row[1], row[0]))  # by dataset, then codec and its rate point
+    parts.append(_fold(f"Operating points ({len(rows)})", _table(
+        ["codec", "dataset", "bpp", "bpp base", "bpp enh", "container bpp", f"mAP@0.5 ({detector})", "PSNR", "MS-SSIM",
+         "images", "skipped"], rows, left=2)))
+    if bd_rows:
+        parts.append(_fold(f"Every BD-rate pair ({len(bd_rows)} rows)", BD_METHODS_NOTE + _table(
+            ["metric", "method", "reference", "test", "BD-rate %", "BD-quality", "note"],
+            [[html.escape(b["metric"]), html.escape(b.get("method") or "pchip"), html.escape(b["reference"]),
+              html.escape(b["test"]), _fmt(b["bd_rate_percent"], 2), _fmt(b["bd_quality"], 4), html.escape(b["note"])]
+             for b in bd_rows], left=4)))
     else:
         parts.append("<p class='note'>no bd_table.csv in this folder</p>")
-
-    parts.append("<h2>Plots</h2>")
-    order = ["rate_accuracy", "psnr_bpp", "msssim_bpp", "redundancy"]
-    pngs = sorted((eval_dir / "plots").glob("*.png"), key=lambda p: (order.index(p.stem) if p.stem in order else 9, p.stem))
-    for png in pngs:
-        data = base64.b64encode(png.read_bytes()).decode("ascii")
-        parts.append(f"<h3>{html.escape(png.stem)}</h3><img alt='{html.escape(png.stem)}' src='data:image/png;base64,{data}'>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+BD_METHODS_NOTE = ("<p>Negative BD-rate: the test curve needs fewer bits than the reference for the same quality. "
+                   "Method <i>pchip</i>: the strict Bjøntegaard figure on the raw points (n/a when a curve is not "
+                   "monotone); <i>pchip-isotonic</i>: on a monotone (isotonic) fit of each curve first, as task "
+                   "curves that saturate are reported in feature coding.</p>")
+PLOT_ORDER = ["rate_accuracy", "psnr_bpp", "msssim_bpp", "redundancy"]
+
+
+def _curve_label(result: dict[str, Any]) -> str:
+    """A model's curve label in the BD table: its label less the rate point (``proposed (11,32,2)``)."""
+    return str(result.get("label", "")).split(" λ=")[0]
+
+
+def _fold(summary: str, body: str) -> str:
+    """A long table folded away (``<details>``): the report opens on the plots and the summaries."""
+    return f"<details><summary>{html.escape(summary)}</summary>{body}</details>"
+
+
+def plots_section(eval_dir: Path) -> list[str]:
+    """The plots, rate–accuracy and RD first, inlined; the per-model channel maps folded after them."""
+    pngs = sorted((eval_dir / "plots").glob("*.png"),
+                  key=lambda p: (PLOT_ORDER.index(p.stem) if p.stem in PLOT_ORDER else 9, p.stem))
+
+    def img(png: Path) -> str:
+        data = base64.b64encode(png.read_bytes()).decode("ascii")
+        return f"<h3>{html.escape(png.stem)}</h3><img alt='{html.escape(png.stem)}' src='data:image/png;base64,{data}'>"
+
+    curves = [img(p) for p in pngs if not p.stem.startswith("channels_")]
+    channels = [img(p) for p in pngs if p.stem.startswith("channels_")]
+    parts = (["<h2>Plots</h2>"] + curves) if curves else []
+    if channels:
+        parts.append(_fold(f"Channel maps of each model's top-rate channels ({len(channels)})", "".join(channels)))
+    return parts
+
+
+def bd_summary_section(bd_rows: list[dict[str, str]], models: list[str]) -> list[str]:
+    """Per metric, each learned model against the baseline model and against the strongest anchor (the one
+    it saves least against): the strict figure where defined, else the fitted one, with its method."""
+    from pipeline.evaluation.bdrate import pick_row
+
+    def finite(v: Any) -> bool:
+        try:
+            return math.isfinite(float(v))
+        except (TypeError, ValueError):
+            return False
+
+    if not bd_rows:
+        return []
+    baselines = {r["reference"] for r in bd_rows if r["reference"] in models}
+    out = []
+    for metric in dict.fromkeys(r["metric"] for r in bd_rows):
+        for model in models:
+            pairs: dict[str, list[dict[str, str]]] = {}
+            for r in bd_rows:
+                if r["metric"] == metric and r["test"] == model:
+                    pairs.setdefault(r["reference"], []).append(r)
+            shown = {ref: pick_row(rows) for ref, rows in pairs.items()}
+            for ref in sorted(baselines & set(shown)):
+                out.append((metric, model, ref, "baseline", shown[ref]))
+            anchors = {ref: row for ref, row in shown.items()
+                       if ref not in models and row is not None and finite(row["bd_rate_percent"])}
+            if anchors:
+                ref = max(anchors, key=lambda k: float(anchors[k]["bd_rate_percent"]))
+                out.append((metric, model, ref, "strongest anchor", anchors[ref]))
+    if not out:
+        return []
+    rows = [[html.escape(m), html.escape(t), html.escape(f"{ref} ({role})"), html.escape((b or {}).get("method") or "pchip"),
+             _fmt((b or {}).get("bd_rate_percent"), 2), _fmt((b or {}).get("bd_quality"), 4),
+             html.escape((b or {}).get("note", ""))] for m, t, ref, role, b in out]
+    return ["<h2>BD-rate summary</h2>", BD_METHODS_NOTE,
+            _table(["metric", "model", "against", "method", "BD-rate %", "BD-quality", "note"], rows, left=4)]
 
 
 def write_report(eval_dir: Path, out: Path | None = None, findings: dict[str, Any] | None = None) -> Path:
