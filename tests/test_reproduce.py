@@ -80,3 +80,45 @@ def test_a_shrunk_study_writes_findings_for_each_claim(tmp_path: Path, ray_local
     # the anchors were computed once and shared by the seeds' folders
     for seed in (0, 1):
         assert (out / "eval" / f"seed-{seed}" / "anchors" / "results.json").is_file()
+
+
+def test_the_paper_preset_refuses_what_it_cannot_run_in_one_line(tmp_path: Path) -> None:
+    from pipeline.workflows.reproduce import RealData, run_reproduce
+
+    with pytest.raises(UserError, match=r"^--preset paper trains and evaluates on your data: give --coco-annotations, "
+                                        r"--kodak \("):
+        RealData.from_options(tmp_path, tmp_path, None, None)
+    with pytest.raises(UserError, match=r"^--vimeo .*nowhere does not exist$"):
+        RealData.from_options(tmp_path / "nowhere", tmp_path, tmp_path, tmp_path)
+    data = RealData.from_options(tmp_path, tmp_path, tmp_path, tmp_path)
+    with pytest.raises(UserError, match="go with --preset paper"):
+        run_reproduce(tmp_path / "s", "mini", data=data)
+    with pytest.raises(UserError, match=r"^--preset paper needs --yolo-weights"):
+        run_reproduce(tmp_path / "s", "paper", data=data)
+    with pytest.raises(UserError, match="--budget-minutes is for the mini preset"):
+        run_reproduce(tmp_path / "s", "paper", budget_minutes=60, data=data, yolo_weights="w")
+    assert not (tmp_path / "s").exists()
+
+
+def test_the_paper_preset_plans_the_papers_study_on_your_data(tmp_path: Path, ray_local: None) -> None:
+    from typer.testing import CliRunner
+
+    from dvcm.zoo import mini_detector
+    from pipeline.cli import app
+    from pipeline.data.sample_data import generate_sample
+
+    sample = generate_sample(tmp_path / "data", train_sequences=3, val_sequences=1, coco_images=2, kodak_images=1)
+    weights, cfg, _ = mini_detector()  # any Darknet file of the family stands for the user's yolov3.weights
+    out = tmp_path / "study"
+    result = CliRunner().invoke(app, [
+        "reproduce", "--preset", "paper", "--plan-only", "--out", str(out), "--vimeo", str(sample.vimeo_root),
+        "--coco", str(sample.coco_root), "--coco-annotations", str(sample.coco_annotations),
+        "--kodak", str(sample.kodak_root), "--yolo-weights", str(weights), "--yolo-cfg", str(cfg)])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    frames = 4 * 7  # the sample's clips are Vimeo-90K septuplets
+    assert f"data: {frames} Vimeo-90K frames under" in text
+    assert "16 trials = 2 models x 4 λ x 2 seeds" in text and "proposed (64,192,2), choi2022 (128,64,1)" in text
+    assert "training preset paper" in text and "at most 300 epochs of 5000 steps" in text
+    assert "no time budget" in text
+    assert not out.exists()  # a plan writes nothing

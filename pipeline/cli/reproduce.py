@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from pipeline.cli.options import YoloCfgOpt
 from pipeline.training.grid import parse_lambdas, parse_list
-from pipeline.workflows.reproduce import PRESETS, run_reproduce
+from pipeline.workflows.reproduce import PRESETS, RealData, run_reproduce
 
 
 def _seeds(text: str) -> list[int]:
@@ -26,7 +27,8 @@ def reproduce_command(
     budget_minutes: Annotated[Optional[float], typer.Option("--budget-minutes", help="Wall time the study may take; the training's epoch caps follow from it (default: 60 for mini).")] = None,
     lambdas: Annotated[Optional[str], typer.Option("--lambdas", help="λ values, comma separated (default: the paper's 0.0018,0.0067,0.025,0.0932).")] = None,
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="Seeds of the trials' weights and crops (default 0,1).")] = None,
-    gamma: Annotated[Optional[float], typer.Option("--gamma", help="γ of every trial (fixed per study, as in the paper).")] = None,
+    gamma: Annotated[Optional[float], typer.Option("--gamma", help="Weight γ of the feature distortion D_s (one per study, as in the paper).")] = None,
+    gamma_mode: Annotated[Optional[str], typer.Option("--gamma-mode", help="fixed: L = R + λ·D_x + γ·D_s (the paper's Eq. 2); scaled: L = R + λ·(D_x + γ·D_s), so λ moves the base layer too (default: the preset's).")] = None,
     train_detector: Annotated[bool, typer.Option("--train-detector", help="Train the mini YOLOv3 now instead of using the bundled one.")] = False,
     anchors: Annotated[str, typer.Option("--anchors", help="Anchors to evaluate where installed (jpeg,webp,avif,hevc,vvc) or 'none'.")] = "jpeg,webp,avif,hevc,vvc",
     steps_per_epoch: Annotated[Optional[int], typer.Option("--steps-per-epoch", help="Training steps per epoch (default: the preset's).")] = None,
@@ -34,13 +36,31 @@ def reproduce_command(
     tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow URI (default MLFLOW_TRACKING_URI, else sqlite:///<out>/mlflow.db).")] = None,
     address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default RAY_ADDRESS or a local Ray).")] = None,
     num_cpus: Annotated[Optional[int], typer.Option("--num-cpus", help="CPUs of the local Ray instance (default: all).")] = None,
+    plan_only: Annotated[bool, typer.Option("--plan-only", help="Print the plan (and, with --preset paper, the data found) and stop.")] = False,
+    vimeo: Annotated[Optional[Path], typer.Option("--vimeo", help="--preset paper: Vimeo-90K's vimeo_septuplet folder (sequences/, sep_trainlist.txt).")] = None,
+    coco: Annotated[Optional[Path], typer.Option("--coco", help="--preset paper: COCO 2014's val2014 image folder.")] = None,
+    coco_annotations: Annotated[Optional[Path], typer.Option("--coco-annotations", help="--preset paper: instances_val2014.json.")] = None,
+    kodak: Annotated[Optional[Path], typer.Option("--kodak", help="--preset paper: the Kodak image folder.")] = None,
+    yolo_weights: Annotated[Optional[Path], typer.Option("--yolo-weights", help="--preset paper: Darknet yolov3.weights.")] = None,
+    yolo_cfg: YoloCfgOpt = None,
+    use_gpu: Annotated[bool, typer.Option("--use-gpu/--no-gpu", help="Train on GPUs (NCCL) instead of CPUs (gloo).")] = False,
+    workers_per_trial: Annotated[Optional[int], typer.Option("--workers-per-trial", help="DDP workers per trial (default 1).")] = None,
+    gpus_per_worker: Annotated[Optional[float], typer.Option("--gpus-per-worker", help="GPUs per worker with --use-gpu (default 1).")] = None,
 ) -> None:
-    """Run the paper's experiment in miniature and write its findings next to the paper's (a rerun resumes)."""
+    """Run the paper's experiment in miniature (or, with --preset paper, on your data and GPUs) and write its
+    findings next to the paper's (a rerun resumes)."""
     names = [] if anchors.strip() == "none" else parse_list(anchors)
+    data = None
+    if preset == "paper" or any(v is not None for v in (vimeo, coco, coco_annotations, kodak)):
+        data = RealData.from_options(vimeo, coco, coco_annotations, kodak)
+    flags = {"steps_per_epoch": steps_per_epoch, "val_steps": val_steps, "use_gpu": use_gpu or None,
+             "workers_per_trial": workers_per_trial, "gpus_per_worker": gpus_per_worker}
     run_reproduce(out, preset, budget_minutes, parse_lambdas(parse_list(lambdas)) if lambdas else None,
-                  _seeds(seeds) if seeds is not None else None, gamma, train_detector, names, tracking_uri, address,
-                  num_cpus, settings_flags={"steps_per_epoch": steps_per_epoch, "val_steps": val_steps},
-                  command=_command_line(ctx))
+                  _seeds(seeds) if seeds is not None else None, gamma, gamma_mode, train_detector, names, tracking_uri,
+                  address, num_cpus, settings_flags={k: v for k, v in flags.items() if v is not None},
+                  command=_command_line(ctx), data=data,
+                  yolo_weights=str(yolo_weights) if yolo_weights else None, yolo_cfg=str(yolo_cfg) if yolo_cfg else None,
+                  plan_only=plan_only)
 
 
 def _command_line(ctx: typer.Context) -> str:

@@ -34,7 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.data.sources import list_source
 from pipeline.infra.errors import UserError
+from pipeline.infra.yolo_files import yolo_files
 
 STUDY_NAME = "reproduce"
 PAPER_LAMBDAS = (0.0018, 0.0067, 0.025, 0.0932)
@@ -49,6 +51,7 @@ class StudyPreset:
     lambdas: tuple[float, ...] = PAPER_LAMBDAS
     seeds: tuple[int, ...] = (0, 1)
     gamma: float = 1.0
+    gamma_mode: str = "fixed"  # dvcm.loss.feature_weight
     lr: float = 1e-3
     train_sequences: int = 96
     val_sequences: int = 8
@@ -56,7 +59,8 @@ class StudyPreset:
     coco_images: int = 48
     kodak_images: int = 12
     first_round_share: float = 0.4  # of the training time, for the lowest λ trained from scratch
-    budget_minutes: float = 60.0
+    budget_minutes: float | None = 60.0  # None: every trial trains to its plateau (the training preset's epochs cap)
+    world: bool = True  # the synthetic world and the mini detector; False: the user's Vimeo-90K, COCO, Kodak, YOLOv3
 
 
 PRESETS: dict[str, StudyPreset] = {
@@ -66,7 +70,36 @@ PRESETS: dict[str, StudyPreset] = {
     # on the Kodak-like images, at 1.45x the steps a second, so about even at equal CPU time), and its 8
     # checkpoints ship in the package (float16: ~1 MB each, against ~2 MB at N = 48).
     "mini": StudyPreset("mini", {"proposed": "11,32,2", "choi2022": "21,11,1"}),
+    # The paper's study on the user's data and GPUs: its configurations at N = 192, Adam at 1e-4, every
+    # trial to its plateau (3 drops, up to the paper training preset's 300 epochs), Vimeo-90K septuplets.
+    "paper": StudyPreset("paper", {"proposed": "64,192,2", "choi2022": "128,64,1"}, lr=1e-4, frames=7,
+                         budget_minutes=None, world=False),
 }
+
+
+@dataclass(frozen=True)
+class RealData:
+    """Where the user keeps the paper's data (``--preset paper``); the attribute names are the sample's."""
+
+    vimeo_root: Path
+    coco_root: Path
+    coco_annotations: Path
+    kodak_root: Path
+
+    @classmethod
+    def from_options(cls, vimeo: Path | None, coco: Path | None, coco_annotations: Path | None,
+                     kodak: Path | None) -> RealData:
+        """The four paths, each checked; one line naming what is missing."""
+        given = {"--vimeo": vimeo, "--coco": coco, "--coco-annotations": coco_annotations, "--kodak": kodak}
+        missing = [k for k, v in given.items() if v is None]
+        if missing:
+            raise UserError(f"--preset paper trains and evaluates on your data: give {', '.join(missing)} "
+                            "(Vimeo-90K's vimeo_septuplet folder, COCO 2014's val2014 images and its "
+                            "instances_val2014.json, the Kodak folder)")
+        for flag, path in given.items():
+            if not Path(path).exists():  # type: ignore[arg-type]
+                raise UserError(f"{flag} {path} does not exist")
+        return cls(*(Path(v).expanduser().resolve() for v in given.values()))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -119,17 +152,27 @@ def plan_rounds(preset: StudyPreset, lambdas: tuple[float, ...], seeds: tuple[in
                 {"training (at most)": estimate, "data, evaluation, findings": overhead_seconds})
 
 
+def gamma_text(p: StudyPreset) -> str:
+    """How the study weighs D_s, in words (the plan, the findings)."""
+    if p.gamma_mode == "scaled":
+        return f"γ {p.gamma:g} scaled by λ (L = R + λ·(D_x + γ·D_s))"
+    return f"γ {p.gamma:g} for every trial (L = R + λ·D_x + γ·D_s, the paper's Eq. 2)"
+
+
 def describe_plan(plan: Plan, detector: str) -> list[str]:
     """The plan as lines to print before anything trains."""
     p = plan.preset
     lines = [f"reproduce: {plan.trials} trials = {len(plan.models)} models x {len(plan.lambdas)} λ x {len(plan.seeds)} "
-             f"seeds, γ {p.gamma:g} for every trial; detector: {detector}",
+             f"seeds, {gamma_text(p)}; detector: {detector}",
              "  models: " + ", ".join(f"{m} ({p.configs[m]})" for m in plan.models)
              + f"; training preset {p.training_preset}; {plan.concurrency} trials at a time",
              "  rounds (lowest λ from scratch, each next λ warm-started from the one below):"]
     for k, (lam, cap) in enumerate(zip(plan.lambdas, plan.epoch_caps)):
         lines.append(f"    {k + 1}. λ {lam:g}: until the validation plateau, at most {cap} epochs of "
                      f"{plan.steps_per_epoch} steps" + ("" if k == 0 else f" (from λ {plan.lambdas[k - 1]:g})"))
+    if not plan.step_seconds:  # no budget: nothing was probed
+        lines.append("  no time budget: each trial trains until its third learning-rate drop (the paper's schedule)")
+        return lines
     speed = ", ".join(f"{m} {1 / s:.1f} steps/s" for m, s in plan.step_seconds.items())
     total = sum(plan.seconds.values())
     lines.append(f"  measured here: {speed}; estimate: {total / 60:.0f} min at most ("
@@ -140,7 +183,7 @@ def describe_plan(plan: Plan, detector: str) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # Measuring this machine
 # --------------------------------------------------------------------------------------------
-def _probe(configs: dict[str, str], training: Any, threads: int, lmbda: float, gamma: float, steps: int) -> dict[str, float]:
+def _probe(configs: dict[str, str], training: Any, threads: int, lmbda: float, weight_s: float, steps: int) -> dict[str, float]:
     """Seconds per training step of each model (the first step, which warms the allocator up, not counted)."""
     import torch
 
@@ -157,7 +200,7 @@ def _probe(configs: dict[str, str], training: Any, threads: int, lmbda: float, g
         m1, m2, h = parse_config(config)
         torch.manual_seed(0)
         model = build(model_name, front=yolo.front, N=training.N, M1=m1, M2=m2, H=h).train()
-        criterion = ScalableRDLoss(lmbda, gamma)
+        criterion = ScalableRDLoss(lmbda, weight_s)
         net_opt, aux_opt = configure_optimizers(model, training.lr, training.aux_lr)
         _, aux = aux_parameters(model)
         x = torch.rand(training.batch_size, 3, training.crop, training.crop)
@@ -177,10 +220,13 @@ def probe_step_seconds(preset: StudyPreset, settings: Any, concurrency: int, ste
     bandwidth: measured here, a step of two trials at once took ~1.3x as long as one alone); the slowest of them."""
     import ray
 
+    from dvcm.loss import feature_weight
+
     r = settings.resources
     task = ray.remote(num_cpus=r.cpus_per_worker)(_probe)
-    refs = [task.remote(preset.configs, settings.training, max(1, int(r.cpus_per_worker)), max(preset.lambdas),
-                        preset.gamma, steps) for _ in range(concurrency)]
+    lmbda = max(preset.lambdas)
+    refs = [task.remote(preset.configs, settings.training, max(1, int(r.cpus_per_worker)), lmbda,
+                        feature_weight(lmbda, preset.gamma, preset.gamma_mode), steps) for _ in range(concurrency)]
     results = ray.get(refs)
     return {m: max(res[m] for res in results) for m in preset.configs}
 
@@ -204,19 +250,26 @@ def detector_stage(out: Path, train: bool, tracking_uri: str, address: str | Non
     return str((out / "detector" / WEIGHTS_NAME).resolve()), str((out / "detector" / CFG_NAME).resolve())
 
 
-def data_stage(out: Path, preset: StudyPreset, weights: str, cfg: str, address: str | None, progress: bool,
-               con: Any) -> tuple[Any, Path]:
-    """The world's clips (train split) into shards with the detector's front; the test split's images."""
+def data_stage(out: Path, preset: StudyPreset, weights: str | None, cfg: str | None, address: str | None,
+               progress: bool, con: Any, data: RealData | None = None) -> tuple[Any, Path]:
+    """Clips into shards with the detector's front: the world's train split (mini), or the user's Vimeo-90K
+    (``data``); returns (where the evaluation images are, the shards)."""
     from pipeline.data.prepare import run_prepare
     from pipeline.data.sample_data import generate_sample
-    from pipeline.data.sources import list_source
 
-    con.rule("data: the synthetic world -> WebDataset shards (Ray)")
-    sample = generate_sample(out / "data", train_sequences=preset.train_sequences, val_sequences=preset.val_sequences,
-                             coco_images=preset.coco_images, kodak_images=preset.kodak_images)
     shards = out / "shards"
-    rep = run_prepare(list_source("sample", sample.vimeo_root, preset.frames), shards, yolo_weights=weights, yolo_cfg=cfg,
-                      frames=preset.frames, shard_size=32, use_ray=True, address=address, progress=progress)
+    if data is None:
+        con.rule("data: the synthetic world -> WebDataset shards (Ray)")
+        sample: Any = generate_sample(out / "data", train_sequences=preset.train_sequences,
+                                      val_sequences=preset.val_sequences, coco_images=preset.coco_images,
+                                      kodak_images=preset.kodak_images)
+        listing = list_source("sample", sample.vimeo_root, preset.frames)
+    else:
+        con.rule("data: Vimeo-90K -> WebDataset shards (Ray)")
+        sample, listing = data, list_source("vimeo90k", data.vimeo_root, preset.frames)
+    rep = run_prepare(listing, shards, yolo_weights=weights, yolo_cfg=cfg,
+                      frames=preset.frames, shard_size=32 if data is None else 256, use_ray=True, address=address,
+                      progress=progress)
     con.print(f"shards in {shards}: {rep.shards_written} written, {rep.shards_skipped} already finished")
     return sample, shards
 
@@ -310,15 +363,18 @@ def findings_stage(out: Path, plan: Plan, state: dict[str, Any], summaries: dict
 
     points, jpeg = study_points(state, summaries)
     p = plan.preset
-    header = (f"# The paper's findings, measured in miniature\n\n{plan.trials} trials: "
+    where = (f"the synthetic world's test split ({p.coco_images} COCO-like images at 512×512, {p.kodak_images} "
+             "Kodak-like)" if p.world else "COCO 2014 and Kodak")
+    title = "measured in miniature" if p.world else "measured on the paper's data"
+    header = (f"# The paper's findings, {title}\n\n{plan.trials} trials: "
               + ", ".join(f"{m} ({p.configs[m]})" for m in plan.models)
               + f" at λ {', '.join(f'{v:g}' for v in sorted(plan.lambdas))}, seeds {', '.join(map(str, plan.seeds))}, "
-              f"γ {p.gamma:g}; detector: {detector}; evaluated on the synthetic world's test split "
-              f"({p.coco_images} COCO-like images at 512×512, {p.kodak_images} Kodak-like). Command: `{command}`.")
-    summary = (f"{plan.trials} trials ({len(plan.seeds)} seeds), γ {p.gamma:g}, detector: {detector}. "
+              f"{gamma_text(p)}; detector: {detector}; evaluated on {where}. Command: `{command}`.")
+    summary = (f"{plan.trials} trials ({len(plan.seeds)} seeds), {gamma_text(p)}, detector: {detector}. "
                "Each verdict is measured; a finding that does not hold is a result.")
     findings, checks = write_findings(out, points, jpeg, header, {"summary": summary, "seeds": list(plan.seeds),
                                                                    "lambdas": list(plan.lambdas), "gamma": p.gamma,
+                                                                   "gamma_mode": p.gamma_mode,
                                                                    "configs": p.configs, "detector": detector,
                                                                    "command": command})
     data = read_findings(out)
@@ -384,6 +440,7 @@ def export_zoo(out: Path, plan: Plan, state: dict[str, Any], detector: dict[str,
                 "float16": half["psnr_change_db"] <= FLOAT16_TOLERANCE_DB, "float16_effect": half,
                 "file": f"{name}.pt", "sha256": tracking.file_digest(zoo / f"{name}.pt"), "model": model,
                 "config": plan.preset.configs[model], "N": record.get("N"), "lmbda": lam, "gamma": plan.preset.gamma,
+                "gamma_mode": plan.preset.gamma_mode,
                 "seed": seed, "trial": trial_name(model, m1, m2, h, lam, seed=seed), "epochs": trial.get("epochs"),
                 "command": command, "mlflow_run_id": trial.get("run_id"),
                 "code_version": tracking.client(uri).get_run(trial["run_id"]).data.params.get("code_version"),
@@ -396,19 +453,24 @@ def study_settings(preset: StudyPreset, shards: str, weights: str, cfg: str, fla
     """The sweep settings of every round (the training preset, the study's γ and lr, the detector's files)."""
     from pipeline.training.settings import resolve
 
-    return resolve(preset.training_preset, {}, {"shards": shards, "gamma": preset.gamma, "lr": preset.lr,
+    return resolve(preset.training_preset, {}, {"shards": shards, "gamma": preset.gamma, "gamma_mode": preset.gamma_mode,
+                                                  "lr": preset.lr,
                                                   "yolo_weights": weights, "yolo_cfg": cfg, **flags})
 
 
 def run_reproduce(out: Path, preset_name: str = "mini", budget_minutes: float | None = None,
                   lambdas: list[float] | None = None, seeds: list[int] | None = None, gamma: float | None = None,
-                  train_detector: bool = False, anchors: list[str] | None = None, tracking_uri: str | None = None,
-                  address: str | None = None, num_cpus: int | None = None, progress: bool = True,
-                  settings_flags: dict[str, Any] | None = None, command: str = "dvcm-pipeline reproduce",
-                  preset_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+                  gamma_mode: str | None = None, train_detector: bool = False, anchors: list[str] | None = None,
+                  tracking_uri: str | None = None, address: str | None = None, num_cpus: int | None = None,
+                  progress: bool = True, settings_flags: dict[str, Any] | None = None,
+                  command: str = "dvcm-pipeline reproduce", preset_overrides: dict[str, Any] | None = None,
+                  data: RealData | None = None, yolo_weights: str | None = None, yolo_cfg: str | None = None,
+                  plan_only: bool = False) -> dict[str, Any]:
     """Run the study (module docstring); returns {"findings", "acceptance", "report", "seconds", "plan"}.
 
-    ``preset_overrides`` replace fields of the :class:`StudyPreset` (a shrunk study: fewer clips and images)."""
+    ``preset_overrides`` replace fields of the :class:`StudyPreset` (a shrunk study: fewer clips and images).
+    ``data``, ``yolo_weights`` and ``yolo_cfg``: the user's data and detector (``--preset paper``).
+    ``plan_only``: print the plan and return before anything is written or trained."""
     import os
 
     from rich.console import Console
@@ -418,26 +480,34 @@ def run_reproduce(out: Path, preset_name: str = "mini", budget_minutes: float | 
     from pipeline.infra import tracking
     from pipeline.infra.ray_runtime import init_ray
 
-    if preset_name not in PRESETS:
-        raise UserError(f"unknown --preset {preset_name!r}; choose one of {', '.join(PRESETS)}")
-    preset = PRESETS[preset_name]
-    preset = dataclasses.replace(
-        preset, lambdas=tuple(lambdas or preset.lambdas), seeds=tuple(seeds if seeds is not None else preset.seeds),
-        gamma=preset.gamma if gamma is None else gamma,
-        budget_minutes=preset.budget_minutes if budget_minutes is None else budget_minutes, **(preset_overrides or {}))
-    if len(preset.lambdas) < 2 or len(set(preset.lambdas)) != len(preset.lambdas):
-        raise UserError("--lambdas needs two or more different values for rate curves")
-    if not preset.seeds:
-        raise UserError("--seeds needs at least one seed")
+    preset = study_preset(preset_name, budget_minutes, lambdas, seeds, gamma, gamma_mode, preset_overrides)
+    if preset.world:
+        if data is not None or yolo_weights is not None or yolo_cfg is not None:
+            raise UserError(f"--preset {preset_name} studies the synthetic world with its own detector; your data "
+                            "and --yolo-weights go with --preset paper")
+    else:
+        if data is None:
+            RealData.from_options(None, None, None, None)  # raises: which paths the preset needs
+        if train_detector:
+            raise UserError("--train-detector trains the mini detector of the synthetic world; --preset paper "
+                            "takes your detector (--yolo-weights yolov3.weights)")
+        if yolo_weights is None:
+            raise UserError("--preset paper needs --yolo-weights FILE (Darknet yolov3.weights, 80 COCO classes)")
     con = Console()
     out = Path(out).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
     uri = tracking.resolve_tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
                                         or f"sqlite:///{out / 'mlflow.db'}")
-    tracking.check_reachable(uri)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    weights, cfg = detector_stage(out, train_detector, uri, address, con)
+    if preset.world:
+        out.mkdir(parents=True, exist_ok=True)
+        tracking.check_reachable(uri)
+        weights, cfg = detector_stage(out, train_detector, uri, address, con)
+    else:
+        weights, cfg = yolo_files(yolo_weights, yolo_cfg)
+        listing = list_source("vimeo90k", data.vimeo_root, preset.frames)  # type: ignore[union-attr]
+        con.print(f"data: {len(listing.items)} Vimeo-90K frames under {data.vimeo_root}; COCO 2014 "  # type: ignore[union-attr]
+                  f"{data.coco_root} with {data.coco_annotations.name}; Kodak {data.kodak_root}", soft_wrap=True)  # type: ignore[union-attr]
     yolo = build_yolov3(weights, cfg=cfg)
     detector = detector_name(yolo.provenance)
     init_ray(address, num_cpus)
@@ -445,17 +515,18 @@ def run_reproduce(out: Path, preset_name: str = "mini", budget_minutes: float | 
 
     settings = study_settings(preset, str(out / "shards"), weights, cfg, settings_flags or {})
     concurrency = max(1, int(ray.cluster_resources().get("CPU", 1) // settings.resources.cpus_per_worker))
-    step_seconds = probe_step_seconds(preset, settings, concurrency)
-    overhead = overhead_seconds(preset, step_seconds, concurrency)
-    budget = preset.budget_minutes or 10**6
-    plan = plan_rounds(preset, preset.lambdas, preset.seeds, step_seconds, concurrency, settings.training.steps_per_epoch,
-                       budget, overhead, settings.training.val_steps)
+    plan = study_plan(preset, settings, concurrency)
     for line in describe_plan(plan, detector):
         con.print(line, soft_wrap=True, highlight=False)
     seconds["plan"] = time.perf_counter() - t0
+    if plan_only:
+        return {"plan": plan, "seconds": seconds, "out": out}
+    if not preset.world:
+        out.mkdir(parents=True, exist_ok=True)
+        tracking.check_reachable(uri)
 
     t0 = time.perf_counter()
-    sample, shards = data_stage(out, preset, weights, cfg, address, progress, con)
+    sample, shards = data_stage(out, preset, weights, cfg, address, progress, con, data)
     seconds["data"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     state = train_stage(out, plan, settings, uri, address, progress, con)
@@ -471,10 +542,44 @@ def run_reproduce(out: Path, preset_name: str = "mini", budget_minutes: float | 
     con.print((out / "findings.md").read_text(), soft_wrap=True, highlight=False, markup=False)
     con.print(f"report: {report}", soft_wrap=True)
     con.print(f"seed {plan.seeds[0]}'s checkpoints with their provenance (a zoo): {zoo}", soft_wrap=True)
-    con.print("times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items())
-              + f" (estimate was {sum(plan.seconds.values()) / 60:.0f} min at most)", soft_wrap=True)
+    estimate = f" (estimate was {sum(plan.seconds.values()) / 60:.0f} min at most)" if plan.seconds else ""
+    con.print("times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items()) + estimate, soft_wrap=True)
     return {"findings": findings, "acceptance": checks, "report": report, "seconds": seconds, "plan": plan,
             "state": state, "out": out}
+
+
+def study_preset(name: str, budget_minutes: float | None, lambdas: list[float] | None, seeds: list[int] | None,
+                 gamma: float | None, gamma_mode: str | None, overrides: dict[str, Any] | None) -> StudyPreset:
+    """The preset ``name`` with the command's choices; a bad choice is refused in one line."""
+    if name not in PRESETS:
+        raise UserError(f"unknown --preset {name!r}; choose one of {', '.join(PRESETS)}")
+    preset = PRESETS[name]
+    if budget_minutes is not None and preset.budget_minutes is None:
+        raise UserError(f"--preset {name} trains every trial to its plateau on your GPUs; --budget-minutes "
+                        "is for the mini preset, whose epoch caps come from a probe of this machine")
+    preset = dataclasses.replace(
+        preset, lambdas=tuple(lambdas or preset.lambdas), seeds=tuple(seeds if seeds is not None else preset.seeds),
+        gamma=preset.gamma if gamma is None else gamma, gamma_mode=gamma_mode or preset.gamma_mode,
+        budget_minutes=preset.budget_minutes if budget_minutes is None else budget_minutes, **(overrides or {}))
+    if len(preset.lambdas) < 2 or len(set(preset.lambdas)) != len(preset.lambdas):
+        raise UserError("--lambdas needs two or more different values for rate curves")
+    if not preset.seeds:
+        raise UserError("--seeds needs at least one seed")
+    return preset
+
+
+def study_plan(preset: StudyPreset, settings: Any, concurrency: int) -> Plan:
+    """With a budget: epoch caps from a probe of this machine (:func:`plan_rounds`); without: every round to its
+    plateau, capped by the training preset's epochs, and no estimate."""
+    t = settings.training
+    if preset.budget_minutes is None:
+        order = tuple(sorted(preset.lambdas))
+        return Plan(preset, order, preset.seeds, tuple(preset.configs), t.steps_per_epoch, (t.epochs,) * len(order),
+                    {}, concurrency)
+    step_seconds = probe_step_seconds(preset, settings, concurrency)
+    overhead = overhead_seconds(preset, step_seconds, concurrency)
+    return plan_rounds(preset, preset.lambdas, preset.seeds, step_seconds, concurrency, t.steps_per_epoch,
+                       preset.budget_minutes or 10**6, overhead, t.val_steps)
 
 
 def overhead_seconds(preset: StudyPreset, step_seconds: dict[str, float], concurrency: int) -> float:
