@@ -20,7 +20,8 @@ RATIO = r"\d+\.\d+x"
 
 @pytest.mark.parametrize(("args", "expected"), [
     (["codec", "--repeats", "1", "--N", "16", "--threads", "2"],
-     ["Codec timing", r"proposed \(64,192,2\)", r"choi2022 \(128,64,1\)", f"proposed full decode / reference decode: {RATIO}"]),
+     ["Codec timing", r"proposed \(64,192,2\)", r"choi2022 \(128,64,1\)", f"proposed full decode / reference decode: {RATIO}",
+      "Complexity at 768×512", r"proposed \(64,192,2\) +│ +\d+\.\d\dM / \d+\.\d"]),
     (["prepare", "--sequences", "1", "--shard-size", "2", "--no-memory", "--num-cpus", "2"],
      ["prepare throughput", "Ray tasks", f"speed-up Ray / plain 1-thread: {RATIO}"]),
     (["loader", "--sequences", "1", "--crop", "128", "--batch-size", "2", "--epochs", "1"],

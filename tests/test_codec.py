@@ -405,3 +405,33 @@ def test_under_autocast_the_entropy_models_run_in_float32(H: int) -> None:
         noisy_amp = model.latent_codec(y1, y2)["likelihoods"]
     for name in noisy:
         assert torch.allclose(noisy[name].log2().sum(), noisy_amp[name].log2().sum(), rtol=1e-5), name
+
+
+# -- complexity ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "H"), [("proposed", 2), ("choi2022", 1)])
+def test_complexity_counts_the_hyper_analysis_by_hand_and_splits_the_parts(yolo, name: str, H: int) -> None:
+    from dvcm.complexity import PARTS, codec_complexity, module_macs, part_modules
+
+    model = small_model(name, H, yolo)
+    h, w = 256, 384
+    macs = module_macs(model, h, w)
+    # h_a: conv(M, N, 3x3, stride 1) on the latent (1/16), then conv(N, N, 5x5, stride 2) twice
+    N, M = SMALL[name]["N"], SMALL[name]["M1"] + (0 if H == 2 else SMALL[name]["M2"])
+    latent = (h // 16) * (w // 16)
+    by_hand = latent * M * N * 9 + latent // 4 * N * N * 25 + latent // 16 * N * N * 25
+    h_a = "latent_codec.hyper1.h_a" if H == 2 else "latent_codec.hyper.h_a"
+    assert macs[h_a] == by_hand
+    parts = codec_complexity(model, h, w)
+    assert set(parts) == set(PARTS)
+    assert h_a in part_modules(model)["encoder"]
+    # a fully convolutional codec costs the same per pixel at any size (multiples of 64)
+    bigger = codec_complexity(model, 2 * h, 2 * w)
+    for part in PARTS:
+        assert bigger[part]["kmac_per_pixel"] == pytest.approx(parts[part]["kmac_per_pixel"], rel=1e-6)
+        assert parts[part]["params"] > 0
+    # the base decoder is part of the full one; every part together is at most the whole forward pass
+    assert parts["base_decoder"]["kmac_per_pixel"] < parts["full_decoder"]["kmac_per_pixel"]
+    total = sum(parts[p]["kmac_per_pixel"] for p in ("front", "encoder", "full_decoder")) * h * w * 1e3
+    assert total <= macs[""] + 1e-6

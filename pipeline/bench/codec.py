@@ -77,3 +77,22 @@ def run_codec_bench(
     for label, value, target in ratios:
         verdict = "meets" if value <= target else "MISSES"
         console.print(f"{label}: {value:.2f}x (target <= {target}x: {verdict})")
+    console.print(complexity_table(n, yolo))
+
+
+def complexity_table(n: int, yolo):  # -> rich.table.Table
+    """Parameters and kMAC per pixel of each part of the paper's two configurations (dvcm.complexity)."""
+    from rich.table import Table
+
+    from dvcm.complexity import HEIGHT, PARTS, WIDTH, codec_complexity
+    from dvcm.models import build
+
+    table = Table(title=f"Complexity at {WIDTH}×{HEIGHT} (torch FlopCounterMode): parameters / kMAC per pixel")
+    table.add_column("codec")
+    for part in PARTS:
+        table.add_column(part.replace("_", " "), justify="right")
+    for name, cfg in (("proposed", dict(M1=64, M2=192, H=2)), ("choi2022", dict(M1=128, M2=64, H=1))):
+        parts = codec_complexity(build(name, front=yolo.front, N=n, **cfg))
+        table.add_row(f"{name} ({cfg['M1']},{cfg['M2']},{cfg['H']})",
+                      *(f"{parts[p]['params'] / 1e6:.2f}M / {parts[p]['kmac_per_pixel']:.1f}" for p in PARTS))
+    return table

@@ -25,6 +25,13 @@ def _point_metrics(res: dict) -> dict[str, float]:
     return m
 
 
+def complexity_params(res: dict) -> dict[str, str]:
+    """The codec's parameters and kMAC per pixel per part as MLflow params (``complexity.encoder.kmac_per_pixel``)."""
+    parts = (res.get("complexity") or {}).get("parts") or {}
+    return {f"complexity.{part}.{k}": f"{v:.0f}" if k == "params" else f"{v:.4g}"
+            for part, values in parts.items() for k, v in values.items()}
+
+
 def log_to_mlflow(job: Job, summary: dict) -> str:
     """Metrics and results files on each trial run; plots, BD tables and all results on an evaluation run."""
     from pipeline.infra import tracking
@@ -35,6 +42,7 @@ def log_to_mlflow(job: Job, summary: dict) -> str:
         res = summary["results"][t.key]
         if t.run_id:
             tracking.log_metrics(uri, t.run_id, _point_metrics(res), step=0)
+            tracking.log_params(uri, t.run_id, complexity_params(res))
             tracking.log_artifact(uri, t.run_id, job.out / t.key / "results.json", "evaluation")
             tracking.log_artifact(uri, t.run_id, job.out / t.key / "results.csv", "evaluation")
     run = c.create_run(tracking.experiment_id(uri), run_name=f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}",

@@ -243,16 +243,20 @@ def run_anchor_chunk(codec: str, dataset: str, items: list[ImageItem], s: Settin
 
 
 def run_model_extras(checkpoint: str, items: list[ImageItem], s: Settings, K: int, fibers: int) -> dict:
-    """Redundancy Rdn(ŷ1|ŷ2), Rdn(ŷ2|ŷ1) over ``items`` and the top-8 channels by rate of the first image."""
+    """Redundancy Rdn(ŷ1|ŷ2), Rdn(ŷ2|ŷ1) over ``items``, the top-8 channels by rate of the first image, and
+    the parameters and kMAC per pixel of each part of the codec (:mod:`dvcm.complexity`)."""
     import torch
 
+    from dvcm.complexity import HEIGHT, WIDTH, codec_complexity
     from dvcm.redundancy import model_redundancy
 
     torch.set_num_threads(max(1, s.threads))
     model = _codec(checkpoint, s)
+    complexity = {"input": f"{WIDTH}x{HEIGHT}", "counter": "torch.utils.flop_counter.FlopCounterMode",
+                  "parts": codec_complexity(model)}
     images = [_to_tensor(im) for im in (_load_rgb(i.path) for i in items) if im is not None]
     if not images:
-        return {"redundancy": None, "channel_rates": None}
+        return {"redundancy": None, "channel_rates": None, "complexity": complexity}
     red = model_redundancy(model, images, K=K, num_fibers=fibers)
     red["images"] = len(images)
     with torch.no_grad():
@@ -263,4 +267,4 @@ def run_model_extras(checkpoint: str, items: list[ImageItem], s: Settings, K: in
         top = torch.argsort(bits, descending=True)[:8]
         rates[name] = [{"channel": int(c), "bits": float(bits[c]),
                         "map": out[f"{name}_hat"][0, c].tolist()} for c in top]
-    return {"redundancy": red, "channel_rates": rates}
+    return {"redundancy": red, "channel_rates": rates, "complexity": complexity}
