@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dvcm.yolo import detections_to_coco
-from pipeline.evaluation.coco import evaluate, load_coco, results_as_ground_truth
+from pipeline.evaluation.coco import evaluate, evaluate_per_class, load_coco, results_as_ground_truth
 from pipeline.infra.errors import UserError
 
 IMAGES = [{"id": 1, "file_name": "a.jpg", "width": 640, "height": 480},
@@ -104,3 +104,23 @@ def test_bad_annotation_files(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"images": []}))
     with pytest.raises(UserError, match="lacks"):
         load_coco(bad)
+
+
+def test_per_class_ap_follows_the_hand_computation(tmp_path: Path) -> None:
+    """The second case of the hand computation above: box 2 ("person") shifted 20 px is a hit at IoU 0.5 only,
+    box 3 ("car") shifted 50 px is a miss. Per class: person AP50 1, car AP50 51/101; their mean is mAP@0.5."""
+    gt = load_coco(_write_fixture(tmp_path / "ann.json"))
+    stats, per_class = evaluate_per_class(gt, _dets({2: 20.0, 3: 50.0}), [1, 2])
+    by_name = {c["name"]: c for c in per_class}
+    assert [c["category_id"] for c in per_class] == [1, 3]
+    assert by_name["person"]["ap50"] == pytest.approx(1.0)
+    assert by_name["car"]["ap50"] == pytest.approx(51 / 101, abs=1e-6)
+    assert stats["AP50"] == pytest.approx((1.0 + 51 / 101) / 2, abs=1e-6)
+    assert stats["AP"] == pytest.approx(sum(c["ap"] for c in per_class) / 2, abs=1e-6)
+    # no detections: every class with ground truth at 0; a class without any box in the images: None
+    assert [c["ap50"] for c in evaluate_per_class(gt, [], [1, 2])[1]] == [0.0, 0.0]
+    data = json.loads((tmp_path / "ann.json").read_text())
+    data["categories"].append({"id": 18, "name": "dog"})
+    (tmp_path / "dog.json").write_text(json.dumps(data))
+    _, per_class = evaluate_per_class(load_coco(tmp_path / "dog.json"), _dets({}), [1, 2])
+    assert [(c["name"], c["ap50"]) for c in per_class] == [("person", 1.0), ("car", 1.0), ("dog", None)]

@@ -109,11 +109,24 @@ def evaluate(coco_gt: COCO, results: Sequence[Mapping[str, Any]], image_ids: Seq
     With no detections at all every stat is 0. With no ground-truth box in the images
     pycocotools reports -1, which is returned as is.
     """
+    return evaluate_per_class(coco_gt, results, image_ids)[0]
+
+
+def evaluate_per_class(coco_gt: COCO, results: Sequence[Mapping[str, Any]],
+                       image_ids: Sequence[int]) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """:func:`evaluate`'s stats, and per category ``{"category_id", "name", "ap50", "ap"}`` from COCOeval's
+    precision array (area all, 100 detections; ``ap`` over IoU .50:.95). A category with no ground-truth
+    box in the images has ``None``; with no detections at all every AP is 0."""
     ids = sorted({int(i) for i in image_ids})
     if not ids:
         raise UserError("no images to evaluate; check --image-list and the annotations")
+    cats = sorted(coco_gt.getCatIds())
+    names = {c["id"]: c["name"] for c in coco_gt.loadCats(cats)}
+    with_gt = {a["category_id"] for a in coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=ids))}
     if not results:
-        return {k: 0.0 for k in STAT_NAMES}
+        return ({k: 0.0 for k in STAT_NAMES},
+                [{"category_id": c, "name": names[c], "ap50": 0.0 if c in with_gt else None,
+                  "ap": 0.0 if c in with_gt else None} for c in cats])
     with _quiet_pycocotools():
         coco_dt = coco_gt.loadRes([dict(r) for r in results])
         ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
@@ -121,4 +134,12 @@ def evaluate(coco_gt: COCO, results: Sequence[Mapping[str, Any]], image_ids: Seq
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return {k: float(v) for k, v in zip(STAT_NAMES, ev.stats)}
+    precision = ev.eval["precision"]  # [IoU thresholds, recall points, categories, areas, max detections]
+
+    def mean_ap(p: Any) -> float | None:
+        valid = p[p > -1]
+        return float(valid.mean()) if valid.size else None
+
+    per_class = [{"category_id": c, "name": names[c], "ap50": mean_ap(precision[0, :, k, 0, -1]),
+                  "ap": mean_ap(precision[:, :, k, 0, -1])} for k, c in enumerate(ev.params.catIds)]
+    return {k: float(v) for k, v in zip(STAT_NAMES, ev.stats)}, per_class

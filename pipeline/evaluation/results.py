@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import math
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,20 +23,29 @@ def _mean(values: Sequence[float | None]) -> float:
     return float(sum(vals) / len(vals)) if vals else float("nan")
 
 
+def _median_ms(seconds: Sequence[float | None]) -> float:
+    vals = [v for v in seconds if isinstance(v, (int, float)) and math.isfinite(v)]
+    return float(statistics.median(vals) * 1e3) if vals else float("nan")
+
+
 def summarize(dataset: str, codec: str, label: str, rows: list[dict], dets: list[dict] | None,
               coco_ref: Any, image_ids: list[int], param: Any = None) -> dict:
     """One operating point from per-image rows (and, for COCO, its detections)."""
     mine = [r for r in rows if r["dataset"] == dataset and r["codec"] == codec and r["param"] == param]
     point: dict[str, Any] = {"codec": codec, "label": label, "param": param, "images": len(mine),
                              "bpp": _mean([r["bpp"] for r in mine]), "bpp_base": _mean([r["bpp_base"] for r in mine])}
+    if codec == "model":  # median coding time per image, in milliseconds (encode: V_front and the encoder)
+        point["encode_ms"] = _median_ms([r.get("t_encode") for r in mine])
+        point["decode_ms"] = _median_ms([r.get("t_decode") for r in mine])
     pixels = [(COCO_SIZE * COCO_SIZE if dataset == "coco" else r["width"] * r["height"]) for r in mine]
     point["container_bpp"] = _mean([(r["bytes_container"] or 0) * 8 / px for r, px in zip(mine, pixels)])
     if dataset == "coco":
-        from pipeline.evaluation.coco import evaluate as coco_evaluate
+        from pipeline.evaluation.coco import evaluate_per_class as coco_evaluate_per_class
 
         point["bytes_header"] = _mean([r["bytes_header"] for r in mine])
-        stats = coco_evaluate(coco_ref, dets or [], image_ids)
+        stats, per_class = coco_evaluate_per_class(coco_ref, dets or [], image_ids)
         point["coco_stats"] = stats
+        point["per_class_ap"] = per_class
         point["map50"] = stats["AP50"]
         point["s_psnr"] = _mean([r.get("s_psnr") for r in mine])
         point["s_snr"] = _mean([r.get("s_snr") for r in mine])
