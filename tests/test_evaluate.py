@@ -106,6 +106,12 @@ def test_end_to_end_into_mlflow(sample, tiny_ckpt: Path, tmp_path: Path, ray_loc
     assert all(math.isfinite(r["s_psnr"]) for r in coco_rows)
     assert coco_pt["s_psnr"] == pytest.approx(sum(r["s_psnr"] for r in coco_rows) / 2)
     assert 0 < kodak_pt["psnr"] < 100 and 0 < kodak_pt["ms_ssim"] <= 1
+    # the field's extras: per-class AP, complexity per part, median coding times
+    assert [c["category_id"] for c in coco_pt["per_class_ap"]] == sorted(c["id"] for c in gt_categories(sample))
+    assert kodak_pt["encode_ms"] > 0 and kodak_pt["decode_ms"] > 0 and coco_pt["decode_ms"] > 0
+    parts = results["complexity"]["parts"]
+    assert set(parts) == {"front", "encoder", "base_decoder", "full_decoder"} and results["complexity"]["input"] == "768x512"
+    assert c.get_run(rid).data.params["complexity.encoder.params"] == f"{parts['encoder']['params']:.0f}"
     assert (out / rid / "results.csv").read_text().count("\n") == len(rows) + 1
     anchors = json.loads((out / "anchors" / "results.json").read_text())
     unc = [p for p in anchors["datasets"]["coco"]["points"] if p["codec"] == "uncompressed"]
@@ -141,6 +147,10 @@ def test_end_to_end_into_mlflow(sample, tiny_ckpt: Path, tmp_path: Path, ray_loc
     again = run_job(job, progress=False)
     assert again["computed"] == [] and again["extras_computed"] == []
     assert json.loads((out / rid / "results.json").read_text())["per_image"] == rows
+
+
+def gt_categories(sample) -> list[dict]:
+    return json.loads(Path(sample.coco_annotations).read_text())["categories"]
 
 
 def test_feature_psnr_formula() -> None:

@@ -91,3 +91,68 @@ def test_every_plot_lists_the_models_in_the_same_order_whatever_the_order_of_the
     for order in (results, results[::-1]):
         labels = [c.label for c in curves(order, "coco_map50")]
         assert labels == ["choi2022 (128,64,1)", "proposed (64,192,2)", "JPEG (Pillow)"]
+
+
+def test_the_report_opens_on_plots_and_summaries_and_folds_the_long_tables(tmp_path: Path) -> None:
+    out = _results(tmp_path)
+    # the field's extras on one model: per-class AP and complexity
+    res = json.loads((out / "r2" / "results.json").read_text())
+    res["datasets"]["coco"]["points"][0]["per_class_ap"] = [{"category_id": 1, "name": "person", "ap50": 0.61, "ap": 0.3},
+                                                            {"category_id": 3, "name": "car", "ap50": None, "ap": None}]
+    res["complexity"] = {"input": "768x512", "parts": {p: {"params": 1000.0 * (i + 1), "kmac_per_pixel": 1.5 * (i + 1)}
+                                                       for i, p in enumerate(("front", "encoder", "base_decoder", "full_decoder"))}}
+    res["datasets"]["kodak"]["points"][0].update(encode_ms=12.5, decode_ms=7.25)
+    (out / "r2" / "results.json").write_text(json.dumps(res))
+    page = build_report(out)
+    order = ["<h2>Plots</h2>", "<h2>BD-rate summary</h2>", "AP@0.5 per class", "<h2>Complexity</h2>",
+             "<summary>Operating points (11)</summary>", "<summary>Every BD-rate pair (1 rows)</summary>"]
+    assert [page.index(s) for s in order] == sorted(page.index(s) for s in order)
+    assert "<th class=\"\">person</th><th class=\"\">car</th>" in page and ">0.610</span>" in page
+    assert "2.0k / 3.00" in page and ">12.5<" in page and ">7.2<" in page  # encoder params / kMAC; median ms
+    # the summary: proposed against its baseline (the legacy table's figure counts as the strict one)
+    assert re.search(r"proposed \(64,192,2\)</td><td class=\"l\">choi2022 \(128,64,1\) \(baseline\)</td>"
+                     r"<td class=\"l\">pchip</td><td class=\"\">-23.50", page)
+
+
+def test_curves_in_compressai_format_go_out_and_come_back_in(tmp_path: Path) -> None:
+    from pipeline.evaluation.curves import export_curves, load_curves
+
+    out = _results(tmp_path)
+    results = [json.loads(p.read_text()) for p in sorted(out.glob("*/results.json"))]
+    files = {p.name: json.loads(p.read_text()) for p in export_curves(results, tmp_path / "curves")}
+    assert sorted(files) == ["choi2022-128-64-1-base.json", "choi2022-128-64-1.json",
+                             "proposed-64-192-2-base.json", "proposed-64-192-2.json"]
+    kodak = files["proposed-64-192-2.json"]
+    assert kodak["name"] == "proposed (64,192,2)" and kodak["results"]["bpp"] == pytest.approx([0.15, 0.27])
+    assert kodak["results"]["psnr-rgb"] == [29.0, 31.0] and kodak["results"]["lambda"] == [0.0018, 0.0067]
+    assert files["proposed-64-192-2-base.json"]["results"]["map50"] == [0.40, 0.48]
+    # a user's curve: CompressAI's older keys ("psnr") read as well
+    user = tmp_path / "user.json"
+    user.write_text(json.dumps({"name": "bmshj2018-hyperprior", "results": {
+        "bpp": [0.2, 0.1, 0.4, 0.8], "psnr": [30.0, 28.0, 32.5, 35.0]}}))
+    (curve,) = load_curves([user])["kodak_psnr"]
+    assert curve.rates == (0.1, 0.2, 0.4, 0.8) and curve.quality == (28.0, 30.0, 32.5, 35.0)
+    res = CliRunner().invoke(app, ["report", "--eval-dir", str(out), "--out", str(tmp_path / "r.html"), "--curves", str(user)])
+    assert res.exit_code == 0, res.output
+    page = (tmp_path / "r.html").read_text()
+    assert "Overlaid curves (dotted): bmshj2018-hyperprior (user.json)" in page
+    assert re.search(r"kodak_psnr</td><td class=\"l\">pchip</td><td class=\"l\">bmshj2018-hyperprior</td>"
+                     r"<td class=\"l\">proposed \(64,192,2\)</td>", page)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("[1, 2]", "expected a JSON object with 'results'"),
+    ('{"results": {"psnr-rgb": [1, 2, 3, 4]}}', "no 'bpp' list under 'results'"),
+    ('{"results": {"bpp": [], "psnr-rgb": []}}', "the curve 'c' is empty"),
+    ('{"results": {"bpp": [0.1, 0.2, 0.3], "psnr-rgb": [30, 31, 32]}}', "the curve 'c' has 3 points; a BD-rate needs at least 4"),
+    ('{"results": {"bpp": [0.1, 0.2, 0.3, 0.4], "psnr-rgb": [30, 31]}}', "'psnr-rgb' must be a list as long as 'bpp' (4 points)"),
+    ('{"results": {"bpp": [0.1, 0.2, 0.3, 0.4], "lpips": [1, 2, 3, 4]}}', "no quality list next to 'bpp'"),
+    ("{not json", "not a JSON file"),
+])
+def test_a_bad_curves_file_is_one_line(tmp_path: Path, content: str, message: str) -> None:
+    out = _results(tmp_path)
+    bad = tmp_path / "c.json"
+    bad.write_text(content)
+    res = CliRunner().invoke(app, ["report", "--eval-dir", str(out), "--curves", str(bad)])
+    assert res.exit_code != 0 and isinstance(res.exception, UserError) and message in str(res.exception), res.output
+    assert "\n" not in str(res.exception)

@@ -259,7 +259,8 @@ def plan(job: Job) -> Plan:
             settings = _anchor_settings(job, d, anchor_codecs) if key == "anchors" else _dataset_settings(job, d)
             if res["datasets"].get(d, {}).get("settings_digest") != _digest(settings):
                 todo.append((key, d))
-    extras_todo = [t for t in job.targets if results[t.key].get("redundancy") is None]
+    extras_todo = [t for t in job.targets
+                   if results[t.key].get("redundancy") is None or results[t.key].get("complexity") is None]
     return Plan(datasets, results, todo, extras_todo, anchor_codecs, notices)
 
 
@@ -379,6 +380,7 @@ def publish(job: Job, p: Plan) -> dict[str, Any]:
     """BD tables, plots, and (with a tracking URI) MLflow; returns the job's summary."""
     from pipeline.evaluation import plots
     from pipeline.evaluation.bdrate import bd_table, write_table
+    from pipeline.evaluation.curves import export_curves
 
     results = list(p.results.values())
     bd_rows: list[dict] = []
@@ -387,6 +389,7 @@ def publish(job: Job, p: Plan) -> dict[str, Any]:
         refs = [c.label for c in curves if c.meta.get("kind") == "anchor" or c.label.startswith(job.bd_reference)]
         bd_rows += bd_table(curves, refs, metric)
     write_table(bd_rows, job.out)
+    export_curves(results, job.out / "curves")
     plot_paths = plots.plot_all(results, job.out / "plots", histories=_histories(job))
     summary = {"results": p.results, "notices": p.notices, "out": job.out, "bd_rows": bd_rows, "plots": plot_paths,
                "computed": p.todo, "extras_computed": [t.key for t in p.extras_todo]}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,12 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
+def model_curve_label(res: dict) -> str:
+    """The label of a model's curve across λ: ``proposed (11,32,2)``."""
+    cfg = res.get("config", {})
+    return f"{res.get('model')} ({cfg.get('M1')},{cfg.get('M2')},{cfg.get('H')})"
+
+
 def curves(results: list[dict], metric: str) -> list[Curve]:
     """Rate–quality curves for ``metric``: one per (model, configuration) across λ, one per anchor codec."""
     dataset, xkey, ykey, _, _ = METRICS[metric]
@@ -71,8 +78,7 @@ def curves(results: list[dict], metric: str) -> list[Curve]:
             if p["codec"] == "uncompressed" or not (_finite(p.get(xkey)) and _finite(p.get(ykey))):
                 continue
             if res["kind"] == "model":
-                cfg = res.get("config", {})
-                label = f"{res.get('model')} ({cfg.get('M1')},{cfg.get('M2')},{cfg.get('H')})"
+                label = model_curve_label(res)
                 lam = res.get("lmbda")
                 point = f"λ={lam:g}" if _finite(lam) else res["key"][:8]
                 kinds[label] = "model"
@@ -103,16 +109,16 @@ def _detector(results: list[dict]) -> str:
     return next((r.get("detector") for r in results if r.get("detector")), "YOLOv3")
 
 
-def plot_metric(results: list[dict], metric: str, path: Path) -> Path | None:
-    """One rate–quality figure; None when there is nothing to draw."""
-    cs = curves(results, metric)
+def plot_metric(results: list[dict], metric: str, path: Path, extra: Sequence[Curve] = ()) -> Path | None:
+    """One rate–quality figure, with ``extra`` curves (``report --curves``) dotted; None when there is nothing to draw."""
+    cs = curves(results, metric) + list(extra)
     dataset, _, _, xlabel, ylabel = METRICS[metric]
     unc = _uncompressed(results) if metric == "coco_map50" else None
     if not cs and unc is None:
         return None
     fig, ax = plt.subplots(figsize=(7, 5))
     for c in cs:
-        style = "o-" if c.meta["kind"] == "model" else "s--"
+        style = {"model": "o-", "external": "^:"}.get(c.meta["kind"], "s--")
         ax.plot(c.rates, c.quality, style, label=c.label, markersize=5)
         if c.meta["kind"] == "model":
             for x, y, n in zip(c.rates, c.quality, c.meta["points"]):
@@ -174,15 +180,17 @@ def plot_channels(res: dict, path: Path) -> Path | None:
     return path
 
 
-def plot_all(results: list[dict], folder: Path, histories: dict | None = None) -> list[Path]:
-    """Every figure for these results into ``folder``; returns the files written."""
+PLOT_FILES = {"coco_map50": "rate_accuracy.png", "coco_s_psnr": "feature_psnr_bpp.png",
+              "coco_s_snr": "feature_snr_bpp.png", "kodak_psnr": "psnr_bpp.png", "kodak_ms_ssim": "msssim_bpp.png"}
+
+
+def plot_all(results: list[dict], folder: Path, histories: dict | None = None,
+             extra: dict[str, list[Curve]] | None = None) -> list[Path]:
+    """Every figure for these results into ``folder`` (with ``extra`` curves per metric); returns the files written."""
     folder.mkdir(parents=True, exist_ok=True)
+    extra = extra or {}
     paths = [
-        plot_metric(results, "coco_map50", folder / "rate_accuracy.png"),
-        plot_metric(results, "coco_s_psnr", folder / "feature_psnr_bpp.png"),
-        plot_metric(results, "coco_s_snr", folder / "feature_snr_bpp.png"),
-        plot_metric(results, "kodak_psnr", folder / "psnr_bpp.png"),
-        plot_metric(results, "kodak_ms_ssim", folder / "msssim_bpp.png"),
+        *(plot_metric(results, metric, folder / name, extra.get(metric, ())) for metric, name in PLOT_FILES.items()),
         plot_redundancy(results, histories or {}, folder / "redundancy.png"),
     ]
     for res in results:

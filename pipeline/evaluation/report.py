@@ -7,10 +7,13 @@ each operating point, so it can be mailed or opened offline (no external resourc
 from __future__ import annotations
 
 import base64
+import dataclasses
 import csv
 import html
 import json
 import math
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +78,9 @@ def findings_section(findings: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def build_report(eval_dir: Path, findings: dict[str, Any] | None = None) -> str:
-    """The HTML text for the results under ``eval_dir``; with ``findings`` (a study's ``findings.json``) they come first."""
+def build_report(eval_dir: Path, findings: dict[str, Any] | None = None, curve_files: list[Path] | None = None) -> str:
+    """The HTML text for the results under ``eval_dir``; with ``findings`` (a study's ``findings.json``) they come
+    first; ``curve_files`` (CompressAI-style JSON curves) are overlaid on the plots and added to the BD tables."""
     if not eval_dir.is_dir():
         raise UserError(f"{eval_dir} is not a folder; pass the --out folder of 'dvcm-pipeline evaluate'")
     results = []
@@ -101,14 +105,30 @@ def build_report(eval_dir: Path, findings: dict[str, Any] | None = None) -> str:
     if notices:
         parts.append("<ul class='note'>" + "".join(f"<li>{html.escape(n)}</li>" for n in notices) + "</ul>")
 
-    parts += plots_section(eval_dir)
     bd_rows: list[dict[str, str]] = []
     bd = eval_dir / "bd_table.csv"
     if bd.is_file():
         with open(bd, newline="") as f:
             bd_rows = list(csv.DictReader(f))
+    if curve_files:
+        extra, bd_rows = with_curves(results, bd_rows, curve_files)
+        parts.append("<p>Overlaid curves (dotted): " + ", ".join(
+            f"{html.escape(c.label)} ({html.escape(Path(c.meta['file']).name)})"
+            for c in {c.label: c for cs in extra.values() for c in cs}.values()) + "</p>")
+        with tempfile.TemporaryDirectory() as tmp:  # the evaluation's plots, the rate curves redrawn with the files'
+            from pipeline.evaluation.plots import PLOT_FILES, plot_metric
+
+            if (eval_dir / "plots").is_dir():
+                shutil.copytree(eval_dir / "plots", tmp, dirs_exist_ok=True)
+            for metric, name in PLOT_FILES.items():
+                plot_metric(results, metric, Path(tmp) / name, extra.get(metric, ()))
+            parts += plots_section(Path(tmp), plots_dir=Path(tmp))
+    else:
+        parts += plots_section(eval_dir)
     models = sorted({_curve_label(r) for r in results if r.get("kind") == "model"})
     parts += bd_summary_section(bd_rows, models)
+    parts += per_class_section(results)
+    parts += complexity_section(results)
     red_rows = [[html.escape(r["label"]), _fmt(r["redundancy"].get("rdn_y1_given_y2")),
                  _fmt(r["redundancy"].get("rdn_y2_given_y1")), str(r["redundancy"].get("K")),
                  str(r["redundancy"].get("fibers"))] for r in results if r.get("redundancy")]
@@ -148,8 +168,10 @@ PLOT_ORDER = ["rate_accuracy", "psnr_bpp", "msssim_bpp", "redundancy"]
 
 
 def _curve_label(result: dict[str, Any]) -> str:
-    """A model's curve label in the BD table: its label less the rate point (``proposed (11,32,2)``)."""
-    return str(result.get("label", "")).split(" λ=")[0]
+    """A model's curve label in the BD table (``proposed (11,32,2)``)."""
+    from pipeline.evaluation.plots import model_curve_label
+
+    return model_curve_label(result)
 
 
 def _fold(summary: str, body: str) -> str:
@@ -157,9 +179,33 @@ def _fold(summary: str, body: str) -> str:
     return f"<details><summary>{html.escape(summary)}</summary>{body}</details>"
 
 
-def plots_section(eval_dir: Path) -> list[str]:
-    """The plots, rate–accuracy and RD first, inlined; the per-model channel maps folded after them."""
-    pngs = sorted((eval_dir / "plots").glob("*.png"),
+def with_curves(results: list[dict[str, Any]], bd_rows: list[dict[str, str]],
+                curve_files: list[Path]) -> tuple[dict[str, list[Any]], list[dict[str, Any]]]:
+    """The files' curves by metric, and the BD rows with them: each file's curve as a reference for every
+    curve of ours, and as a test against every reference of the table."""
+    from pipeline.evaluation.bdrate import bd_table
+    from pipeline.evaluation.curves import load_curves
+    from pipeline.evaluation.plots import curves
+
+    extra = load_curves(curve_files)
+    rows: list[dict[str, Any]] = list(bd_rows)
+    for metric, external in list(extra.items()):
+        ours = curves(results, metric)
+        taken = {c.label for c in ours}
+        external = extra[metric] = [c if c.label not in taken else  # a file of our own curve: keep both apart
+                                    dataclasses.replace(c, label=f"{c.label} ({Path(c.meta['file']).name})")
+                                    for c in external]
+        references = sorted({r["reference"] for r in bd_rows if r["metric"] == metric})
+        for c in external:
+            rows += bd_table([c, *ours], [c.label], metric)  # the file's curve as the reference
+            rows += [r for r in bd_table([*ours, c], references, metric) if r["test"] == c.label]
+    return extra, rows
+
+
+def plots_section(eval_dir: Path, plots_dir: Path | None = None) -> list[str]:
+    """The plots (of ``eval_dir/plots`` or ``plots_dir``), rate–accuracy and RD first, inlined; the per-model
+    channel maps folded after them."""
+    pngs = sorted((plots_dir or eval_dir / "plots").glob("*.png"),
                   key=lambda p: (PLOT_ORDER.index(p.stem) if p.stem in PLOT_ORDER else 9, p.stem))
 
     def img(png: Path) -> str:
@@ -175,8 +221,9 @@ def plots_section(eval_dir: Path) -> list[str]:
 
 
 def bd_summary_section(bd_rows: list[dict[str, str]], models: list[str]) -> list[str]:
-    """Per metric, each learned model against the baseline model and against the strongest anchor (the one
-    it saves least against): the strict figure where defined, else the fitted one, with its method."""
+    """Per metric, each learned model against the baseline model and against the strongest other codec (an
+    anchor or an overlaid curve: the one it saves least against): the strict figure where defined, else the
+    fitted one, with its method."""
     from pipeline.evaluation.bdrate import pick_row
 
     def finite(v: Any) -> bool:
@@ -202,7 +249,7 @@ def bd_summary_section(bd_rows: list[dict[str, str]], models: list[str]) -> list
                        if ref not in models and row is not None and finite(row["bd_rate_percent"])}
             if anchors:
                 ref = max(anchors, key=lambda k: float(anchors[k]["bd_rate_percent"]))
-                out.append((metric, model, ref, "strongest anchor", anchors[ref]))
+                out.append((metric, model, ref, "strongest other codec", anchors[ref]))
     if not out:
         return []
     rows = [[html.escape(m), html.escape(t), html.escape(f"{ref} ({role})"), html.escape((b or {}).get("method") or "pchip"),
@@ -212,8 +259,69 @@ def bd_summary_section(bd_rows: list[dict[str, str]], models: list[str]) -> list
             _table(["metric", "model", "against", "method", "BD-rate %", "BD-quality", "note"], rows, left=4)]
 
 
-def write_report(eval_dir: Path, out: Path | None = None, findings: dict[str, Any] | None = None) -> Path:
+def _coco_points(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [p for r in results for p in r.get("datasets", {}).get("coco", {}).get("points", [])]
+
+
+def per_class_section(results: list[dict[str, Any]]) -> list[str]:
+    """AP@0.5 per class (COCOeval's precision array) of every COCO operating point, shaded as a heatmap:
+    which classes the base layer loses first. Learned codecs open; the anchors' points fold."""
+    points = [p for p in _coco_points(results) if p.get("per_class_ap")]
+    if not points:
+        return []
+    names = [c["name"] for c in points[0]["per_class_ap"]]
+
+    def cell(v: Any) -> str:
+        if v is None:
+            return "–"
+        shade = int(255 - 120 * max(0.0, min(1.0, float(v))))
+        return f"<span style='display:block;background:rgb({shade},{255},{shade})'>{float(v):.3f}</span>"
+
+    def table(pts: list[dict[str, Any]]) -> str:
+        rows = [[html.escape(p["label"]), _fmt(p.get("bpp_base", p.get("bpp")), 4), _fmt(p.get("map50")),
+                 *(cell(c["ap50"]) for c in p["per_class_ap"])] for p in pts]
+        return _table(["codec", "bpp (base)", "mAP@0.5", *names], rows)
+
+    learned = sorted((p for p in points if p.get("codec") == "model"), key=lambda p: p["label"])
+    others = sorted((p for p in points if p.get("codec") != "model"), key=lambda p: p["label"])
+    out = ["<h2>AP@0.5 per class (COCO path)</h2>"]
+    if learned:
+        out.append(table(learned))
+    if others:
+        out.append(_fold(f"Anchors and uncompressed, per class ({len(others)} points)", table(others)))
+    return out
+
+
+COMPLEXITY_PARTS = (("front", "V_front"), ("encoder", "encoder"), ("base_decoder", "base decoder"),
+                    ("full_decoder", "full decoder"))
+
+
+def complexity_section(results: list[dict[str, Any]]) -> list[str]:
+    """Parameters and kMAC per pixel of each part (counted by torch's FlopCounterMode at 768×512), with the
+    median encode and decode time per image, one row per model configuration."""
+    rows, seen = [], set()
+    for r in sorted(results, key=lambda r: r.get("label", "")):
+        cx = (r.get("complexity") or {}).get("parts")
+        if r.get("kind") != "model" or not cx or _curve_label(r) in seen:
+            continue
+        seen.add(_curve_label(r))
+        kodak = next(iter(r.get("datasets", {}).get("kodak", {}).get("points", [])), {})
+        rows.append([html.escape(_curve_label(r)),
+                     *(f"{cx[k]['params'] / 1e3:.1f}k / {cx[k]['kmac_per_pixel']:.2f}" for k, _ in COMPLEXITY_PARTS),
+                     _fmt(kodak.get("encode_ms"), 1), _fmt(kodak.get("decode_ms"), 1)])
+    if not rows:
+        return []
+    return ["<h2>Complexity</h2>",
+            "<p>Parameters / kMAC per pixel, counted by torch.utils.flop_counter.FlopCounterMode on one 768×512 "
+            "image. Encoder: the analysis transforms and every h_a; base decoder: the base layer's h_s and g_s1 "
+            "(ŝ); full decoder: every h_s, g_s1 and g_s2. Times: median per Kodak-like image, this machine, "
+            "entropy coding included (encode: V_front, the encoder and rANS).</p>",
+            _table(["model", *(label for _, label in COMPLEXITY_PARTS), "encode ms", "decode ms"], rows)]
+
+
+def write_report(eval_dir: Path, out: Path | None = None, findings: dict[str, Any] | None = None,
+                 curve_files: list[Path] | None = None) -> Path:
     """Write the report of ``eval_dir`` to ``out`` (default ``<eval_dir>/report.html``) atomically; returns its path."""
     target = out or eval_dir / "report.html"
-    atomic_write_text(target, build_report(eval_dir, findings))
+    atomic_write_text(target, build_report(eval_dir, findings, curve_files))
     return target

@@ -1,0 +1,122 @@
+"""Rate–quality curves in CompressAI's convention, written for others and read from others.
+
+CompressAI's ``eval_model`` writes, and its ``plot`` and ``results/image/kodak/*.json`` read, one JSON
+object per codec: ``{"name", "description", "results": {"bpp": [...], "psnr-rgb": [...],
+"ms-ssim-rgb": [...], ...}}``, one list entry per rate point. ``dvcm-pipeline evaluate`` writes one
+such file per model (``curves/<model>.json``: both layers on the Kodak-like images) and one for its base
+layer (``curves/<model>-base.json``: ``bpp`` of the base layer and ``map50``, ``s_snr``, ``s_psnr`` on
+COCO). ``dvcm-pipeline report --curves FILE.json ...`` overlays any such file, ours or a user's
+(CompressAI's published curves, a paper's points), on the plots and in the BD table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from pipeline.evaluation.bdrate import Curve
+from pipeline.evaluation.plots import curves, model_curve_label
+from pipeline.infra.atomic import atomic_write_json
+from pipeline.infra.errors import UserError
+
+# Our metric -> the keys a CompressAI-style file may use for it (the first is what we write).
+FILE_KEYS: dict[str, tuple[str, ...]] = {
+    "kodak_psnr": ("psnr-rgb", "psnr"),
+    "kodak_ms_ssim": ("ms-ssim-rgb", "ms-ssim"),
+    "coco_map50": ("map50",),
+    "coco_s_snr": ("s_snr",),
+    "coco_s_psnr": ("s_psnr",),
+}
+BD_MIN_POINTS = 4  # a Bjøntegaard figure on fewer points is an extrapolation of a guess
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-").lower()
+
+
+def export_curves(results: list[dict[str, Any]], folder: Path) -> list[Path]:
+    """One CompressAI-style JSON file per model (Kodak, both layers) and one per model's base layer (COCO)."""
+    written = []
+    detector = next((r.get("detector") for r in results if r.get("detector")), "YOLOv3")
+    for dataset, suffix, metrics, what in (
+            ("kodak", "", ("kodak_psnr", "kodak_ms_ssim"), "both layers, Kodak-like images"),
+            ("coco", "-base", ("coco_map50", "coco_s_snr", "coco_s_psnr"), f"base layer, COCO, {detector}")):
+        by_label: dict[str, dict[str, Any]] = {}
+        for metric in metrics:
+            for c in curves(results, metric):
+                if c.meta.get("kind") != "model":
+                    continue
+                entry = by_label.setdefault(c.label, {"bpp": list(c.rates), "lambda": [
+                    float(p[2:]) if p.startswith("λ=") else None for p in c.meta["points"]]})
+                if list(c.rates) == entry["bpp"]:
+                    entry[FILE_KEYS[metric][0]] = list(c.quality)
+        for label, values in by_label.items():
+            if dataset == "kodak":
+                values.update(_times(results, label))
+            path = folder / f"{_slug(label)}{suffix}.json"
+            atomic_write_json(path, {"name": label + (" base layer" if suffix else ""),
+                                     "description": f"dvcm-pipeline evaluate: {what}; bpp from real bitstreams",
+                                     "results": values})
+            written.append(path)
+    return written
+
+
+def _times(results: list[dict[str, Any]], label: str) -> dict[str, list[float]]:
+    """Median encode and decode seconds per image at each rate point of ``label`` (CompressAI's keys)."""
+    points = []
+    for r in results:
+        if r.get("kind") == "model" and model_curve_label(r) == label:
+            for p in r.get("datasets", {}).get("kodak", {}).get("points", []):
+                points.append((p.get("bpp"), p.get("encode_ms"), p.get("decode_ms")))
+    points.sort(key=lambda t: t[0] if isinstance(t[0], (int, float)) else math.inf)
+    if not points or any(not isinstance(v, (int, float)) for _, e, d in points for v in (e, d)):
+        return {}
+    return {"encoding_time": [e / 1e3 for _, e, _ in points], "decoding_time": [d / 1e3 for _, _, d in points]}
+
+
+def load_curves(paths: list[Path]) -> dict[str, list[Curve]]:
+    """The curves of each file by our metric; anything malformed is refused in one line naming the file."""
+    out: dict[str, list[Curve]] = {}
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise UserError(f"--curves {path}: no such file") from None
+        except (OSError, ValueError) as e:
+            raise UserError(f"--curves {path}: not a JSON file ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise UserError(f"--curves {path}: expected a JSON object with 'results' (CompressAI's eval_model format)")
+        values = data.get("results", data)
+        name = str(data.get("name") or Path(path).stem)
+        if not isinstance(values, dict) or not isinstance(values.get("bpp"), list):
+            raise UserError(f"--curves {path}: no 'bpp' list under 'results' (CompressAI's eval_model format: "
+                            "{\"name\", \"results\": {\"bpp\": [...], \"psnr-rgb\": [...]}})")
+        bpp = values["bpp"]
+        found = False
+        for metric, keys in FILE_KEYS.items():
+            key = next((k for k in keys if k in values), None)
+            if key is None:
+                continue
+            found = True
+            quality = values[key]
+            if not isinstance(quality, list) or len(quality) != len(bpp):
+                raise UserError(f"--curves {path}: '{key}' must be a list as long as 'bpp' ({len(bpp)} points)")
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in [*bpp, *quality]):
+                raise UserError(f"--curves {path}: 'bpp' and '{key}' must hold finite numbers only")
+            if not bpp:
+                raise UserError(f"--curves {path}: the curve {name!r} is empty")
+            if len(bpp) < BD_MIN_POINTS:
+                raise UserError(f"--curves {path}: the curve {name!r} has {len(bpp)} points; a BD-rate needs at "
+                                f"least {BD_MIN_POINTS}")
+            points = sorted(zip(bpp, quality))
+            out.setdefault(metric, []).append(Curve(name, tuple(float(r) for r, _ in points),
+                                                    tuple(float(q) for _, q in points),
+                                                    meta={"kind": "external", "points": [""] * len(points),
+                                                          "file": str(path)}))
+        if not found:
+            known = ", ".join(k for keys in FILE_KEYS.values() for k in keys)
+            raise UserError(f"--curves {path}: no quality list next to 'bpp'; give one of {known}")
+    return out
