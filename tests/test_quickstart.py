@@ -76,11 +76,16 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
         assert high_bpp > low_bpp and high_psnr > low_psnr + 1.0, (model, points)
     bd = (eval_dir / "bd_table.csv").read_text()
     assert "coco_map50" in bd and "choi2022 (21,11,1)" in bd and "proposed (11,32,2)" in bd
-    (row,) = [r for r in csv.DictReader(bd.splitlines()) if r["metric"] == "coco_s_snr"
-              and r["reference"] == "choi2022 (21,11,1)" and r["test"] == "proposed (11,32,2)"]
+    pair = [r for r in csv.DictReader(bd.splitlines()) if r["metric"] == "coco_s_snr"
+            and r["reference"] == "choi2022 (21,11,1)" and r["test"] == "proposed (11,32,2)"]
+    assert [r["method"] for r in pair] == ["pchip", "pchip-isotonic"]
+    strict, fitted = (float(r["bd_rate_percent"]) if r["bd_rate_percent"] else math.nan for r in pair)
+    row = pair[0] if math.isfinite(strict) or not math.isfinite(fitted) else pair[1]  # what the summary shows
     value = float(row["bd_rate_percent"]) if row["bd_rate_percent"] else math.nan
     if math.isfinite(value):
         assert m.group(1) == f"{value:+.2f} %"
+        method = "pchip, strict" if row is pair[0] else "pchip-isotonic: on monotone fits of both curves"
+        assert flat[m.end(1):].startswith(f" ({method}"), flat[m.start(1):m.start(1) + 300]
     else:  # the table's reason, after the sentence saying which model dominates when one does
         printed = m.group(2)
         if "dominates" in printed:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -71,3 +72,23 @@ def test_model_redundancy_keys_and_mode() -> None:
     assert model.training  # mode restored
     assert set(r) >= {"rdn_y1_given_y2", "rdn_y2_given_y1"}
     assert r["rdn_y1_given_y2"] > 0.5 and r["rdn_y2_given_y1"] > 0.5
+
+
+def test_the_interval_brackets_the_estimate_and_flags_impossible_values(latents) -> None:
+    from dvcm.redundancy import bootstrap_interval
+
+    own = redundancy(latents["y_j"], latents["y_j"], K=8, steps=150)
+    low, high = own["ci95"]
+    assert low <= own["rdn"] <= high and high - low < 0.05 and not own["impossible"]
+    indep = redundancy(latents["indep"], latents["y_j"], K=8, steps=150)
+    low, high = indep["ci95"]
+    # the truth is 0; K fits on few fibers each overstate H(y_i|y_j), so the estimate falls below 0, where no
+    # entropy can go: flagged (the interval measures the scoring noise only, and need not reach the truth)
+    assert low <= indep["rdn"] <= high and low < 0 and indep["impossible"]
+    # the interval itself: resampling pairs of a constant ratio gives that ratio; a wider spread, a wider interval
+    bits = np.full(400, 10.0)
+    assert bootstrap_interval(bits, bits * 0.25, seed=0) == pytest.approx((0.75, 0.75))
+    rng = np.random.default_rng(0)
+    noisy = bits * rng.uniform(0.0, 0.5, 400)
+    low, high = bootstrap_interval(bits, noisy, seed=0)
+    assert low < 1 - noisy.mean() / 10 < high and high - low > 0.01

@@ -102,6 +102,8 @@ def test_the_report_opens_on_plots_and_summaries_and_folds_the_long_tables(tmp_p
     res["complexity"] = {"input": "768x512", "parts": {p: {"params": 1000.0 * (i + 1), "kmac_per_pixel": 1.5 * (i + 1)}
                                                        for i, p in enumerate(("front", "encoder", "base_decoder", "full_decoder"))}}
     res["datasets"]["kodak"]["points"][0].update(encode_ms=12.5, decode_ms=7.25)
+    res["redundancy"].update(rdn_y1_given_y2_ci95=[-0.05, 0.2], rdn_y2_given_y1_ci95=[0.01, 0.09],
+                             impossible=["rdn_y1_given_y2"])
     (out / "r2" / "results.json").write_text(json.dumps(res))
     page = build_report(out)
     order = ["<h2>Plots</h2>", "<h2>BD-rate summary</h2>", "AP@0.5 per class", "<h2>Complexity</h2>",
@@ -109,6 +111,8 @@ def test_the_report_opens_on_plots_and_summaries_and_folds_the_long_tables(tmp_p
     assert [page.index(s) for s in order] == sorted(page.index(s) for s in order)
     assert "<th class=\"\">person</th><th class=\"\">car</th>" in page and ">0.610</span>" in page
     assert "2.0k / 3.00" in page and ">12.5<" in page and ">7.2<" in page  # encoder params / kMAC; median ms
+    assert "0.100 [-0.050, 0.200]</td><td class=\"\">0.050 [0.010, 0.090]" in page
+    assert "<b>outside [0, 1]: bias</b> (y1|y2)" in page
     # the summary: proposed against its baseline (the legacy table's figure counts as the strict one)
     assert re.search(r"proposed \(64,192,2\)</td><td class=\"l\">choi2022 \(128,64,1\) \(baseline\)</td>"
                      r"<td class=\"l\">pchip</td><td class=\"\">-23.50", page)

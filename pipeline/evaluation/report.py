@@ -129,12 +129,13 @@ def build_report(eval_dir: Path, findings: dict[str, Any] | None = None, curve_f
     parts += bd_summary_section(bd_rows, models)
     parts += per_class_section(results)
     parts += complexity_section(results)
-    red_rows = [[html.escape(r["label"]), _fmt(r["redundancy"].get("rdn_y1_given_y2")),
-                 _fmt(r["redundancy"].get("rdn_y2_given_y1")), str(r["redundancy"].get("K")),
-                 str(r["redundancy"].get("fibers"))] for r in results if r.get("redundancy")]
+    red_rows = [redundancy_row(r) for r in sorted(results, key=lambda r: r.get("label", "")) if r.get("redundancy")]
     if red_rows:
         parts.append("<h2>Redundancy</h2>")
-        parts.append(_table(["model", "Rdn(ŷ1|ŷ2)", "Rdn(ŷ2|ŷ1)", "K", "fibers"], red_rows))
+        parts.append("<p>Rdn = 1 − H(y_i|y_j)/H(y_i) with its 95 % interval (bootstrap over the held-out fibers). "
+                     "An interval below 0 or above 1 holds values no entropy can give: the estimator's bias at few "
+                     "fibers or many clusters, flagged, not information.</p>")
+        parts.append(_table(["model", "Rdn(ŷ1|ŷ2) [95 % CI]", "Rdn(ŷ2|ŷ1) [95 % CI]", "K", "fibers", "flag"], red_rows))
 
     rows = []
     for r in results:
@@ -172,6 +173,21 @@ def _curve_label(result: dict[str, Any]) -> str:
     from pipeline.evaluation.plots import model_curve_label
 
     return model_curve_label(result)
+
+
+def redundancy_row(result: dict[str, Any]) -> list[str]:
+    """One model's redundancies with their intervals, and which are flagged as impossible."""
+    red = result["redundancy"]
+
+    def value(key: str) -> str:
+        ci = red.get(f"{key}_ci95")
+        return _fmt(red.get(key)) + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "")
+
+    flagged = red.get("impossible") or []
+    flag = "<b>outside [0, 1]: bias</b> (" + ", ".join(f.replace("rdn_", "").replace("_given_", "|") for f in flagged) + ")" \
+        if flagged else ""
+    return [html.escape(result["label"]), value("rdn_y1_given_y2"), value("rdn_y2_given_y1"), str(red.get("K")),
+            str(red.get("fibers")), flag]
 
 
 def _fold(summary: str, body: str) -> str:
