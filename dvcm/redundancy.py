@@ -20,8 +20,10 @@ Rdn ≈ 1 when y_j determines y_i, ≈ 0 when they are independent; estimation n
 small negative values, which are reported as they are, with a 95 % interval: a bootstrap over
 the held-out fibers of their bit costs under the fitted bottlenecks (1000 resamples, no refit, so it
 measures the scoring noise of the estimate, not that of k-means or of the fits). An interval that
-reaches below 0 or above 1 holds values no entropy can give: the estimate is then biased by too few
-fibers or too many clusters, not a measurement of information (``impossible`` in the result).
+reaches below 0 holds values no entropy can give (``impossible``): the estimate cannot be told from 0.
+When the whole interval lies below 0 (``biased``), the estimate is the estimator's bias (too few fibers
+per cluster overstate H(y_i | y_j)), not a measurement of information. (The interval cannot pass 1:
+conditional bits are never negative.)
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import contextlib
 import math
 import warnings
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -110,7 +113,7 @@ def redundancy(
     num_fibers: int | None = DEFAULT_FIBERS,
     seed: int = 0,
     steps: int = DEFAULT_STEPS,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Rdn(y_i | y_j) for two latents on the same spatial grid (any number of channels each).
 
     ``num_fibers`` caps the fibers sampled (None: all). Returns ``rdn``, ``H_i`` and
@@ -175,7 +178,7 @@ def redundancy(
         per_fiber_cond[where] = cond_bits[: len(where), k * M : (k + 1) * M].sum(dim=1)
     low, high = bootstrap_interval(per_fiber.numpy(), per_fiber_cond.numpy(), seed) if h_i > MIN_BITS else (math.nan,) * 2
     return {"rdn": rdn, "H_i": h_i, "H_i_given_j": h_cond, "K": K, "fibers": n, "ci95": [low, high],
-            "impossible": bool(low < 0 or high > 1)}
+            "impossible": bool(low < 0), "biased": bool(high < 0)}
 
 
 def bootstrap_interval(bits: np.ndarray, cond_bits: np.ndarray, seed: int, resamples: int = 1000) -> tuple[float, float]:
@@ -209,7 +212,7 @@ def model_redundancy(
     num_fibers: int | None = DEFAULT_FIBERS,
     seed: int = 0,
     steps: int = DEFAULT_STEPS,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Rdn(ŷ1|ŷ2) and Rdn(ŷ2|ŷ1) of a codec over a set of images ([3,H,W] or [1,3,H,W] in [0,1]).
 
     The model runs in eval mode (quantised latents) and is put back in its previous mode.
@@ -226,4 +229,5 @@ def model_redundancy(
     return {"rdn_y1_given_y2": r12["rdn"], "rdn_y2_given_y1": r21["rdn"],
             "rdn_y1_given_y2_ci95": r12.get("ci95"), "rdn_y2_given_y1_ci95": r21.get("ci95"),
             "impossible": [name for name, r in (("rdn_y1_given_y2", r12), ("rdn_y2_given_y1", r21)) if r.get("impossible")],
+            "biased": [name for name, r in (("rdn_y1_given_y2", r12), ("rdn_y2_given_y1", r21)) if r.get("biased")],
             "H_y1": r12["H_i"], "H_y2": r21["H_i"], "K": r12["K"], "fibers": r12["fibers"]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Any
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -80,7 +81,7 @@ def run_codec_bench(
     console.print(complexity_table(n, yolo))
 
 
-def complexity_table(n: int, yolo):  # -> rich.table.Table
+def complexity_table(n: int, yolo: Any) -> Any:  # yolo: dvcm.yolo.YOLOv3; returns a rich.table.Table
     """Parameters and kMAC per pixel of each part of the paper's two configurations (dvcm.complexity)."""
     from rich.table import Table
 

@@ -43,7 +43,7 @@ def reproduce_command(
     kodak: Annotated[Optional[Path], typer.Option("--kodak", help="--preset paper: the Kodak image folder.")] = None,
     yolo_weights: Annotated[Optional[Path], typer.Option("--yolo-weights", help="--preset paper: Darknet yolov3.weights.")] = None,
     yolo_cfg: YoloCfgOpt = None,
-    use_gpu: Annotated[bool, typer.Option("--use-gpu/--no-gpu", help="Train on GPUs (NCCL) instead of CPUs (gloo).")] = False,
+    use_gpu: Annotated[Optional[bool], typer.Option("--use-gpu/--no-gpu", help="Train on GPUs (NCCL) instead of CPUs (gloo) (default: GPUs for --preset paper, CPUs for mini).")] = None,
     workers_per_trial: Annotated[Optional[int], typer.Option("--workers-per-trial", help="DDP workers per trial (default 1).")] = None,
     gpus_per_worker: Annotated[Optional[float], typer.Option("--gpus-per-worker", help="GPUs per worker with --use-gpu (default 1).")] = None,
 ) -> None:
@@ -53,6 +53,8 @@ def reproduce_command(
     data = None
     if preset == "paper" or any(v is not None for v in (vimeo, coco, coco_annotations, kodak)):
         data = RealData.from_options(vimeo, coco, coco_annotations, kodak)
+    if use_gpu is None:
+        use_gpu = preset == "paper"
     flags = {"steps_per_epoch": steps_per_epoch, "val_steps": val_steps, "use_gpu": use_gpu or None,
              "workers_per_trial": workers_per_trial, "gpus_per_worker": gpus_per_worker}
     run_reproduce(out, preset, budget_minutes, parse_lambdas(parse_list(lambdas)) if lambdas else None,

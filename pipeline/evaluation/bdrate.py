@@ -90,6 +90,9 @@ def bd_delta(reference: Curve, test: Curve, method: str = METHOD, fit: bool = Fa
 
     ``fit``: on :func:`monotone_fit` of both curves (the ``pchip-isotonic`` figure)."""
     if fit:
+        for c in (reference, test):
+            if len(c.sorted()[0]) < 2:
+                return math.nan, math.nan, f"{c.label}: fewer than 2 points"
         reference, test = monotone_fit(reference), monotone_fit(test)
         for c in (reference, test):
             if len(c.sorted()[0]) < 2:

@@ -55,7 +55,7 @@ def export_curves(results: list[dict[str, Any]], folder: Path) -> list[Path]:
                     entry[FILE_KEYS[metric][0]] = list(c.quality)
         for label, values in by_label.items():
             if dataset == "kodak":
-                values.update(_times(results, label))
+                values.update(_times(results, label, values["bpp"]))
             path = folder / f"{_slug(label)}{suffix}.json"
             atomic_write_json(path, {"name": label + (" base layer" if suffix else ""),
                                      "description": f"dvcm-pipeline evaluate: {what}; bpp from real bitstreams",
@@ -64,22 +64,21 @@ def export_curves(results: list[dict[str, Any]], folder: Path) -> list[Path]:
     return written
 
 
-def _times(results: list[dict[str, Any]], label: str) -> dict[str, list[float]]:
-    """Median encode and decode seconds per image at each rate point of ``label`` (CompressAI's keys)."""
-    points = []
-    for r in results:
-        if r.get("kind") == "model" and model_curve_label(r) == label:
-            for p in r.get("datasets", {}).get("kodak", {}).get("points", []):
-                points.append((p.get("bpp"), p.get("encode_ms"), p.get("decode_ms")))
-    points.sort(key=lambda t: t[0] if isinstance(t[0], (int, float)) else math.inf)
-    if not points or any(not isinstance(v, (int, float)) for _, e, d in points for v in (e, d)):
+def _times(results: list[dict[str, Any]], label: str, rates: list[float]) -> dict[str, list[float]]:
+    """Median encode and decode seconds per image at each rate point (``rates``) of ``label``, in CompressAI's
+    keys; none when a point has no time (results of an earlier dvcm)."""
+    by_rate = {p.get("bpp"): p for r in results if r.get("kind") == "model" and model_curve_label(r) == label
+               for p in r.get("datasets", {}).get("kodak", {}).get("points", [])}
+    points = [by_rate.get(rate, {}) for rate in rates]
+    if not all(isinstance(p.get(k), (int, float)) and math.isfinite(p[k]) for p in points for k in ("encode_ms", "decode_ms")):
         return {}
-    return {"encoding_time": [e / 1e3 for _, e, _ in points], "decoding_time": [d / 1e3 for _, _, d in points]}
+    return {"encoding_time": [p["encode_ms"] / 1e3 for p in points], "decoding_time": [p["decode_ms"] / 1e3 for p in points]}
 
 
 def load_curves(paths: list[Path]) -> dict[str, list[Curve]]:
     """The curves of each file by our metric; anything malformed is refused in one line naming the file."""
     out: dict[str, list[Curve]] = {}
+    owners: dict[str, Path] = {}  # a name given by two files: the second gets its file name too
     for path in paths:
         try:
             data = json.loads(Path(path).read_text())
@@ -91,6 +90,8 @@ def load_curves(paths: list[Path]) -> dict[str, list[Curve]]:
             raise UserError(f"--curves {path}: expected a JSON object with 'results' (CompressAI's eval_model format)")
         values = data.get("results", data)
         name = str(data.get("name") or Path(path).stem)
+        if owners.setdefault(name, Path(path)) != Path(path):
+            name = f"{name} ({Path(path).name})"
         if not isinstance(values, dict) or not isinstance(values.get("bpp"), list):
             raise UserError(f"--curves {path}: no 'bpp' list under 'results' (CompressAI's eval_model format: "
                             "{\"name\", \"results\": {\"bpp\": [...], \"psnr-rgb\": [...]}})")

@@ -87,6 +87,7 @@ from pipeline.evaluation.tasks import (
     detector,
     run_anchor_chunk,
     run_codec_chunk,
+    run_model_complexity,
     run_model_extras,
 )
 from pipeline.infra.atomic import atomic_write_json
@@ -284,7 +285,11 @@ def submit(job: Job, p: Plan) -> dict[Any, tuple[str, str, str]]:
             else:
                 futures[codec_task.remote(str(by_key[key].checkpoint), d, chunk, s)] = (key, d, "model")
     extra_items = (job.kodak or job.coco[0])[: max(1, job.redundancy_images)]
+    complexity_task = _remote(run_model_complexity).options(num_cpus=s.threads, num_gpus=gpus)
     for t in p.extras_todo:
+        if p.results[t.key].get("redundancy") is not None:  # results of an earlier dvcm: only the complexity is new
+            futures[complexity_task.remote(str(t.checkpoint), s)] = (t.key, "extras", "model")
+            continue
         futures[extras_task.remote(str(t.checkpoint), extra_items, s, job.redundancy_k, job.redundancy_fibers)] = (
             t.key, "extras", "model")
     return futures

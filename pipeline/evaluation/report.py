@@ -13,10 +13,12 @@ import html
 import json
 import math
 import shutil
+import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from pipeline.evaluation.bdrate import Curve
 from pipeline.infra.atomic import atomic_write_text
 from pipeline.infra.errors import UserError
 
@@ -133,8 +135,9 @@ def build_report(eval_dir: Path, findings: dict[str, Any] | None = None, curve_f
     if red_rows:
         parts.append("<h2>Redundancy</h2>")
         parts.append("<p>Rdn = 1 − H(y_i|y_j)/H(y_i) with its 95 % interval (bootstrap over the held-out fibers). "
-                     "An interval below 0 or above 1 holds values no entropy can give: the estimator's bias at few "
-                     "fibers or many clusters, flagged, not information.</p>")
+                     "An interval that reaches below 0 holds values no entropy can give: the estimate cannot be told "
+                     "from 0. One that lies below 0 throughout is the estimator's bias at few fibers per cluster, "
+                     "not information.</p>")
         parts.append(_table(["model", "Rdn(ŷ1|ŷ2) [95 % CI]", "Rdn(ŷ2|ŷ1) [95 % CI]", "K", "fibers", "flag"], red_rows))
 
     rows = []
@@ -183,9 +186,14 @@ def redundancy_row(result: dict[str, Any]) -> list[str]:
         ci = red.get(f"{key}_ci95")
         return _fmt(red.get(key)) + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "")
 
-    flagged = red.get("impossible") or []
-    flag = "<b>outside [0, 1]: bias</b> (" + ", ".join(f.replace("rdn_", "").replace("_given_", "|") for f in flagged) + ")" \
-        if flagged else ""
+    def names(keys: list[str]) -> str:
+        return ", ".join(k.replace("rdn_", "").replace("_given_", "|") for k in keys)
+
+    biased = red.get("biased") or []
+    below = [k for k in red.get("impossible") or [] if k not in biased]
+    flags = ([f"<b>below 0 throughout: the estimator's bias</b> ({names(biased)})"] if biased else []) \
+        + ([f"reaches below 0: not told from 0 ({names(below)})"] if below else [])
+    flag = "; ".join(flags)
     return [html.escape(result["label"]), value("rdn_y1_given_y2"), value("rdn_y2_given_y1"), str(red.get("K")),
             str(red.get("fibers")), flag]
 
@@ -196,7 +204,7 @@ def _fold(summary: str, body: str) -> str:
 
 
 def with_curves(results: list[dict[str, Any]], bd_rows: list[dict[str, str]],
-                curve_files: list[Path]) -> tuple[dict[str, list[Any]], list[dict[str, Any]]]:
+                curve_files: list[Path]) -> tuple[dict[str, list[Curve]], list[dict[str, Any]]]:
     """The files' curves by metric, and the BD rows with them: each file's curve as a reference for every
     curve of ours, and as a test against every reference of the table."""
     from pipeline.evaluation.bdrate import bd_table
@@ -321,16 +329,22 @@ def complexity_section(results: list[dict[str, Any]]) -> list[str]:
         if r.get("kind") != "model" or not cx or _curve_label(r) in seen:
             continue
         seen.add(_curve_label(r))
-        kodak = next(iter(r.get("datasets", {}).get("kodak", {}).get("points", [])), {})
+        times = [p for res in results if res.get("kind") == "model" and _curve_label(res) == _curve_label(r)
+                 for p in res.get("datasets", {}).get("kodak", {}).get("points", [])]
+
+        def median_ms(key: str) -> float | None:
+            vals = [p[key] for p in times if isinstance(p.get(key), (int, float)) and math.isfinite(p[key])]
+            return statistics.median(vals) if vals else None
+
         rows.append([html.escape(_curve_label(r)),
                      *(f"{cx[k]['params'] / 1e3:.1f}k / {cx[k]['kmac_per_pixel']:.2f}" for k, _ in COMPLEXITY_PARTS),
-                     _fmt(kodak.get("encode_ms"), 1), _fmt(kodak.get("decode_ms"), 1)])
+                     _fmt(median_ms("encode_ms"), 1), _fmt(median_ms("decode_ms"), 1)])
     if not rows:
         return []
     return ["<h2>Complexity</h2>",
             "<p>Parameters / kMAC per pixel, counted by torch.utils.flop_counter.FlopCounterMode on one 768×512 "
             "image. Encoder: the analysis transforms and every h_a; base decoder: the base layer's h_s and g_s1 "
-            "(ŝ); full decoder: every h_s, g_s1 and g_s2. Times: median per Kodak-like image, this machine, "
+            "(ŝ); full decoder: every h_s, g_s1 and g_s2. Times: median per Kodak-like image over the rate points, this machine, "
             "entropy coding included (encode: V_front, the encoder and rANS).</p>",
             _table(["model", *(label for _, label in COMPLEXITY_PARTS), "encode ms", "decode ms"], rows)]
 

@@ -242,18 +242,27 @@ def run_anchor_chunk(codec: str, dataset: str, items: list[ImageItem], s: Settin
     return {"rows": rows, "detections": dets, "skipped": skipped}
 
 
+def run_model_complexity(checkpoint: str, s: Settings) -> dict:
+    """The parameters and kMAC per pixel of each part of the codec (:mod:`dvcm.complexity`)."""
+    import torch
+
+    from dvcm.complexity import HEIGHT, WIDTH, codec_complexity
+
+    torch.set_num_threads(max(1, s.threads))
+    return {"complexity": {"input": f"{WIDTH}x{HEIGHT}", "counter": "torch.utils.flop_counter.FlopCounterMode",
+                           "parts": codec_complexity(_codec(checkpoint, s))}}
+
+
 def run_model_extras(checkpoint: str, items: list[ImageItem], s: Settings, K: int, fibers: int) -> dict:
     """Redundancy Rdn(ŷ1|ŷ2), Rdn(ŷ2|ŷ1) over ``items``, the top-8 channels by rate of the first image, and
     the parameters and kMAC per pixel of each part of the codec (:mod:`dvcm.complexity`)."""
     import torch
 
-    from dvcm.complexity import HEIGHT, WIDTH, codec_complexity
     from dvcm.redundancy import model_redundancy
 
     torch.set_num_threads(max(1, s.threads))
     model = _codec(checkpoint, s)
-    complexity = {"input": f"{WIDTH}x{HEIGHT}", "counter": "torch.utils.flop_counter.FlopCounterMode",
-                  "parts": codec_complexity(model)}
+    complexity = run_model_complexity(checkpoint, s)["complexity"]
     images = [_to_tensor(im) for im in (_load_rgb(i.path) for i in items) if im is not None]
     if not images:
         return {"redundancy": None, "channel_rates": None, "complexity": complexity}

@@ -20,7 +20,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from dvcm.loss import GAMMA_MODES
 from pipeline.infra.errors import UserError
 from pipeline.infra.yolo_files import yolo_files
 
@@ -227,6 +226,8 @@ def check(settings: SweepSettings) -> None:
         raise UserError(f"--crop must be a multiple of 64 and at least 128 (small crops do not generalise), got {t.crop}")
     if t.gamma < 0:
         raise UserError(f"--gamma must be >= 0, got {t.gamma}")
+    from dvcm.loss import GAMMA_MODES
+
     if t.gamma_mode not in GAMMA_MODES:
         raise UserError(f"--gamma-mode must be one of {', '.join(GAMMA_MODES)}, got {t.gamma_mode!r}")
     check_gpu_layout(r)

@@ -47,7 +47,7 @@ from dvcm.zoo import MINI_DETECTOR
 
 from pipeline.infra.errors import UserError
 from pipeline.infra.yolo_files import yolo_files
-from pipeline.training.settings import SettingsChangedError, SweepSettings, resolve, resume_record
+from pipeline.training.settings import LEGACY_SETTINGS, SettingsChangedError, SweepSettings, resolve, resume_record
 
 DEFAULT_OUT = Path("dvcm-quickstart")
 DEFAULT_LAMBDAS = "0.0018,0.0932"
@@ -173,7 +173,10 @@ def summarize_trials(state: dict[str, Any], eval_results: dict[str, dict], track
 
 
 def _training_key(settings: SweepSettings, lambdas: list[float]) -> dict[str, Any]:
-    return json.loads(json.dumps({**resume_record(settings), "lambdas": sorted(float(v) for v in lambdas)}))
+    """What names a quickstart sweep; a setting at the value it had before it existed is left out, so that the
+    sweeps of an earlier dvcm keep their names (and resume)."""
+    record = {k: v for k, v in resume_record(settings).items() if LEGACY_SETTINGS.get(k, object()) != v}
+    return json.loads(json.dumps({**record, "lambdas": sorted(float(v) for v in lambdas)}))
 
 
 def sweep_name(settings: SweepSettings, lambdas: list[float]) -> str:

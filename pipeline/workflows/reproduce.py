@@ -1,11 +1,15 @@
 """``dvcm-pipeline reproduce``: the paper's experiment in miniature, one command.
 
+``--preset paper`` runs the same stages on the user's Vimeo-90K, COCO 2014, Kodak and YOLOv3 weights, on
+GPUs, with the paper's configurations and every trial trained to its plateau (no budget).
+
 1. **Detector**: the bundled mini YOLOv3 (``--yolo-weights mini``), or one trained now (``--train-detector``).
 2. **Data**: clips of the synthetic world's train split, prepared into shards with that front (Ray);
    the evaluation images come from the world's held-out test split (COCO-like with ground truth,
    Kodak-like).
-3. **Training**: ``proposed`` and ``choi2022`` at every λ and seed, γ fixed for the study as in the
-   paper, in *rounds* of one sweep: round 0 trains the lowest λ from scratch; round k starts each
+3. **Training**: ``proposed`` and ``choi2022`` at every λ and seed, one γ for the study as in the paper
+   (the mini preset scales it by λ, ``--gamma-mode scaled``: with the paper's fixed γ the base layer did
+   not move with λ; see ``PRESETS``), in *rounds* of one sweep: round 0 trains the lowest λ from scratch; round k starts each
    (model, seed) from its round k−1 checkpoint, the next λ up (warm start, as the field does when it
    trains a family of rate points). Each trial stops on its validation plateau
    (ReduceLROnPlateau drops), with a cap on epochs that keeps the study within ``--budget-minutes``.
@@ -101,10 +105,11 @@ class RealData:
             raise UserError(f"--preset paper trains and evaluates on your data: give {', '.join(missing)} "
                             "(Vimeo-90K's vimeo_septuplet folder, COCO 2014's val2014 images and its "
                             "instances_val2014.json, the Kodak folder)")
-        for flag, path in given.items():
-            if not Path(path).exists():  # type: ignore[arg-type]
-                raise UserError(f"{flag} {path} does not exist")
-        return cls(*(Path(v).expanduser().resolve() for v in given.values()))  # type: ignore[arg-type]
+        paths = {flag: Path(v).expanduser().resolve() for flag, v in given.items()}  # type: ignore[arg-type]
+        for flag, path in paths.items():
+            if not path.exists():
+                raise UserError(f"{flag} {given[flag]} does not exist")
+        return cls(*paths.values())
 
 
 @dataclass(frozen=True)
@@ -300,6 +305,7 @@ def round_grid(plan: Plan, k: int, state: dict[str, Any]) -> list[dict[str, Any]
 def train_stage(out: Path, plan: Plan, settings: Any, uri: str, address: str | None, progress: bool,
                 con: Any) -> dict[str, Any]:
     """Every round of the study as one sweep (``reproduce``): one MLflow parent run, a nested run per trial."""
+    from pipeline.training.settings import SettingsChangedError
     from pipeline.training.sweep import run_sweep
     from pipeline.training.sweep_state import read_state
 
@@ -308,8 +314,13 @@ def train_stage(out: Path, plan: Plan, settings: Any, uri: str, address: str | N
     for k, lam in enumerate(plan.lambdas):
         con.rule(f"train: round {k + 1}/{len(plan.lambdas)}, λ {lam:g} (Ray Tune + Ray Train)")
         grid = round_grid(plan, k, state)
-        state = run_sweep(STUDY_NAME, grid, settings, storage, uri, resume=read_state(storage / STUDY_NAME) is not None,
-                          address=address, show=progress)
+        try:
+            state = run_sweep(STUDY_NAME, grid, settings, storage, uri,
+                              resume=read_state(storage / STUDY_NAME) is not None, address=address, show=progress)
+        except SettingsChangedError as e:  # the sweep's advice (--name) is no reproduce option
+            raise UserError(f"{out} holds a study trained otherwise ({e.changes}); rerun it with the options it was "
+                            "started with (e.g. --gamma 1 --gamma-mode fixed for a study of an earlier dvcm), or "
+                            "pass a new --out") from None
         failed = [t["trial_name"] for t in grid if state["trials"].get(t["trial_name"], {}).get("status") != "finished"]
         if failed:
             raise UserError(f"trials {', '.join(failed)} did not finish; rerun the same command to resume")
@@ -328,7 +339,8 @@ def evaluate_stage(out: Path, plan: Plan, state: dict[str, Any], sample: Any, we
     summaries: dict[int, dict[str, Any]] = {}
     first: Path | None = None
     for seed in plan.seeds:
-        con.rule(f"evaluate: seed {seed}, real bitstreams on the world's test split (Ray tasks)")
+        where = "the world's test split" if plan.preset.world else "COCO 2014 and Kodak"
+        con.rule(f"evaluate: seed {seed}, real bitstreams on {where} (Ray tasks)")
         eval_dir = out / "eval" / f"seed-{seed}"
         if first is not None and (first / "anchors").is_dir() and not (eval_dir / "anchors").is_dir():
             shutil.copytree(first / "anchors", eval_dir / "anchors")  # the same images: the same anchor points
@@ -504,7 +516,11 @@ def run_reproduce(out: Path, preset_name: str = "mini", budget_minutes: float | 
                                         or f"sqlite:///{out / 'mlflow.db'}")
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    if preset.world:
+    if preset.world and plan_only:  # the plan needs the detector's front only: the bundled one stands in
+        weights, cfg = detector_stage(out, False, uri, address, con)
+        if train_detector:
+            con.print("the study would train its detector first (--train-detector); planned with the bundled one")
+    elif preset.world:
         out.mkdir(parents=True, exist_ok=True)
         tracking.check_reachable(uri)
         weights, cfg = detector_stage(out, train_detector, uri, address, con)
@@ -519,7 +535,9 @@ def run_reproduce(out: Path, preset_name: str = "mini", budget_minutes: float | 
     import ray
 
     settings = study_settings(preset, str(out / "shards"), weights, cfg, settings_flags or {})
-    concurrency = max(1, int(ray.cluster_resources().get("CPU", 1) // settings.resources.cpus_per_worker))
+    r = settings.resources
+    per_trial = ("GPU", r.gpus_per_worker * r.workers_per_trial) if r.use_gpu else ("CPU", r.cpus_per_worker * r.workers_per_trial)
+    concurrency = max(1, int(ray.cluster_resources().get(per_trial[0], 1) // max(per_trial[1], 1e-9)))
     plan = study_plan(preset, settings, concurrency)
     for line in describe_plan(plan, detector):
         con.print(line, soft_wrap=True, highlight=False)
@@ -566,6 +584,10 @@ def study_preset(name: str, budget_minutes: float | None, lambdas: list[float] |
         preset, lambdas=tuple(lambdas or preset.lambdas), seeds=tuple(seeds if seeds is not None else preset.seeds),
         gamma=preset.gamma if gamma is None else gamma, gamma_mode=gamma_mode or preset.gamma_mode,
         budget_minutes=preset.budget_minutes if budget_minutes is None else budget_minutes, **(overrides or {}))
+    from dvcm.loss import GAMMA_MODES
+
+    if preset.gamma_mode not in GAMMA_MODES:
+        raise UserError(f"--gamma-mode must be one of {', '.join(GAMMA_MODES)}, got {preset.gamma_mode!r}")
     if len(preset.lambdas) < 2 or len(set(preset.lambdas)) != len(preset.lambdas):
         raise UserError("--lambdas needs two or more different values for rate curves")
     if not preset.seeds:
