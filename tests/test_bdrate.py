@@ -92,7 +92,18 @@ def test_disjoint_quality_ranges_say_so_in_our_words() -> None:
     high = Curve("high", (0.05, 0.11), (0.76, 1.06))
     rate, _, note = bd_delta(low, high)
     assert math.isnan(rate)
-    assert note == "the quality ranges do not overlap (low: -0.02 to 0.07, high: 0.76 to 1.06)"
+    assert note == ("the quality ranges do not overlap (low: -0.02 to 0.07, high: 0.76 to 1.06); "
+                    "BD-quality: the curves overlap over 23.12 % of their range (the package asks for 75.00 %)")
+
+
+def test_each_warning_is_said_of_the_figure_it_concerns() -> None:
+    """The quickstart's base layer: proposed's rates all lie below choi2022's, the qualities overlap a little."""
+    choi = Curve("choi", (0.046, 0.06, 0.08, 0.107), (1.83, 2.1, 2.5, 2.83))
+    proposed = Curve("prop", (0.0027, 0.005, 0.01, 0.023), (1.91, 3.0, 4.0, 5.4))
+    rate, quality, note = bd_delta(choi, proposed)
+    assert math.isfinite(rate) and math.isnan(quality)
+    assert note == ("BD-rate: the curves overlap over 25.77 % of their range (the package asks for 75.00 %); "
+                    "BD-quality: the rate ranges do not overlap (choi: 0.046 to 0.107, prop: 0.0027 to 0.023)")
 
 
 def test_two_points_at_one_rate_are_named() -> None:

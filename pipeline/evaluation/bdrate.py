@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,16 +104,32 @@ def bd_delta(reference: Curve, test: Curve, method: str = METHOD, fit: bool = Fa
             return math.nan, math.nan, why
     r0, q0 = reference.sorted()
     r1, q1 = test.sorted()
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as rate_warnings:
         warnings.simplefilter("always")
         rate = float(bjontegaard.bd_rate(r0, q0, r1, q1, method=method, require_matching_points=False))
+    with warnings.catch_warnings(record=True) as quality_warnings:
+        warnings.simplefilter("always")
         qual = float(bjontegaard.bd_psnr(r0, q0, r1, q1, method=method, require_matching_points=False))
-    if not math.isfinite(rate) and any("do not overlap" in str(w.message) for w in caught):
+    if not math.isfinite(rate) and any("do not overlap" in str(w.message) for w in rate_warnings):
         note = (f"the quality ranges do not overlap ({reference.label}: {q0.min():.4g} to {q0.max():.4g}, "
                 f"{test.label}: {q1.min():.4g} to {q1.max():.4g})")
-    else:  # the package's own words, less its advice to callers of the package
-        note = "; ".join(str(w.message).split(" You can silence")[0] for w in caught)
-    return rate, qual, note
+    else:  # the package's words, said of the figure they concern
+        note = "; ".join(f"BD-rate: {_package_words(w.message)}" for w in rate_warnings)
+    if not math.isfinite(qual) and any("do not overlap" in str(w.message) for w in quality_warnings):
+        words = (f"BD-quality: the rate ranges do not overlap ({reference.label}: {r0.min():.4g} to {r0.max():.4g}, "
+                 f"{test.label}: {r1.min():.4g} to {r1.max():.4g})")
+    else:
+        words = "; ".join(f"BD-quality: {_package_words(w.message)}" for w in quality_warnings)
+    return rate, qual, "; ".join(n for n in (note, words) if n)
+
+
+def _package_words(message: Warning | str) -> str:
+    """A ``bjontegaard`` warning, less its advice to callers of the package; its overlap in plain words."""
+    text = str(message).split(" You can silence")[0]
+    m = re.match(r"Insufficient curve overlap: '([\d.]+)'\. Minimum overlap: '([\d.]+)'\.", text)
+    if m:
+        return f"the curves overlap over {m.group(1)} % of their range (the package asks for {m.group(2)} %)"
+    return text
 
 
 def bd_rate(reference: Curve, test: Curve, method: str = METHOD) -> float:
