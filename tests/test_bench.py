@@ -31,7 +31,9 @@ RATIO = r"\d+\.\d+x"
       r"2x1 / 1x2 = \d+\.\d+", r"without / with the unused-parameter search = \d+\.\d+"]),
     (["evaluate", "--images", "2", "--N", "16"],
      ["bench evaluate", "coco", "kodak", RATIO]),
-], ids=["codec", "prepare", "loader", "train", "evaluate"])
+    (["redundancy", "--images", "1", "--clusters", "2,4", "--fibers", "128,256", "--threads", "1"],
+     [r"Rdn of zoo:proposed-l0\.0932", r"Rdn\(ŷ1\|ŷ2\) \[95 % CI\]", r"(stable \(within 0\.02|no cell below)", r"Rdn\(ŷ2\|ŷ1\) at the most fibers, K 2 -> 4: "]),
+], ids=["codec", "prepare", "loader", "train", "evaluate", "redundancy"])
 def test_bench_prints_its_table_and_ratios(args: list[str], expected: list[str], tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": "", "COLUMNS": "160"}
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "bench", *args], capture_output=True, text=True,

@@ -12,6 +12,7 @@ from pipeline.bench.codec import run_codec_bench
 from pipeline.bench.evaluate import run_evaluate_bench
 from pipeline.bench.loader import run_loader_bench
 from pipeline.bench.prepare import run_prepare_bench
+from pipeline.bench.redundancy import run_redundancy_bench
 from pipeline.bench.train import run_train_bench
 from pipeline.cli.training import AddressOpt
 
@@ -78,3 +79,25 @@ def evaluate_command(
 ) -> None:
     """Print images/s per stage for the COCO and Kodak paths with 1 and 2 Ray workers, and the ratios."""
     run_evaluate_bench(images=images, n=n, data=data, address=address)
+
+
+@bench.command("redundancy")
+def redundancy_command(
+    checkpoint: Annotated[str, typer.Option(help="Checkpoint file or zoo:NAME.")] = "zoo:proposed-l0.0932",
+    images: Annotated[int, typer.Option(help="Kodak-like test images of the synthetic world.")] = 4,
+    clusters: Annotated[str, typer.Option(help="K values, comma separated.")] = "4,8,16,32",
+    fibers: Annotated[str, typer.Option(help="Fiber counts, comma separated.")] = "512,2048,8192",
+    threads: Annotated[int, typer.Option(help="torch threads (0: torch's default).")] = 0,
+) -> None:
+    """Rdn(ŷ1|ŷ2) and Rdn(ŷ2|ŷ1) with their 95 % intervals over a grid of (K, fibers), side by side: the fiber
+    and cluster counts from which the estimate is stable on these images."""
+    def ints(text: str, flag: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise typer.BadParameter(f"{flag} {text!r}: write integers such as 4,8,16") from None
+        if not values or min(values) < 1:
+            raise typer.BadParameter(f"{flag} {text!r}: give one or more positive integers")
+        return values
+
+    run_redundancy_bench(checkpoint, images, ints(clusters, "--clusters"), ints(fibers, "--fibers"), threads)

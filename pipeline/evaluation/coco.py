@@ -125,7 +125,7 @@ def evaluate_per_class(coco_gt: COCO, results: Sequence[Mapping[str, Any]],
     with_gt = {a["category_id"] for a in coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=ids))}
     if not results:
         return ({k: 0.0 for k in STAT_NAMES},
-                [{"category_id": c, "name": names[c], "ap50": 0.0 if c in with_gt else None,
+                [{"category_id": int(c), "name": str(names[c]), "ap50": 0.0 if c in with_gt else None,
                   "ap": 0.0 if c in with_gt else None} for c in cats])
     with _quiet_pycocotools():
         coco_dt = coco_gt.loadRes([dict(r) for r in results])
@@ -140,6 +140,6 @@ def evaluate_per_class(coco_gt: COCO, results: Sequence[Mapping[str, Any]],
         valid = p[p > -1]
         return float(valid.mean()) if valid.size else None
 
-    per_class = [{"category_id": c, "name": names[c], "ap50": mean_ap(precision[0, :, k, 0, -1]),
+    per_class = [{"category_id": int(c), "name": str(names[c]), "ap50": mean_ap(precision[0, :, k, 0, -1]),
                   "ap": mean_ap(precision[:, :, k, 0, -1])} for k, c in enumerate(ev.params.catIds)]
     return {k: float(v) for k, v in zip(STAT_NAMES, ev.stats)}, per_class
