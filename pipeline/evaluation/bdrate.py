@@ -170,12 +170,13 @@ def pick_row(pair: list[dict]) -> dict | None:
     column count as strict."""
     for method in METHODS:
         for r in pair:
-            if (r.get("method") or STRICT) == method and _finite(r.get("bd_rate_percent")):
+            if (r.get("method") or STRICT) == method and is_finite(r.get("bd_rate_percent")):
                 return r
     return next((r for r in pair if (r.get("method") or STRICT) == STRICT), pair[0] if pair else None)
 
 
-def _finite(v: object) -> bool:
+def is_finite(v: object) -> bool:
+    """A table cell (number or CSV text) that holds a finite number."""
     try:
         return math.isfinite(float(v))  # type: ignore[arg-type]
     except (TypeError, ValueError):

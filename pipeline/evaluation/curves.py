@@ -75,10 +75,12 @@ def _times(results: list[dict[str, Any]], label: str, rates: list[float]) -> dic
     return {"encoding_time": [p["encode_ms"] / 1e3 for p in points], "decoding_time": [p["decode_ms"] / 1e3 for p in points]}
 
 
-def load_curves(paths: list[Path]) -> dict[str, list[Curve]]:
-    """The curves of each file by our metric; anything malformed is refused in one line naming the file."""
+def load_curves(paths: list[Path], taken: set[str] | None = None) -> dict[str, list[Curve]]:
+    """The curves of each file by our metric; anything malformed is refused in one line naming the file.
+
+    A name that ``taken`` (our own curves' labels) or an earlier file already holds gets its file name too."""
     out: dict[str, list[Curve]] = {}
-    owners: dict[str, Path] = {}  # a name given by two files: the second gets its file name too
+    owners: dict[str, Path] = {name: Path() for name in taken or ()}
     for path in paths:
         try:
             data = json.loads(Path(path).read_text())

@@ -7,7 +7,6 @@ each operating point, so it can be mailed or opened offline (no external resourc
 from __future__ import annotations
 
 import base64
-import dataclasses
 import csv
 import html
 import json
@@ -208,17 +207,14 @@ def with_curves(results: list[dict[str, Any]], bd_rows: list[dict[str, str]],
     """The files' curves by metric, and the BD rows with them: each file's curve as a reference for every
     curve of ours, and as a test against every reference of the table."""
     from pipeline.evaluation.bdrate import bd_table
-    from pipeline.evaluation.curves import load_curves
+    from pipeline.evaluation.curves import FILE_KEYS, load_curves
     from pipeline.evaluation.plots import curves
 
-    extra = load_curves(curve_files)
+    ours_by_metric = {metric: curves(results, metric) for metric in FILE_KEYS}
+    extra = load_curves(curve_files, taken={c.label for cs in ours_by_metric.values() for c in cs})
     rows: list[dict[str, Any]] = list(bd_rows)
-    for metric, external in list(extra.items()):
-        ours = curves(results, metric)
-        taken = {c.label for c in ours}
-        external = extra[metric] = [c if c.label not in taken else  # a file of our own curve: keep both apart
-                                    dataclasses.replace(c, label=f"{c.label} ({Path(c.meta['file']).name})")
-                                    for c in external]
+    for metric, external in extra.items():
+        ours = ours_by_metric[metric]
         references = sorted({r["reference"] for r in bd_rows if r["metric"] == metric})
         for c in external:
             rows += bd_table([c, *ours], [c.label], metric)  # the file's curve as the reference
@@ -248,13 +244,7 @@ def bd_summary_section(bd_rows: list[dict[str, str]], models: list[str]) -> list
     """Per metric, each learned model against the baseline model and against the strongest other codec (an
     anchor or an overlaid curve: the one it saves least against): the strict figure where defined, else the
     fitted one, with its method."""
-    from pipeline.evaluation.bdrate import pick_row
-
-    def finite(v: Any) -> bool:
-        try:
-            return math.isfinite(float(v))
-        except (TypeError, ValueError):
-            return False
+    from pipeline.evaluation.bdrate import is_finite, pick_row
 
     if not bd_rows:
         return []
@@ -270,7 +260,7 @@ def bd_summary_section(bd_rows: list[dict[str, str]], models: list[str]) -> list
             for ref in sorted(baselines & set(shown)):
                 out.append((metric, model, ref, "baseline", shown[ref]))
             anchors = {ref: row for ref, row in shown.items()
-                       if ref not in models and row is not None and finite(row["bd_rate_percent"])}
+                       if ref not in models and row is not None and is_finite(row["bd_rate_percent"])}
             if anchors:
                 ref = max(anchors, key=lambda k: float(anchors[k]["bd_rate_percent"]))
                 out.append((metric, model, ref, "strongest other codec", anchors[ref]))

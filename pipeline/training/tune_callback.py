@@ -44,8 +44,8 @@ def make_tune_callback(ctx: SweepContext):  # -> ray.tune.Callback
             if not entry.get("run_id"):
                 cfg = trial.config["trial"]
                 params = {**ctx.common_params, **{k: cfg[k] for k in ("model", "N", "M1", "M2", "H", "lmbda", "gamma")},
-                          "gamma_mode": cfg.get("gamma_mode", "fixed"),
-                          "feature_weight": feature_weight(cfg["lmbda"], cfg["gamma"], cfg.get("gamma_mode", "fixed")),
+                          "gamma_mode": cfg["gamma_mode"],
+                          "feature_weight": feature_weight(cfg["lmbda"], cfg["gamma"], cfg["gamma_mode"]),
                           "config": f"{cfg['M1']},{cfg['M2']},{cfg['H']}", "trial": name,
                           **{k: cfg.get(k) for k in ("crop", "batch_size", "epochs", "steps_per_epoch", "lr",
                                                      "workers_per_trial", "precision", "preset", "seed",
