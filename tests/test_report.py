@@ -160,3 +160,20 @@ def test_a_bad_curves_file_is_one_line(tmp_path: Path, content: str, message: st
     res = CliRunner().invoke(app, ["report", "--eval-dir", str(out), "--curves", str(bad)])
     assert res.exit_code != 0 and isinstance(res.exception, UserError) and message in str(res.exception), res.output
     assert "\n" not in str(res.exception)
+
+
+def test_the_summary_picks_the_strongest_other_codec_among_curves_that_overlap() -> None:
+    """An anchor whose curve shares a sliver of quality range with the model's is not named the strongest when
+    another overlaps enough; alone, it is shown, with its overlap in the note."""
+    from pipeline.evaluation.report import bd_summary_section
+
+    def row(ref: str, bd: str, note: str = "") -> dict[str, str]:
+        return {"metric": "psnr", "test": "proposed", "reference": ref, "method": "pchip", "bd_rate_percent": bd,
+                "bd_quality": "0.5", "note": note}
+
+    sliver = row("webp", "-5.0", "BD-rate: the curves overlap over 12.0 % of their range (the package asks for 75.0 %)")
+    wide = row("jpeg", "-40.0")
+    html_both = "".join(bd_summary_section([sliver, wide], ["proposed"]))
+    assert "jpeg (strongest other codec)" in html_both and "webp (strongest other codec)" not in html_both
+    html_alone = "".join(bd_summary_section([sliver], ["proposed"]))
+    assert "webp (strongest other codec)" in html_alone and "12.0 %" in html_alone

@@ -175,6 +175,13 @@ def pick_row(pair: list[dict]) -> dict | None:
     return next((r for r in pair if (r.get("method") or STRICT) == STRICT), pair[0] if pair else None)
 
 
+def rate_overlap_percent(row: dict) -> float:
+    """How much of their quality range the two curves of a BD row share, in %, as the ``bjontegaard`` package
+    measured it for the BD-rate (100 when it did not warn: at least the 75 % it asks for)."""
+    m = re.search(r"BD-rate: the curves overlap over ([\d.]+) %", str(row.get("note") or ""))
+    return float(m.group(1)) if m else 100.0
+
+
 def is_finite(v: object) -> bool:
     """A table cell (number or CSV text) that holds a finite number."""
     try:

@@ -240,11 +240,15 @@ def plots_section(eval_dir: Path, plots_dir: Path | None = None) -> list[str]:
     return parts
 
 
+MIN_SUMMARY_OVERLAP = 50.0  # %: the strongest other codec is chosen among pairs sharing this much quality range
+
+
 def bd_summary_section(bd_rows: list[dict[str, str]], models: list[str]) -> list[str]:
     """Per metric, each learned model against the baseline model and against the strongest other codec (an
-    anchor or an overlaid curve: the one it saves least against): the strict figure where defined, else the
+    anchor or an overlaid curve: the one it saves least against, among those whose curves share at least
+    ``MIN_SUMMARY_OVERLAP`` % of their quality range when any do): the strict figure where defined, else the
     fitted one, with its method."""
-    from pipeline.evaluation.bdrate import is_finite, pick_row
+    from pipeline.evaluation.bdrate import is_finite, pick_row, rate_overlap_percent
 
     if not bd_rows:
         return []
@@ -261,6 +265,9 @@ def bd_summary_section(bd_rows: list[dict[str, str]], models: list[str]) -> list
                 out.append((metric, model, ref, "baseline", shown[ref]))
             anchors = {ref: row for ref, row in shown.items()
                        if ref not in models and row is not None and is_finite(row["bd_rate_percent"])}
+            # a figure over a sliver of shared quality says little: of those overlapping enough, when any
+            enough = {ref: row for ref, row in anchors.items() if rate_overlap_percent(row) >= MIN_SUMMARY_OVERLAP}
+            anchors = enough or anchors
             if anchors:
                 ref = max(anchors, key=lambda k: float(anchors[k]["bd_rate_percent"]))
                 out.append((metric, model, ref, "strongest other codec", anchors[ref]))

@@ -348,7 +348,7 @@ def evaluate_stage(out: Path, plan: Plan, state: dict[str, Any], sample: Any, we
         targets = resolve_targets([], run_ids, None, False, uri, eval_dir / ".downloads")
         job = Job(targets=targets, out=eval_dir, settings=Settings(yolo_weights=weights, yolo_seed=0, yolo_cfg=cfg),
                   coco=(items, gt, sample.coco_annotations), kodak=kodak, reference="gt", anchors=anchors,
-                  bd_reference="choi2022", tracking_uri=uri, redundancy_images=4, redundancy_fibers=2048)
+                  bd_reference="choi2022", tracking_uri=uri, redundancy_images=4, redundancy_fibers=6144)
         summaries[seed] = run_job(job, progress=progress)
         first = first or eval_dir
     return summaries
