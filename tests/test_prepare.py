@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from pipeline.data.prepare import run_prepare
 from pipeline.data.sample_data import generate_sample
-from pipeline.data.shards import decode_features
+from pipeline.data.feature_encoding import DEFAULT_ENCODING, decode_features
 from pipeline.data.sources import list_source, parse_frames, select_frames
 from pipeline.infra.errors import UserError
 
@@ -70,10 +70,9 @@ def _stored_features(out: Path) -> list[np.ndarray]:
     for tar_path in sorted(out.glob("*/shard-*.tar")):
         with tarfile.open(tar_path) as tar:
             members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-        for name, data in sorted(members.items()):
-            if name.endswith(".s.npy"):
-                key = name[: -len(".s.npy")]
-                feats.append(decode_features(data, members.get(f"{key}.s_range.npy")))
+        for key in sorted({name.split(".", 1)[0] for name in members}):
+            sample = {name.split(".", 1)[1]: data for name, data in members.items() if name.split(".", 1)[0] == key}
+            feats.append(decode_features(sample))
     return feats
 
 
@@ -173,7 +172,7 @@ def test_provenance_and_exact_feature_stats(bad_run, yolo) -> None:
     prov = info["provenance"]
     assert prov["yolo"]["weights_sha256"] == yolo.provenance["weights_sha256"]
     assert prov["yolo"]["split_layer"] == 12 and prov["yolo"]["random_weights"] is True
-    assert prov["feature_dtype"] == "float16" and prov["dataset"] == "vimeo90k"
+    assert prov["feature_encoding"] == DEFAULT_ENCODING == "uint8-zstd" and prov["dataset"] == "vimeo90k"
     assert set(prov["list_digests"]) == {"sep_trainlist.txt", "sep_testlist.txt"} and prov["tool_version"]
     # Statistics merged across Ray tasks equal those of all stored features at once.
     feats = np.stack(_stored_features(out)).astype(np.float64)  # [N,256,h,w]
@@ -215,9 +214,9 @@ def test_foreign_out_dir_is_refused(bad_run, clean_tree: Path, yolo, tmp_path: P
 
 def test_uint8_features_with_per_channel_scale(clean_tree: Path, yolo, tmp_path: Path) -> None:
     listing = list_source("vimeo90k", clean_tree, "middle")
-    f16 = _prepare(listing, tmp_path / "f16", yolo, shard_size=8, use_ray=False)
-    u8 = _prepare(listing, tmp_path / "u8", yolo, shard_size=8, use_ray=False, feature_dtype="uint8")
-    assert u8.info["provenance"]["feature_dtype"] == "uint8"
+    f16 = _prepare(listing, tmp_path / "f16", yolo, shard_size=8, use_ray=False, feature_encoding="float16")
+    u8 = _prepare(listing, tmp_path / "u8", yolo, shard_size=8, use_ray=False, feature_encoding="uint8")
+    assert u8.info["provenance"]["feature_encoding"] == "uint8"
     a, b = _stored_features(tmp_path / "f16"), _stored_features(tmp_path / "u8")
     for x, y in zip(a, b):
         span = (x.max(axis=(1, 2)) - x.min(axis=(1, 2)))[:, None, None]
@@ -244,7 +243,7 @@ def test_full_disk_is_refused_and_leaves_nothing_half_written(clean_tree: Path, 
         for tar_path in mnt.glob("**/shard-*.tar"):  # whatever finished is whole and recorded
             assert tar_path.with_suffix(".json").is_file()
             with tarfile.open(tar_path) as tar:
-                assert len(tar.getmembers()) == 9
+                assert len({m.name.split(".", 1)[0] for m in tar.getmembers()}) == 3  # every sample of the shard
         assert not (mnt / "out" / "dataset.json").exists()
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
@@ -310,13 +309,31 @@ def test_cli_dry_run_writes_nothing(clean_tree: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(_app(), ["prepare", "--dataset", "vimeo90k", "--root", str(clean_tree),
                                          "--out", str(tmp_path / "o"), "--dry-run", "--shard-size", "5"])
     assert result.exit_code == 0, result.output
-    assert "28 samples (train 21, val 7) in 7 shards" in result.output and "GB" in result.output
+    assert "dry run: 28 frames (train 21, val 7) in 7 shards; sizes measured on 8 of them" in result.output
+    assert all(e in result.output for e in ("float16-zstd", "uint8-zstd", "none (image only")), result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_dry_run_sizes_are_what_prepare_writes(clean_tree: Path, yolo, tmp_path: Path) -> None:
+    """The measured bytes per frame of each encoding, times the frames, against the tars prepare then writes."""
+    from pipeline.data.feature_encoding import FEATURE_ENCODINGS
+    from pipeline.data.size_estimate import measure_sizes
+
+    listing = list_source("vimeo90k", clean_tree, "middle")
+    est = measure_sizes(listing, yolo.front, probe=len(listing.items))
+    assert est.probed == est.frames == 4
+    for encoding in (*FEATURE_ENCODINGS, "none"):
+        _prepare(listing, tmp_path / encoding, yolo, shard_size=8, use_ray=False, feature_encoding=encoding)
+        written = sum(p.stat().st_size for p in (tmp_path / encoding).glob("*/shard-*.tar"))
+        ends = 2 * len(list((tmp_path / encoding).glob("*/shard-*.tar")))  # each tar ends in zero blocks
+        assert est.total(encoding) <= written <= est.total(encoding) + ends * 10240, encoding
+    assert est.per_frame["uint8-zstd"] < est.per_frame["uint8"] < est.per_frame["float16"]
+    assert est.per_frame["none"] < est.per_frame["uint8-zstd"]
 
 
 def test_cli_sample_dataset_is_generated_then_listed(tmp_path: Path) -> None:
     result = CliRunner().invoke(_app(), ["prepare", "--dataset", "sample", "--root", str(tmp_path / "sample"),
                                          "--out", str(tmp_path / "o"), "--dry-run", "--frames", "middle"])
     assert result.exit_code == 0, result.output
-    assert "6 samples (train 4, val 2) in 2 shards" in result.output
+    assert "dry run: 6 frames (train 4, val 2) in 2 shards" in result.output
     assert (tmp_path / "sample" / "vimeo_septuplet" / "sep_trainlist.txt").is_file() and not (tmp_path / "o").exists()

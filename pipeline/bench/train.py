@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.data.shards import FramesToFeaturize
 from pipeline.infra.errors import UserError
 from pipeline.training.ddp import wrap_ddp
+from pipeline.training.loop import batch_on_device
 from pipeline.training.step import aux_parameters, train_step
 
 
@@ -28,6 +30,8 @@ def _train_steps_per_s(model, loss_fn, batches, steps: int, warmup: int = 1) -> 
         if i == warmup:
             t0, n = time.perf_counter(), 0
         args = batches[i % len(batches)]
+        if len(args) > 1 and not isinstance(args[1], torch.Tensor):  # image-only shards: s computed in the step
+            args = batch_on_device(args[0], args[1], args[0].device, model.front)
         train_step(model, model, loss_fn, net_opt, aux_opt, args)
         n += args[0].shape[0]
     if args[0].is_cuda:
@@ -106,9 +110,16 @@ def run_train_bench(
     rows = []
     with console.status(f"timing proposed (64,192,2) and ScaleHyperprior({n},320) training steps on {device}"):
         sp = _train_steps_per_s(proposed, ScalableRDLoss(0.0067, 1.0).to(device), [(x, s)], steps)
+        # image-only shards (prepare --features none): V_front of each whole Vimeo frame (448x256), cut to the crop
+        frames = torch.randint(0, 256, (batch_size, max(256, crop), max(448, crop), 3), dtype=torch.uint8)
+        cells = crop // 8
+        fly = FramesToFeaturize(frames, [(0, 0, cells, cells)] * batch_size)
+        sp_fly = _train_steps_per_s(proposed, ScalableRDLoss(0.0067, 1.0).to(device), [(x, fly)], steps)
         hl = RateDistortionLoss(lmbda=0.0067)
         sh = _train_steps_per_s(hyper, lambda out, xx: hl(out, xx), [(x,)], steps)
     rows.append((f"train step on {device}: proposed (64,192,2), N={n}", sp, ""))
+    rows.append((f"train step on {device}: the same, s computed in the step from 448x256 frames (--features none)", sp_fly,
+                 f"stored s / computed s = {sp / sp_fly:.2f}"))
     rows.append((f"train step on {device}: CompressAI ScaleHyperprior (bmshj2018-hyperprior), N={n} M=320", sh,
                  f"proposed/hyperprior = {sp / sh:.2f}"))
     x, s = x.cpu(), s.cpu()

@@ -13,6 +13,7 @@ from pipeline.bench.evaluate import run_evaluate_bench
 from pipeline.bench.loader import run_loader_bench
 from pipeline.bench.prepare import run_prepare_bench
 from pipeline.bench.redundancy import run_redundancy_bench
+from pipeline.bench.shards import run_shards_bench
 from pipeline.bench.train import run_train_bench
 from pipeline.cli.training import AddressOpt
 
@@ -39,6 +40,21 @@ def prepare_command(
 ) -> None:
     """Frames/s of prepare: Ray on all cores vs the same code in one plain process; stage times; peak RSS."""
     run_prepare_bench(sequences=sequences, shard_size=shard_size, num_cpus=num_cpus, memory=memory, work_dir=work_dir)
+
+
+@bench.command("shards")
+def shards_command(
+    sequences: Annotated[int, typer.Option(help="World training clips (3 frames each; a third as many for validation).")] = 12,
+    steps: Annotated[int, typer.Option(help="Training steps per run (the same for every encoding and seed).")] = 400,
+    seeds: Annotated[str, typer.Option(help="Seeds, comma-separated: their spread is the noise.")] = "0,1,2,3,4",
+    training: Annotated[bool, typer.Option(help="Also measure each encoding's effect on training.")] = True,
+    start: Annotated[str, typer.Option(help="zoo: fine-tune the zoo's proposed checkpoint nearest λ 0.0932 (lr 1e-4), as the quickstart does; scratch: train from scratch (lr 1e-3).")] = "zoo",
+    threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+    work_dir: Annotated[Optional[Path], typer.Option(help="Where the data and shards go (default: a temp dir).")] = None,
+) -> None:
+    """Feature encodings side by side: bytes per frame, encode/decode time, error of s, and the effect on training (val D_s and loss after the same steps from the same seeds), against float16's seed-to-seed noise."""
+    run_shards_bench(sequences=sequences, steps=steps, seeds=tuple(int(s) for s in seeds.split(",")), threads=threads,
+                     work_dir=work_dir, training=training, start=start)
 
 
 @bench.command("loader")

@@ -30,15 +30,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from pipeline.data.feature_encoding import DEFAULT_ENCODING, NO_FEATURES, check_encoding, decode_features, encode_features
 from pipeline.data.shards import (
     FEATURE_CHANNELS,
-    FEATURE_DTYPES,
     FEATURE_STRIDE,
     FORMAT,
     AtomicTarWriter,
     ChannelStats,
-    decode_features,
-    encode_features,
     remove_stale_temp_files,
     shard_name,
 )
@@ -72,7 +70,7 @@ class ShardTask:
     path: str
     refs: tuple[FrameRef, ...]
     plan_digest: str
-    feature_dtype: str
+    feature_encoding: str  # one of FEATURE_ENCODINGS, or "none" (image-only shards)
     batch_size: int
     torch_threads: int | None = None
     use_gpu: bool = False
@@ -185,9 +183,9 @@ def _batch_features(front: Any, decoded: list[tuple[FrameRef, np.ndarray, bytes]
     return feats
 
 
-def _sample_members(ref: FrameRef, arr: np.ndarray, png: bytes, s: np.ndarray, feature_dtype: str) -> tuple[dict[str, bytes], str]:
-    """The tar members of one sample (PNG, s, JSON metadata) and their sha256."""
-    members = encode_features(s, feature_dtype)
+def _sample_members(ref: FrameRef, arr: np.ndarray, png: bytes, s: np.ndarray, feature_encoding: str) -> tuple[dict[str, bytes], str]:
+    """The tar members of one sample (PNG, s unless image-only, JSON metadata) and their sha256."""
+    members = {} if feature_encoding == NO_FEATURES else encode_features(s, feature_encoding)
     meta = {"source": ref.source, "sequence": ref.sequence, "frame": ref.frame, "width": int(arr.shape[1]),
             "height": int(arr.shape[0]), "split": ref.split}
     members = {"png": png, **members, "json": json.dumps(meta, sort_keys=True).encode()}
@@ -219,8 +217,9 @@ def _write_shard(task: ShardTask, front: Any) -> ShardResult:
                 timings["v_front"] += time.perf_counter() - t
                 for ref, arr, png in decoded:
                     t = time.perf_counter()
-                    members, sha256 = _sample_members(ref, arr, png, feats[ref.key], task.feature_dtype)
-                    stats.update(decode_features(members["s.npy"], members.get("s_range.npy")))
+                    members, sha256 = _sample_members(ref, arr, png, feats[ref.key], task.feature_encoding)
+                    # the statistics of s as training will see it: decoded, or computed (image-only shards)
+                    stats.update(feats[ref.key] if task.feature_encoding == NO_FEATURES else decode_features(members))
                     timings["encode"] += time.perf_counter() - t
                     t = time.perf_counter()
                     tar.write(ref.key, members)
@@ -228,7 +227,8 @@ def _write_shard(task: ShardTask, front: Any) -> ShardResult:
                     rows.append({"key": ref.key, "split": ref.split, "shard": f"{task.split}/{name}",
                                  "index_in_shard": len(rows), "source": ref.source, "sequence": ref.sequence,
                                  "frame": ref.frame, "width": int(arr.shape[1]), "height": int(arr.shape[0]),
-                                 "bytes": sum(len(v) for v in members.values()), "sha256": sha256})
+                                 "bytes": sum(len(v) for v in members.values()), "sha256": sha256,
+                                 "feature_encoding": task.feature_encoding})
             t = time.perf_counter()
             tar_bytes, tar_sha256 = tar.commit()
             timings["write"] += time.perf_counter() - t
@@ -279,7 +279,7 @@ def make_plan(
     listing: Listing,
     out: str,
     yolo_provenance: dict,
-    feature_dtype: str,
+    feature_encoding: str,
     frames: str | int,
     shard_size: int,
     batch_size: int,
@@ -295,7 +295,7 @@ def make_plan(
         "list_digests": listing.list_digests,
         "frames": frames,
         "shard_size": shard_size,
-        "feature_dtype": feature_dtype,
+        "feature_encoding": feature_encoding,
         "yolo_weights_sha256": yolo_provenance.get("weights_sha256"),
         "split_layer": yolo_provenance.get("split_layer"),
     }
@@ -307,7 +307,8 @@ def make_plan(
             chunk = tuple(refs[start : start + shard_size])
             digest = _canonical_digest([base_digest, split, index, [r.key for r in chunk]])
             path = storage.join(out, split, shard_name(index))
-            tasks.append(ShardTask(split, index, path, chunk, digest, feature_dtype, batch_size, torch_threads, use_gpu))
+            tasks.append(ShardTask(split, index, path, chunk, digest, feature_encoding, batch_size, torch_threads,
+                                   use_gpu))
     return Plan(out, listing, tasks, fingerprint)
 
 
@@ -414,7 +415,7 @@ def _run_tasks_local(tasks: list[ShardTask], front: Any, on_done: Any) -> list[S
     return results
 
 
-def finalize(plan: Plan, results: list[ShardResult], yolo_provenance: dict, feature_dtype: str) -> dict:
+def finalize(plan: Plan, results: list[ShardResult], yolo_provenance: dict, feature_encoding: str) -> dict:
     """Write ``manifest.parquet`` and ``dataset.json`` from all shard results (in plan order)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -436,7 +437,7 @@ def finalize(plan: Plan, results: list[ShardResult], yolo_provenance: dict, feat
         [
             ("key", pa.string()), ("split", pa.string()), ("shard", pa.string()), ("index_in_shard", pa.int32()),
             ("source", pa.string()), ("sequence", pa.string()), ("frame", pa.int32()), ("width", pa.int32()),
-            ("height", pa.int32()), ("bytes", pa.int64()), ("sha256", pa.string()),
+            ("height", pa.int32()), ("bytes", pa.int64()), ("sha256", pa.string()), ("feature_encoding", pa.string()),
         ]
     )
     table = pa.Table.from_pylist(rows, schema=schema)
@@ -453,7 +454,7 @@ def finalize(plan: Plan, results: list[ShardResult], yolo_provenance: dict, feat
             "list_digests": plan.listing.list_digests,
             "yolo": {k: yolo_provenance.get(k) for k in ("weights", "weights_sha256", "split_layer", "random_weights",
                                                          "feature_channels", "cfg", "cfg_sha256")},
-            "feature_dtype": feature_dtype,
+            "feature_encoding": feature_encoding,
             "feature_stride": FEATURE_STRIDE,
             "frames": plan.fingerprint["frames"],
             "shard_size": plan.fingerprint["shard_size"],
@@ -480,27 +481,6 @@ def _reason_kind(reason: str) -> str:
     return reason.split(" (")[0]
 
 
-def estimate(listing: Listing, feature_dtype: str, probe: int = 32) -> dict:
-    """Sample count and estimated output bytes from the headers of up to ``probe`` images."""
-    from PIL import Image
-
-    refs = listing.items[:: max(1, len(listing.items) // probe)][:probe]
-    per_sample = []
-    for ref in refs:
-        try:
-            with Image.open(ref.path) as im:
-                w, h = im.size
-                fmt = im.format
-        except (OSError, SyntaxError, ValueError):
-            continue
-        hs, ws = -(-h // FEATURE_STRIDE), -(-w // FEATURE_STRIDE)
-        s_bytes = FEATURE_CHANNELS * hs * ws * (2 if feature_dtype == "float16" else 1) + 128
-        png = os.path.getsize(ref.path) if fmt == "PNG" else int(w * h * 3 * 0.6)
-        per_sample.append(s_bytes + png + 1536 + 200)  # + tar headers + json
-    mean = float(np.mean(per_sample)) if per_sample else 0.0
-    return {"samples": len(listing.items), "bytes": int(mean * len(listing.items)), "per_sample": int(mean)}
-
-
 @dataclass
 class PrepareReport:
     """What a prepare run did."""
@@ -521,7 +501,7 @@ def run_prepare(
     frames: str | int = "all",
     shard_size: int = 128,
     batch_size: int = 8,
-    feature_dtype: str = "float16",
+    feature_encoding: str = DEFAULT_ENCODING,
     num_gpus_per_worker: float = 0.0,
     overwrite: bool = False,
     use_ray: bool = True,
@@ -539,8 +519,7 @@ def run_prepare(
     ``yolo_cfg``: the Darknet ``.cfg`` of the YOLOv3 family ``yolo_weights`` belong to (default:
     standard YOLOv3). ``dataset.json`` records the front's channels C_s and the cfg's sha256.
     """
-    if feature_dtype not in FEATURE_DTYPES:
-        raise UserError(f"--feature-dtype {feature_dtype!r} is not supported; use one of {', '.join(FEATURE_DTYPES)}")
+    check_encoding(feature_encoding, allow_none=True)
     if shard_size < 1 or batch_size < 1:
         raise UserError("--shard-size and --batch-size must be at least 1")
     storage.check(out)
@@ -555,7 +534,7 @@ def run_prepare(
     yolo_provenance = {"feature_channels": getattr(front, "out_channels", FEATURE_CHANNELS), "cfg": None,
                        "cfg_sha256": None, **yolo_provenance}
     plan = make_plan(
-        listing, out, yolo_provenance, feature_dtype, frames, shard_size, batch_size,
+        listing, out, yolo_provenance, feature_encoding, frames, shard_size, batch_size,
         torch_threads=torch_threads or (1 if use_ray else None), use_gpu=num_gpus_per_worker > 0,
     )
     claim_out_dir(out, plan.fingerprint, overwrite)
@@ -586,7 +565,7 @@ def run_prepare(
                 "then rerun: finished shards are kept and the rest resumes"
             ) from None
     seconds = time.perf_counter() - t0
-    info = finalize(plan, list(done.values()) + new, yolo_provenance, feature_dtype)
+    info = finalize(plan, list(done.values()) + new, yolo_provenance, feature_encoding)
     return PrepareReport(info, len(new), len(done), sum(len(r.rows) for r in new), seconds, dict(timings))
 
 
@@ -602,24 +581,3 @@ def listing_for(dataset: str, root: str | None, frames: str | int, image_list: s
         parts = generate_sample(base, seed=sample_seed)
         return list_source("sample", parts.vimeo_root, frames)
     return list_source(dataset, root, frames, image_list, val_fraction)
-
-
-
-
-
-
-
-
-# ---------------------------------------------------------------- benchmarks
-
-
-
-
-
-
-
-
-
-
-
-

@@ -4,13 +4,12 @@ On disk (written by ``dvcm-pipeline prepare``)::
 
     <root>/dataset.json             provenance, counts, skipped inputs, per-channel s_mean/s_std
     <root>/manifest.parquet         one row per sample: key, split, shard, sizes, sha256
-    <root>/<split>/shard-000000.tar samples: <key>.png, <key>.s.npy [, <key>.s_range.npy], <key>.json
+    <root>/<split>/shard-000000.tar samples: <key>.png, <key>.json and s [C_s, ceil(H/8), ceil(W/8)]
+                                    in the dataset's feature encoding (:mod:`pipeline.data.feature_encoding`;
+                                    none in image-only shards, ``prepare --features none``)
 
-``s.npy`` is float16 [256, ceil(H/8), ceil(W/8)], or uint8 with ``s_range.npy`` (float32
-[256, 2]: per-channel min and max of that frame) when prepared with ``--feature-dtype uint8``.
-
-Reader: :func:`make_loader` yields (x [B,3,crop,crop] in [0,1], s [B,256,crop/8,crop/8]
-float32) from random crops whose corners are multiples of 8 pixels, so that the s window is
+Reader: :func:`make_loader` yields (x [B,3,crop,crop] in [0,1], s [B,C_s,crop/8,crop/8]
+float32, or None from image-only shards) from random crops whose corners are multiples of 8 pixels, so that the s window is
 exactly the features of the image window (away from borders, where V_front's receptive field
 is cut). Shards are split by rank (Ray Train world rank) and then by DataLoader worker; when a
 split has fewer shards than ``world_size * max(num_workers, 1)``, every reader walks all
@@ -23,6 +22,7 @@ import io
 import json
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -30,13 +30,14 @@ import numpy as np
 import torch
 
 from dvcm.fileio import file_sha256
+from pipeline.data.feature_encoding import dataset_encoding, decode_features, has_features
 from pipeline.infra import storage
 from pipeline.infra.errors import UserError
 
-FORMAT = "dvcm-shards/1"
+FORMAT = "dvcm-shards/2"  # /2: named feature encodings (feature_encoding.py), image-only shards
+READABLE_FORMATS: tuple[str, ...] = ("dvcm-shards/1", FORMAT)
 FEATURE_CHANNELS = 256
 FEATURE_STRIDE = 8
-FEATURE_DTYPES: tuple[str, ...] = ("float16", "uint8")
 
 
 # ---------------------------------------------------------------- writer helpers
@@ -45,43 +46,6 @@ FEATURE_DTYPES: tuple[str, ...] = ("float16", "uint8")
 def shard_name(index: int) -> str:
     """Stable shard file name: ``shard-000000.tar``."""
     return f"shard-{index:06d}.tar"
-
-
-def encode_features(s: np.ndarray, dtype: str) -> dict[str, bytes]:
-    """Sample members for features ``s`` [C,h,w] float32: ``s.npy`` (+ ``s_range.npy`` for uint8)."""
-    if dtype == "float16":
-        return {"s.npy": _npy_bytes(s.astype(np.float16))}
-    if dtype == "uint8":
-        lo = s.min(axis=(1, 2)).astype(np.float32)
-        hi = s.max(axis=(1, 2)).astype(np.float32)
-        span = np.where(hi > lo, hi - lo, 1.0).astype(np.float32)
-        q = np.clip(np.rint((s - lo[:, None, None]) / span[:, None, None] * 255.0), 0, 255).astype(np.uint8)
-        return {"s.npy": _npy_bytes(q), "s_range.npy": _npy_bytes(np.stack([lo, hi], axis=1))}
-    raise UserError(f"--feature-dtype {dtype!r} is not supported; use one of {', '.join(FEATURE_DTYPES)}")
-
-
-def decode_features(
-    s_npy: bytes, s_range_npy: bytes | None = None, window: tuple[int, int, int] | None = None
-) -> np.ndarray:
-    """Inverse of :func:`encode_features`: float32 [C,h,w] exactly as the reader sees it.
-
-    ``window`` = (top, left, size) in feature cells converts only that square.
-    """
-    arr = np.load(io.BytesIO(s_npy), allow_pickle=False)
-    if window is not None:
-        top, left, size = window
-        arr = arr[:, top : top + size, left : left + size]
-    if s_range_npy is None:
-        return arr.astype(np.float32)
-    rng = np.load(io.BytesIO(s_range_npy), allow_pickle=False).astype(np.float32)
-    lo, hi = rng[:, 0][:, None, None], rng[:, 1][:, None, None]
-    return (lo + arr.astype(np.float32) * ((hi - lo) / np.float32(255.0))).astype(np.float32)
-
-
-def _npy_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
-    return buf.getvalue()
 
 
 class ChannelStats:
@@ -209,8 +173,10 @@ def read_dataset_info(root: str) -> dict:
         raise UserError(f"{url} is not valid JSON ({exc}); rerun prepare with --overwrite") from None
     except OSError as exc:
         raise UserError(f"cannot read {url} ({exc}); check the path, the storage endpoint and credentials") from None
-    if info.get("format") != FORMAT:
-        raise UserError(f"{url} has format {info.get('format')!r}, expected {FORMAT!r}; rerun prepare")
+    if info.get("format") not in READABLE_FORMATS:
+        raise UserError(f"{url} has format {info.get('format')!r}, which this dvcm cannot read (it reads "
+                        f"{', '.join(READABLE_FORMATS)}); upgrade dvcm or prepare the shards again")
+    info["feature_encoding"] = dataset_encoding(info, url)
     if not info.get("counts", {}).get("written"):
         raise UserError(f"{root} holds no samples (every input was skipped); see skipped in {url}")
     return info
@@ -253,23 +219,58 @@ def shard_urls(root: str, split: str) -> list[str]:
     return [storage.join(root, split, s["name"]) for s in splits[split]["shards"] if s["samples"] > 0]
 
 
-def _decode_sample(sample: dict, crop: int | None, rng: random.Random) -> tuple[np.ndarray, np.ndarray] | None:
-    """Decode one sample, cropping before any float conversion; None when the frame is smaller than ``crop``."""
+@dataclass
+class FramesToFeaturize:
+    """What stands for s in a batch from image-only shards (``prepare --features none``): the whole frames
+    (uint8 [B,H,W,3], or a list of [H,W,3] when sizes differ) and each crop's window in feature cells, so that
+    the training worker runs V_front on the whole frame and cuts the window: the same s as stored shards hold
+    (V_front of the crop alone would differ near the crop's border, where its receptive field is cut)."""
+
+    frames: torch.Tensor | list[torch.Tensor]
+    windows: list[tuple[int, int, int, int]]  # (top, left, height, width) in feature cells
+
+    def pin_memory(self) -> "FramesToFeaturize":
+        pin = (lambda t: t.pin_memory())
+        frames = pin(self.frames) if isinstance(self.frames, torch.Tensor) else [pin(f) for f in self.frames]
+        return FramesToFeaturize(frames, self.windows)
+
+    def features(self, front: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> torch.Tensor:
+        """s [B, C_s, h, w] float32 on ``device``: V_front of each whole frame, cut to its window."""
+        stacks = [self.frames] if isinstance(self.frames, torch.Tensor) else [f[None] for f in self.frames]
+        with torch.no_grad():
+            full = [front(f.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)).float()
+                    for f in stacks]
+        whole = full[0] if len(full) == 1 else None
+        cut = [(whole[i] if whole is not None else full[i][0])[:, top : top + h, left : left + w]
+               for i, (top, left, h, w) in enumerate(self.windows)]
+        return torch.stack(cut)
+
+
+def _decode_sample(sample: dict, crop: int | None, rng: random.Random) -> tuple[np.ndarray, Any] | None:
+    """Decode one sample, cropping before any float conversion; None when the frame is smaller than ``crop``.
+
+    From image-only shards (``prepare --features none``) the second item is (whole frame uint8, window in
+    feature cells) for :class:`FramesToFeaturize`, instead of s.
+    """
     from PIL import Image
 
     with Image.open(io.BytesIO(sample["png"])) as im:
-        img = np.asarray(im.convert("RGB"))
-    window = None
+        frame = np.asarray(im.convert("RGB"))
+    img, window = frame, None
+    h, w = frame.shape[:2]
     if crop is not None:
-        h, w = img.shape[:2]
         if h < crop or w < crop:
             return None
         top = rng.randrange(0, (h - crop) // FEATURE_STRIDE + 1) * FEATURE_STRIDE
         left = rng.randrange(0, (w - crop) // FEATURE_STRIDE + 1) * FEATURE_STRIDE
-        img = img[top : top + crop, left : left + crop]
+        img = frame[top : top + crop, left : left + crop]
         window = (top // FEATURE_STRIDE, left // FEATURE_STRIDE, crop // FEATURE_STRIDE)
     x = img.transpose(2, 0, 1).astype(np.float32) * np.float32(1.0 / 255.0)  # numpy: no thread-pool start-up
-    return x, decode_features(sample["s.npy"], sample.get("s_range.npy"), window)
+    if has_features(sample):
+        return x, decode_features(sample, window)
+    top, left, size = window or (0, 0, None)
+    cells = (size, size) if size else (-(-h // FEATURE_STRIDE), -(-w // FEATURE_STRIDE))
+    return x, (frame, (top, left, *cells))
 
 
 def _crop_stage(crop: int | None, rng_seed: tuple[int, ...]) -> Callable[[Iterator[dict]], Iterator[tuple]]:
@@ -382,8 +383,14 @@ class ShardLoader:
             epoch += 1
 
 
-def _stack(batch: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.from_numpy(np.stack([b[0] for b in batch])), torch.from_numpy(np.stack([b[1] for b in batch]))
+def _stack(batch: list[tuple[np.ndarray, Any]]) -> tuple[torch.Tensor, torch.Tensor | FramesToFeaturize]:
+    x = torch.from_numpy(np.stack([b[0] for b in batch]))
+    if isinstance(batch[0][1], np.ndarray):
+        return x, torch.from_numpy(np.stack([b[1] for b in batch]))
+    frames = [b[1][0] for b in batch]  # image-only shards: whole frames, V_front runs on the training worker
+    same = len({f.shape for f in frames}) == 1
+    stacked = torch.from_numpy(np.stack(frames)) if same else [torch.from_numpy(np.array(f)) for f in frames]
+    return x, FramesToFeaturize(stacked, [b[1][1] for b in batch])
 
 
 def make_loader(

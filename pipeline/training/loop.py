@@ -195,9 +195,9 @@ def train_epoch(w: Worker, epoch: int) -> tuple[dict[str, float], dict[str, floa
     for step, (x, s) in enumerate(w.loader("train", epoch, repeat=True)):
         if step >= t.steps_per_epoch:
             break
-        x, s = x.to(w.device, non_blocking=True), s.to(w.device, non_blocking=True)
+        inputs = batch_on_device(x, s, w.device, w.model.front)
         try:
-            terms = train_step(w.model, w.forward, w.criterion, w.net_opt, w.aux_opt, (x, s),
+            terms = train_step(w.model, w.forward, w.criterion, w.net_opt, w.aux_opt, inputs,
                                clip_max_norm=t.clip_max_norm, aux_params=w.aux_params, world=w.world,
                                use_amp=w.use_amp, poison=poison)
         except FloatingPointError as exc:
@@ -220,14 +220,24 @@ def validate(w: Worker) -> tuple[dict[str, float], list[torch.Tensor]]:
         for step, (x, s) in enumerate(w.loader("val", 0, repeat=False)):
             if step >= w.trial.training.val_steps:
                 break
-            x, s = x.to(w.device, non_blocking=True), s.to(w.device, non_blocking=True)
-            sums.add(w.criterion(to_float(w.model(x, s)), x))
+            inputs = batch_on_device(x, s, w.device, w.model.front)
+            sums.add(w.criterion(to_float(w.model(*inputs)), inputs[0]))
+            x = inputs[0]
             if len(images) < 4:
                 images.extend(list(x[: 4 - len(images)].cpu()))
     val = sums.mean(w.world)
     if not val:
         raise RuntimeError("the validation split yielded no batch; prepare more validation frames")
     return val, images
+
+
+def batch_on_device(x: torch.Tensor, s: Any, device: torch.device, front: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, s) on ``device``; from image-only shards (``prepare --features none``) s is computed here, by the
+    model's frozen ``front`` on the whole frames, cut to each crop's window (:class:`FramesToFeaturize`)."""
+    x = x.to(device, non_blocking=True)
+    if isinstance(s, torch.Tensor):
+        return x, s.to(device, non_blocking=True)
+    return x, s.features(front, device)
 
 
 def loss_shares(terms: dict[str, float], lmbda: float, weight_s: float) -> dict[str, float]:
