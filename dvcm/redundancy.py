@@ -42,8 +42,8 @@ from torch import Tensor
 
 from dvcm.errors import DvcmError
 
-DEFAULT_K = 16
-DEFAULT_FIBERS = 2048
+DEFAULT_K = 4  # with every fiber of a few images (bench redundancy): larger K overfits its clusters
+DEFAULT_FIBERS = 6144  # every fiber of 4 images of 768x512
 DEFAULT_STEPS = 200
 MIN_BITS = 1e-3  # bits per fiber below which H(y_i) counts as zero and Rdn is undefined (NaN)
 SMALL_FIT = 1 << 20  # values per fit step below which one thread is used

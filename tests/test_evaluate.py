@@ -6,6 +6,7 @@ undecodable image that is skipped and counted.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -152,6 +153,11 @@ def test_end_to_end_into_mlflow(sample, tiny_ckpt: Path, tmp_path: Path, ray_loc
     again = run_job(job, progress=False)
     assert again["computed"] == [] and again["extras_computed"] == []
     assert json.loads((out / rid / "results.json").read_text())["per_image"] == rows
+    # other redundancy settings: the estimate is made again (and only it), and says what it was asked for
+    other = run_job(dataclasses.replace(job, redundancy_k=2), progress=False)
+    assert other["computed"] == [] and other["extras_computed"] == [rid]
+    red = json.loads((out / rid / "results.json").read_text())["redundancy"]
+    assert red["requested"] == {"K": 2, "fibers": 256, "images": 1}
 
 
 def gt_categories(sample) -> list[dict]:

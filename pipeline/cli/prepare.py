@@ -82,6 +82,20 @@ def _print_dry_run(listing: Listing, shard_size: int, weights: str | None, cfg: 
                   f"here; {len(listing.skipped)} inputs would be skipped; nothing written")
 
 
+def _chosen_encoding(features: str, encoding: str | None) -> str:
+    """The encoding of s that ``--features`` and ``--feature-encoding`` ask for, or one line saying why not."""
+    if features not in ("stored", NO_FEATURES):
+        raise UserError(f"--features {features!r} is not one of: stored, {NO_FEATURES}")
+    if encoding == NO_FEATURES:
+        raise UserError(f"--feature-encoding {NO_FEATURES!r}: image-only shards are --features {NO_FEATURES}")
+    if features == NO_FEATURES:
+        if encoding is not None:
+            raise UserError(f"--features {NO_FEATURES} stores no s, so --feature-encoding {encoding} has nothing to "
+                            "encode; drop one of them")
+        return NO_FEATURES
+    return check_encoding(encoding or DEFAULT_ENCODING)
+
+
 def prepare_command(
     dataset: Annotated[str, typer.Option(help=f"One of: {', '.join(DATASETS)}.")],
     out: Annotated[str, typer.Option(help="Output folder or fsspec URL (s3://bucket/shards) for shards, manifest.parquet and dataset.json.")],
@@ -89,7 +103,7 @@ def prepare_command(
     frames: Annotated[str, typer.Option(help="Frames per sequence: all, middle or N (evenly spaced).")] = "all",
     shard_size: Annotated[int, typer.Option(help="Samples per shard.")] = 128,
     batch_size: Annotated[int, typer.Option(help="Frames per V_front batch.")] = 8,
-    feature_encoding: Annotated[str, typer.Option(help=f"How s is stored: {', '.join(FEATURE_ENCODINGS)} (see README, 'Shard storage').")] = DEFAULT_ENCODING,
+    feature_encoding: Annotated[Optional[str], typer.Option(help=f"How s is stored: {', '.join(FEATURE_ENCODINGS)} (default {DEFAULT_ENCODING}; see README, 'Shard storage').")] = None,
     features: Annotated[str, typer.Option(help="stored: s in the shards; none: image-only shards, training computes s on its workers (GPUs).")] = "stored",
     feature_dtype: Annotated[Optional[str], typer.Option(hidden=True, help="Old name of --feature-encoding.")] = None,
     yolo_weights: YoloWeightsOpt = None,
@@ -105,14 +119,11 @@ def prepare_command(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace shards already in --out.")] = False,
 ) -> None:
     """Write WebDataset shards of (image PNG, YOLOv3 layer-12 features s, metadata) for training/evaluation."""
+    encoding = _chosen_encoding(features, feature_encoding or feature_dtype)
     frames_sel = parse_frames(frames)
     storage.check(out)
     weights, cfg = yolo_files(yolo_weights, yolo_cfg)
     listing = listing_for(dataset, root, frames_sel, image_list, val_fraction, sample_seed)
-    if features not in ("stored", NO_FEATURES):
-        raise UserError(f"--features {features!r} is not one of: stored, {NO_FEATURES}")
-    encoding = check_encoding(feature_dtype or feature_encoding)
-    encoding = NO_FEATURES if features == NO_FEATURES else encoding
     if dry_run:
         _print_dry_run(listing, shard_size, weights, cfg, yolo_seed, encoding)
         return

@@ -6,7 +6,7 @@ encoding           members                                          error of s
 ``float16``        ``s.npy`` (float16)                              float16 rounding
 ``float16-zstd``   ``s.npy.blosc``: the same .npy, byte-shuffled    float16 rounding
                    and zstd-compressed by Blosc (numcodecs)
-``uint8``          ``s.npy`` (uint8) + ``s_range.npy`` (float32     per-channel min–max / 255
+``uint8``          ``s.npy`` (uint8) + ``s_range.npy`` (float32     half a step of min–max / 255
                    [C, 2]: each channel's min and max in the frame)
 ``uint8-zstd``     ``s.npy.blosc`` (the uint8 .npy, bit-shuffled,   as ``uint8``
                    zstd) + ``s_range.npy``
@@ -35,12 +35,15 @@ DEFAULT_ENCODING = "uint8-zstd"  # bench shards: the smallest whose effect on tr
 ZSTD_LEVEL = 3  # Blosc's zstd level: level 9 saves 4 % more bytes at 10-20x the encode time (bench shards)
 
 
-def _blosc(dtype: np.dtype) -> Any:
-    from numcodecs import Blosc
+def _blosc_encode(npy: bytes, dtype: np.dtype) -> bytes:
+    """The .npy bytes compressed by Blosc's zstd, shuffled by elements of ``dtype`` (the buffer is viewed as
+    ``dtype`` items: numpy pads the header to a multiple of 64 bytes, so the data stays aligned)."""
+    from numcodecs import Blosc, blosc
 
+    blosc.use_threads = False  # one thread: prepare's Ray tasks and DataLoader workers are the parallelism
     # byte shuffle for 2-byte floats, bit shuffle for bytes (a byte shuffle of 1-byte items does nothing)
     shuffle = Blosc.BITSHUFFLE if dtype.itemsize == 1 else Blosc.SHUFFLE
-    return Blosc(cname="zstd", clevel=ZSTD_LEVEL, shuffle=shuffle, typesize=dtype.itemsize)
+    return bytes(Blosc(cname="zstd", clevel=ZSTD_LEVEL, shuffle=shuffle).encode(np.frombuffer(npy, dtype=dtype)))
 
 
 def check_encoding(encoding: str, allow_none: bool = False) -> str:
@@ -64,13 +67,8 @@ def encode_features(s: np.ndarray, encoding: str) -> dict[str, bytes]:
         extra = {"s_range.npy": _npy_bytes(np.stack([lo, hi], axis=1))}
     npy = _npy_bytes(arr)
     if encoding.endswith("-zstd"):
-        return {"s.npy.blosc": bytes(_blosc(arr.dtype).encode(npy)), **extra}
+        return {"s.npy.blosc": _blosc_encode(npy, arr.dtype), **extra}
     return {"s.npy": npy, **extra}
-
-
-def has_features(sample: dict[str, Any]) -> bool:
-    """Whether a sample holds s in any encoding."""
-    return "s.npy" in sample or "s.npy.blosc" in sample
 
 
 def decode_features(sample: dict[str, Any], window: tuple[int, int, int] | None = None) -> np.ndarray:
@@ -79,8 +77,9 @@ def decode_features(sample: dict[str, Any], window: tuple[int, int, int] | None 
     ``window`` = (top, left, size) in feature cells converts only that square.
     """
     if "s.npy.blosc" in sample:
-        from numcodecs import Blosc
+        from numcodecs import Blosc, blosc
 
+        blosc.use_threads = False
         npy = bytes(Blosc().decode(sample["s.npy.blosc"]))
     elif "s.npy" in sample:
         npy = sample["s.npy"]

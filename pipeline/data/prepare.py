@@ -285,8 +285,12 @@ def make_plan(
     batch_size: int,
     torch_threads: int | None = None,
     use_gpu: bool = False,
+    out_dir_plan: dict | None = None,
 ) -> Plan:
-    """Cut each split's frames into shards of ``shard_size`` in listing order."""
+    """Cut each split's frames into shards of ``shard_size`` in listing order.
+
+    ``out_dir_plan``: the ``plan.json`` already in ``out``; when it describes the same preparation in the
+    words of an earlier dvcm (:func:`_same_legacy_plan`), the plan keeps it, so that its shards resume."""
     fingerprint = {
         "format": FORMAT,
         "dataset": listing.dataset,
@@ -299,6 +303,8 @@ def make_plan(
         "yolo_weights_sha256": yolo_provenance.get("weights_sha256"),
         "split_layer": yolo_provenance.get("split_layer"),
     }
+    if out_dir_plan is not None and _same_legacy_plan(out_dir_plan, fingerprint):
+        fingerprint = out_dir_plan
     base_digest = _canonical_digest(fingerprint)
     tasks = []
     for split in listing.splits():
@@ -310,6 +316,34 @@ def make_plan(
             tasks.append(ShardTask(split, index, path, chunk, digest, feature_encoding, batch_size, torch_threads,
                                    use_gpu))
     return Plan(out, listing, tasks, fingerprint)
+
+
+LEGACY_FORMAT = "dvcm-shards/1"  # before feature encodings had names: plan.json said feature_dtype
+
+
+def _same_legacy_plan(old: dict, fingerprint: dict) -> bool:
+    """Whether ``old``, a plan of format dvcm-shards/1, describes the preparation ``fingerprint`` describes."""
+    if old.get("format") != LEGACY_FORMAT or "feature_dtype" not in old:
+        return False
+    renamed = {k: v for k, v in old.items() if k != "feature_dtype"}
+    return {**renamed, "format": FORMAT, "feature_encoding": old["feature_dtype"]} == fingerprint
+
+
+def read_out_dir_plan(out: str) -> dict | None:
+    """The ``plan.json`` of a shard folder (or URL prefix), or None."""
+    try:
+        return json.loads(storage.read_text(storage.join(out, PLAN_FILE)))
+    except (OSError, ValueError):
+        return None
+
+
+def recorded_encoding(out: str | Path) -> str | None:
+    """The feature encoding that the shards in ``out`` were planned with (None: no plan there), so that a
+    workflow's rerun resumes them rather than asking for the default of a newer dvcm."""
+    old = read_out_dir_plan(str(out))
+    if not old:
+        return None
+    return old.get("feature_encoding") or old.get("feature_dtype")
 
 
 def claim_out_dir(out: str, fingerprint: dict, overwrite: bool) -> None:
@@ -536,6 +570,7 @@ def run_prepare(
     plan = make_plan(
         listing, out, yolo_provenance, feature_encoding, frames, shard_size, batch_size,
         torch_threads=torch_threads or (1 if use_ray else None), use_gpu=num_gpus_per_worker > 0,
+        out_dir_plan=None if overwrite else read_out_dir_plan(out),
     )
     claim_out_dir(out, plan.fingerprint, overwrite)
     done = {(t.split, t.index): r for t in plan.tasks if (r := _finished(t)) is not None}

@@ -9,7 +9,7 @@ On disk (written by ``dvcm-pipeline prepare``)::
                                     none in image-only shards, ``prepare --features none``)
 
 Reader: :func:`make_loader` yields (x [B,3,crop,crop] in [0,1], s [B,C_s,crop/8,crop/8]
-float32, or None from image-only shards) from random crops whose corners are multiples of 8 pixels, so that the s window is
+float32, or from image-only shards a :class:`FramesToFeaturize`) from random crops whose corners are multiples of 8 pixels, so that the s window is
 exactly the features of the image window (away from borders, where V_front's receptive field
 is cut). Shards are split by rank (Ray Train world rank) and then by DataLoader worker; when a
 split has fewer shards than ``world_size * max(num_workers, 1)``, every reader walks all
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from dvcm.fileio import file_sha256
-from pipeline.data.feature_encoding import dataset_encoding, decode_features, has_features
+from pipeline.data.feature_encoding import NO_FEATURES, dataset_encoding, decode_features
 from pipeline.infra import storage
 from pipeline.infra.errors import UserError
 
@@ -236,17 +236,23 @@ class FramesToFeaturize:
 
     def features(self, front: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> torch.Tensor:
         """s [B, C_s, h, w] float32 on ``device``: V_front of each whole frame, cut to its window."""
-        stacks = [self.frames] if isinstance(self.frames, torch.Tensor) else [f[None] for f in self.frames]
+        frames = list(self.frames) if isinstance(self.frames, list) else [self.frames[i] for i in range(len(self.frames))]
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for i, f in enumerate(frames):
+            by_size.setdefault(tuple(f.shape), []).append(i)
+        s: list[torch.Tensor | None] = [None] * len(frames)
         with torch.no_grad():
-            full = [front(f.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)).float()
-                    for f in stacks]
-        whole = full[0] if len(full) == 1 else None
-        cut = [(whole[i] if whole is not None else full[i][0])[:, top : top + h, left : left + w]
-               for i, (top, left, h, w) in enumerate(self.windows)]
-        return torch.stack(cut)
+            for idx in by_size.values():  # one V_front batch per frame size
+                x = torch.stack([frames[i] for i in idx]).to(device, non_blocking=True)
+                out = front(x.permute(0, 3, 1, 2).float().div_(255.0)).float()
+                for j, i in enumerate(idx):
+                    top, left, h, w = self.windows[i]
+                    s[i] = out[j, :, top : top + h, left : left + w]
+        return torch.stack(s)  # type: ignore[arg-type]
 
 
-def _decode_sample(sample: dict, crop: int | None, rng: random.Random) -> tuple[np.ndarray, Any] | None:
+def _decode_sample(sample: dict, crop: int | None, rng: random.Random, image_only: bool = False
+                   ) -> tuple[np.ndarray, Any] | None:
     """Decode one sample, cropping before any float conversion; None when the frame is smaller than ``crop``.
 
     From image-only shards (``prepare --features none``) the second item is (whole frame uint8, window in
@@ -266,18 +272,19 @@ def _decode_sample(sample: dict, crop: int | None, rng: random.Random) -> tuple[
         img = frame[top : top + crop, left : left + crop]
         window = (top // FEATURE_STRIDE, left // FEATURE_STRIDE, crop // FEATURE_STRIDE)
     x = img.transpose(2, 0, 1).astype(np.float32) * np.float32(1.0 / 255.0)  # numpy: no thread-pool start-up
-    if has_features(sample):
+    if not image_only:  # the dataset's encoding stores s: a sample without it is refused in one line
         return x, decode_features(sample, window)
     top, left, size = window or (0, 0, None)
     cells = (size, size) if size else (-(-h // FEATURE_STRIDE), -(-w // FEATURE_STRIDE))
     return x, (frame, (top, left, *cells))
 
 
-def _crop_stage(crop: int | None, rng_seed: tuple[int, ...]) -> Callable[[Iterator[dict]], Iterator[tuple]]:
+def _crop_stage(crop: int | None, rng_seed: tuple[int, ...], image_only: bool = False
+                ) -> Callable[[Iterator[dict]], Iterator[tuple]]:
     def stage(src: Iterator[dict]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         rng = random.Random(_seed(*rng_seed, _worker_id()[0]))
         for sample in src:
-            pair = _decode_sample(sample, crop, rng)
+            pair = _decode_sample(sample, crop, rng, image_only)
             if pair is not None:  # frames smaller than the crop are left out
                 yield pair
 
@@ -324,11 +331,13 @@ class ShardLoader:
     """Iterable of (x, s) batches over one split; see :func:`make_loader`."""
 
     def __init__(self, urls: list[str], crop: int | None, batch_size: int, num_workers: int, shuffle_buffer: int,
-                 seed: int, epoch: int, rank: int, world_size: int, repeat: bool, pin_memory: bool = False) -> None:
+                 seed: int, epoch: int, rank: int, world_size: int, repeat: bool, pin_memory: bool = False,
+                 image_only: bool = False) -> None:
         self.urls, self.crop, self.batch_size, self.num_workers = urls, crop, batch_size, num_workers
         self.shuffle_buffer, self.seed, self.epoch = shuffle_buffer, seed, epoch
         self.rank, self.world_size, self.repeat = rank, world_size, repeat
         self.pin_memory = pin_memory  # page-locked batches, for non_blocking copies to a GPU
+        self.image_only = image_only  # prepare --features none: the worker computes s (FramesToFeaturize)
 
     def _pipeline(self, epoch: int) -> Any:
         import webdataset as wds
@@ -359,7 +368,7 @@ class ShardLoader:
             ds = ds.compose(_every_nth(rank, world))
         if shuffle:
             ds = ds.compose(wds.shuffle(self.shuffle_buffer, rng=random.Random(_seed(self.seed, epoch, rank, 1))))
-        ds = ds.compose(_crop_stage(self.crop, (self.seed, epoch, rank)))
+        ds = ds.compose(_crop_stage(self.crop, (self.seed, epoch, rank), self.image_only))
         if self.crop is None:
             return ds.compose(wds.batched(1, collation_fn=_stack, partial=True))
         return ds.compose(wds.batched(self.batch_size, collation_fn=_stack, partial=False))
@@ -408,7 +417,8 @@ def make_loader(
     repeat: bool = False,
     pin_memory: bool = False,
 ) -> ShardLoader:
-    """Batches (x [B,3,crop,crop] in [0,1], s [B,256,crop/8,crop/8] float32) from prepared shards.
+    """Batches (x [B,3,crop,crop] in [0,1], s [B,C_s,crop/8,crop/8] float32) from prepared shards; from
+    image-only shards s is a :class:`FramesToFeaturize` that the training worker turns into s.
 
     ``crop=None`` yields whole frames one at a time (B = 1). Frames smaller than ``crop``
     are left out. The order depends only on (seed, epoch, rank, workers), not on timing.
@@ -427,4 +437,4 @@ def make_loader(
     if not urls:
         raise UserError(f"split {split!r} of {root} holds no samples; prepare more data or pick another split")
     return ShardLoader(urls, crop, batch_size, num_workers, shuffle_buffer, seed, epoch, rank, world_size, repeat,
-                       pin_memory)
+                       pin_memory, image_only=info["feature_encoding"] == NO_FEATURES)

@@ -7,15 +7,15 @@ frame times the number of frames gives each encoding's total. Nothing is written
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from pipeline.data.feature_encoding import FEATURE_ENCODINGS, NO_FEATURES, encode_features
+from pipeline.data.feature_encoding import FEATURE_ENCODINGS, NO_FEATURES
 from pipeline.data.sources import Listing
+from pipeline.infra.errors import UserError
 
 TAR_BLOCK = 512
 
@@ -43,7 +43,7 @@ def measure_sizes(listing: Listing, front: Any, probe: int = 8) -> SizeEstimate:
     """Measure each encoding's bytes per frame on up to ``probe`` frames of ``listing``."""
     import torch
 
-    from pipeline.data.prepare import _decode
+    from pipeline.data.prepare import _decode, _sample_members
 
     items = listing.items
     refs = items[:: max(1, len(items) // probe)][:probe]
@@ -58,14 +58,13 @@ def measure_sizes(listing: Listing, front: Any, probe: int = 8) -> SizeEstimate:
         arr, png = decoded
         with torch.no_grad():
             s = front(torch.from_numpy(np.array(arr)).permute(2, 0, 1)[None].float().div_(255.0))[0].numpy()
-        meta = {"source": ref.source, "sequence": ref.sequence, "frame": ref.frame, "width": int(arr.shape[1]),
-                "height": int(arr.shape[0]), "split": ref.split}
-        base = {"png": png, "json": json.dumps(meta, sort_keys=True).encode()}
         pngs.append(len(png))
-        sizes[NO_FEATURES].append(tar_bytes(base))
-        for encoding in FEATURE_ENCODINGS:
-            sizes[encoding].append(tar_bytes({**base, **encode_features(s, encoding)}))
+        for encoding in sizes:  # the members prepare writes
+            sizes[encoding].append(tar_bytes(_sample_members(ref, arr, png, s, encoding)[0]))
     probed = len(pngs)
+    if not probed:
+        raise UserError(f"none of the {len(refs)} frames probed for the size estimate could be read; "
+                        "check the files under the dataset root")
     seconds = (time.perf_counter() - t0) / max(probed, 1)
     per_frame = {e: float(np.mean(v)) if v else 0.0 for e, v in sizes.items()}
     return SizeEstimate(len(items), probed, float(np.mean(pngs)) if pngs else 0.0, per_frame, seconds)

@@ -85,6 +85,7 @@ from pipeline.evaluation.targets import ImageItem, Target
 from pipeline.evaluation.tasks import (
     COCO_SIZE,
     detector,
+    redundancy_request,
     run_anchor_chunk,
     run_codec_chunk,
     run_model_complexity,
@@ -260,9 +261,18 @@ def plan(job: Job) -> Plan:
             settings = _anchor_settings(job, d, anchor_codecs) if key == "anchors" else _dataset_settings(job, d)
             if res["datasets"].get(d, {}).get("settings_digest") != _digest(settings):
                 todo.append((key, d))
-    extras_todo = [t for t in job.targets
-                   if results[t.key].get("redundancy") is None or results[t.key].get("complexity") is None]
+    extras_todo = [t for t in job.targets if not _redundancy_current(results[t.key], job)
+                   or results[t.key].get("complexity") is None]
     return Plan(datasets, results, todo, extras_todo, anchor_codecs, notices)
+
+
+def _redundancy_current(res: dict[str, Any], job: Job) -> bool:
+    """Whether a stored redundancy estimate was made with this job's K, fibers and images (estimates of an
+    earlier dvcm, which did not record them, are made again)."""
+    red = res.get("redundancy")
+    images = min(max(1, job.redundancy_images), len(job.kodak or job.coco[0]))
+    return red is not None and red.get("requested") == redundancy_request(job.redundancy_k, job.redundancy_fibers,
+                                                                            images)
 
 
 def submit(job: Job, p: Plan) -> dict[Any, tuple[str, str, str]]:
@@ -287,7 +297,7 @@ def submit(job: Job, p: Plan) -> dict[Any, tuple[str, str, str]]:
     extra_items = (job.kodak or job.coco[0])[: max(1, job.redundancy_images)]
     complexity_task = _remote(run_model_complexity).options(num_cpus=s.threads, num_gpus=gpus)
     for t in p.extras_todo:
-        if p.results[t.key].get("redundancy") is not None:  # results of an earlier dvcm: only the complexity is new
+        if _redundancy_current(p.results[t.key], job):  # results of an earlier dvcm: only the complexity is new
             futures[complexity_task.remote(str(t.checkpoint), s)] = (t.key, "extras", "model")
             continue
         futures[extras_task.remote(str(t.checkpoint), extra_items, s, job.redundancy_k, job.redundancy_fibers)] = (

@@ -253,6 +253,11 @@ def run_model_complexity(checkpoint: str, s: Settings) -> dict:
                            "parts": codec_complexity(_codec(checkpoint, s))}}
 
 
+def redundancy_request(K: int, fibers: int, images: int) -> dict[str, int]:
+    """The settings a redundancy estimate was asked for (stored with it, compared on reruns)."""
+    return {"K": int(K), "fibers": int(fibers), "images": int(images)}
+
+
 def run_model_extras(checkpoint: str, items: list[ImageItem], s: Settings, K: int, fibers: int) -> dict:
     """Redundancy Rdn(ŷ1|ŷ2), Rdn(ŷ2|ŷ1) over ``items``, the top-8 channels by rate of the first image, and
     the parameters and kMAC per pixel of each part of the codec (:mod:`dvcm.complexity`)."""
@@ -268,6 +273,7 @@ def run_model_extras(checkpoint: str, items: list[ImageItem], s: Settings, K: in
         return {"redundancy": None, "channel_rates": None, "complexity": complexity}
     red = model_redundancy(model, images, K=K, num_fibers=fibers)
     red["images"] = len(images)
+    red["requested"] = redundancy_request(K, fibers, len(items))  # a rerun with other settings computes it again
     with torch.no_grad():
         out = model(images[0])
     rates: dict[str, Any] = {"image": Path(items[0].path).name}

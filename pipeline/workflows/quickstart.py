@@ -315,7 +315,8 @@ def print_summary(result: QuickstartResult) -> None:
 def prepare_stage(out: Path, yolo_weights: str | None, address: str | None, num_cpus: int | None, progress: bool,
                   con: Any, yolo_cfg: str | None = None) -> tuple[Any, Path]:
     """Step 1: the generated sample set, and its Vimeo-like clips into shards (Ray tasks)."""
-    from pipeline.data.prepare import run_prepare
+    from pipeline.data.feature_encoding import DEFAULT_ENCODING
+    from pipeline.data.prepare import recorded_encoding, run_prepare
     from pipeline.data.sample_data import generate_sample
     from pipeline.data.sources import list_source
     from pipeline.infra.ray_runtime import init_ray
@@ -326,7 +327,7 @@ def prepare_stage(out: Path, yolo_weights: str | None, address: str | None, num_
     shards = out / "shards"
     rep = run_prepare(list_source("sample", sample.vimeo_root, SAMPLE_FRAMES), shards, yolo_weights=yolo_weights,
                       frames=SAMPLE_FRAMES, shard_size=8, use_ray=True, address=address, num_cpus=num_cpus, progress=progress,
-                      yolo_cfg=yolo_cfg)
+                      yolo_cfg=yolo_cfg, feature_encoding=recorded_encoding(shards) or DEFAULT_ENCODING)
     con.print(f"shards in {shards}: {rep.shards_written} written, {rep.shards_skipped} already finished")
     return sample, shards
 

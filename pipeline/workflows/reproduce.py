@@ -264,7 +264,8 @@ def data_stage(out: Path, preset: StudyPreset, weights: str | None, cfg: str | N
                progress: bool, con: Any, data: RealData | None = None) -> tuple[Any, Path]:
     """Clips into shards with the detector's front: the world's train split (mini), or the user's Vimeo-90K
     (``data``); returns (where the evaluation images are, the shards)."""
-    from pipeline.data.prepare import run_prepare
+    from pipeline.data.feature_encoding import DEFAULT_ENCODING
+    from pipeline.data.prepare import recorded_encoding, run_prepare
     from pipeline.data.sample_data import generate_sample
 
     shards = out / "shards"
@@ -279,7 +280,7 @@ def data_stage(out: Path, preset: StudyPreset, weights: str | None, cfg: str | N
         sample, listing = data, list_source("vimeo90k", data.vimeo_root, preset.frames)
     rep = run_prepare(listing, shards, yolo_weights=weights, yolo_cfg=cfg,
                       frames=preset.frames, shard_size=32 if data is None else 256, use_ray=True, address=address,
-                      progress=progress)
+                      progress=progress, feature_encoding=recorded_encoding(shards) or DEFAULT_ENCODING)
     con.print(f"shards in {shards}: {rep.shards_written} written, {rep.shards_skipped} already finished")
     return sample, shards
 
