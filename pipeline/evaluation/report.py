@@ -246,8 +246,8 @@ MIN_SUMMARY_OVERLAP = 50.0  # %: the strongest other codec is chosen among pairs
 def bd_summary_section(bd_rows: list[dict[str, str]], models: list[str]) -> list[str]:
     """Per metric, each learned model against the baseline model and against the strongest other codec (an
     anchor or an overlaid curve: the one it saves least against, among those whose curves share at least
-    ``MIN_SUMMARY_OVERLAP`` % of their quality range when any do): the strict figure where defined, else the
-    fitted one, with its method."""
+    ``MIN_SUMMARY_OVERLAP`` % of their quality range; a row saying so when none does): the strict figure where
+    defined, else the fitted one, with its method."""
     from pipeline.evaluation.bdrate import is_finite, pick_row, rate_overlap_percent
 
     if not bd_rows:
@@ -265,15 +265,18 @@ def bd_summary_section(bd_rows: list[dict[str, str]], models: list[str]) -> list
                 out.append((metric, model, ref, "baseline", shown[ref]))
             anchors = {ref: row for ref, row in shown.items()
                        if ref not in models and row is not None and is_finite(row["bd_rate_percent"])}
-            # a figure over a sliver of shared quality says little: of those overlapping enough, when any
+            # a figure over a sliver of shared quality says little: only those overlapping enough compete
             enough = {ref: row for ref, row in anchors.items() if rate_overlap_percent(row) >= MIN_SUMMARY_OVERLAP}
-            anchors = enough or anchors
-            if anchors:
-                ref = max(anchors, key=lambda k: float(anchors[k]["bd_rate_percent"]))
-                out.append((metric, model, ref, "strongest other codec", anchors[ref]))
+            if enough:
+                ref = max(enough, key=lambda k: float(enough[k]["bd_rate_percent"]))
+                out.append((metric, model, ref, "strongest other codec", enough[ref]))
+            elif anchors:
+                out.append((metric, model, "none", "strongest other codec", {
+                    "method": "", "note": f"no other codec's curve shares {MIN_SUMMARY_OVERLAP:.0f} % of this model's "
+                                          f"quality range ({len(anchors)} share less; every pair is in the full table)"}))
     if not out:
         return []
-    rows = [[html.escape(m), html.escape(t), html.escape(f"{ref} ({role})"), html.escape((b or {}).get("method") or "pchip"),
+    rows = [[html.escape(m), html.escape(t), html.escape(f"{ref} ({role})"), html.escape((b or {}).get("method", "pchip") or "–"),
              _fmt((b or {}).get("bd_rate_percent"), 2), _fmt((b or {}).get("bd_quality"), 4),
              html.escape((b or {}).get("note", ""))] for m, t, ref, role, b in out]
     return ["<h2>BD-rate summary</h2>", BD_METHODS_NOTE,
