@@ -110,15 +110,17 @@ def run_train_bench(
     rows = []
     with console.status(f"timing proposed (64,192,2) and ScaleHyperprior({n},320) training steps on {device}"):
         sp = _train_steps_per_s(proposed, ScalableRDLoss(0.0067, 1.0).to(device), [(x, s)], steps)
-        # image-only shards (prepare --features none): V_front of each whole Vimeo frame (448x256), cut to the crop
-        frames = torch.randint(0, 256, (batch_size, max(256, crop), max(448, crop), 3), dtype=torch.uint8)
+        # image-only shards (prepare --features none): V_front of each whole frame, Vimeo-shaped around the crop
+        # (448x256 at 256 crops), cut to the crop
+        frames = torch.randint(0, 256, (batch_size, crop, crop * 7 // 4, 3), dtype=torch.uint8)
         cells = crop // 8
         fly = FramesToFeaturize(frames, [(0, 0, cells, cells)] * batch_size)
         sp_fly = _train_steps_per_s(proposed, ScalableRDLoss(0.0067, 1.0).to(device), [(x, fly)], steps)
         hl = RateDistortionLoss(lmbda=0.0067)
         sh = _train_steps_per_s(hyper, lambda out, xx: hl(out, xx), [(x,)], steps)
     rows.append((f"train step on {device}: proposed (64,192,2), N={n}", sp, ""))
-    rows.append((f"train step on {device}: the same, s computed in the step from 448x256 frames (--features none)", sp_fly,
+    rows.append((f"train step on {device}: the same, s computed in the step from {crop * 7 // 4}x{crop} frames "
+                 "(--features none)", sp_fly,
                  f"stored s / computed s = {sp / sp_fly:.2f}"))
     rows.append((f"train step on {device}: CompressAI ScaleHyperprior (bmshj2018-hyperprior), N={n} M=320", sh,
                  f"proposed/hyperprior = {sp / sh:.2f}"))
