@@ -39,6 +39,20 @@ def _train_steps_per_s(model, loss_fn, batches, steps: int, warmup: int = 1) -> 
     return n / (time.perf_counter() - t0)
 
 
+def _loader_samples_per_s(shards: str, crop: int, batch_size: int, batches: int) -> float:
+    """Samples/s of the shard reader in this process (after one batch of warm-up)."""
+    from pipeline.data import shards as shard_reader
+
+    loader = shard_reader.make_loader(shards, split="train", crop=crop, batch_size=batch_size, num_workers=0,
+                                      shuffle_buffer=16, seed=0, epoch=1, repeat=True)
+    it, n = iter(loader), 0
+    next(it)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        n += next(it)[0].shape[0]
+    return n / (time.perf_counter() - t0)
+
+
 def _ddp_bench_loop(config: dict[str, Any]) -> None:
     """Ray Train worker: DDP steps of the proposed codec on synthetic batches; reports samples/s."""
     import ray.train
@@ -127,16 +141,7 @@ def run_train_bench(
     x, s = x.cpu(), s.cpu()
 
     if shards is not None:
-        from pipeline.data import shards as shard_reader
-
-        loader = shard_reader.make_loader(shards, split="train", crop=crop, batch_size=batch_size, num_workers=0,
-                                          shuffle_buffer=16, seed=0, epoch=1, repeat=True)
-        it, n = iter(loader), 0
-        next(it)
-        t0 = time.perf_counter()
-        for _ in range(max(steps * 3, 5)):
-            n += next(it)[0].shape[0]
-        ls = n / (time.perf_counter() - t0)
+        ls = _loader_samples_per_s(shards, crop, batch_size, max(steps * 3, 5))
         rows.append(("loader (1 process, no workers)", ls, f"loader/step consumption = {ls / sp:.1f}x"))
 
     from ray.train import RunConfig, ScalingConfig
