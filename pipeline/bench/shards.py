@@ -47,10 +47,9 @@ def _frames(listing: Any, n: int) -> list[np.ndarray]:
 
 def codec_rows(front: Any, frames: list[tuple[np.ndarray, bytes]]) -> dict[str, dict[str, float]]:
     """Per encoding: bytes per frame (tar), encode/decode ms (median), max and RMS error of s / channel std."""
-    import torch
+    from pipeline.data.prepare import front_features
 
-    with torch.no_grad():
-        feats = [front(torch.from_numpy(np.array(a)).permute(2, 0, 1)[None].float() / 255)[0].numpy() for a, _ in frames]
+    feats = [front_features(front, [a])[0] for a, _ in frames]
     std = np.maximum(np.stack(feats).std(axis=(0, 2, 3)), 1e-8)[:, None, None]
     rows: dict[str, dict[str, float]] = {}
     png = float(np.mean([len(p) for _, p in frames]))

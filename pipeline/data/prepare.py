@@ -131,7 +131,7 @@ def _decode(ref: FrameRef) -> tuple[np.ndarray, bytes] | str:
     return arr, buf.getvalue()
 
 
-def _features(front: Any, images: list[np.ndarray], device: str) -> list[np.ndarray]:
+def front_features(front: Any, images: list[np.ndarray], device: str = "cpu") -> list[np.ndarray]:
     """V_front of each image (batched when sizes agree), float32 [256, ceil(H/8), ceil(W/8)]."""
     import torch
 
@@ -178,7 +178,7 @@ def _batch_features(front: Any, decoded: list[tuple[FrameRef, np.ndarray, bytes]
     for i, (_, arr, _) in enumerate(decoded):
         by_size.setdefault(arr.shape, []).append(i)
     for idxs in by_size.values():
-        for i, s in zip(idxs, _features(front, [decoded[i][1] for i in idxs], device)):
+        for i, s in zip(idxs, front_features(front, [decoded[i][1] for i in idxs], device)):
             feats[decoded[i][0].key] = s
     return feats
 

@@ -41,9 +41,7 @@ class SizeEstimate:
 
 def measure_sizes(listing: Listing, front: Any, probe: int = 8) -> SizeEstimate:
     """Measure each encoding's bytes per frame on up to ``probe`` frames of ``listing``."""
-    import torch
-
-    from pipeline.data.prepare import _decode, _sample_members
+    from pipeline.data.prepare import _decode, _sample_members, front_features
 
     items = listing.items
     refs = items[:: max(1, len(items) // probe)][:probe]
@@ -56,8 +54,7 @@ def measure_sizes(listing: Listing, front: Any, probe: int = 8) -> SizeEstimate:
         if isinstance(decoded, str):
             continue
         arr, png = decoded
-        with torch.no_grad():
-            s = front(torch.from_numpy(np.array(arr)).permute(2, 0, 1)[None].float().div_(255.0))[0].numpy()
+        s = front_features(front, [arr])[0]
         pngs.append(len(png))
         for encoding in sizes:  # the members prepare writes
             sizes[encoding].append(tar_bytes(_sample_members(ref, arr, png, s, encoding)[0]))
