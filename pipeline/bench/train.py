@@ -128,7 +128,7 @@ def run_train_bench(
         # (448x256 at 256 crops), cut to the crop
         frames = torch.randint(0, 256, (batch_size, crop, crop * 7 // 4, 3), dtype=torch.uint8)
         cells = crop // 8
-        fly = FramesToFeaturize(frames, [(0, 0, cells, cells)] * batch_size)
+        fly = FramesToFeaturize(list(frames), [(0, 0, cells, cells)] * batch_size)
         sp_fly = _train_steps_per_s(proposed, ScalableRDLoss(0.0067, 1.0).to(device), [(x, fly)], steps)
         hl = RateDistortionLoss(lmbda=0.0067)
         sh = _train_steps_per_s(hyper, lambda out, xx: hl(out, xx), [(x,)], steps)

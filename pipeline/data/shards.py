@@ -222,21 +222,19 @@ def shard_urls(root: str, split: str) -> list[str]:
 @dataclass
 class FramesToFeaturize:
     """What stands for s in a batch from image-only shards (``prepare --features none``): the whole frames
-    (uint8 [B,H,W,3], or a list of [H,W,3] when sizes differ) and each crop's window in feature cells, so that
+    (uint8 [H,W,3] each, of any sizes) and each crop's window in feature cells, so that
     the training worker runs V_front on the whole frame and cuts the window: the same s as stored shards hold
     (V_front of the crop alone would differ near the crop's border, where its receptive field is cut)."""
 
-    frames: torch.Tensor | list[torch.Tensor]
+    frames: list[torch.Tensor]
     windows: list[tuple[int, int, int, int]]  # (top, left, height, width) in feature cells
 
     def pin_memory(self) -> "FramesToFeaturize":
-        pin = (lambda t: t.pin_memory())
-        frames = pin(self.frames) if isinstance(self.frames, torch.Tensor) else [pin(f) for f in self.frames]
-        return FramesToFeaturize(frames, self.windows)
+        return FramesToFeaturize([f.pin_memory() for f in self.frames], self.windows)
 
     def features(self, front: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> torch.Tensor:
         """s [B, C_s, h, w] float32 on ``device``: V_front of each whole frame, cut to its window."""
-        frames = list(self.frames) if isinstance(self.frames, list) else [self.frames[i] for i in range(len(self.frames))]
+        frames = self.frames
         by_size: dict[tuple[int, ...], list[int]] = {}
         for i, f in enumerate(frames):
             by_size.setdefault(tuple(f.shape), []).append(i)
@@ -396,10 +394,8 @@ def _stack(batch: list[tuple[np.ndarray, Any]]) -> tuple[torch.Tensor, torch.Ten
     x = torch.from_numpy(np.stack([b[0] for b in batch]))
     if isinstance(batch[0][1], np.ndarray):
         return x, torch.from_numpy(np.stack([b[1] for b in batch]))
-    frames = [b[1][0] for b in batch]  # image-only shards: whole frames, V_front runs on the training worker
-    same = len({f.shape for f in frames}) == 1
-    stacked = torch.from_numpy(np.stack(frames)) if same else [torch.from_numpy(np.array(f)) for f in frames]
-    return x, FramesToFeaturize(stacked, [b[1][1] for b in batch])
+    # image-only shards: whole frames, V_front runs on the training worker
+    return x, FramesToFeaturize([torch.from_numpy(np.array(b[1][0])) for b in batch], [b[1][1] for b in batch])
 
 
 def make_loader(
