@@ -1,4 +1,4 @@
-"""Darknet ``.cfg`` files of the YOLOv3 family: read one into :mod:`dvcm.yolo` layer specs, write one back.
+"""Darknet ``.cfg`` files of the YOLOv3 family: read one into :mod:`dvcm.yolo_layers` layer specs, write one back.
 
 The sections of the family are ``[net]``, ``[convolutional]``, ``[shortcut]``, ``[route]``,
 ``[upsample]`` and ``[yolo]``, as darknet's ``parser.c`` reads them: relative layer references
@@ -9,7 +9,7 @@ another section) is refused, naming the file and the line. What only training re
 learning_rate, steps, …; ``[yolo]`` jitter, ignore_thresh, …) is read and kept, in its order.
 
 :func:`yolov3_cfg` writes standard YOLOv3 with the sections, order and values of darknet's
-published ``cfg/yolov3.cfg``; parsed back it gives exactly :func:`dvcm.yolo.yolov3_layers`.
+published ``cfg/yolov3.cfg``; parsed back it gives exactly :func:`dvcm.yolo_layers.yolov3_layers`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dvcm.errors import DarknetCfgError
-from dvcm.yolo import ANCHORS, ConvSpec, LayerSpec, RouteSpec, ShortcutSpec, UpsampleSpec, YoloSpec, yolov3_layers
-
+from dvcm.yolo_layers import (
+    ANCHORS,
+    ConvSpec,
+    LayerSpec,
+    RouteSpec,
+    ShortcutSpec,
+    UpsampleSpec,
+    YoloSpec,
+    yolov3_layers,
+)
 
 # [net] of the published yolov3.cfg, in its order (training-time settings; dvcm keeps them).
 YOLOV3_NET: tuple[tuple[str, str], ...] = (

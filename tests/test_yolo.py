@@ -18,11 +18,6 @@ from torch import nn
 from dvcm.errors import DarknetWeightsError
 from dvcm.yolo import (
     COCO80_TO_COCO91,
-    ConvSpec,
-    RouteSpec,
-    ShortcutSpec,
-    UpsampleSpec,
-    YoloSpec,
     YOLOv3,
     build_yolov3,
     darknet_bytes,
@@ -35,6 +30,7 @@ from dvcm.yolo import (
     seed_weights,
     yolov3_layers,
 )
+from dvcm.yolo_layers import ConvSpec, RouteSpec, ShortcutSpec, UpsampleSpec, YoloSpec
 
 REPO = Path(__file__).resolve().parents[1]
 
