@@ -42,10 +42,10 @@ from torch import Tensor
 from dvcm.errors import BitstreamError
 from dvcm.limits import check_coding_size, decode_base_bytes, decode_bytes, encode_bytes
 from dvcm.models import ScalableCodec, padded_size
+from dvcm.registry import codec_spec, spec_by_bitstream_id
 
 MAGIC = b"DVCM"
 FORMAT_VERSION = 1
-MODEL_IDS = {"proposed": 1, "choi2022": 2}
 MAX_SIDE = 16384
 _HEADER = struct.Struct(">4sBBBB8s" + "H" * 10 + "IIII")
 _CRC = struct.Struct(">I")
@@ -133,7 +133,7 @@ def compress(model: ScalableCodec, x: Tensor, max_pixels: int | None = None) -> 
     base, enhancement = _pack_strings(coded["base"]), _pack_strings(coded["enhancement"])
     ph, pw = coded["padded_hw"]
     fields = _HEADER.pack(
-        MAGIC, FORMAT_VERSION, MODEL_IDS[model.name], model.H, 0, fingerprint,
+        MAGIC, FORMAT_VERSION, codec_spec(model.name).bitstream_id, model.H, 0, fingerprint,
         h, w, ph, pw, model.M1, model.M2, ph // 16, pw // 16, ph // 64, pw // 64,
         len(base), zlib.crc32(base), len(enhancement), zlib.crc32(enhancement),
     )  # fmt: skip
@@ -153,8 +153,8 @@ def read_header(data: bytes) -> Header:
         raise BitstreamError("header checksum mismatch: the file is corrupted")
     if version != FORMAT_VERSION:
         raise BitstreamError(f"dvcm format version {version} is not supported (this decoder reads {FORMAT_VERSION})")
-    names = {v: k for k, v in MODEL_IDS.items()}
-    if model_id not in names or hyper not in (1, 2) or flags != 0:
+    spec = spec_by_bitstream_id(model_id)
+    if spec is None or hyper not in (1, 2) or flags != 0:
         raise BitstreamError(f"header names unknown model id {model_id}, H={hyper} or flags {flags}")
     h, w, ph, pw, m1, m2, yh, yw, zh, zw = fields[6:16]
     base_len, base_crc, enh_len, enh_crc = fields[16:20]
@@ -162,10 +162,10 @@ def read_header(data: bytes) -> Header:
         raise BitstreamError(f"header image size {h}x{w} is outside 1..{MAX_SIDE}")
     if (ph, pw) != padded_size(h, w) or (yh, yw) != (ph // 16, pw // 16) or (zh, zw) != (ph // 64, pw // 64):
         raise BitstreamError(f"header sizes are inconsistent (image {h}x{w}, padded {ph}x{pw}, y {yh}x{yw}, z {zh}x{zw})")
-    if m1 < 1 or m2 < 1:
-        raise BitstreamError(f"header latent channels M1={m1}, M2={m2} are invalid")
+    if m1 < 1 or (m2 < 1 if spec.layers == 2 else m2 != 0):
+        raise BitstreamError(f"header latent channels M1={m1}, M2={m2} are invalid for {spec.name}")
     return Header(
-        model=names[model_id], hyperpriors=hyper, fingerprint=fingerprint, hw=(h, w), padded_hw=(ph, pw),
+        model=spec.name, hyperpriors=hyper, fingerprint=fingerprint, hw=(h, w), padded_hw=(ph, pw),
         m1=m1, m2=m2, y_hw=(yh, yw), z_hw=(zh, zw),
         base_length=base_len, base_crc=base_crc, enhancement_length=enh_len, enhancement_crc=enh_crc,
     )  # fmt: skip
@@ -210,7 +210,9 @@ def decode_base(model: ScalableCodec, data: bytes, max_pixels: int | None = None
 
     The declared size is checked against memory first, as in :func:`decode`."""
     header, base = _base_strings(data, model)
-    check_coding_size(header.hw, decode_base_bytes(header.hw, model.N, model.M1), "the file's image", max_pixels)
+    need = (decode_base_bytes(header.hw, model.N, model.M1) if model.layers == 2  # one layer: x̂, then V_front
+            else decode_bytes(header.hw, model.N, model.M1, model.M2))
+    check_coding_size(header.hw, need, "the file's image", max_pixels)
     with _eval_mode(model):
         return model.decompress_base(base, header.hw, header.padded_hw)["s_hat"]
 

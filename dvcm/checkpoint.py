@@ -14,7 +14,8 @@ import torch
 from dvcm.errors import BitstreamError, CheckpointError, ConfigError
 from dvcm.fileio import atomic_open
 from dvcm.limits import check_entropy_tables
-from dvcm.models import MODEL_NAMES, ScalableCodec, build
+from dvcm.models import ScalableCodec
+from dvcm.registry import MODEL_NAMES, build
 
 FORMAT = "dvcm-checkpoint"
 VERSION = 1

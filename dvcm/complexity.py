@@ -9,6 +9,9 @@ the whole model at 768×512 (the counter gives 2 FLOPs per multiply–accumulate
   of choi2022) -> ŝ;
 - ``full_decoder``: every decoder transform: each h_s, g_s1 and g_s2 (ŝ and x̂).
 
+A single-layer codec (``bmshj2018``) has g_a and g_s; its machine decodes x̂ and runs V_front on it, so its
+``base_decoder`` is h_s, g_s and V_front.
+
 Entropy coding itself (rANS) is not a tensor operation and is not counted.
 """
 
@@ -30,11 +33,13 @@ def part_modules(model: nn.Module) -> dict[str, list[str]]:
     base_hyper = ["latent_codec.hyper1"] if "hyper1" in names else ["latent_codec.hyper"]
     enhancement_hyper = ["latent_codec.hyper2"] if "hyper2" in names else []
     analyses = [n for n in ("g_a1", "g_a2", "g_a") if n in children]
+    syntheses = [n for n in ("g_s1", "g_s2", "g_s") if n in children]
+    machine = ["g_s1"] if "g_s1" in children else syntheses + ["front"]  # one layer: x̂, then V_front
     return {
         "front": ["front"],
         "encoder": analyses + [f"{h}.h_a" for h in base_hyper + enhancement_hyper],
-        "base_decoder": [f"{h}.h_s" for h in base_hyper] + ["g_s1"],
-        "full_decoder": [f"{h}.h_s" for h in base_hyper + enhancement_hyper] + ["g_s1", "g_s2"],
+        "base_decoder": [f"{h}.h_s" for h in base_hyper] + machine,
+        "full_decoder": [f"{h}.h_s" for h in base_hyper + enhancement_hyper] + syntheses,
     }
 
 
@@ -61,6 +66,8 @@ def module_macs(model: nn.Module, height: int = HEIGHT, width: int = WIDTH) -> d
 def codec_complexity(model: nn.Module, height: int = HEIGHT, width: int = WIDTH) -> dict[str, dict[str, float]]:
     """``{part: {"params": count, "kmac_per_pixel": thousands of MACs per input pixel}}`` for :data:`PARTS`."""
     macs = module_macs(model, height, width)
+    if getattr(model, "layers", 2) == 1:  # its forward runs V_front twice: on x (s) and on x̂ (the machine's ŝ)
+        macs["front"] = macs.get("front", 0.0) / 2
     out: dict[str, dict[str, float]] = {}
     for part, modules in part_modules(model).items():
         params = sum(p.numel() for m in modules for p in model.get_submodule(m).parameters())

@@ -19,8 +19,9 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-# Which layer each likelihood key travels in (H=1 has a shared z in the base layer).
-BASE_KEYS = ("y1", "z1", "z")
+# Which layer each likelihood key travels in (H=1 has a shared z in the base layer; a single-layer codec's y and z
+# travel in its only layer, the base layer).
+BASE_KEYS = ("y1", "z1", "z", "y")
 ENHANCEMENT_KEYS = ("y2", "z2")
 
 

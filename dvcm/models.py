@@ -36,7 +36,6 @@ import torch.nn.functional as F
 from compressai.layers import GDN
 from compressai.models import CompressionModel
 from compressai.models.utils import conv, deconv
-from compressai.registry import MODELS as COMPRESSAI_MODELS
 from compressai.registry import register_model
 from torch import Tensor
 
@@ -135,11 +134,12 @@ class ScalableCodec(CompressionModel):
     """
 
     name: str = ""
+    layers: int = 2  # a single-layer codec (dvcm.single_layer) has 1: its only layer is the base layer
 
     def __init__(self, N: int = 192, M1: int = 64, M2: int = 192, H: int = 2, front: nn.Module | None = None,
                  C_s: int | None = None) -> None:
         super().__init__()
-        if min(N, M1, M2) < 1 or (C_s is not None and C_s < 1):
+        if min(N, M1) < 1 or M2 < (1 if self.layers == 2 else 0) or (C_s is not None and C_s < 1):
             raise ConfigError(f"N, M1, M2 and C_s must be positive, got N={N}, M1={M1}, M2={M2}, C_s={C_s}")
         self.N, self.M1, self.M2, self.H = int(N), int(M1), int(M2), int(H)
         self.front = _bare_front(front, C_s)
@@ -147,7 +147,7 @@ class ScalableCodec(CompressionModel):
         for p in self.front.parameters():
             p.requires_grad_(False)
         self.front.eval()
-        self.latent_codec: ScalableLatentCodec = latent_codec(self.H, self.M1, self.M2, self.N)
+        self.latent_codec: ScalableLatentCodec = self.make_latent_codec()
         # Per-channel statistics of s over the training set (dataset.json): g_a1 sees and g_s1 produces
         # s in these normalised units. V_front's channels differ in scale by orders of magnitude
         # (a seeded random front: std ~0.004), and unnormalised the base latent barely learns
@@ -157,6 +157,10 @@ class ScalableCodec(CompressionModel):
         self._fingerprint: bytes | None = None
         # YOLOv3.provenance of the front (weights digest, split layer); saved in checkpoints.
         self.yolo_provenance: dict[str, Any] | None = None
+
+    def make_latent_codec(self) -> ScalableLatentCodec:
+        """The latent codec of the configuration: the layout of H (``dvcm.latent_codecs``)."""
+        return latent_codec(self.H, self.M1, self.M2, self.N)
 
     # -- configuration -------------------------------------------------------------------
     @property
@@ -169,7 +173,7 @@ class ScalableCodec(CompressionModel):
     def downsampling_factor(self) -> int:
         return PAD_MULTIPLE
 
-    def train(self, mode: bool = True) -> "ScalableCodec":
+    def train(self, mode: bool = True) -> ScalableCodec:
         super().train(mode)
         self.front.eval()  # V_front is frozen: BN statistics never move
         return self
@@ -229,11 +233,16 @@ class ScalableCodec(CompressionModel):
         y1, y2 = self.analysis(x_pad, self.normalize_features(s_pad))
         coded = self.latent_codec(y1, y2)
         y1_hat, y2_hat = coded["y_hat"]
-        fh, fw = feature_size(h, w)
-        s_hat = self.synthesize_features(y1_hat)[..., :fh, :fw]
         x_hat = self.synthesize_pixels(y1_hat, y2_hat)[..., :h, :w]
+        s_hat = self.machine_features(y1_hat, x_hat, (h, w))
         return {"x_hat": x_hat, "s_hat": s_hat, "s": s, "likelihoods": coded["likelihoods"], "y1_hat": y1_hat,
                 "y2_hat": y2_hat}
+
+    def machine_features(self, y1_hat: Tensor, x_hat: Tensor | None, hw: tuple[int, int]) -> Tensor:
+        """ŝ for V_back, cropped to the image's feature size: g_s1(ŷ1) here (the base layer alone);
+        a single-layer codec runs V_front on its x̂ instead."""
+        fh, fw = feature_size(*hw)
+        return self.synthesize_features(y1_hat)[..., :fh, :fw]
 
     # -- entropy coding ------------------------------------------------------------------
     def compress(self, x: Tensor) -> dict[str, Any]:
@@ -259,8 +268,7 @@ class ScalableCodec(CompressionModel):
     def decompress_base(self, base: list[bytes], hw: tuple[int, int], padded_hw: tuple[int, int]) -> dict[str, Tensor]:
         """Machine side: the base strings alone give ŷ1 and ŝ."""
         y1_hat = self._decode_base(base, padded_hw).y1_hat
-        fh, fw = feature_size(*hw)
-        return {"y1_hat": y1_hat, "s_hat": self.synthesize_features(y1_hat)[..., :fh, :fw]}
+        return {"y1_hat": y1_hat, "s_hat": self.machine_features(y1_hat, None, hw)}
 
     def decompress(
         self, base: list[bytes], enhancement: list[bytes], hw: tuple[int, int], padded_hw: tuple[int, int]
@@ -270,13 +278,8 @@ class ScalableCodec(CompressionModel):
         y1_hat = decoded_base.y1_hat
         y2_hat = self.latent_codec.decompress_enhancement(enhancement, *self._latent_shapes(padded_hw), decoded_base)
         h, w = hw
-        fh, fw = feature_size(h, w)
-        return {
-            "x_hat": self.synthesize_pixels(y1_hat, y2_hat)[..., :h, :w],
-            "s_hat": self.synthesize_features(y1_hat)[..., :fh, :fw],
-            "y1_hat": y1_hat,
-            "y2_hat": y2_hat,
-        }
+        x_hat = self.synthesize_pixels(y1_hat, y2_hat)[..., :h, :w]
+        return {"x_hat": x_hat, "s_hat": self.machine_features(y1_hat, x_hat, hw), "y1_hat": y1_hat, "y2_hat": y2_hat}
 
     @property
     def segment_counts(self) -> tuple[int, int]:
@@ -361,38 +364,3 @@ class Choi2022Codec(ScalableCodec):
     def analysis(self, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         y = self.g_a(x)
         return y[:, : self.M1], y[:, self.M1 :]
-
-
-MODEL_NAMES: tuple[str, ...] = ("proposed", "choi2022")
-
-
-def build(
-    name: str, front: nn.Module | None = None, yolo_provenance: dict[str, Any] | None = None, **config: int
-) -> ScalableCodec:
-    """Build a codec by name (``proposed`` or ``choi2022``) with config keys N, M1, M2, H and C_s.
-
-    ``front`` is the frozen V_front (``YOLOv3.front``), whose output channels are C_s; without it
-    an untrained front of the family member with C_s channels (default 256) is made (its weights
-    then come from a checkpoint).
-    """
-    key = f"dvcm-{name}"
-    if name not in MODEL_NAMES or key not in COMPRESSAI_MODELS:
-        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
-    unknown = set(config) - {"N", "M1", "M2", "H", "C_s"}
-    if unknown:
-        raise ConfigError(f"unknown config keys {sorted(unknown)} for model {name!r}; expected N, M1, M2, H, C_s")
-    model = COMPRESSAI_MODELS[key](front=front, **config)
-    model.yolo_provenance = yolo_provenance
-    return model
-
-
-def parse_config(text: str) -> tuple[int, int, int]:
-    """Parse a configuration ``M1,M2,H`` (the paper's tuple), e.g. ``64,192,2``."""
-    parts = [p.strip() for p in text.strip().strip("()").split(",")]
-    try:
-        m1, m2, h = (int(p) for p in parts)
-    except ValueError:
-        raise ConfigError(f"configuration {text!r} does not parse; write M1,M2,H such as 64,192,2") from None
-    if m1 < 1 or m2 < 1 or h not in (1, 2):
-        raise ConfigError(f"configuration {text!r} is invalid: M1 and M2 must be positive and H 1 or 2")
-    return m1, m2, h

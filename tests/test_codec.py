@@ -19,16 +19,25 @@ from dvcm import bitstream
 from dvcm.checkpoint import load_checkpoint, save_checkpoint
 from dvcm.errors import BitstreamError, CheckpointError, ConfigError
 from dvcm.loss import ScalableRDLoss
-from dvcm.models import build, padded_size, parse_config
+from dvcm.models import padded_size
+from dvcm.registry import CODECS, build, codec_spec
 from dvcm.train_utils import configure_optimizers
 from tests.synthetic import natural_image
 
-SMALL = {"proposed": dict(N=32, M1=16, M2=32), "choi2022": dict(N=32, M1=32, M2=16)}
+SMALL = {"proposed": dict(N=32, M1=16, M2=32), "choi2022": dict(N=32, M1=32, M2=16), "bmshj2018": dict(N=32, M=48)}
+# Every registered codec, with each value of H it has (a single-layer codec has no H): the tests below run on each.
+CASES = [(name, H) for name, spec in CODECS.items()
+         for H in next((h.choices for h in spec.hyperparameters if h.name == "H"), (None,))]
 
 
-def small_model(name: str, H: int, yolo, seed: int = 0):
+def small_model(name: str, H: int | None, yolo, seed: int = 0):
     torch.manual_seed(seed)
-    return build(name, front=yolo.front, yolo_provenance=yolo.provenance, H=H, **SMALL[name])
+    return build(name, front=yolo.front, yolo_provenance=yolo.provenance, **({} if H is None else {"H": H}),
+                 **SMALL[name])
+
+
+def test_every_registered_codec_has_a_small_test_configuration():
+    assert set(SMALL) == set(CODECS)
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +71,7 @@ def trained(yolo, tmp_path_factory):
 # -- models ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["proposed", "choi2022"])
-@pytest.mark.parametrize("H", [1, 2])
+@pytest.mark.parametrize(("name", "H"), CASES)
 @pytest.mark.parametrize("hw", [(375, 500), (97, 131), (512, 768)])
 def test_forward_shapes_any_size(yolo, name, H, hw):
     model = small_model(name, H, yolo)
@@ -75,17 +83,21 @@ def test_forward_shapes_any_size(yolo, name, H, hw):
     assert out["s_hat"].shape == out["s"].shape == (1, 256, fh, fw)
     ph, pw = math.ceil(h / 64) * 64, math.ceil(w / 64) * 64
     lik = out["likelihoods"]
-    assert set(lik) == ({"y1", "z1", "y2", "z2"} if H == 2 else {"y1", "y2", "z"})
-    m1, m2 = SMALL[name]["M1"], SMALL[name]["M2"]
-    assert lik["y1"].shape == (1, m1, ph // 16, pw // 16)
-    assert lik["y2"].shape == (1, m2, ph // 16, pw // 16)
-    for k in set(lik) - {"y1", "y2"}:
+    if H is None:  # one layer: y and its hyperprior's z
+        assert set(lik) == {"y", "z"}
+        assert lik["y"].shape == (1, SMALL[name]["M"], ph // 16, pw // 16)
+    else:
+        assert set(lik) == ({"y1", "z1", "y2", "z2"} if H == 2 else {"y1", "y2", "z"})
+        m1, m2 = SMALL[name]["M1"], SMALL[name]["M2"]
+        assert lik["y1"].shape == (1, m1, ph // 16, pw // 16)
+        assert lik["y2"].shape == (1, m2, ph // 16, pw // 16)
+    for k in set(lik) - {"y1", "y2", "y"}:
         assert lik[k].shape[-2:] == (ph // 64, pw // 64)
 
 
-@pytest.mark.parametrize("name", ["proposed", "choi2022"])
+@pytest.mark.parametrize("name", list(CODECS))
 def test_gradients_reach_every_codec_parameter_and_no_front_parameter(yolo, name):
-    model = small_model(name, 2, yolo)
+    model = small_model(name, 2 if "H" in codec_spec(name).config_form else None, yolo)
     x = torch.stack([natural_image(i, 128, 128) for i in range(2)])
     out = model(x)
     ScalableRDLoss(0.01, 1.0)(out, x)["loss"].backward()
@@ -135,20 +147,30 @@ def test_loss_reports_each_rate_term(yolo):
 
 
 def test_registry_and_config_parsing():
-    assert parse_config("64,192,2") == (64, 192, 2)
-    assert parse_config("(128, 64, 1)") == (128, 64, 1)
+    spec = codec_spec("proposed")
+    assert spec.parse("64,192,2") == {"M1": 64, "M2": 192, "H": 2}
+    assert spec.parse("(128, 64, 1)") == {"M1": 128, "M2": 64, "H": 1}
+    assert spec.text(spec.parse("64,192,2")) == "64,192,2"
     for bad in ("64,192", "a,b,c", "64,192,3", "0,1,1"):
         with pytest.raises(ConfigError):
-            parse_config(bad)
+            spec.parse(bad)
+    assert codec_spec("bmshj2018").parse("192") == {"M": 192}
+    with pytest.raises(ConfigError, match="M must be positive"):
+        codec_spec("bmshj2018").parse("0")
+    with pytest.raises(ConfigError, match="does not parse"):
+        codec_spec("bmshj2018").parse("64,192,2")
     with pytest.raises(ConfigError, match="unknown model"):
         build("cheng2020", N=8, M1=8, M2=8, H=1)
+    with pytest.raises(ConfigError, match="unknown config keys"):
+        build("bmshj2018", N=8, M1=8)
+    ids = [s.bitstream_id for s in CODECS.values()]
+    assert len(set(ids)) == len(ids)  # a file names its codec by this id
 
 
 # -- bitstream -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["proposed", "choi2022"])
-@pytest.mark.parametrize("H", [1, 2])
+@pytest.mark.parametrize(("name", "H"), CASES)
 def test_decode_matches_quantised_forward(yolo, name, H):
     model = small_model(name, H, yolo)
     model.update(force=True)
@@ -174,6 +196,21 @@ def test_base_layer_alone(yolo, H):
     torch.testing.assert_close(bitstream.decode_base(model, base_only), bitstream.decode_base(model, data))
     with pytest.raises(BitstreamError, match="base layer only"):
         bitstream.decode(model, base_only)
+
+
+def test_a_single_layer_codec_has_all_its_bits_in_the_base_layer_and_the_machine_sees_its_image(yolo):
+    """bmshj2018: the file's enhancement layer is empty; a machine's ŝ is V_front of the decoded image."""
+    model = small_model("bmshj2018", None, yolo)
+    model.update(force=True)
+    x = natural_image(6, 128, 96).unsqueeze(0)
+    data = bitstream.compress(model, x)
+    assert bitstream.layer_sizes(data)["enhancement"] == 0 and bitstream.base_layer(data) == data
+    x_hat = bitstream.decode(model, data)
+    torch.testing.assert_close(bitstream.decode_base(model, data), yolo.front(x_hat), rtol=0, atol=1e-5)
+    assert bitstream.read_header(data).model == "bmshj2018" and bitstream.read_header(data).m2 == 0
+    crit = ScalableRDLoss(lmbda=0.01, gamma=0.0)
+    res = crit(model.train()(x), x)
+    torch.testing.assert_close(res["bpp_base"], res["bpp"])  # its only layer
 
 
 def test_real_rate_matches_estimate(trained):
@@ -386,7 +423,7 @@ def test_uncompressed_checkpoint_is_small(trained):
 def test_under_autocast_the_entropy_models_run_in_float32(H: int) -> None:
     """AMP: the transforms may run in bf16, the likelihoods (and so the rates) are computed in float32,
     and they agree with a float32 pass to far better than bf16's 8 bits of mantissa would allow."""
-    from dvcm.models import build
+    from dvcm.registry import build
 
     torch.manual_seed(0)
     model = build("proposed", N=8, M1=4, M2=8, H=H).train()

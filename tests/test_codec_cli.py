@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from dvcm.checkpoint import save_checkpoint
-from dvcm.models import build
+from dvcm.registry import build
 from dvcm.yolo import build_yolov3
 from tests.synthetic import natural_image
 

@@ -90,7 +90,7 @@ def test_a_narrow_member_of_the_family_builds_from_its_cfg_and_refuses_other_wei
 
     import torch
 
-    from dvcm.darknet_cfg import DarknetCfg, YOLOV3_NET
+    from dvcm.darknet_cfg import YOLOV3_NET, DarknetCfg
     from dvcm.errors import DarknetWeightsError
     from dvcm.yolo import ANCHORS, build_yolov3, save_darknet_weights
 

@@ -38,7 +38,7 @@ def sample(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from dvcm.checkpoint import save_checkpoint
-    from dvcm.models import build
+    from dvcm.registry import build
     from dvcm.yolo import build_yolov3
 
     with warnings.catch_warnings():

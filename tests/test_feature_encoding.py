@@ -78,7 +78,7 @@ def test_a_training_step_runs_on_image_only_shards(tmp_path: Path, yolo) -> None
     """``--features none``: samples hold no s, the statistics are still computed, and the training worker computes
     the s that stored shards hold (V_front of the whole frame, cut to the crop), then trains on it."""
     from dvcm.loss import ScalableRDLoss
-    from dvcm.models import build
+    from dvcm.registry import build
     from dvcm.train_utils import configure_optimizers
     from pipeline.training.loop import batch_on_device
     from pipeline.training.step import train_step

@@ -113,3 +113,19 @@ def test_files_hold_a_value_or_a_reason_for_each_finding(tmp_path: Path) -> None
     assert "| (a_map50)" in md and "−40.6 %" in md and "-50.00 %" in md and "PSNR vs total bpp" in md
     assert all(f.verdict in (HOLDS, DOES_NOT_HOLD) or f.verdict.startswith("undefined (") for f in findings)
     assert not any(isinstance(v, float) and math.isnan(v) for f in data["findings"] for v in f["per_seed"].values())
+
+
+def test_the_cost_of_scalability_is_each_scalable_codecs_bd_rate_against_the_single_layer_codec() -> None:
+    """(d): the single-layer bmshj2018 reaches each PSNR at 0.8x choi2022's total rate and at proposed's own:
+    choi2022 pays +25 %, proposed nothing; a study without bmshj2018 has no (d)."""
+    def kodak(model: str, seed: int, scale: float) -> list[StudyPoint]:
+        return [StudyPoint(model, seed, lam, 0.01 * (i + 1), 0.5, 1.0, 0.1 * (i + 1) * scale, 30.0 + 2 * i, 0.9)
+                for i, lam in enumerate(LAMBDAS)]
+
+    pts = [p for seed in (0, 1) for p in kodak("proposed", seed, 0.8) + kodak("choi2022", seed, 1.0)
+           + kodak("bmshj2018", seed, 0.8)]
+    d = {f.key: f for f in study_findings(pts) if f.key.startswith("d_")}
+    assert d["d_choi2022"].per_seed == {"0": pytest.approx(25.0), "1": pytest.approx(25.0)}
+    assert d["d_choi2022"].verdict == HOLDS
+    assert d["d_proposed"].ours == pytest.approx(0.0, abs=1e-9) and d["d_proposed"].verdict == DOES_NOT_HOLD
+    assert not [f for f in study_findings(_study()) if f.key.startswith("d_")]

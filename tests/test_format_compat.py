@@ -10,7 +10,7 @@ import torch
 
 from dvcm import bitstream
 from dvcm.checkpoint import load_checkpoint
-from dvcm.models import build
+from dvcm.registry import build
 
 DATA = Path(__file__).parent / "data" / "format_v1_files.pt"
 

@@ -36,7 +36,7 @@ def invoke(args: list[str]):
 
 
 def _tiny_codec(yolo):  # noqa: ANN001, ANN202
-    from dvcm.models import build
+    from dvcm.registry import build
 
     torch.manual_seed(0)
     model = build("proposed", front=yolo.front, yolo_provenance=dict(yolo.provenance), N=32, M1=16, M2=32, H=2)

@@ -23,7 +23,8 @@ from PIL import Image
 from dvcm import bitstream
 from dvcm.checkpoint import save_checkpoint
 from dvcm.limits import padded_rans_string, rans_padding
-from dvcm.models import build, padded_size
+from dvcm.models import padded_size
+from dvcm.registry import build
 
 MEMORY_CAP = 8 << 30  # address space of each decoding process (torch alone maps about 4 GiB)
 CONFIGS = {"proposed": dict(N=8, M1=4, M2=8, H=2), "choi2022": dict(N=8, M1=4, M2=8, H=1)}

@@ -130,7 +130,7 @@ def test_sweep_runs_are_listed_in_the_mlflow_ui(mlflow_uri: str, tmp_path: Path,
     parent = tracking.start_parent_run(mlflow_uri, sweep, {"preset": "tiny"}, description=description)
     trials: dict[str, str] = {}
     for lmbda in (0.0123, 0.0456):  # values no other test uses on the session's server
-        name = trial_name("proposed", 16, 32, 2, lmbda)
+        name = trial_name("proposed", {"M1": 16, "M2": 32, "H": 2}, lmbda)
         run_id = tracking.start_trial_run(mlflow_uri, parent, name,
                                           {"model": "proposed", "config": "16,32,2", "lambda": f"{lmbda:g}"}, {"lmbda": lmbda})
         tracking.log_metrics(mlflow_uri, run_id, {"val/D_s": 1.0 + lmbda}, step=1)

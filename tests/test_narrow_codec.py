@@ -10,8 +10,8 @@ import torch
 from dvcm.bitstream import compress, decode, decode_base
 from dvcm.checkpoint import load_checkpoint, save_checkpoint
 from dvcm.errors import CheckpointError, ConfigError
-from dvcm.models import build
-from dvcm.yolo import YOLOv3, YoloFront, seed_weights, yolov3_layers
+from dvcm.registry import build
+from dvcm.yolo import YoloFront, YOLOv3, seed_weights, yolov3_layers
 
 SMALL = {"N": 8, "M1": 4, "M2": 8}
 

@@ -22,9 +22,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from pipeline.data.feature_encoding import DEFAULT_ENCODING, decode_features
 from pipeline.data.prepare import run_prepare
 from pipeline.data.sample_data import generate_sample
-from pipeline.data.feature_encoding import DEFAULT_ENCODING, decode_features
 from pipeline.data.sources import list_source, parse_frames, select_frames
 from pipeline.infra.errors import UserError
 

@@ -36,21 +36,36 @@ def test_grid_is_model_config_lambda_with_per_model_configs() -> None:
     names = [t["trial_name"] for t in grid]
     assert names == ["proposed-64-192-2-l0.0067", "proposed-64-192-2-l0.025", "proposed-64-128-1-l0.0067",
                      "proposed-64-128-1-l0.025", "choi2022-128-64-1-l0.0067", "choi2022-128-64-1-l0.025"]
-    assert grid[4] == {"trial_name": "choi2022-128-64-1-l0.0067", "model": "choi2022", "M1": 128, "M2": 64, "H": 1,
-                       "lmbda": 0.0067}
-    assert trial_name("proposed", 64, 192, 2, 0.0018) == "proposed-64-192-2-l0.0018"
+    assert grid[4] == {"trial_name": "choi2022-128-64-1-l0.0067", "model": "choi2022",
+                       "config": {"M1": 128, "M2": 64, "H": 1}, "lmbda": 0.0067}
+    assert trial_name("proposed", {"M1": 64, "M2": 192, "H": 2}, 0.0018) == "proposed-64-192-2-l0.0018"
+    assert trial_name("bmshj2018", {"M": 192}, 0.0018, seed=2) == "bmshj2018-192-l0.0018-s2"
+
+
+def test_a_model_without_configurations_trains_its_registered_defaults_of_the_preset() -> None:
+    from dvcm.registry import CODECS
+
+    for preset in ("tiny", "mini", "paper"):
+        grid = build_grid(list(CODECS), None, [0.01], preset)
+        for name, spec in CODECS.items():
+            assert [spec.text(t["config"]) for t in grid if t["model"] == name] == list(spec.defaults(preset))
+    with pytest.raises(UserError, match="of bmshj2018 does not parse; write M such as 192"):
+        build_grid(["bmshj2018"], ["64,192,2"], [0.01])
 
 
 def test_grid_entries_may_carry_their_own_seed_and_warm_start() -> None:
     from pipeline.training.trial import TrialConfig, trial_configs
 
     settings = resolve("tiny", {}, {"shards": "s", "seed": 0})
-    grid = [{"trial_name": trial_name("proposed", 16, 32, 2, 0.0932, seed=1), "model": "proposed", "M1": 16, "M2": 32,
-             "H": 2, "lmbda": 0.0932, "seed": 1, "init_checkpoint": "/runs/proposed-16-32-2-l0.18-s1/final.pt",
-             "epochs": 7},
-            {"trial_name": trial_name("proposed", 16, 32, 2, 0.0932), "model": "proposed", "M1": 16, "M2": 32, "H": 2,
+    config = {"M1": 16, "M2": 32, "H": 2}
+    grid = [{"trial_name": trial_name("proposed", config, 0.0932, seed=1), "model": "proposed", "config": config,
+             "lmbda": 0.0932, "seed": 1, "init_checkpoint": "/runs/proposed-16-32-2-l0.18-s1/final.pt", "epochs": 7},
+            {"trial_name": trial_name("proposed", config, 0.0932), "model": "proposed", "config": config,
+             "lmbda": 0.0932},
+            {"trial_name": trial_name("bmshj2018", {"M": 48}, 0.0932), "model": "bmshj2018", "config": {"M": 48},
              "lmbda": 0.0932}]
-    seeded, plain = trial_configs(grid, settings, "s", "/runs", {}, {})
+    seeded, plain, single = trial_configs(grid, settings, "s", "/runs", {}, {})
+    assert TrialConfig.from_dict(single.to_dict()) == single and single.to_dict()["M"] == 48
     assert seeded.trial_name == "proposed-16-32-2-l0.0932-s1" and plain.trial_name == "proposed-16-32-2-l0.0932"
     assert (seeded.training.seed, seeded.init_checkpoint) == (1, "/runs/proposed-16-32-2-l0.18-s1/final.pt")
     assert (plain.training.seed, plain.init_checkpoint) == (0, None)
@@ -79,7 +94,7 @@ def test_paper_spec_is_the_papers_grid_and_flags_override_it(tmp_path: Path) -> 
     spec = load_spec(REPO / "jobs" / "paper_sweep.yaml")
     assert spec["preset"] == "paper" and spec["N"] == 192 and spec["models"] == ["proposed", "choi2022"]
     grid = build_grid(spec["models"], spec["configs"], parse_lambdas(spec["lambdas"]))
-    configs = sorted({(t["model"], t["M1"], t["M2"], t["H"]) for t in grid})
+    configs = sorted({(t["model"], t["config"]["M1"], t["config"]["M2"], t["config"]["H"]) for t in grid})
     assert configs == [("choi2022", 128, 64, 1), ("proposed", 64, 128, 1), ("proposed", 64, 128, 2),
                        ("proposed", 64, 192, 2), ("proposed", 128, 64, 1)]
     settings = resolve(None, spec, {"shards": "x", "epochs": 3, "batch_size": None}).training
@@ -241,12 +256,12 @@ def test_trial_table_never_cuts_a_cell(width: int) -> None:
 
     from pipeline.training.live_table import TrialRow, render_table
 
-    paper = trial_name("proposed", 128, 64, 1, 0.0483)  # a paper-sized name and epoch count
+    paper = trial_name("proposed", {"M1": 128, "M2": 64, "H": 1}, 0.0483)  # a paper-sized name and epoch count
     rows = {paper: TrialRow(paper, epochs=300, state="RUNNING", epoch=123, train_loss=12.3456, val_loss=13.4567,
                             bpp=0.4567, psnr=33.21)}
     for i, lam in enumerate((0.0018, 0.0932)):
         for model in ("proposed", "choi2022"):
-            name = trial_name(model, 16, 32, 2, lam)
+            name = trial_name(model, {"M1": 16, "M2": 32, "H": 2}, lam)
             rows[name] = TrialRow(name, epochs=4, state="FINISHED", epoch=4, train_loss=46.0552 + i,
                                   val_loss=111.0693, bpp=0.0927 + i, psnr=21.35)
     out = io.StringIO()

@@ -62,7 +62,7 @@ def test_warm_start_takes_the_neighbours_weights_and_refuses_another_codec(tmp_p
 
     from dvcm.checkpoint import save_checkpoint
     from dvcm.errors import CheckpointError
-    from dvcm.models import build
+    from dvcm.registry import build
     from dvcm.yolo import build_yolov3
     from dvcm.zoo import MINI_DETECTOR
     from pipeline.infra.yolo_files import yolo_files

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from functools import partial
 from typing import Any
 
 
@@ -22,8 +23,9 @@ def run_codec_bench(
     n: int = 192,
     threads: int = 0,
 ) -> None:
-    """Median encode/decode time on a 768×512 image: proposed (64,192,2), choi2022 (128,64,1) and
-    CompressAI's bmshj2018-hyperprior at the same N, measured side by side. The weights are
+    """Median encode/decode time on a 768×512 image: every registered codec at its first paper configuration
+    (proposed (64,192,2), choi2022 (128,64,1), bmshj2018 (192)) and CompressAI's own bmshj2018-hyperprior at
+    the same N, measured side by side. The weights are
     untrained (seeded): the transforms cost the same whatever the weights, but rANS time grows
     with the number of symbols coded, so trained models at high rate code more slowly."""
     import torch
@@ -32,7 +34,7 @@ def run_codec_bench(
     from rich.table import Table
 
     from dvcm import bitstream
-    from dvcm.models import build
+    from dvcm.registry import CODECS, build
     from dvcm.yolo import build_yolov3
     from pipeline.data.sample_data import sample_image
 
@@ -51,14 +53,15 @@ def run_codec_bench(
             "decode": _median_time(lambda: ref.decompress(coded["strings"], coded["shape"]), repeats),
             "bytes": float(sum(len(s[0]) for s in coded["strings"])),
         }
-        for name, cfg in (("proposed", dict(M1=64, M2=192, H=2)), ("choi2022", dict(M1=128, M2=64, H=1))):
-            model = build(name, front=yolo.front, N=n, **cfg).eval()
+        for spec in CODECS.values():
+            text = spec.defaults("paper")[0]
+            model = build(spec.name, front=yolo.front, N=n, **spec.parse(text)).eval()
             model.update(force=True)
             data = bitstream.compress(model, x)
-            rows[f"{name} ({cfg['M1']},{cfg['M2']},{cfg['H']})"] = {
-                "encode": _median_time(lambda: bitstream.compress(model, x), repeats),
-                "decode": _median_time(lambda: bitstream.decode(model, data), repeats),
-                "base-only decode": _median_time(lambda: bitstream.decode_base(model, data), repeats),
+            rows[f"{spec.name} ({text})"] = {
+                "encode": _median_time(partial(bitstream.compress, model, x), repeats),
+                "decode": _median_time(partial(bitstream.decode, model, data), repeats),
+                "base-only decode": _median_time(partial(bitstream.decode_base, model, data), repeats),
                 "bytes": float(len(data)),
             }
     table = Table(title=f"Codec timing, 768×512, median of {repeats}, {torch.get_num_threads()} threads (CPU)")
@@ -82,18 +85,20 @@ def run_codec_bench(
 
 
 def complexity_table(n: int, yolo: Any) -> Any:  # yolo: dvcm.yolo.YOLOv3; returns a rich.table.Table
-    """Parameters and kMAC per pixel of each part of the paper's two configurations (dvcm.complexity)."""
+    """Parameters and kMAC per pixel of each part of every registered codec at its first paper configuration
+    (dvcm.complexity)."""
     from rich.table import Table
 
     from dvcm.complexity import HEIGHT, PARTS, WIDTH, codec_complexity
-    from dvcm.models import build
+    from dvcm.registry import CODECS, build
 
     table = Table(title=f"Complexity at {WIDTH}×{HEIGHT} (torch FlopCounterMode): parameters / kMAC per pixel")
     table.add_column("codec")
     for part in PARTS:
         table.add_column(part.replace("_", " "), justify="right")
-    for name, cfg in (("proposed", dict(M1=64, M2=192, H=2)), ("choi2022", dict(M1=128, M2=64, H=1))):
-        parts = codec_complexity(build(name, front=yolo.front, N=n, **cfg))
-        table.add_row(f"{name} ({cfg['M1']},{cfg['M2']},{cfg['H']})",
+    for spec in CODECS.values():
+        text = spec.defaults("paper")[0]
+        parts = codec_complexity(build(spec.name, front=yolo.front, N=n, **spec.parse(text)))
+        table.add_row(f"{spec.name} ({text})",
                       *(f"{parts[p]['params'] / 1e6:.2f}M / {parts[p]['kmac_per_pixel']:.1f}" for p in PARTS))
     return table

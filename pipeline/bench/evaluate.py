@@ -11,14 +11,13 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
 
 def _tiny_checkpoint(folder: Path, n: int, m1: int, m2: int, seed: int) -> Path:
     import torch
 
     from dvcm.checkpoint import save_checkpoint
-    from dvcm.models import build
+    from dvcm.registry import build
     from pipeline.evaluation.tasks import Settings, detector
 
     torch.manual_seed(seed)
@@ -32,8 +31,8 @@ def _tiny_checkpoint(folder: Path, n: int, m1: int, m2: int, seed: int) -> Path:
 def run_evaluate_bench(
     images: int = 4,
     n: int = 32,
-    data: Optional[Path] = None,
-    address: Optional[str] = None,
+    data: Path | None = None,
+    address: str | None = None,
 ) -> None:
     """Print images/s per stage for the COCO and Kodak paths with 1 and 2 Ray workers, and the ratios."""
     import ray

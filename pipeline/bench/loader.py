@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -19,7 +18,7 @@ def run_loader_bench(
     crop: int = 256,
     batch_size: int = 8,
     epochs: int = 2,
-    work_dir: Optional[Path] = None,
+    work_dir: Path | None = None,
 ) -> None:
     """Samples/s of the WebDataset reader (each encoding; image-only + V_front) vs PNG files + V_front."""
     import random as _random

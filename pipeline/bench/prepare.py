@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 from pipeline.data.prepare import run_prepare
 from pipeline.data.sources import Listing, list_source
@@ -71,9 +72,9 @@ def _warm_worker(front_box: list) -> None:
 def run_prepare_bench(
     sequences: int = 4,
     shard_size: int = 2,
-    num_cpus: Optional[int] = None,
+    num_cpus: int | None = None,
     memory: bool = True,
-    work_dir: Optional[Path] = None,
+    work_dir: Path | None = None,
 ) -> None:
     """Frames/s of prepare: Ray on all cores vs the same code in one plain process; stage times; peak RSS."""
     from rich.console import Console

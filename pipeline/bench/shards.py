@@ -82,10 +82,10 @@ def train_effect(shards: str, reference: str, seed: int, steps: int, lmbda: floa
     of ``reference`` (float16 shards); both prepared from the same frames and front, so the statistics agree."""
     import torch
 
-    from dvcm.loss import ScalableRDLoss, feature_weight
-    from dvcm.models import build
-    from dvcm.train_utils import configure_optimizers
     from dvcm.checkpoint import load_checkpoint
+    from dvcm.loss import ScalableRDLoss, feature_weight
+    from dvcm.registry import build, codec_spec
+    from dvcm.train_utils import configure_optimizers
     from dvcm.yolo import build_yolov3
     from dvcm.zoo import mini_detector, zoo_checkpoint
     from pipeline.data.shards import feature_stats, make_loader, read_dataset_info
@@ -97,8 +97,7 @@ def train_effect(shards: str, reference: str, seed: int, steps: int, lmbda: floa
     front = build_yolov3(weights, cfg=cfg).front
     s_mean, s_std = feature_stats(read_dataset_info(reference))
     torch.manual_seed(seed)
-    m1, m2, h = mini["configs"][0]
-    model = build("proposed", front=front, N=mini["N"], M1=m1, M2=m2, H=h)
+    model = build("proposed", front=front, N=mini["N"], **codec_spec("proposed").parse(codec_spec("proposed").defaults("mini")[0]))
     model.set_feature_stats(s_mean, s_std)
     if start is not None:  # as a fine-tuned trial starts (pipeline.training.loop.warm_start)
         model.load_state_dict(load_checkpoint(zoo_checkpoint(start))[0].state_dict())

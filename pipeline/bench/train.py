@@ -60,7 +60,7 @@ def _ddp_bench_loop(config: dict[str, Any]) -> None:
     import torch
 
     from dvcm.loss import ScalableRDLoss
-    from dvcm.models import build
+    from dvcm.registry import build
     from dvcm.train_utils import configure_optimizers
 
     torch.set_num_threads(int(config["threads"]))
@@ -107,7 +107,7 @@ def run_train_bench(
     from rich.table import Table
 
     from dvcm.loss import ScalableRDLoss
-    from dvcm.models import build
+    from dvcm.registry import build
     from dvcm.yolo import build_yolov3
 
     console = Console()

@@ -4,7 +4,7 @@ in one run (``pipeline.bench``); these commands only parse their flags."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -34,9 +34,9 @@ def codec_command(
 def prepare_command(
     sequences: Annotated[int, typer.Option(help="Vimeo-shaped sequences (7 frames of 448x256 each) in the 1x fixture.")] = 4,
     shard_size: Annotated[int, typer.Option(help="Samples per shard (small, so that the last round of shards keeps every core busy).")] = 2,
-    num_cpus: Annotated[Optional[int], typer.Option(help="CPUs for Ray (default: all cores).")] = None,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs for Ray (default: all cores).")] = None,
     memory: Annotated[bool, typer.Option(help="Also measure peak RSS of prepare at 1x and 8x the fixture.")] = True,
-    work_dir: Annotated[Optional[Path], typer.Option(help="Where fixtures and shards go (default: a temp dir).")] = None,
+    work_dir: Annotated[Path | None, typer.Option(help="Where fixtures and shards go (default: a temp dir).")] = None,
 ) -> None:
     """Frames/s of prepare: Ray on all cores vs the same code in one plain process; stage times; peak RSS."""
     run_prepare_bench(sequences=sequences, shard_size=shard_size, num_cpus=num_cpus, memory=memory, work_dir=work_dir)
@@ -50,7 +50,7 @@ def shards_command(
     training: Annotated[bool, typer.Option(help="Also measure each encoding's effect on training.")] = True,
     start: Annotated[str, typer.Option(help="zoo: fine-tune the zoo's proposed checkpoint nearest λ 0.0932 (lr 1e-4), as the quickstart does; scratch: train from scratch (lr 1e-3).")] = "zoo",
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
-    work_dir: Annotated[Optional[Path], typer.Option(help="Where the data and shards go (default: a temp dir).")] = None,
+    work_dir: Annotated[Path | None, typer.Option(help="Where the data and shards go (default: a temp dir).")] = None,
 ) -> None:
     """Feature encodings side by side: bytes per frame, encode/decode time, error of s, and the effect on training (val D_s and loss after the same steps from the same seeds), against float16's seed-to-seed noise."""
     run_shards_bench(sequences=sequences, steps=steps, seeds=tuple(int(s) for s in seeds.split(",")), threads=threads,
@@ -63,7 +63,7 @@ def loader_command(
     crop: Annotated[int, typer.Option(help="Crop size.")] = 256,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 8,
     epochs: Annotated[int, typer.Option(help="Passes over the fixture per reader.")] = 2,
-    work_dir: Annotated[Optional[Path], typer.Option(help="Where the fixture and shards go (default: a temp dir).")] = None,
+    work_dir: Annotated[Path | None, typer.Option(help="Where the fixture and shards go (default: a temp dir).")] = None,
 ) -> None:
     """Samples/s of the WebDataset reader vs reading PNG files and computing s on the fly."""
     run_loader_bench(sequences=sequences, crop=crop, batch_size=batch_size, epochs=epochs, work_dir=work_dir)
@@ -90,8 +90,8 @@ def train_command(
 def evaluate_command(
     images: Annotated[int, typer.Option(help="Images per dataset.")] = 4,
     n: Annotated[int, typer.Option("--N", help="Codec width N of the random tiny codec.")] = 32,
-    data: Annotated[Optional[Path], typer.Option(help="Sample data folder (generated when absent).")] = None,
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster address.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Sample data folder (generated when absent).")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address.")] = None,
 ) -> None:
     """Print images/s per stage for the COCO and Kodak paths with 1 and 2 Ray workers, and the ratios."""
     run_evaluate_bench(images=images, n=n, data=data, address=address)

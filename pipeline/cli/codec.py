@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,7 +16,7 @@ from pipeline.codec.files import (
     run_demo,
 )
 
-MaxPixels = Annotated[Optional[int], typer.Option(
+MaxPixels = Annotated[int | None, typer.Option(
     "--max-pixels", min=1,
     help="Refuse images larger than this many pixels (default: whatever coding fits in this machine's memory).")]
 
@@ -36,7 +36,7 @@ def decompress_command(
     output: Annotated[Path, typer.Option("-o", "--output", help="x̂ as PNG; with --base-only a path stem for .npy/.json.")],
     checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="The checkpoint that coded the file (a .pt, or zoo:NAME).")],
     base_only: Annotated[bool, typer.Option("--base-only", help="Decode the base layer only: ŝ and YOLOv3 detections.")] = False,
-    yolo_weights: Annotated[Optional[Path], typer.Option(help=f"{YOLO_WEIGHTS_HELP} (default: the checkpoint's seeded YOLO).")] = None,
+    yolo_weights: Annotated[Path | None, typer.Option(help=f"{YOLO_WEIGHTS_HELP} (default: the checkpoint's seeded YOLO).")] = None,
     yolo_cfg: YoloCfgOpt = None,
     conf_thres: Annotated[float, typer.Option(help="Detection confidence threshold.")] = 0.25,
     nms_iou: Annotated[float, typer.Option(help="NMS IoU threshold.")] = 0.45,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -27,8 +27,8 @@ def train_detector_command(
     workers: Annotated[int, typer.Option(help="Ray Train workers (DDP on gloo).")] = _DEFAULTS.workers,
     threads: Annotated[int, typer.Option(help="CPU threads (and Ray CPUs) per worker.")] = _DEFAULTS.threads,
     seed: Annotated[int, typer.Option(help="Seed of the initial weights.")] = _DEFAULTS.seed,
-    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")] = None,
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: a local Ray).")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: a local Ray).")] = None,
 ) -> None:
     """Train the mini YOLOv3 on the synthetic world; a stopped run resumes when the same command is rerun."""
     settings = DetectorSettings(world_seed=world_seed, test_world_seed=test_world_seed, width=width, steps=steps,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -19,23 +19,23 @@ from pipeline.infra.yolo_files import yolo_files
 
 
 def evaluate_command(
-    checkpoint: Annotated[Optional[list[str]], typer.Option("--checkpoint", help="A checkpoint file, an fsspec URL such as s3://bucket/runs/.../final.pt, or zoo:NAME for a bundled one (repeatable).")] = None,
-    run: Annotated[Optional[list[str]], typer.Option("--run", help="An MLflow trial run id (repeatable).")] = None,
-    sweep: Annotated[Optional[str], typer.Option(help="Every finished trial of this sweep.")] = None,
+    checkpoint: Annotated[list[str] | None, typer.Option("--checkpoint", help="A checkpoint file, an fsspec URL such as s3://bucket/runs/.../final.pt, or zoo:NAME for a bundled one (repeatable).")] = None,
+    run: Annotated[list[str] | None, typer.Option("--run", help="An MLflow trial run id (repeatable).")] = None,
+    sweep: Annotated[str | None, typer.Option(help="Every finished trial of this sweep.")] = None,
     all_runs: Annotated[bool, typer.Option("--all-runs", help="Every finished trial run in the store.")] = False,
-    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")] = None,
-    coco_root: Annotated[Optional[Path], typer.Option(help="COCO 2014 root (val2014/ and annotations/).")] = None,
-    coco_annotations: Annotated[Optional[Path], typer.Option(help="Default: <coco-root>/annotations/instances_val2014.json.")] = None,
-    image_list: Annotated[Optional[Path], typer.Option(help="File names or image ids, one per line (e.g. the 5k subset).")] = None,
-    kodak_root: Annotated[Optional[Path], typer.Option(help="Kodak (or any image folder) for rate-distortion.")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")] = None,
+    coco_root: Annotated[Path | None, typer.Option(help="COCO 2014 root (val2014/ and annotations/).")] = None,
+    coco_annotations: Annotated[Path | None, typer.Option(help="Default: <coco-root>/annotations/instances_val2014.json.")] = None,
+    image_list: Annotated[Path | None, typer.Option(help="File names or image ids, one per line (e.g. the 5k subset).")] = None,
+    kodak_root: Annotated[Path | None, typer.Option(help="Kodak (or any image folder) for rate-distortion.")] = None,
     out: Annotated[Path, typer.Option(help="Folder for results.json/csv, BD tables and plots.")] = Path("eval"),
     conf_thres: Annotated[float, typer.Option(help="Detection confidence threshold.")] = 0.001,
     nms_iou: Annotated[float, typer.Option(help="Class-wise NMS IoU.")] = 0.5,
     reference_detections: Annotated[str, typer.Option(help="gt: the annotations; uncompressed: the uncompressed YOLOv3's detections.")] = "gt",
     reference_score: Annotated[float, typer.Option(help="Score from which uncompressed detections count as ground truth (darknet's display threshold).")] = DEFAULT_REFERENCE_SCORE,
     anchors: Annotated[str, typer.Option(help="Comma-separated anchors (jpeg,webp,avif,hevc,vvc) or 'none'.")] = "jpeg,webp,avif,hevc,vvc",
-    anchor_params: Annotated[Optional[str], typer.Option(help="Override fixed parameters, e.g. 'jpeg=10,40;hevc=37,32'.")] = None,
-    bd_reference: Annotated[str, typer.Option(help="Model name whose curves are BD references (anchors always are).")] = "choi2022",
+    anchor_params: Annotated[str | None, typer.Option(help="Override fixed parameters, e.g. 'jpeg=10,40;hevc=37,32'.")] = None,
+    bd_reference: Annotated[str, typer.Option(help="Models whose curves are BD references, comma separated (anchors always are).")] = "choi2022,bmshj2018",
     yolo_weights: YoloWeightsOpt = None,
     yolo_cfg: YoloCfgOpt = None,
     yolo_seed: Annotated[int, typer.Option(help="Seed of the random-weight YOLOv3 when no weights are given.")] = 0,
@@ -44,7 +44,7 @@ def evaluate_command(
     redundancy_images: Annotated[int, typer.Option(help="Images used for Rdn.")] = 4,
     chunk_size: Annotated[int, typer.Option(help="Images per Ray task.")] = 16,
     overwrite: Annotated[bool, typer.Option(help="Redo finished (checkpoint, dataset) pairs.")] = False,
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: $RAY_ADDRESS or a local Ray).")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: $RAY_ADDRESS or a local Ray).")] = None,
     device: Annotated[str, typer.Option(help="cpu, or cuda: encode, decode and detect on a GPU (one per Ray task).")] = "cpu",
 ) -> None:
     """Evaluate checkpoints on COCO (rate–accuracy) and Kodak (rate–distortion) with anchors, BD-rate and plots."""

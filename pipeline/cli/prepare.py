@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from dvcm.zoo import detector_name
-
 from pipeline.cli.options import YoloCfgOpt, YoloWeightsOpt
 from pipeline.data.feature_encoding import DEFAULT_ENCODING, FEATURE_ENCODINGS, NO_FEATURES, check_encoding
 from pipeline.data.prepare import PrepareReport, listing_for, run_prepare
-from pipeline.data.sources import Listing
-from pipeline.data.sources import DATASETS, parse_frames
+from pipeline.data.sources import DATASETS, Listing, parse_frames
 from pipeline.infra import storage
 from pipeline.infra.errors import UserError
 from pipeline.infra.yolo_files import yolo_files
@@ -99,20 +96,20 @@ def _chosen_encoding(features: str, encoding: str | None) -> str:
 def prepare_command(
     dataset: Annotated[str, typer.Option(help=f"One of: {', '.join(DATASETS)}.")],
     out: Annotated[str, typer.Option(help="Output folder or fsspec URL (s3://bucket/shards) for shards, manifest.parquet and dataset.json.")],
-    root: Annotated[Optional[str], typer.Option(help="Dataset folder (for sample: where to generate it).")] = None,
+    root: Annotated[str | None, typer.Option(help="Dataset folder (for sample: where to generate it).")] = None,
     frames: Annotated[str, typer.Option(help="Frames per sequence: all, middle or N (evenly spaced).")] = "all",
     shard_size: Annotated[int, typer.Option(help="Samples per shard.")] = 128,
     batch_size: Annotated[int, typer.Option(help="Frames per V_front batch.")] = 8,
-    feature_encoding: Annotated[Optional[str], typer.Option(help=f"How s is stored: {', '.join(FEATURE_ENCODINGS)} (default {DEFAULT_ENCODING}; see README, 'Shard storage').")] = None,
+    feature_encoding: Annotated[str | None, typer.Option(help=f"How s is stored: {', '.join(FEATURE_ENCODINGS)} (default {DEFAULT_ENCODING}; see README, 'Shard storage').")] = None,
     features: Annotated[str, typer.Option(help="stored: s in the shards; none: image-only shards, training computes s on its workers (GPUs).")] = "stored",
-    feature_dtype: Annotated[Optional[str], typer.Option(hidden=True, help="Old name of --feature-encoding.")] = None,
+    feature_dtype: Annotated[str | None, typer.Option(hidden=True, help="Old name of --feature-encoding.")] = None,
     yolo_weights: YoloWeightsOpt = None,
     yolo_cfg: YoloCfgOpt = None,
     yolo_seed: Annotated[int, typer.Option(help="Seed of the random YOLOv3 when no weights are given.")] = 0,
     num_gpus_per_worker: Annotated[float, typer.Option(help="GPUs per shard task (fractions share a GPU).")] = 0.0,
-    num_cpus: Annotated[Optional[int], typer.Option(help="CPUs of a local Ray instance (default: all).")] = None,
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: RAY_ADDRESS or local).")] = None,
-    image_list: Annotated[Optional[str], typer.Option(help="coco2014: file of image names/ids (5k subset).")] = None,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs of a local Ray instance (default: all).")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS or local).")] = None,
+    image_list: Annotated[str | None, typer.Option(help="coco2014: file of image names/ids (5k subset).")] = None,
     val_fraction: Annotated[float, typer.Option(help="folder: fraction of files hashed into val.")] = 0.05,
     sample_seed: Annotated[int, typer.Option(help="sample: generator seed.")] = 0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print counts and the size estimate; write nothing.")] = False,

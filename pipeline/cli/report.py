@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -12,8 +12,8 @@ from pipeline.evaluation.report import write_report
 
 def report_command(
     eval_dir: Annotated[Path, typer.Option(help="The --out folder of 'dvcm-pipeline evaluate'.")] = Path("eval"),
-    out: Annotated[Optional[Path], typer.Option(help="HTML file to write (default: <eval-dir>/report.html).")] = None,
-    curves: Annotated[Optional[list[Path]], typer.Option(
+    out: Annotated[Path | None, typer.Option(help="HTML file to write (default: <eval-dir>/report.html).")] = None,
+    curves: Annotated[list[Path] | None, typer.Option(
         "--curves", help="A curve in CompressAI's eval_model JSON format ({name, results: {bpp, psnr-rgb, ms-ssim-rgb} "
                          "or {bpp, map50}}) to overlay and add to the BD table; repeat for several.")] = None,
 ) -> None:

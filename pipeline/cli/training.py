@@ -10,12 +10,15 @@ from typing import Annotated, Any
 
 import typer
 
+from dvcm.registry import CODECS
 from pipeline.cli.options import YoloCfgOpt, YoloWeightsOpt
 from pipeline.infra.errors import UserError
 from pipeline.training.grid import build_grid, load_spec, parse_lambdas, parse_list
 from pipeline.training.settings import DEFAULT_GAMMA, resolve
 from pipeline.training.sweep import run_sweep
 
+MODEL_HELP = ", ".join(CODECS)
+CONFIG_HELP = "; ".join(f"{name}: {spec.config_form}" for name, spec in CODECS.items())
 ShardsOpt = Annotated[str | None, typer.Option("--shards", help="Prepared shard folder or fsspec URL (s3://bucket/shards).")]
 PresetOpt = Annotated[str | None, typer.Option("--preset", help="tiny (CPU smoke run) or paper (256 crops, batch 16, N=192).")]
 GammaOpt = Annotated[float | None, typer.Option("--gamma", help=f"Feature-loss weight on normalised s (default {DEFAULT_GAMMA}).")]
@@ -56,8 +59,8 @@ def _flags(**given: Any) -> dict[str, Any]:
 
 def train_command(
     shards: ShardsOpt = None,
-    model: Annotated[str, typer.Option("--model", help="proposed or choi2022.")] = "proposed",
-    config: Annotated[str | None, typer.Option("--config", help="Configuration M1,M2,H (default: the preset's).")] = None,
+    model: Annotated[str, typer.Option("--model", help=f"One of {MODEL_HELP}.")] = "proposed",
+    config: Annotated[str | None, typer.Option("--config", help=f"Configuration ({CONFIG_HELP}; default: the codec's for the preset).")] = None,
     lmbda: Annotated[float, typer.Option("--lmbda", "--lambda", help="Rate-distortion trade-off λ (> 0).")] = 0.0067,
     name: Annotated[str | None, typer.Option("--name", help="Run name (default: the trial name).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")] = False,
@@ -77,7 +80,7 @@ def train_command(
         seed=seed, use_gpu=use_gpu, workers_per_trial=workers_per_trial, gpus_per_worker=gpus_per_worker,
         cpus_per_worker=cpus_per_worker, max_failures=max_failures, loader_workers=loader_workers,
         yolo_weights=yolo_weights, yolo_cfg=yolo_cfg, yolo_seed=yolo_seed))
-    grid = build_grid([model], [config or settings.preset_configs[0]], parse_lambdas([lmbda]))
+    grid = build_grid([model], [config] if config else None, parse_lambdas([lmbda]), settings.training.preset)[:1]
     state = run_sweep(name or grid[0]["trial_name"], grid, settings, storage_root or "dvcm_runs", tracking_uri,
                       resume, address)
     entry = state["trials"][grid[0]["trial_name"]]
@@ -87,9 +90,9 @@ def train_command(
 
 def sweep_command(
     shards: ShardsOpt = None,
-    model: Annotated[str | None, typer.Option("--model", help="Models, comma separated: proposed,choi2022.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help=f"Models, comma separated, of {MODEL_HELP}.")] = None,
     lambdas: Annotated[str | None, typer.Option("--lambdas", help="λ values, comma separated, each > 0.")] = None,
-    configs: Annotated[str | None, typer.Option("--configs", help="Configurations M1,M2,H separated by ':' (64,192,2:64,128,1).")] = None,
+    configs: Annotated[str | None, typer.Option("--configs", help=f"Configurations separated by ':' (64,192,2:64,128,1), each of every --model ({CONFIG_HELP}); default: each codec's for the preset; a spec may give them per model.")] = None,
     spec: Annotated[Path | None, typer.Option("--spec", help="Sweep spec YAML (e.g. jobs/paper_sweep.yaml); flags override it.")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Sweep name (MLflow parent run, storage folder).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted sweep; finished trials are skipped.")] = False,
@@ -112,14 +115,14 @@ def sweep_command(
         loader_workers=loader_workers, yolo_weights=yolo_weights, yolo_cfg=yolo_cfg, yolo_seed=yolo_seed))
     models = parse_list(model) if model else list(spec_d.get("models") or ["proposed"])
     if configs:
-        cfgs: list[str] | dict[str, list[str]] = parse_list(configs, ":")
+        cfgs: list[str] | dict[str, list[str]] | None = parse_list(configs, ":")
     elif spec_d.get("configs"):
         raw = spec_d["configs"]
         cfgs = {k: [str(c) for c in v] for k, v in raw.items()} if isinstance(raw, dict) else [str(c) for c in raw]
     else:
-        cfgs = list(settings.preset_configs)
+        cfgs = None  # each model's default configurations of the preset (dvcm.registry)
     lams = parse_lambdas(parse_list(lambdas) if lambdas else list(spec_d.get("lambdas") or []))
-    grid = build_grid(models, cfgs, lams)
+    grid = build_grid(models, cfgs, lams, settings.training.preset)
     sweep_name = name or spec_d.get("name") or f"sweep-{'_'.join(models)}-{len(grid)}trials"
     storage_dir = storage_root or str(spec_d.get("storage") or "dvcm_runs")
     state = run_sweep(sweep_name, grid, settings, storage_dir, tracking_uri or spec_d.get("tracking_uri"), resume, address)

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from dvcm.zoo import detector_name
-
 from pipeline.data.images import image_size, load_image, save_png
 from pipeline.infra.atomic import atomic_write_bytes
 from pipeline.infra.errors import UserError
@@ -182,7 +181,7 @@ def run_demo(out: Path) -> list[str]:
     import torch
 
     from dvcm import bitstream
-    from dvcm.models import build
+    from dvcm.registry import CODECS, build
     from dvcm.yolo import build_yolov3
     from pipeline.data.sample_data import sample_image
 
@@ -190,8 +189,9 @@ def run_demo(out: Path) -> list[str]:
     x = torch.from_numpy(sample_image(seed=1, size=(768, 512))).permute(2, 0, 1).unsqueeze(0).float() / 255
     yolo = build_yolov3(None, seed=0)
     lines = []
-    for name, cfg in (("proposed", dict(N=64, M1=64, M2=192, H=2)), ("choi2022", dict(N=64, M1=128, M2=64, H=1))):
-        model = build(name, front=yolo.front, yolo_provenance=yolo.provenance, **cfg)
+    for spec in CODECS.values():
+        name, text = spec.name, spec.defaults("paper")[0]
+        model = build(name, front=yolo.front, yolo_provenance=yolo.provenance, N=64, **spec.parse(text))
         model.update(force=True)
         data = bitstream.compress(model, x)
         s_hat = bitstream.decode_base(model, bitstream.base_layer(data))
@@ -202,7 +202,7 @@ def run_demo(out: Path) -> list[str]:
         path = out / f"{name}.dvcm"
         atomic_write_bytes(path, data)
         lines.append(
-            f"{name} (M1,M2,H)=({cfg['M1']},{cfg['M2']},{cfg['H']}): base {sizes['base'] * 8 / pixels:.4f} bpp, "
+            f"{name} ({spec.config_form})=({text}): base {sizes['base'] * 8 / pixels:.4f} bpp, "
             f"enhancement {sizes['enhancement'] * 8 / pixels:.4f} bpp, total {len(data) * 8 / pixels:.4f} bpp; "
             f"ŝ {tuple(s_hat.shape[1:])} from the base layer alone; PSNR {10 * math.log10(1 / mse):.2f} dB -> {path}"
         )

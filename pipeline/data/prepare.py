@@ -24,13 +24,21 @@ import json
 import os
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
-from pipeline.data.feature_encoding import DEFAULT_ENCODING, NO_FEATURES, check_encoding, decode_features, encode_features
+from pipeline.data.feature_encoding import (
+    DEFAULT_ENCODING,
+    NO_FEATURES,
+    check_encoding,
+    decode_features,
+    encode_features,
+)
+from pipeline.data.images import to_rgb8
 from pipeline.data.shards import (
     FEATURE_CHANNELS,
     FEATURE_STRIDE,
@@ -43,7 +51,6 @@ from pipeline.data.shards import (
 from pipeline.data.sources import FrameRef, Listing, list_source
 from pipeline.infra import storage
 from pipeline.infra.atomic import atomic_write_bytes, atomic_write_json
-from pipeline.data.images import to_rgb8
 from pipeline.infra.errors import UserError
 from pipeline.infra.progress import StepProgress
 

@@ -22,9 +22,10 @@ import io
 import json
 import os
 import random
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,7 +70,7 @@ class ChannelStats:
         other.m2 = ((x - other.mean[:, None]) ** 2).sum(axis=1)
         self.merge(other)
 
-    def merge(self, other: "ChannelStats") -> None:
+    def merge(self, other: ChannelStats) -> None:
         if other.n == 0:
             return
         if self.n == 0:
@@ -89,7 +90,7 @@ class ChannelStats:
         return {"n": self.n, "mean": self.mean.tolist(), "m2": self.m2.tolist()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ChannelStats":
+    def from_dict(cls, d: dict[str, Any]) -> ChannelStats:
         out = cls(len(d["mean"]))
         out.n = int(d["n"])
         out.mean = np.asarray(d["mean"], np.float64)
@@ -129,7 +130,7 @@ class AtomicTarWriter:
         self._committed = True
         return size, digest
 
-    def __enter__(self) -> "AtomicTarWriter":
+    def __enter__(self) -> AtomicTarWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -229,7 +230,7 @@ class FramesToFeaturize:
     frames: list[torch.Tensor]
     windows: list[tuple[int, int, int, int]]  # (top, left, height, width) in feature cells
 
-    def pin_memory(self) -> "FramesToFeaturize":
+    def pin_memory(self) -> FramesToFeaturize:
         return FramesToFeaturize([f.pin_memory() for f in self.frames], self.windows)
 
     def features(self, front: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> torch.Tensor:

@@ -24,9 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from dvcm.fileio import file_sha256
 from pipeline.infra.errors import UserError

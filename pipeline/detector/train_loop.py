@@ -44,12 +44,11 @@ def learning_rate(step: int, config: dict[str, Any]) -> float:
 def train_detector_loop(config: dict[str, Any]) -> None:
     """Train until ``config['steps']``; reports loss parts, lr, seconds and (every ``eval_every``) val mAP."""
     import ray.train
+    import ray.train.torch
 
     from dvcm.yolo_loss import yolov3_loss
     from pipeline.detector.world_batches import detection_map50, held_out_scenes, training_batch
     from pipeline.infra import tracking
-
-    import ray.train.torch
 
     torch.set_num_threads(int(config["threads"]))
     torch.manual_seed(config["seed"])

@@ -10,7 +10,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pipeline.data.world import WORLD_CLASSES, WorldScene, coco_annotations, coco_dataset, render_world_scene, split_seed
+from pipeline.data.world import (
+    WORLD_CLASSES,
+    WorldScene,
+    coco_annotations,
+    coco_dataset,
+    render_world_scene,
+    split_seed,
+)
 
 EVAL_SIZES: tuple[tuple[int, int], ...] = ((640, 480), (480, 640), (640, 480))
 """(width, height) of held-out scenes, in turn: the COCO-like images' sizes."""

@@ -13,6 +13,8 @@ our value, its spread over seeds, the paper's value and a verdict — "holds", "
   seed; holds when proposed's Rdn(ŷ1|ŷ2) is below choi2022's and its Rdn(ŷ2|ŷ1) above, on every seed.
 - (c) proposed's PSNR sits below choi2022's at equal total bpp (paper: yes): BD-PSNR on the Kodak-like
   images; holds when it is negative on every seed.
+- (d) the cost of scalability (not in the paper): BD-rate on Kodak PSNR of proposed and of choi2022 against
+  the single-layer bmshj2018 of the same family; holds when it is positive on every seed.
 
 A finding that does not hold is a result, reported as measured; nothing here decides what a study should find.
 """
@@ -32,7 +34,7 @@ import numpy as np
 from pipeline.evaluation.bdrate import FITTED, STRICT, Curve, bd_delta
 from pipeline.infra.atomic import atomic_write_json, atomic_write_text
 
-PROPOSED, BASELINE = "proposed", "choi2022"
+PROPOSED, BASELINE, SINGLE_LAYER = "proposed", "choi2022", "bmshj2018"
 HOLDS, DOES_NOT_HOLD = "holds", "does not hold"
 
 
@@ -105,16 +107,17 @@ def _sign_verdict(values: dict[str, float | None], notes: dict[str, str], negati
 
 
 def _bd_finding(points: Sequence[StudyPoint], key: str, claim: str, paper: str, rate: str, quality: str,
-                pick: int, unit: str) -> Finding:
-    """BD figure ``pick`` (0: BD-rate %, 1: BD-quality) of proposed against choi2022, per seed."""
+                pick: int, unit: str, test_model: str = PROPOSED, ref_model: str = BASELINE,
+                negative_holds: bool = True) -> Finding:
+    """BD figure ``pick`` (0: BD-rate %, 1: BD-quality) of ``test_model`` against ``ref_model``, per seed."""
     values: dict[str, float | None] = {}
     notes: dict[str, str] = {}
     methods: dict[str, str] = {}
     for seed in seeds_of(points):
-        ref, test = _by(points, BASELINE, seed), _by(points, PROPOSED, seed)
+        ref, test = _by(points, ref_model, seed), _by(points, test_model, seed)
         if not ref or not test:
             continue
-        curves = (_curve(ref, BASELINE, rate, quality), _curve(test, PROPOSED, rate, quality))
+        curves = (_curve(ref, ref_model, rate, quality), _curve(test, test_model, rate, quality))
         figures = bd_delta(*curves)
         value, note = figures[pick], figures[2]
         methods[str(seed)] = STRICT
@@ -129,7 +132,7 @@ def _bd_finding(points: Sequence[StudyPoint], key: str, claim: str, paper: str, 
         if note:
             notes[str(seed)] = note
     ours, spread = _summary(values)
-    return Finding(key, claim, paper, unit, ours, spread, values, _sign_verdict(values, notes),
+    return Finding(key, claim, paper, unit, ours, spread, values, _sign_verdict(values, notes, negative_holds),
                    {"notes": notes, "methods": methods})
 
 
@@ -162,7 +165,8 @@ def dominance(test: Sequence[StudyPoint], ref: Sequence[StudyPoint], rate: str, 
     def pairs(points: Sequence[StudyPoint]) -> list[tuple[float, float]]:
         return [(getattr(p, rate), getattr(p, quality)) for p in points]
 
-    return dominance_text(pairs(test), pairs(ref), QUALITY_NAMES.get(quality, quality))
+    names = (test[0].model, ref[0].model) if test and ref else (PROPOSED, BASELINE)
+    return dominance_text(pairs(test), pairs(ref), QUALITY_NAMES.get(quality, quality), names)
 
 
 def _mean_over_lambdas(points: Sequence[StudyPoint], attr: str) -> float | None:
@@ -196,8 +200,21 @@ def redundancy_finding(points: Sequence[StudyPoint]) -> Finding:
                    "positive on every seed: holds"})
 
 
+def scalability_cost_findings(points: Sequence[StudyPoint]) -> list[Finding]:
+    """(d) the cost of scalability: BD-rate on Kodak PSNR (total bpp) of each scalable codec against the
+    single-layer bmshj2018 of the same family, trained on the same shards with L = R + λ·D_x; positive: the
+    scalable codec spends more bits for the same PSNR. Empty when the study has no single-layer codec."""
+    if not any(p.model == SINGLE_LAYER for p in points):
+        return []
+    return [_bd_finding(points, f"d_{model}", f"{model} spends more total bits than the single-layer {SINGLE_LAYER} "
+                        "at equal PSNR (BD-rate > 0: the cost of scalability)",
+                        "not reported (the paper has no single-layer learned anchor)", "kodak_bpp", "psnr", 0, "%",
+                        test_model=model, ref_model=SINGLE_LAYER, negative_holds=False)
+            for model in (PROPOSED, BASELINE) if any(p.model == model for p in points)]
+
+
 def study_findings(points: Sequence[StudyPoint]) -> list[Finding]:
-    """(a) on mAP@0.5 and on ŝ SNR, (b), (c)."""
+    """(a) on mAP@0.5 and on ŝ SNR, (b), (c), and (d) when the study trained the single-layer codec."""
     return [
         _bd_finding(points, "a_map50", "base-layer BD-rate of proposed vs choi2022 on detection (mAP@0.5)",
                     "−40.6 %", "coco_bpp_base", "map50", 0, "%"),
@@ -206,6 +223,7 @@ def study_findings(points: Sequence[StudyPoint]) -> list[Finding]:
         redundancy_finding(points),
         _bd_finding(points, "c", "proposed's PSNR sits below choi2022's at equal total bpp (BD-PSNR < 0)",
                     "yes (Fig. 4b)", "kodak_bpp", "psnr", 1, "dB"),
+        *scalability_cost_findings(points),
     ]
 
 
@@ -274,7 +292,7 @@ def jpeg_comparison(jpeg: Sequence[tuple[float, float]], bpp: float, psnr: float
 def acceptance(points: Sequence[StudyPoint], jpeg: Sequence[tuple[float, float]]) -> list[dict[str, Any]]:
     """Per (model, seed): which axes rise with rate, and the highest λ's PSNR against JPEG (:func:`jpeg_comparison`)."""
     rows = []
-    for model in (PROPOSED, BASELINE):
+    for model in (PROPOSED, BASELINE, SINGLE_LAYER):
         for seed in seeds_of(points):
             pts = _by(points, model, seed)
             if not pts:

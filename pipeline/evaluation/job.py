@@ -71,7 +71,6 @@ from pathlib import Path
 from typing import Any
 
 from dvcm.zoo import detector_name
-
 from pipeline.evaluation.publish import log_to_mlflow
 from pipeline.evaluation.results import (
     SCHEMA,
@@ -399,9 +398,10 @@ def publish(job: Job, p: Plan) -> dict[str, Any]:
 
     results = list(p.results.values())
     bd_rows: list[dict] = []
+    references = tuple(f"{name.strip()} (" for name in job.bd_reference.split(",") if name.strip())
     for metric in ("coco_map50", "coco_s_psnr", "coco_s_snr", "kodak_psnr", "kodak_ms_ssim"):
         curves = plots.curves(results, metric)
-        refs = [c.label for c in curves if c.meta.get("kind") == "anchor" or c.label.startswith(job.bd_reference)]
+        refs = [c.label for c in curves if c.meta.get("kind") == "anchor" or c.label.startswith(references)]
         bd_rows += bd_table(curves, refs, metric)
     write_table(bd_rows, job.out)
     export_curves(results, job.out / "curves")

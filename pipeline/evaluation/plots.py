@@ -24,6 +24,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from dvcm.registry import config_text  # noqa: E402
 from pipeline.evaluation.bdrate import Curve  # noqa: E402
 from pipeline.infra.atomic import atomic_write_bytes  # noqa: E402
 
@@ -61,8 +62,7 @@ def _finite(v: Any) -> bool:
 
 def model_curve_label(res: dict) -> str:
     """The label of a model's curve across λ: ``proposed (11,32,2)``."""
-    cfg = res.get("config", {})
-    return f"{res.get('model')} ({cfg.get('M1')},{cfg.get('M2')},{cfg.get('H')})"
+    return f"{res.get('model')} ({config_text(res.get('model'), res.get('config', {}))})"
 
 
 def curves(results: list[dict], metric: str) -> list[Curve]:

@@ -332,7 +332,7 @@ def complexity_section(results: list[dict[str, Any]]) -> list[str]:
         times = [p for res in results if res.get("kind") == "model" and _curve_label(res) == _curve_label(r)
                  for p in res.get("datasets", {}).get("kodak", {}).get("points", [])]
 
-        def median_ms(key: str) -> float | None:
+        def median_ms(key: str, times: list[dict] = times) -> float | None:
             vals = [p[key] for p in times if isinstance(p.get(key), (int, float)) and math.isfinite(p[key])]
             return statistics.median(vals) if vals else None
 

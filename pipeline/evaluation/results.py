@@ -91,8 +91,9 @@ def load_results(folder: Path) -> dict | None:
 
 def model_label(meta: dict) -> str:
     """``proposed (64,192,2) λ=0.0067``: model, configuration (M1,M2,H) and λ when known."""
-    cfg = meta.get("config", {})
+    from dvcm.registry import config_text
+
     lam = meta.get("lmbda")
-    text = f"{meta.get('model', '?')} ({cfg.get('M1')},{cfg.get('M2')},{cfg.get('H')})"
+    text = f"{meta.get('model', '?')} ({config_text(meta.get('model'), meta.get('config', {}))})"
     return text + (f" λ={lam:g}" if isinstance(lam, (int, float)) else "")
 

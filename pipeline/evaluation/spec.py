@@ -24,7 +24,9 @@ class Job:
     reference_score: float = DEFAULT_REFERENCE_SCORE
     anchors: list[str] = field(default_factory=lambda: ["jpeg", "webp", "avif", "hevc", "vvc"])
     anchor_params: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    bd_reference: str = "choi2022"
+    # models whose curves are BD references, comma separated (anchors always are): the baseline, and the single-layer
+    # codec against which a scalable codec's BD-rate on PSNR is the cost of scalability
+    bd_reference: str = "choi2022,bmshj2018"
     overwrite: bool = False
     chunk_size: int = 16
     # bench redundancy (zoo:proposed-l0.0932): with every fiber of 2 images (3072) both intervals lie above 0 at

@@ -269,7 +269,7 @@ def run_model_extras(checkpoint: str, items: list[ImageItem], s: Settings, K: in
     model = _codec(checkpoint, s)
     complexity = run_model_complexity(checkpoint, s)["complexity"]
     images = [_to_tensor(im) for im in (_load_rgb(i.path) for i in items) if im is not None]
-    if not images:
+    if not images or model.layers == 1:  # a single-layer codec has no (ŷ1, ŷ2) pair
         return {"redundancy": None, "channel_rates": None, "complexity": complexity}
     red = model_redundancy(model, images, K=K, num_fibers=fibers)
     red["images"] = len(images)

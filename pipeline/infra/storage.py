@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Callable, TypeVar
+from typing import IO, Any, BinaryIO, TypeVar
 
 from dvcm.fileio import atomic_open
 from pipeline.infra.errors import UserError

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +11,14 @@ from pipeline.infra.errors import UserError
 from pipeline.training.settings import GRID_KEYS, SETTING_KEYS
 
 
-def parse_config(text: str) -> tuple[int, int, int]:
-    """``"64,192,2"`` -> (M1, M2, H), a bad one raises ``UserError``."""
+def model_config(model: str, text: str) -> dict[str, int]:
+    """``"64,192,2"`` -> {M1: 64, M2: 192, H: 2}: the codec's hyperparameters (``dvcm.registry``); a bad one raises
+    ``UserError``."""
     from dvcm.errors import DvcmError
-    from dvcm.models import parse_config as parse
+    from dvcm.registry import codec_spec
 
     try:
-        return parse(str(text))
+        return codec_spec(model).parse(str(text))
     except DvcmError as exc:
         raise UserError(str(exc)) from None
 
@@ -43,8 +45,8 @@ def parse_lambdas(values: list[Any]) -> list[float]:
 
 
 def check_models(models: list[str]) -> list[str]:
-    """Every model name must be registered in ``dvcm.models``."""
-    from dvcm.models import MODEL_NAMES
+    """Every model name must be registered in ``dvcm.registry``."""
+    from dvcm.registry import MODEL_NAMES
 
     if not models:
         raise UserError(f"no model given; choose from {', '.join(MODEL_NAMES)}")
@@ -54,26 +56,39 @@ def check_models(models: list[str]) -> list[str]:
     return models
 
 
-def trial_name(model: str, m1: int, m2: int, h: int, lmbda: float, seed: int | None = None) -> str:
-    """``proposed-64-192-2-l0.0067``: model, configuration and λ, as in MLflow and Ray storage; ``-s1`` ends the
-    name of a trial with its own seed (a sweep over seeds)."""
-    return f"{model}-{m1}-{m2}-{h}-l{lmbda:g}" + (f"-s{seed}" if seed is not None else "")
+def trial_name(model: str, config: Mapping[str, int], lmbda: float, seed: int | None = None) -> str:
+    """``proposed-64-192-2-l0.0067``: model, configuration (its hyperparameters in order) and λ, as in MLflow and
+    Ray storage; ``-s1`` ends the name of a trial with its own seed (a sweep over seeds)."""
+    from dvcm.registry import codec_spec
+
+    values = "-".join(str(config[h.name]) for h in codec_spec(model).hyperparameters)
+    return f"{model}-{values}-l{lmbda:g}" + (f"-s{seed}" if seed is not None else "")
 
 
 def build_grid(
-    models: list[str], configs: list[str] | dict[str, list[str]], lambdas: list[float]
+    models: list[str], configs: list[str] | dict[str, list[str]] | None, lambdas: list[float], preset: str = "tiny"
 ) -> list[dict[str, Any]]:
-    """One trial per (model, configuration, λ); ``configs`` may be per model (a mapping)."""
+    """One trial per (model, configuration, λ); ``configs`` may be per model (a mapping); a model without one
+    trains its registered default configurations of ``preset`` (``dvcm.registry``)."""
+    from dvcm.errors import DvcmError
+    from dvcm.registry import codec_spec
+
     grid = []
     for model in check_models(models):
         cfgs = configs.get(model) if isinstance(configs, dict) else configs
+        if isinstance(configs, dict) and not cfgs:
+            raise UserError(f"no configuration given for model {model!r}; add it to configs "
+                            f"({codec_spec(model).config_form})")
         if not cfgs:
-            raise UserError(f"no configuration given for model {model!r}; add it to --configs (M1,M2,H)")
+            try:
+                cfgs = list(codec_spec(model).defaults(preset))
+            except DvcmError as exc:
+                raise UserError(f"{exc} (--configs)") from None
         for text in cfgs:
-            m1, m2, h = parse_config(text)
+            config = model_config(model, text)
             for lam in lambdas:
-                grid.append({"trial_name": trial_name(model, m1, m2, h, lam), "model": model,
-                             "M1": m1, "M2": m2, "H": h, "lmbda": lam})
+                grid.append({"trial_name": trial_name(model, config, lam), "model": model, "config": config,
+                             "lmbda": lam})
     names = [t["trial_name"] for t in grid]
     if len(set(names)) != len(names):
         raise UserError("the grid repeats a (model, configuration, lambda) trial; remove the duplicate")

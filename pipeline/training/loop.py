@@ -115,7 +115,7 @@ class Worker:
 def setup(trial: TrialConfig, rank: int, world: int, device: torch.device) -> Worker:
     """Build the codec (same initial weights on every rank), the loss, both optimizers and the schedule."""
     from dvcm.loss import ScalableRDLoss
-    from dvcm.models import build
+    from dvcm.registry import build, codec_spec
     from dvcm.train_utils import configure_optimizers
     from dvcm.yolo import build_yolov3
     from pipeline.data import shards as shard_reader
@@ -125,10 +125,11 @@ def setup(trial: TrialConfig, rank: int, world: int, device: torch.device) -> Wo
     s_mean, s_std = shard_reader.feature_stats(info)
     yolo = build_yolov3(t.yolo_weights, seed=t.yolo_seed, cfg=t.yolo_cfg)
     torch.manual_seed(t.seed)  # same initial weights on every rank
-    model = build(trial.model, front=yolo.front, yolo_provenance=dict(yolo.provenance),
-                  N=t.N, M1=trial.M1, M2=trial.M2, H=trial.H)
+    model = build(trial.model, front=yolo.front, yolo_provenance=dict(yolo.provenance), N=t.N, **trial.config)
     model.set_feature_stats(s_mean, s_std)  # g_a1/g_s1 work on s normalised by the training set's statistics
-    criterion = ScalableRDLoss(trial.lmbda, feature_weight(trial.lmbda, t.gamma, t.gamma_mode), s_mean=s_mean, s_std=s_std)
+    # a codec without a feature term (a single-layer one) trains on L = R + λ·D_x; its D_s is reported only
+    weight_s = feature_weight(trial.lmbda, t.gamma, t.gamma_mode) if codec_spec(trial.model).feature_loss else 0.0
+    criterion = ScalableRDLoss(trial.lmbda, weight_s, s_mean=s_mean, s_std=s_std)
     net_opt, aux_opt = configure_optimizers(model, t.lr, t.aux_lr)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(net_opt, "min", factor=t.lr_factor, patience=t.lr_patience)
     return Worker(trial, rank, world, device, model, model, criterion, net_opt, aux_opt, sched)
@@ -266,12 +267,12 @@ def epoch_metrics(w: Worker, epoch: int, train: dict[str, float], extra: dict[st
                                "trial_done": int(done)}
     metrics.update({f"train/{k}": v for k, v in train.items()})
     metrics.update({f"val/{k}": v for k, v in val.items()})
-    weight_s = feature_weight(t.lmbda, t.training.gamma, t.training.gamma_mode)
+    weight_s = w.criterion.gamma  # the weight on D_s as it entered the loss (0 for a codec without a feature term)
     metrics.update({f"train/{k}": v for k, v in loss_shares(train, t.lmbda, weight_s).items()})
     metrics.update({f"val/{k}": v for k, v in loss_shares(val, t.lmbda, weight_s).items()})
     metrics.update({f"train/{k}": v for k, v in extra.items()})
     metrics.update({f"ddp/param_checksum_rank{i}": v for i, v in enumerate(rank_checksums(w.model, w.rank, w.world))})
-    if w.rank == 0 and t.training.redundancy and images:
+    if w.rank == 0 and t.training.redundancy and images and getattr(w.model, "layers", 2) == 2:  # Rdn(ŷ1|ŷ2): two latents
         metrics.update({f"val/{k}": v for k, v in redundancy_hook(w.model, images).items()})
     if done:
         metrics["final_checkpoint"] = FINAL_NAME

@@ -32,7 +32,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         # Crops of 128x128 (not smaller: transforms trained on tiny maps fail on whole images).
         "N": 32,
-        "configs": [(16, 32, 2)],
         "crop": 128,
         "batch_size": 2,
         "epochs": 2,
@@ -47,7 +46,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         # The miniature study on CPUs (`dvcm-pipeline reproduce`): N 192 / 6, 128 crops, batch 8; epochs of 200
         # steps, the LR divided by 10 after one epoch without a better validation loss, a stop at the second drop.
         "N": 32,
-        "configs": [(11, 32, 2)],
         "crop": 128,
         "batch_size": 8,
         "epochs": 60,
@@ -60,7 +58,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "paper": {
         "N": 192,
-        "configs": [(64, 192, 2), (64, 128, 2), (64, 128, 1), (128, 64, 1)],
         "crop": 256,
         "batch_size": 16,
         "epochs": 300,
@@ -136,11 +133,10 @@ class Resources:
 
 @dataclass(frozen=True)
 class SweepSettings:
-    """The resolved settings of a sweep, and the preset's configurations ``M1,M2,H`` (the default grid)."""
+    """The resolved settings of a sweep (each codec's default configurations per preset are in ``dvcm.registry``)."""
 
     training: TrainingSettings
     resources: Resources
-    preset_configs: tuple[str, ...]
 
     def as_dict(self) -> dict[str, Any]:
         """Training and resource settings as one flat mapping (what MLflow and the trial config show)."""
@@ -196,7 +192,7 @@ def resolve(preset: str | None, spec: dict[str, Any], flags: dict[str, Any]) -> 
     unknown = sorted(set(given) - SETTING_KEYS)
     if unknown:
         raise UserError(f"unknown settings {unknown}; known: {', '.join(sorted(SETTING_KEYS))}")
-    values = {**COMMON, **{k: v for k, v in PRESETS[name].items() if k != "configs"}, "preset": name, **given}
+    values = {**COMMON, **PRESETS[name], "preset": name, **given}
     if not values.get("shards"):
         raise UserError("no shards given; pass --shards DIR (a folder written by `dvcm-pipeline prepare`)")
     resources = _build(Resources, values)
@@ -205,7 +201,7 @@ def resolve(preset: str | None, spec: dict[str, Any], flags: dict[str, Any]) -> 
     training = _build(TrainingSettings, values)
     weights, cfg = yolo_files(training.yolo_weights, training.yolo_cfg)  # absolute: Ray Train workers build the YOLO
     training = dataclasses.replace(training, yolo_weights=weights, yolo_cfg=cfg)
-    settings = SweepSettings(training, resources, tuple(",".join(map(str, c)) for c in PRESETS[name]["configs"]))
+    settings = SweepSettings(training, resources)
     check(settings)
     return settings
 

@@ -21,9 +21,7 @@ class TrialConfig:
 
     trial_name: str
     model: str
-    M1: int
-    M2: int
-    H: int
+    config: dict[str, int]  # the codec's hyperparameters besides N (dvcm.registry): M1, M2, H or M
     lmbda: float
     training: TrainingSettings
     resources: Resources
@@ -35,8 +33,7 @@ class TrialConfig:
     def to_dict(self) -> dict[str, Any]:
         """The flat mapping that travels through Ray and is logged to MLflow."""
         return {**dataclasses.asdict(self.training), **dataclasses.asdict(self.resources),
-                "trial_name": self.trial_name, "model": self.model, "M1": self.M1, "M2": self.M2, "H": self.H,
-                "lmbda": self.lmbda, "storage_path": self.storage_path, "yolo_provenance": dict(self.yolo_provenance),
+                "trial_name": self.trial_name, "model": self.model, **self.config, "lmbda": self.lmbda, "storage_path": self.storage_path, "yolo_provenance": dict(self.yolo_provenance),
                 "faults": dataclasses.asdict(self.faults) if self.faults else None,
                 "init_checkpoint": self.init_checkpoint}
 
@@ -46,7 +43,10 @@ class TrialConfig:
         def pick(kind: type) -> Any:
             return kind(**{f.name: d[f.name] for f in dataclasses.fields(kind) if f.name in d})
 
-        return cls(d["trial_name"], d["model"], int(d["M1"]), int(d["M2"]), int(d["H"]), float(d["lmbda"]),
+        from dvcm.registry import codec_spec
+
+        config = {h.name: int(d[h.name]) for h in codec_spec(d["model"]).hyperparameters}
+        return cls(d["trial_name"], d["model"], config, float(d["lmbda"]),
                    pick(TrainingSettings), pick(Resources), d["storage_path"], dict(d["yolo_provenance"]),
                    Faults(**d["faults"]) if d.get("faults") else None, d.get("init_checkpoint"))
 
@@ -58,7 +58,7 @@ def trial_configs(grid: list[dict[str, Any]], settings: SweepSettings, shards: s
     An entry may carry its own ``seed`` (several seeds in one sweep), ``epochs`` (its cap) and an
     ``init_checkpoint`` to start from."""
     training = dataclasses.replace(settings.training, shards=shards)
-    return [TrialConfig(t["trial_name"], t["model"], t["M1"], t["M2"], t["H"], t["lmbda"],
+    return [TrialConfig(t["trial_name"], t["model"], dict(t["config"]), t["lmbda"],
                         dataclasses.replace(training, seed=int(t.get("seed", training.seed)),
                                             epochs=int(t.get("epochs", training.epochs))), settings.resources,
                         storage_path, yolo_provenance, Faults(**faults[t["trial_name"]]) if faults.get(t["trial_name"]) else None,

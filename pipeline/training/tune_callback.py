@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from dvcm.loss import feature_weight
+from dvcm.registry import codec_spec
 from pipeline.infra import storage, tracking
 from pipeline.training.live_table import TrialRow
 from pipeline.training.sweep_state import _STATE_LOCK, write_state
@@ -43,14 +44,16 @@ def make_tune_callback(ctx: SweepContext):  # -> ray.tune.Callback
             entry = ctx.state["trials"].setdefault(name, {})
             if not entry.get("run_id"):
                 cfg = trial.config["trial"]
-                params = {**ctx.common_params, **{k: cfg[k] for k in ("model", "N", "M1", "M2", "H", "lmbda", "gamma")},
-                          "gamma_mode": cfg["gamma_mode"],
-                          "feature_weight": feature_weight(cfg["lmbda"], cfg["gamma"], cfg["gamma_mode"]),
-                          "config": f"{cfg['M1']},{cfg['M2']},{cfg['H']}", "trial": name,
+                spec = codec_spec(cfg["model"])
+                hyper = [h.name for h in spec.hyperparameters]
+                weight_s = feature_weight(cfg["lmbda"], cfg["gamma"], cfg["gamma_mode"]) if spec.feature_loss else 0.0
+                params = {**ctx.common_params, **{k: cfg[k] for k in ("model", "N", *hyper, "lmbda", "gamma")},
+                          "gamma_mode": cfg["gamma_mode"], "feature_weight": weight_s,
+                          "config": spec.text(cfg), "trial": name,
                           **{k: cfg.get(k) for k in ("crop", "batch_size", "epochs", "steps_per_epoch", "lr",
                                                      "workers_per_trial", "precision", "preset", "seed",
                                                      "init_checkpoint")}}
-                tags = {"model": cfg["model"], "config": f"{cfg['M1']},{cfg['M2']},{cfg['H']}",
+                tags = {"model": cfg["model"], "config": spec.text(cfg),
                         "lambda": f"{cfg['lmbda']:g}", "gamma": f"{cfg['gamma']:g}"}
                 entry["run_id"] = tracking.start_trial_run(ctx.tracking_uri, ctx.parent_run_id, name, tags, params)
                 tracking.log_dict(ctx.tracking_uri, entry["run_id"], dict(trial.config["trial"]), "config/resolved_config.json")

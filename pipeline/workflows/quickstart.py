@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 from dvcm.zoo import MINI_DETECTOR
-
 from pipeline.infra.errors import UserError
 from pipeline.infra.yolo_files import yolo_files
 from pipeline.training.settings import LEGACY_SETTINGS, SettingsChangedError, SweepSettings, resolve, resume_record
@@ -424,7 +423,7 @@ def evaluate_stage(eval_dir: Path, run_ids: list[str], sample: Any, yolo_weights
         targets=targets, out=eval_dir, settings=Settings(yolo_weights=yolo_weights, yolo_seed=0, yolo_cfg=yolo_cfg),
         coco=(items, gt, sample.coco_annotations), kodak=folder_items(sample.kodak_root),
         reference=reference, anchors=list(anchors) if anchors is not None else ["jpeg", "webp", "avif", "hevc", "vvc"],
-        bd_reference="choi2022", tracking_uri=uri, redundancy_images=2, redundancy_fibers=3072,
+        bd_reference="choi2022,bmshj2018", tracking_uri=uri, redundancy_images=2, redundancy_fibers=3072,
     )
     summary = run_job(job, progress=progress)
     for line in summary["notices"]:

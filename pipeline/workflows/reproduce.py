@@ -30,7 +30,6 @@ this machine's training and coding speed, not from constants.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import shutil
 import time
@@ -51,7 +50,7 @@ class StudyPreset:
     """What a study trains and evaluates (the training preset of :mod:`pipeline.training.settings` and the data)."""
 
     training_preset: str
-    configs: dict[str, str]  # per model: M1,M2,H
+    configs: dict[str, str]  # per model: its configuration (dvcm.registry: M1,M2,H or M)
     lambdas: tuple[float, ...] = PAPER_LAMBDAS
     seeds: tuple[int, ...] = (0, 1)
     gamma: float = 1.0
@@ -78,10 +77,12 @@ PRESETS: dict[str, StudyPreset] = {
     # curve shared no mAP range with choi2022's (0.59-0.67) and no base-layer BD-rate existed. Scaled, the
     # base rate rises with λ for both models (pilot, λ 0.0018 -> 0.0932, seed 0: proposed 0.004 -> 0.015 bpp,
     # choi2022 0.047 -> 0.115 bpp on validation); γ 10 gives λ 0.0932 about the weight (0.93) of the fixed γ 1.
-    "mini": StudyPreset("mini", {"proposed": "11,32,2", "choi2022": "21,11,1"}, gamma=10.0, gamma_mode="scaled"),
+    # bmshj2018 (43): the single-layer codec of the same family with proposed's 43 latent channels, for finding (d).
+    "mini": StudyPreset("mini", {"proposed": "11,32,2", "choi2022": "21,11,1", "bmshj2018": "43"}, gamma=10.0,
+                        gamma_mode="scaled"),
     # The paper's study on the user's data and GPUs: its configurations at N = 192, Adam at 1e-4, every
     # trial to its plateau (3 drops, up to the paper training preset's 300 epochs), Vimeo-90K septuplets.
-    "paper": StudyPreset("paper", {"proposed": "64,192,2", "choi2022": "128,64,1"}, lr=1e-4, frames=7,
+    "paper": StudyPreset("paper", {"proposed": "64,192,2", "choi2022": "128,64,1", "bmshj2018": "192"}, lr=1e-4, frames=7,
                          budget_minutes=None, world=False),
 }
 
@@ -198,7 +199,7 @@ def _probe(configs: dict[str, str], training: Any, threads: int, lmbda: float, w
     import torch
 
     from dvcm.loss import ScalableRDLoss
-    from dvcm.models import build, parse_config
+    from dvcm.registry import build, codec_spec
     from dvcm.train_utils import configure_optimizers
     from dvcm.yolo import build_yolov3
     from pipeline.training.step import aux_parameters, train_step
@@ -207,9 +208,8 @@ def _probe(configs: dict[str, str], training: Any, threads: int, lmbda: float, w
     yolo = build_yolov3(training.yolo_weights, seed=training.yolo_seed, cfg=training.yolo_cfg)
     out = {}
     for model_name, config in configs.items():
-        m1, m2, h = parse_config(config)
         torch.manual_seed(0)
-        model = build(model_name, front=yolo.front, N=training.N, M1=m1, M2=m2, H=h).train()
+        model = build(model_name, front=yolo.front, N=training.N, **codec_spec(model_name).parse(config)).train()
         criterion = ScalableRDLoss(lmbda, weight_s)
         net_opt, aux_opt = configure_optimizers(model, training.lr, training.aux_lr)
         _, aux = aux_parameters(model)
@@ -287,17 +287,17 @@ def data_stage(out: Path, preset: StudyPreset, weights: str | None, cfg: str | N
 
 def round_grid(plan: Plan, k: int, state: dict[str, Any]) -> list[dict[str, Any]]:
     """The trials of round ``k``: every (model, seed) at λ_k, warm-started from round k−1's checkpoint (the λ below)."""
-    from pipeline.training.grid import parse_config, trial_name
+    from pipeline.training.grid import model_config, trial_name
 
     grid = []
     for model in plan.models:
-        m1, m2, h = parse_config(plan.preset.configs[model])
+        config = model_config(model, plan.preset.configs[model])
         for seed in plan.seeds:
             entry: dict[str, Any] = {
-                "trial_name": trial_name(model, m1, m2, h, plan.lambdas[k], seed=seed), "model": model,
-                "M1": m1, "M2": m2, "H": h, "lmbda": plan.lambdas[k], "seed": seed, "epochs": plan.epoch_caps[k]}
+                "trial_name": trial_name(model, config, plan.lambdas[k], seed=seed), "model": model,
+                "config": config, "lmbda": plan.lambdas[k], "seed": seed, "epochs": plan.epoch_caps[k]}
             if k > 0:
-                below = state["trials"][trial_name(model, m1, m2, h, plan.lambdas[k - 1], seed=seed)]
+                below = state["trials"][trial_name(model, config, plan.lambdas[k - 1], seed=seed)]
                 entry["init_checkpoint"] = below["final_checkpoint"]
             grid.append(entry)
     return grid
@@ -349,7 +349,7 @@ def evaluate_stage(out: Path, plan: Plan, state: dict[str, Any], sample: Any, we
         targets = resolve_targets([], run_ids, None, False, uri, eval_dir / ".downloads")
         job = Job(targets=targets, out=eval_dir, settings=Settings(yolo_weights=weights, yolo_seed=0, yolo_cfg=cfg),
                   coco=(items, gt, sample.coco_annotations), kodak=kodak, reference="gt", anchors=anchors,
-                  bd_reference="choi2022", tracking_uri=uri, redundancy_images=4, redundancy_fibers=6144)
+                  bd_reference="choi2022,bmshj2018", tracking_uri=uri, redundancy_images=4, redundancy_fibers=6144)
         summaries[seed] = run_job(job, progress=progress)
         first = first or eval_dir
     return summaries
@@ -438,7 +438,7 @@ def export_zoo(out: Path, plan: Plan, state: dict[str, Any], detector: dict[str,
     provenance; copied into ``dvcm/zoo/codecs`` it is what ``--checkpoint zoo:NAME`` reads."""
     from pipeline.infra import tracking
     from pipeline.infra.atomic import atomic_write_json
-    from pipeline.training.grid import parse_config, trial_name
+    from pipeline.training.grid import model_config, trial_name
 
     zoo = out / "zoo"
     zoo.mkdir(parents=True, exist_ok=True)
@@ -447,9 +447,9 @@ def export_zoo(out: Path, plan: Plan, state: dict[str, Any], detector: dict[str,
     record = state.get("training_settings") or {}
     entries = {}
     for model in plan.models:
-        m1, m2, h = parse_config(plan.preset.configs[model])
+        config = model_config(model, plan.preset.configs[model])
         for lam in sorted(plan.lambdas):
-            trial = state["trials"][trial_name(model, m1, m2, h, lam, seed=seed)]
+            trial = state["trials"][trial_name(model, config, lam, seed=seed)]
             name = f"{model}-l{lam:g}"
             half = float16_effect(trial["final_checkpoint"], zoo / f"{name}.pt", images)
             if half["psnr_change_db"] > FLOAT16_TOLERANCE_DB:  # not lossless enough: ship the float32 file
@@ -459,7 +459,7 @@ def export_zoo(out: Path, plan: Plan, state: dict[str, Any], detector: dict[str,
                 "file": f"{name}.pt", "sha256": tracking.file_digest(zoo / f"{name}.pt"), "model": model,
                 "config": plan.preset.configs[model], "N": record.get("N"), "lmbda": lam, "gamma": plan.preset.gamma,
                 "gamma_mode": plan.preset.gamma_mode,
-                "seed": seed, "trial": trial_name(model, m1, m2, h, lam, seed=seed), "epochs": trial.get("epochs"),
+                "seed": seed, "trial": trial_name(model, config, lam, seed=seed), "epochs": trial.get("epochs"),
                 "command": command, "mlflow_run_id": trial.get("run_id"),
                 "code_version": tracking.client(uri).get_run(trial["run_id"]).data.params.get("code_version"),
                 "data_digest": record.get("shards_digest"), "detector": detector}

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from dvcm import bitstream
-from dvcm.models import build
+from dvcm.registry import build
 from dvcm.yolo import build_yolov3
 
 OUT = Path(__file__).with_name("format_v1_files.pt")
