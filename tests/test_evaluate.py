@@ -104,6 +104,7 @@ def test_end_to_end_into_mlflow(sample, tiny_ckpt: Path, tmp_path: Path, ray_loc
     assert coco_pt["bpp_base"] == pytest.approx(sum(r["bytes_base"] for r in coco_rows) * 8 / (512 * 512) / 2)
     assert kodak_pt["bpp"] == pytest.approx(kodak_pt["bpp_base"] + kodak_pt["bpp_enh"])
     assert 0.0 <= coco_pt["map50"] <= 1.0 and set(coco_pt["coco_stats"]) >= {"AP", "AP50", "AR100"}
+    assert coco_pt["map"] == coco_pt["coco_stats"]["AP"]  # mAP@[.5:.95]: one entry of the metric registry
     assert all(math.isfinite(r["s_psnr"]) for r in coco_rows)
     assert coco_pt["s_psnr"] == pytest.approx(sum(r["s_psnr"] for r in coco_rows) / 2)
     assert 0 < kodak_pt["psnr"] < 100 and 0 < kodak_pt["ms_ssim"] <= 1
@@ -139,7 +140,10 @@ def test_end_to_end_into_mlflow(sample, tiny_ckpt: Path, tmp_path: Path, ray_loc
     evals = c.search_runs([tracking.experiment_id(mlflow_uri)], filter_string="tags.`dvcm.evaluation` = '1'")
     assert len(evals) == 1
     plots = {a.path for a in c.list_artifacts(evals[0].info.run_id, "plots")}
-    assert {"plots/rate_accuracy.png", "plots/psnr_bpp.png", "plots/msssim_bpp.png", "plots/redundancy.png"} <= plots
+    assert {"plots/rate_accuracy.png", "plots/rate_accuracy_map.png", "plots/psnr_bpp.png", "plots/msssim_bpp.png",
+            "plots/redundancy.png"} <= plots
+    assert metrics["eval/coco_map"] == pytest.approx(coco_pt["map"])
+    assert "coco_map," in (out / "bd_table.csv").read_text()
     assert any(p.startswith("plots/channels_") for p in plots)
     local = c.download_artifacts(evals[0].info.run_id, "plots/rate_accuracy.png", str(tmp_path))
     assert Path(local).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

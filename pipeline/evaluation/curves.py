@@ -18,18 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.evaluation.bdrate import Curve
+from pipeline.evaluation.metrics import METRICS, metrics_of
 from pipeline.evaluation.plots import curves, model_curve_label
 from pipeline.infra.atomic import atomic_write_json
 from pipeline.infra.errors import UserError
 
 # Our metric -> the keys a CompressAI-style file may use for it (the first is what we write).
-FILE_KEYS: dict[str, tuple[str, ...]] = {
-    "kodak_psnr": ("psnr-rgb", "psnr"),
-    "kodak_ms_ssim": ("ms-ssim-rgb", "ms-ssim"),
-    "coco_map50": ("map50",),
-    "coco_s_snr": ("s_snr",),
-    "coco_s_psnr": ("s_psnr",),
-}
+FILE_KEYS: dict[str, tuple[str, ...]] = {key: m.file_keys for key, m in METRICS.items()}
 BD_MIN_POINTS = 4  # a Bjøntegaard figure on fewer points is an extrapolation of a guess
 
 
@@ -41,9 +36,9 @@ def export_curves(results: list[dict[str, Any]], folder: Path) -> list[Path]:
     """One CompressAI-style JSON file per model (Kodak, both layers) and one per model's base layer (COCO)."""
     written = []
     detector = next((r.get("detector") for r in results if r.get("detector")), "YOLOv3")
-    for dataset, suffix, metrics, what in (
-            ("kodak", "", ("kodak_psnr", "kodak_ms_ssim"), "both layers, Kodak-like images"),
-            ("coco", "-base", ("coco_map50", "coco_s_snr", "coco_s_psnr"), f"base layer, COCO, {detector}")):
+    for dataset, suffix, what in (("kodak", "", "both layers, Kodak-like images"),
+                                  ("coco", "-base", f"base layer, COCO, {detector}")):
+        metrics = [m.key for m in metrics_of(dataset)]
         by_label: dict[str, dict[str, Any]] = {}
         for metric in metrics:
             for c in curves(results, metric):

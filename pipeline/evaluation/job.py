@@ -31,10 +31,12 @@ a checkpoint, ``anchors`` for the anchors)::
     bd_table.md / .csv   BD-rate and BD-quality of every curve against the references
     plots/*.png          rate–accuracy, PSNR–bpp, MS-SSIM–bpp, redundancy, top-8 channels
 
-``results.json`` (``schema: "dvcm-eval/1"``)::
+``results.json`` (``schema: "dvcm-eval/1"``; typed as :class:`pipeline.evaluation.metrics.Results` and
+:class:`~pipeline.evaluation.metrics.OperatingPoint`; each point's qualities are those of the metric registry,
+:data:`pipeline.evaluation.metrics.METRICS`)::
 
     {"schema", "key", "kind": "model"|"anchors", "label", "run_id", "checkpoint", "checkpoint_sha256",
-     "model", "config": {N, M1, M2, H}, "lmbda", "yolo": {weights, weights_sha256, split_layer,
+     "model", "config": {N, and the codec's hyperparameters: M1, M2, H or M}, "lmbda", "yolo": {weights, weights_sha256, split_layer,
      random_weights; with --yolo-cfg also cfg, cfg_sha256, feature_channels},
      "detector": "YOLOv3" | "random-weight YOLOv3",
      "datasets": {"coco"|"kodak": {"settings": {...}, "settings_digest", "images", "skipped",
@@ -47,7 +49,7 @@ a checkpoint, ``anchors`` for the anchors)::
     uncompressed anchor, are null)
 
     point (COCO): {"codec", "label", "param", "bpp", "bpp_base", "bytes_header", "container_bpp",
-                   "map50", "coco_stats": {AP, AP50, ..., ARl}, "s_psnr", "s_snr", "images"}
+                   "map50", "map", "coco_stats": {AP, AP50, ..., ARl}, "s_psnr", "s_snr", "images"}
     point (Kodak): {"codec", "label", "param", "bpp", "bpp_base", "bpp_enh", "container_bpp",
                     "psnr", "ms_ssim", "images"}
     row: {"dataset", "codec", "param", "image", "width", "height", "bytes_base", "bytes_enh",
@@ -71,6 +73,7 @@ from pathlib import Path
 from typing import Any
 
 from dvcm.zoo import detector_name
+from pipeline.evaluation.metrics import BD_METRICS
 from pipeline.evaluation.publish import log_to_mlflow
 from pipeline.evaluation.results import (
     SCHEMA,
@@ -399,7 +402,7 @@ def publish(job: Job, p: Plan) -> dict[str, Any]:
     results = list(p.results.values())
     bd_rows: list[dict] = []
     references = tuple(f"{name.strip()} (" for name in job.bd_reference.split(",") if name.strip())
-    for metric in ("coco_map50", "coco_s_psnr", "coco_s_snr", "kodak_psnr", "kodak_ms_ssim"):
+    for metric in BD_METRICS:
         curves = plots.curves(results, metric)
         refs = [c.label for c in curves if c.meta.get("kind") == "anchor" or c.label.startswith(references)]
         bd_rows += bd_table(curves, refs, metric)

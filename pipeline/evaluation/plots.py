@@ -26,6 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from dvcm.registry import config_text  # noqa: E402
 from pipeline.evaluation.bdrate import Curve  # noqa: E402
+from pipeline.evaluation.metrics import METRICS  # noqa: E402
 from pipeline.infra.atomic import atomic_write_bytes  # noqa: E402
 
 
@@ -47,13 +48,6 @@ def _save(fig: Any, path: Path, dpi: int) -> None:
     fig.savefig(buf, format="png", dpi=dpi)
     atomic_write_bytes(path, buf.getvalue())
 
-METRICS = {
-    "coco_map50": ("coco", "bpp_base", "map50", "base-layer bpp (512×512)", "mAP@0.5"),
-    "coco_s_psnr": ("coco", "bpp_base", "s_psnr", "base-layer bpp (512×512)", "feature PSNR of ŝ vs V_front(x) (dB)"),
-    "coco_s_snr": ("coco", "bpp_base", "s_snr", "base-layer bpp (512×512)", "feature SNR of ŝ, per-channel normalised (dB)"),
-    "kodak_psnr": ("kodak", "bpp", "psnr", "bpp (base + enhancement)", "PSNR (dB, RGB)"),
-    "kodak_ms_ssim": ("kodak", "bpp", "ms_ssim", "bpp (base + enhancement)", "MS-SSIM"),
-}
 
 
 def _finite(v: Any) -> bool:
@@ -67,7 +61,8 @@ def model_curve_label(res: dict) -> str:
 
 def curves(results: list[dict], metric: str) -> list[Curve]:
     """Rate–quality curves for ``metric``: one per (model, configuration) across λ, one per anchor codec."""
-    dataset, xkey, ykey, _, _ = METRICS[metric]
+    m = METRICS[metric]
+    dataset, xkey, ykey = m.dataset, m.rate, m.quality
     groups: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
     kinds: dict[str, str] = {}
     for res in results:
@@ -97,11 +92,11 @@ def curves(results: list[dict], metric: str) -> list[Curve]:
     return out
 
 
-def _uncompressed(results: list[dict]) -> float | None:
+def _uncompressed(results: list[dict], quality: str = "map50") -> float | None:
     for res in results:
         for p in res.get("datasets", {}).get("coco", {}).get("points", []):
-            if p["codec"] == "uncompressed" and _finite(p.get("map50")):
-                return float(p["map50"])
+            if p["codec"] == "uncompressed" and _finite(p.get(quality)):
+                return float(p[quality])
     return None
 
 
@@ -112,8 +107,9 @@ def _detector(results: list[dict]) -> str:
 def plot_metric(results: list[dict], metric: str, path: Path, extra: Sequence[Curve] = ()) -> Path | None:
     """One rate–quality figure, with ``extra`` curves (``report --curves``) dotted; None when there is nothing to draw."""
     cs = curves(results, metric) + list(extra)
-    dataset, _, _, xlabel, ylabel = METRICS[metric]
-    unc = _uncompressed(results) if metric == "coco_map50" else None
+    m = METRICS[metric]
+    dataset, xlabel, ylabel = m.dataset, m.rate_axis, m.label
+    unc = _uncompressed(results, m.quality) if m.detection else None
     if not cs and unc is None:
         return None
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -124,9 +120,9 @@ def plot_metric(results: list[dict], metric: str, path: Path, extra: Sequence[Cu
             for x, y, n in zip(c.rates, c.quality, c.meta["points"]):
                 ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     title = {"coco": "COCO rate–accuracy", "kodak": "Kodak rate–distortion"}[dataset]
-    if metric in ("coco_s_psnr", "coco_s_snr"):
+    if dataset == "coco" and not m.detection:
         title = "COCO base layer: rate–feature fidelity (ŝ vs V_front(x))"
-    if metric == "coco_map50":
+    if m.detection:
         det = _detector(results)
         if unc is not None:
             ax.axhline(unc, color="k", linestyle=":", label=f"uncompressed ({det})")
@@ -187,8 +183,7 @@ def plot_channels(res: dict, path: Path) -> Path | None:
     return path
 
 
-PLOT_FILES = {"coco_map50": "rate_accuracy.png", "coco_s_psnr": "feature_psnr_bpp.png",
-              "coco_s_snr": "feature_snr_bpp.png", "kodak_psnr": "psnr_bpp.png", "kodak_ms_ssim": "msssim_bpp.png"}
+PLOT_FILES = {key: m.plot_file for key, m in METRICS.items() if m.plot_file}
 
 
 def plot_all(results: list[dict], folder: Path, histories: dict | None = None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import time
 
+from pipeline.evaluation.metrics import METRICS, RATE_KEYS
 from pipeline.evaluation.spec import Job
 
 
@@ -13,7 +14,7 @@ def _point_metrics(res: dict) -> dict[str, float]:
     m: dict[str, float] = {}
     for d, entry in res.get("datasets", {}).items():
         for p in entry.get("points", []):
-            for k in ("bpp", "bpp_base", "bpp_enh", "psnr", "ms_ssim", "map50", "s_psnr", "s_snr"):
+            for k in (*RATE_KEYS, *(m.quality for m in METRICS.values())):
                 v = p.get(k)
                 if isinstance(v, (int, float)) and math.isfinite(v):
                     m[f"eval/{d}_{k}"] = float(v)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.evaluation.bdrate import Curve
+from pipeline.evaluation.metrics import METRICS
 from pipeline.infra.atomic import atomic_write_text
 from pipeline.infra.errors import UserError
 
@@ -144,12 +145,14 @@ def build_report(eval_dir: Path, findings: dict[str, Any] | None = None, curve_f
         for d, entry in sorted(r.get("datasets", {}).items()):
             for p in entry.get("points", []):
                 rows.append([html.escape(p["label"]), d, _fmt(p.get("bpp"), 4), _fmt(p.get("bpp_base"), 4),
-                             _fmt(p.get("bpp_enh"), 4), _fmt(p.get("container_bpp"), 4), _fmt(p.get("map50")),
-                             _fmt(p.get("psnr"), 2), _fmt(p.get("ms_ssim"), 4), str(p.get("images")),
-                             str(entry.get("skipped", 0))])
+                             _fmt(p.get("bpp_enh"), 4), _fmt(p.get("container_bpp"), 4),
+                             *(_fmt(p.get(m.quality), 2 if "dB" in m.label else 4 if "SSIM" in m.label else 3)
+                               for m in METRICS.values()),
+                             str(p.get("images")), str(entry.get("skipped", 0))])
     rows.sort(key=lambda row: (row[1], row[0]))  # by dataset, then codec and its rate point
     parts.append(_fold(f"Operating points ({len(rows)})", _table(
-        ["codec", "dataset", "bpp", "bpp base", "bpp enh", "container bpp", f"mAP@0.5 ({detector})", "PSNR", "MS-SSIM",
+        ["codec", "dataset", "bpp", "bpp base", "bpp enh", "container bpp",
+         *(f"{m.label} ({detector})" if m.detection else html.escape(m.label) for m in METRICS.values()),
          "images", "skipped"], rows, left=2)))
     if bd_rows:
         parts.append(_fold(f"Every BD-rate pair ({len(bd_rows)} rows)", BD_METHODS_NOTE + _table(

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.evaluation.metrics import METRICS, OperatingPoint, Results, point_qualities
 from pipeline.evaluation.tasks import COCO_SIZE, ROW_FIELDS
 from pipeline.infra.atomic import atomic_write_json, atomic_write_text
 
@@ -29,10 +30,11 @@ def _median_ms(seconds: Sequence[float | None]) -> float:
 
 
 def summarize(dataset: str, codec: str, label: str, rows: list[dict], dets: list[dict] | None,
-              coco_ref: Any, image_ids: list[int], param: Any = None) -> dict:
-    """One operating point from per-image rows (and, for COCO, its detections)."""
+              coco_ref: Any, image_ids: list[int], param: Any = None) -> OperatingPoint:
+    """One operating point from per-image rows (and, for COCO, its detections): its rates and every metric's
+    quality (:data:`pipeline.evaluation.metrics.METRICS`)."""
     mine = [r for r in rows if r["dataset"] == dataset and r["codec"] == codec and r["param"] == param]
-    point: dict[str, Any] = {"codec": codec, "label": label, "param": param, "images": len(mine),
+    point: OperatingPoint = {"codec": codec, "label": label, "param": param, "images": len(mine),
                              "bpp": _mean([r["bpp"] for r in mine]), "bpp_base": _mean([r["bpp_base"] for r in mine])}
     if codec == "model":  # median coding time per image, in milliseconds (encode: V_front and the encoder)
         point["encode_ms"] = _median_ms([r.get("t_encode") for r in mine])
@@ -46,16 +48,14 @@ def summarize(dataset: str, codec: str, label: str, rows: list[dict], dets: list
         stats, per_class = coco_evaluate_per_class(coco_ref, dets or [], image_ids)
         point["coco_stats"] = stats
         point["per_class_ap"] = per_class
-        point["map50"] = stats["AP50"]
-        point["s_psnr"] = _mean([r.get("s_psnr") for r in mine])
-        point["s_snr"] = _mean([r.get("s_snr") for r in mine])
+        point.update(point_qualities(dataset, mine, stats, _mean))
     else:
-        point.update(bpp_enh=_mean([r["bpp_enh"] for r in mine]), psnr=_mean([r["psnr"] for r in mine]),
-                     ms_ssim=_mean([r["ms_ssim"] for r in mine]))
+        point["bpp_enh"] = _mean([r["bpp_enh"] for r in mine])
+        point.update(point_qualities(dataset, mine, None, _mean))
     return point
 
 
-def write_results(folder: Path, results: dict) -> None:
+def write_results(folder: Path, results: Results) -> None:
     """``results.json`` and ``results.csv`` (per-image rows), atomically."""
     folder.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
@@ -78,7 +78,7 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def load_results(folder: Path) -> dict | None:
+def load_results(folder: Path) -> Results | None:
     p = folder / "results.json"
     if not p.is_file():
         return None
@@ -86,7 +86,15 @@ def load_results(folder: Path) -> dict | None:
         data = json.loads(p.read_text())
     except ValueError:
         return None
-    return data if data.get("schema") == SCHEMA else None
+    if data.get("schema") != SCHEMA:
+        return None
+    for entry in (data.get("datasets") or {}).values():  # results written before a COCO metric existed: from its stats
+        for point in entry.get("points") or []:
+            stats = point.get("coco_stats") or {}
+            for m in METRICS.values():
+                if m.coco_stat is not None and m.coco_stat in stats:
+                    point.setdefault(m.quality, stats[m.coco_stat])
+    return data
 
 
 def model_label(meta: dict) -> str:
