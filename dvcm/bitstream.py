@@ -161,7 +161,9 @@ def read_header(data: bytes) -> Header:
     if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
         raise BitstreamError(f"header image size {h}x{w} is outside 1..{MAX_SIDE}")
     if (ph, pw) != padded_size(h, w) or (yh, yw) != (ph // 16, pw // 16) or (zh, zw) != (ph // 64, pw // 64):
-        raise BitstreamError(f"header sizes are inconsistent (image {h}x{w}, padded {ph}x{pw}, y {yh}x{yw}, z {zh}x{zw})")
+        raise BitstreamError(
+            f"header sizes are inconsistent (image {h}x{w}, padded {ph}x{pw}, y {yh}x{yw}, z {zh}x{zw})"
+        )
     if m1 < 1 or (m2 < 1 if spec.layers == 2 else m2 != 0):
         raise BitstreamError(f"header latent channels M1={m1}, M2={m2} are invalid for {spec.name}")
     return Header(
@@ -189,7 +191,9 @@ def _check_model(header: Header, model: ScalableCodec) -> None:
 def _segment(data: bytes, start: int, length: int, crc: int, layer: str) -> bytes:
     available = len(data) - start
     if length > available:
-        hint = "; the file holds the base layer only, use decode_base" if layer == "enhancement" and available == 0 else ""
+        hint = (
+            "; the file holds the base layer only, use decode_base" if layer == "enhancement" and available == 0 else ""
+        )
         raise BitstreamError(f"{layer} layer is {length} bytes but the file has {max(available, 0)} bytes left{hint}")
     segment = data[start : start + length]
     if zlib.crc32(segment) != crc:
@@ -210,8 +214,11 @@ def decode_base(model: ScalableCodec, data: bytes, max_pixels: int | None = None
 
     The declared size is checked against memory first, as in :func:`decode`."""
     header, base = _base_strings(data, model)
-    need = (decode_base_bytes(header.hw, model.N, model.M1) if model.layers == 2  # one layer: x̂, then V_front
-            else decode_bytes(header.hw, model.N, model.M1, model.M2))
+    need = (
+        decode_base_bytes(header.hw, model.N, model.M1)
+        if model.layers == 2  # one layer: x̂, then V_front
+        else decode_bytes(header.hw, model.N, model.M1, model.M2)
+    )
     check_coding_size(header.hw, need, "the file's image", max_pixels)
     with _eval_mode(model):
         return model.decompress_base(base, header.hw, header.padded_hw)["s_hat"]

@@ -44,8 +44,11 @@ def save_checkpoint(path: str | Path, model: ScalableCodec, extra: dict[str, Any
 
 # The Gaussian conditionals' CDF tables: a function of their scale table (CompressAI's ``update``), which
 # every codec shares; a compact checkpoint leaves them out and :func:`load_checkpoint` computes them again.
-GAUSSIAN_TABLES = ("gaussian_conditional._quantized_cdf", "gaussian_conditional._offset",
-                   "gaussian_conditional._cdf_length")
+GAUSSIAN_TABLES = (
+    "gaussian_conditional._quantized_cdf",
+    "gaussian_conditional._offset",
+    "gaussian_conditional._cdf_length",
+)
 
 
 def compact_checkpoint(src: str | Path, dst: str | Path) -> dict[str, Any]:
@@ -115,7 +118,11 @@ def load_checkpoint(path: str | Path, yolo_provenance: dict[str, Any] | None = N
     """
     content = read_checkpoint(path)
     saved = content.get("yolo") or {}
-    if yolo_provenance and saved.get("weights_sha256") and saved["weights_sha256"] != yolo_provenance.get("weights_sha256"):
+    if (
+        yolo_provenance
+        and saved.get("weights_sha256")
+        and saved["weights_sha256"] != yolo_provenance.get("weights_sha256")
+    ):
         raise CheckpointError(
             f"{path} was trained with YOLO weights sha256 {saved['weights_sha256'][:12]}…, "
             f"but the YOLO in use has {str(yolo_provenance.get('weights_sha256'))[:12]}…; pass the same --yolo-weights"
@@ -126,18 +133,23 @@ def load_checkpoint(path: str | Path, yolo_provenance: dict[str, Any] | None = N
         raise CheckpointError(f"{path}: {exc}") from None
     expected = (yolo_provenance or {}).get("feature_channels")
     if expected is not None and int(expected) != model.C_s:
-        raise CheckpointError(f"{path} is a codec for s with C_s = {model.C_s} channels, but the YOLO front in use gives "
-                              f"{expected}; pass the --yolo-weights/--yolo-cfg it was trained with")
+        raise CheckpointError(
+            f"{path} is a codec for s with C_s = {model.C_s} channels, but the YOLO front in use gives "
+            f"{expected}; pass the --yolo-weights/--yolo-cfg it was trained with"
+        )
     state = _expand_compact(content) if content.get("compact") else content["state_dict"]
     try:
         model.load_state_dict(state)
     except KeyError as exc:  # CompressAI's buffer resizing looks up every entropy table by name
-        raise CheckpointError(f"{path}: the checkpoint lacks {exc.args[0]!r} (an entropy table or weight of "
-                              f"{content['model']} {content['config']}); it is incomplete: save it again with "
-                              "dvcm.checkpoint.save_checkpoint") from None
+        raise CheckpointError(
+            f"{path}: the checkpoint lacks {exc.args[0]!r} (an entropy table or weight of "
+            f"{content['model']} {content['config']}); it is incomplete: save it again with "
+            "dvcm.checkpoint.save_checkpoint"
+        ) from None
     except (RuntimeError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"{path}: weights do not fit {content['model']} {content['config']} "
-                              f"({_state_dict_problem(exc)})") from None
+        raise CheckpointError(
+            f"{path}: weights do not fit {content['model']} {content['config']} ({_state_dict_problem(exc)})"
+        ) from None
     try:
         check_entropy_tables(model)
     except BitstreamError as exc:
@@ -158,8 +170,11 @@ def _load_failure(exc: Exception) -> str:
     if str(exc).startswith("Weights only load failed"):
         cause = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln or "WeightsUnpickler" in ln), "")
         cause = cause.split(" Please ")[0].split(" Check the ")[0]  # not torch's advice on how to allow it
-        return ("it holds pickled Python objects that only an unsafe load could build, and loading it could run code"
-                + (f": {cause.rstrip('.')}" if cause else "") + "; use a checkpoint written by dvcm")
+        return (
+            "it holds pickled Python objects that only an unsafe load could build, and loading it could run code"
+            + (f": {cause.rstrip('.')}" if cause else "")
+            + "; use a checkpoint written by dvcm"
+        )
     return lines[0] if lines else type(exc).__name__
 
 

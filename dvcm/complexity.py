@@ -58,7 +58,7 @@ def module_macs(model: nn.Module, height: int = HEIGHT, width: int = WIDTH) -> d
         model.train(was_training)
     flops = counter.get_flop_counts()
     root = next(k for k in flops if k != "Global" and "." not in k)  # the model's class name
-    out = {name[len(root) + 1:]: sum(ops.values()) / 2 for name, ops in flops.items() if name.startswith(root + ".")}
+    out = {name[len(root) + 1 :]: sum(ops.values()) / 2 for name, ops in flops.items() if name.startswith(root + ".")}
     out[""] = sum(flops.get("Global", {}).values()) / 2
     return out
 
@@ -71,6 +71,8 @@ def codec_complexity(model: nn.Module, height: int = HEIGHT, width: int = WIDTH)
     out: dict[str, dict[str, float]] = {}
     for part, modules in part_modules(model).items():
         params = sum(p.numel() for m in modules for p in model.get_submodule(m).parameters())
-        out[part] = {"params": float(params),
-                     "kmac_per_pixel": sum(macs.get(m, 0.0) for m in modules) / (height * width) / 1e3}
+        out[part] = {
+            "params": float(params),
+            "kmac_per_pixel": sum(macs.get(m, 0.0) for m in modules) / (height * width) / 1e3,
+        }
     return out

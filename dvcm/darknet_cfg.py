@@ -32,20 +32,48 @@ from dvcm.yolo_layers import (
 
 # [net] of the published yolov3.cfg, in its order (training-time settings; dvcm keeps them).
 YOLOV3_NET: tuple[tuple[str, str], ...] = (
-    ("batch", "64"), ("subdivisions", "16"), ("width", "608"), ("height", "608"), ("channels", "3"),
-    ("momentum", "0.9"), ("decay", "0.0005"), ("angle", "0"), ("saturation", "1.5"), ("exposure", "1.5"),
-    ("hue", ".1"), ("learning_rate", "0.001"), ("burn_in", "1000"), ("max_batches", "500200"),
-    ("policy", "steps"), ("steps", "400000,450000"), ("scales", ".1,.1"),
+    ("batch", "64"),
+    ("subdivisions", "16"),
+    ("width", "608"),
+    ("height", "608"),
+    ("channels", "3"),
+    ("momentum", "0.9"),
+    ("decay", "0.0005"),
+    ("angle", "0"),
+    ("saturation", "1.5"),
+    ("exposure", "1.5"),
+    ("hue", ".1"),
+    ("learning_rate", "0.001"),
+    ("burn_in", "1000"),
+    ("max_batches", "500200"),
+    ("policy", "steps"),
+    ("steps", "400000,450000"),
+    ("scales", ".1,.1"),
 )
 # [yolo] keys after mask/anchors/classes/num that only training reads, with the published values.
 YOLOV3_YOLO_TRAINING: tuple[tuple[str, str], ...] = (
-    ("jitter", ".3"), ("ignore_thresh", ".7"), ("truth_thresh", "1"), ("random", "1"),
+    ("jitter", ".3"),
+    ("ignore_thresh", ".7"),
+    ("truth_thresh", "1"),
+    ("random", "1"),
 )
 
 _CONV_KEYS = {"batch_normalize", "filters", "size", "stride", "pad", "activation"}
 _YOLO_NETWORK_KEYS = {"mask", "anchors", "classes", "num"}
-_YOLO_TRAINING_KEYS = {"jitter", "ignore_thresh", "truth_thresh", "random", "iou_thresh", "iou_normalizer",
-                       "cls_normalizer", "iou_loss", "scale_x_y", "max_delta", "counters_per_class", "label_smooth_eps"}
+_YOLO_TRAINING_KEYS = {
+    "jitter",
+    "ignore_thresh",
+    "truth_thresh",
+    "random",
+    "iou_thresh",
+    "iou_normalizer",
+    "cls_normalizer",
+    "iou_loss",
+    "scale_x_y",
+    "max_delta",
+    "counters_per_class",
+    "label_smooth_eps",
+}
 
 
 @dataclass
@@ -115,15 +143,18 @@ def _ints(section: _Section, key: str, where: str) -> tuple[int, ...]:
     try:
         return tuple(int(p) for p in (section.get(key) or "").replace(" ", "").split(",") if p)
     except ValueError:
-        raise DarknetCfgError(f"{where}:{section.line_of(key)}: {key}={section.get(key)} is not a list of "
-                              "integers") from None
+        raise DarknetCfgError(
+            f"{where}:{section.line_of(key)}: {key}={section.get(key)} is not a list of integers"
+        ) from None
 
 
 def _refuse_unknown(section: _Section, allowed: set[str], where: str) -> None:
     for key, value, line in section.options:
         if key not in allowed:
-            raise DarknetCfgError(f"{where}:{line}: [{section.kind}] {key}={value} changes the network in a way "
-                                  "dvcm does not build (the YOLOv3 family has no such setting)")
+            raise DarknetCfgError(
+                f"{where}:{line}: [{section.kind}] {key}={value} changes the network in a way "
+                "dvcm does not build (the YOLOv3 family has no such setting)"
+            )
 
 
 def _ref(value: str, index: int, where: str, line: int) -> int:
@@ -133,7 +164,9 @@ def _ref(value: str, index: int, where: str, line: int) -> int:
         raise DarknetCfgError(f"{where}:{line}: layer reference {value!r} is not an integer") from None
     absolute = index + ref if ref < 0 else ref
     if not 0 <= absolute < index:
-        raise DarknetCfgError(f"{where}:{line}: layer {index} refers to layer {absolute}, which does not come before it")
+        raise DarknetCfgError(
+            f"{where}:{line}: layer {index} refers to layer {absolute}, which does not come before it"
+        )
     return absolute
 
 
@@ -143,8 +176,10 @@ def _conv(section: _Section, where: str) -> ConvSpec:
     activation = section.get("activation", "logistic")
     size = _int(section, "size", where, 1)
     if (bn, activation) not in ((True, "leaky"), (False, "linear")):
-        raise DarknetCfgError(f"{where}:{section.line_of('activation')}: [convolutional] with batch_normalize={int(bn)} and "
-                              f"activation={activation}: dvcm builds BN+leaky or a linear conv with bias")
+        raise DarknetCfgError(
+            f"{where}:{section.line_of('activation')}: [convolutional] with batch_normalize={int(bn)} and "
+            f"activation={activation}: dvcm builds BN+leaky or a linear conv with bias"
+        )
     if _int(section, "pad", where, 0) != 1 or size % 2 == 0:
         raise DarknetCfgError(f"{where}:{section.line}: [convolutional] needs pad=1 and an odd size (got size={size})")
     return ConvSpec(_int(section, "filters", where), size, _int(section, "stride", where, 1), bn)
@@ -157,8 +192,10 @@ def _layer(section: _Section, index: int, where: str, layers: list[LayerSpec]) -
     if kind == "shortcut":
         _refuse_unknown(section, {"from", "activation"}, where)
         if section.get("activation", "linear") != "linear":
-            raise DarknetCfgError(f"{where}:{section.line}: [shortcut] activation={section.get('activation')}: "
-                                  "dvcm builds linear shortcuts")
+            raise DarknetCfgError(
+                f"{where}:{section.line}: [shortcut] activation={section.get('activation')}: "
+                "dvcm builds linear shortcuts"
+            )
         return ShortcutSpec(_ref(section.get("from") or "", index, where, section.line_of("from")))
     if kind == "route":
         _refuse_unknown(section, {"layers"}, where)
@@ -181,13 +218,19 @@ def _layer(section: _Section, index: int, where: str, layers: list[LayerSpec]) -
         if not anchors or len(anchors) % 2:
             raise DarknetCfgError(f"{where}:{section.line_of('anchors')}: [yolo] anchors= needs width,height pairs")
         if _int(section, "num", where, len(anchors) // 2) != len(anchors) // 2:
-            raise DarknetCfgError(f"{where}:{section.line_of('num')}: [yolo] num= must count the {len(anchors) // 2} anchors")
+            raise DarknetCfgError(
+                f"{where}:{section.line_of('num')}: [yolo] num= must count the {len(anchors) // 2} anchors"
+            )
         if not all(0 <= m < len(anchors) // 2 for m in mask):
-            raise DarknetCfgError(f"{where}:{section.line_of('mask')}: [yolo] mask {mask} names anchors beyond the "
-                                  f"{len(anchors) // 2} given")
+            raise DarknetCfgError(
+                f"{where}:{section.line_of('mask')}: [yolo] mask {mask} names anchors beyond the "
+                f"{len(anchors) // 2} given"
+            )
         return YoloSpec(mask)  # type: ignore[arg-type]
-    raise DarknetCfgError(f"{where}:{section.line}: section [{kind}] is not in the YOLOv3 family "
-                          "(net, convolutional, shortcut, route, upsample, yolo)")
+    raise DarknetCfgError(
+        f"{where}:{section.line}: section [{kind}] is not in the YOLOv3 family "
+        "(net, convolutional, shortcut, route, upsample, yolo)"
+    )
 
 
 def _match_upsamples(layers: list[LayerSpec], where: str) -> tuple[LayerSpec, ...]:
@@ -198,8 +241,10 @@ def _match_upsamples(layers: list[LayerSpec], where: str) -> tuple[LayerSpec, ..
             nxt = out[i + 1] if i + 1 < len(out) else None
             partners = [j for j in nxt.sources if j != i] if isinstance(nxt, RouteSpec) and i in nxt.sources else []
             if len(partners) != 1:
-                raise DarknetCfgError(f"{where}: [upsample] layer {i} must be followed by a [route] of it and one "
-                                      "other layer (the size it is resized to)")
+                raise DarknetCfgError(
+                    f"{where}: [upsample] layer {i} must be followed by a [route] of it and one "
+                    "other layer (the size it is resized to)"
+                )
             out[i] = UpsampleSpec(match=partners[0])
     return tuple(out)
 
@@ -230,8 +275,10 @@ def parse_cfg(text: str, where: str = "<cfg>") -> DarknetCfg:
         if isinstance(spec, YoloSpec):
             head = layers[i - 1] if i else None
             if not isinstance(head, ConvSpec) or head.filters != 3 * (5 + num_classes):
-                raise DarknetCfgError(f"{where}: the conv before [yolo] layer {i} needs filters={3 * (5 + num_classes)} "
-                                      f"(3 anchors x (5 + {num_classes} classes))")
+                raise DarknetCfgError(
+                    f"{where}: the conv before [yolo] layer {i} needs filters={3 * (5 + num_classes)} "
+                    f"(3 anchors x (5 + {num_classes} classes))"
+                )
     net = [(k, v) for k, v, _ in net_section.options]  # input size and training settings: kept as they are
     return DarknetCfg(_match_upsamples(layers, where), num_classes, anchor_pairs, net, yolo_training)
 
@@ -253,9 +300,15 @@ def write_cfg(cfg: DarknetCfg) -> str:
     yolo_count = 0
     for index, spec in enumerate(cfg.layers):
         if isinstance(spec, ConvSpec):
-            lines += ["[convolutional]", *(["batch_normalize=1"] if spec.bn else []), f"filters={spec.filters}",
-                      f"size={spec.size}", f"stride={spec.stride}", "pad=1",
-                      f"activation={'leaky' if spec.bn else 'linear'}"]
+            lines += [
+                "[convolutional]",
+                *(["batch_normalize=1"] if spec.bn else []),
+                f"filters={spec.filters}",
+                f"size={spec.size}",
+                f"stride={spec.stride}",
+                "pad=1",
+                f"activation={'leaky' if spec.bn else 'linear'}",
+            ]
         elif isinstance(spec, ShortcutSpec):
             lines += ["[shortcut]", f"from={spec.source - index}", "activation=linear"]
         elif isinstance(spec, RouteSpec):
@@ -267,16 +320,27 @@ def write_cfg(cfg: DarknetCfg) -> str:
         else:
             training = cfg.yolo_training[yolo_count] if yolo_count < len(cfg.yolo_training) else []
             yolo_count += 1
-            lines += ["[yolo]", f"mask = {','.join(str(m) for m in spec.mask)}", f"anchors = {anchors}",
-                      f"classes={cfg.num_classes}", f"num={len(cfg.anchors)}", *(f"{k}={v}" for k, v in training)]
+            lines += [
+                "[yolo]",
+                f"mask = {','.join(str(m) for m in spec.mask)}",
+                f"anchors = {anchors}",
+                f"classes={cfg.num_classes}",
+                f"num={len(cfg.anchors)}",
+                *(f"{k}={v}" for k, v in training),
+            ]
         lines.append("")
     return "\n".join(lines)
 
 
 def yolov3_cfg(num_classes: int = 80) -> DarknetCfg:
     """Standard YOLOv3 as darknet publishes it (``cfg/yolov3.cfg``)."""
-    return DarknetCfg(yolov3_layers(num_classes), num_classes, ANCHORS, list(YOLOV3_NET),
-                      [list(YOLOV3_YOLO_TRAINING) for _ in range(3)])
+    return DarknetCfg(
+        yolov3_layers(num_classes),
+        num_classes,
+        ANCHORS,
+        list(YOLOV3_NET),
+        [list(YOLOV3_YOLO_TRAINING) for _ in range(3)],
+    )
 
 
 def layer_facts(layers: Sequence[LayerSpec]) -> list[tuple]:

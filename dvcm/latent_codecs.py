@@ -162,8 +162,9 @@ class ScalableLatentCodec(nn.Module):
         """ŷ1 from the base layer's strings alone."""
         raise NotImplementedError
 
-    def decompress_enhancement(self, strings: list[bytes], y_hw: tuple[int, int], z_hw: tuple[int, int],
-                               base: BaseLatent) -> Tensor:
+    def decompress_enhancement(
+        self, strings: list[bytes], y_hw: tuple[int, int], z_hw: tuple[int, int], base: BaseLatent
+    ) -> Tensor:
         """ŷ2 from the enhancement layer's strings, given the base layer's decode."""
         raise NotImplementedError
 
@@ -187,8 +188,12 @@ class PerLatentHyperpriors(ScalableLatentCodec):
             y1, y2 = y1.float(), y2.float()
             h1, h2 = self.hyper1(y1), self.hyper2(y2)
             c1, c2 = self.coder1(y1, h1["params"]), self.coder2(y2, h2["params"])
-        likelihoods = {"y1": c1["likelihoods"]["y"], "z1": h1["likelihoods"]["z"],
-                       "y2": c2["likelihoods"]["y"], "z2": h2["likelihoods"]["z"]}
+        likelihoods = {
+            "y1": c1["likelihoods"]["y"],
+            "z1": h1["likelihoods"]["z"],
+            "y2": c2["likelihoods"]["y"],
+            "z2": h2["likelihoods"]["z"],
+        }
         return {"y_hat": (c1["y_hat"], c2["y_hat"]), "likelihoods": likelihoods}
 
     def compress(self, y1: Tensor, y2: Tensor) -> tuple[list[bytes], list[bytes]]:
@@ -201,8 +206,9 @@ class PerLatentHyperpriors(ScalableLatentCodec):
         scales1 = self.hyper1.decompress(_safe(z1_str, self.N, z_hw, "ẑ1"), z_hw)["params"]
         return BaseLatent(self.coder1.decompress(_safe(y1_str, self.M1, y_hw, "ŷ1"), y_hw, scales1)["y_hat"])
 
-    def decompress_enhancement(self, strings: list[bytes], y_hw: tuple[int, int], z_hw: tuple[int, int],
-                               base: BaseLatent) -> Tensor:
+    def decompress_enhancement(
+        self, strings: list[bytes], y_hw: tuple[int, int], z_hw: tuple[int, int], base: BaseLatent
+    ) -> Tensor:
         z2_str, y2_str = strings
         scales2 = self.hyper2.decompress(_safe(z2_str, self.N, z_hw, "ẑ2"), z_hw)["params"]
         return self.coder2.decompress(_safe(y2_str, self.M2, y_hw, "ŷ2"), y_hw, scales2)["y_hat"]
@@ -245,8 +251,9 @@ class SharedHyperprior(ScalableLatentCodec):
         scales1, scales2 = self._split(self.hyper.decompress(_safe(z_str, self.N, z_hw, "ẑ"), z_hw)["params"])
         return BaseLatent(self.coder1.decompress(_safe(y1_str, self.M1, y_hw, "ŷ1"), y_hw, scales1)["y_hat"], scales2)
 
-    def decompress_enhancement(self, strings: list[bytes], y_hw: tuple[int, int], z_hw: tuple[int, int],
-                               base: BaseLatent) -> Tensor:
+    def decompress_enhancement(
+        self, strings: list[bytes], y_hw: tuple[int, int], z_hw: tuple[int, int], base: BaseLatent
+    ) -> Tensor:
         (y2_str,) = strings
         return self.coder2.decompress(_safe(y2_str, self.M2, y_hw, "ŷ2"), y_hw, base.enhancement_scales)["y_hat"]
 

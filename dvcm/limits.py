@@ -105,9 +105,13 @@ def available_memory() -> int:
             candidates.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
         except (ValueError, OSError, AttributeError):
             pass
-    for limit_file, used_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
-                                  ("/sys/fs/cgroup/memory/memory.limit_in_bytes",  # cgroup v1
-                                   "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    for limit_file, used_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
+        (
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",  # cgroup v1
+            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+        ),
+    ):
         limit, used = _read_int(limit_file), _read_int(used_file)
         if limit is not None and used is not None and limit < 1 << 60:  # v1 writes a huge number for "no limit"
             candidates.append(max(limit - used, 0))
@@ -130,15 +134,18 @@ def check_coding_size(hw: tuple[int, int], needed: int, what: str, max_pixels: i
     pixels = h * w
     if max_pixels is not None:
         if pixels > max_pixels:
-            raise BitstreamError(f"{what} {h}x{w} = {pixels:,} pixels is more than --max-pixels {max_pixels:,}; "
-                                 "downscale the image or split it into tiles (dvcm has no tiled coding)")
+            raise BitstreamError(
+                f"{what} {h}x{w} = {pixels:,} pixels is more than --max-pixels {max_pixels:,}; "
+                "downscale the image or split it into tiles (dvcm has no tiled coding)"
+            )
         return
     room = int(available_memory() * MEMORY_SHARE)
     if needed > room:
         raise BitstreamError(
             f"{what} {h}x{w} would need about {needed / 2**30:.1f} GiB to code, more than the "
             f"{room / 2**30:.1f} GiB this process can use; downscale the image or split it into tiles "
-            "(dvcm has no tiled coding), or pass --max-pixels to take the risk on a machine with the memory")
+            "(dvcm has no tiled coding), or pass --max-pixels to take the risk on a machine with the memory"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,11 +188,15 @@ def rans_padding(length: int, symbols: int) -> int:
 def padded_rans_string(string: bytes, symbols: int, what: str = "rANS string") -> bytes:
     """``string`` followed by its :func:`rans_padding`; refuses strings that no encoder writes."""
     if len(string) > RANS_MAX_BYTES_PER_SYMBOL * symbols + 16:
-        raise BitstreamError(f"{what} is {len(string):,} bytes for {symbols:,} symbols, more than an rANS coder "
-                             f"writes ({RANS_MAX_BYTES_PER_SYMBOL} bytes a symbol at most): the file is damaged or crafted")
+        raise BitstreamError(
+            f"{what} is {len(string):,} bytes for {symbols:,} symbols, more than an rANS coder "
+            f"writes ({RANS_MAX_BYTES_PER_SYMBOL} bytes a symbol at most): the file is damaged or crafted"
+        )
     if len(string) < 8 or len(string) % 4:
-        raise BitstreamError(f"{what} is {len(string)} bytes; an rANS string is whole 32-bit words, at least two "
-                             "(the coder's final state): the file is damaged or crafted")
+        raise BitstreamError(
+            f"{what} is {len(string)} bytes; an rANS string is whole 32-bit words, at least two "
+            "(the coder's final state): the file is damaged or crafted"
+        )
     return string + bytes(rans_padding(len(string), symbols))
 
 

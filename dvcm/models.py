@@ -112,8 +112,10 @@ def _bare_front(front: nn.Module | None, C_s: int | None) -> nn.Module:
     bare = front.module if isinstance(front, FrozenModule) else front
     channels = getattr(bare, "out_channels", C_S)
     if C_s is not None and channels != C_s:
-        raise ConfigError(f"the YOLO front gives s with {channels} channels, the codec is configured for C_s = {C_s}; "
-                          "pass the --yolo-weights/--yolo-cfg it was trained with")
+        raise ConfigError(
+            f"the YOLO front gives s with {channels} channels, the codec is configured for C_s = {C_s}; "
+            "pass the --yolo-weights/--yolo-cfg it was trained with"
+        )
     return bare
 
 
@@ -136,8 +138,15 @@ class ScalableCodec(CompressionModel):
     name: str = ""
     layers: int = 2  # a single-layer codec (dvcm.single_layer) has 1: its only layer is the base layer
 
-    def __init__(self, N: int = 192, M1: int = 64, M2: int = 192, H: int = 2, front: nn.Module | None = None,
-                 C_s: int | None = None) -> None:
+    def __init__(
+        self,
+        N: int = 192,
+        M1: int = 64,
+        M2: int = 192,
+        H: int = 2,
+        front: nn.Module | None = None,
+        C_s: int | None = None,
+    ) -> None:
         super().__init__()
         if min(N, M1) < 1 or M2 < (1 if self.layers == 2 else 0) or (C_s is not None and C_s < 1):
             raise ConfigError(f"N, M1, M2 and C_s must be positive, got N={N}, M1={M1}, M2={M2}, C_s={C_s}")
@@ -166,8 +175,13 @@ class ScalableCodec(CompressionModel):
     @property
     def config(self) -> dict[str, int]:
         """N, M1, M2, H, and C_s when it is not standard YOLOv3's 256 (format 1 had no C_s)."""
-        return {"N": self.N, "M1": self.M1, "M2": self.M2, "H": self.H,
-                **({"C_s": self.C_s} if self.C_s != C_S else {})}
+        return {
+            "N": self.N,
+            "M1": self.M1,
+            "M2": self.M2,
+            "H": self.H,
+            **({"C_s": self.C_s} if self.C_s != C_S else {}),
+        }
 
     @property
     def downsampling_factor(self) -> int:
@@ -187,8 +201,10 @@ class ScalableCodec(CompressionModel):
         """
         mean, std = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
         if mean.numel() != self.C_s or std.numel() != self.C_s:
-            raise ConfigError(f"feature statistics have {mean.numel()} channels, the codec's s has C_s = {self.C_s}; "
-                              "prepare the data with the same --yolo-weights/--yolo-cfg")
+            raise ConfigError(
+                f"feature statistics have {mean.numel()} channels, the codec's s has C_s = {self.C_s}; "
+                "prepare the data with the same --yolo-weights/--yolo-cfg"
+            )
         mean, std = mean.reshape(1, self.C_s, 1, 1), std.reshape(1, self.C_s, 1, 1)
         if not bool(torch.isfinite(mean).all() and torch.isfinite(std).all()):
             raise ConfigError("feature statistics must be finite")
@@ -235,8 +251,14 @@ class ScalableCodec(CompressionModel):
         y1_hat, y2_hat = coded["y_hat"]
         x_hat = self.synthesize_pixels(y1_hat, y2_hat)[..., :h, :w]
         s_hat = self.machine_features(y1_hat, x_hat, (h, w))
-        return {"x_hat": x_hat, "s_hat": s_hat, "s": s, "likelihoods": coded["likelihoods"], "y1_hat": y1_hat,
-                "y2_hat": y2_hat}
+        return {
+            "x_hat": x_hat,
+            "s_hat": s_hat,
+            "s": s,
+            "likelihoods": coded["likelihoods"],
+            "y1_hat": y1_hat,
+            "y2_hat": y2_hat,
+        }
 
     def machine_features(self, y1_hat: Tensor, x_hat: Tensor | None, hw: tuple[int, int]) -> Tensor:
         """ŝ for V_back, cropped to the image's feature size: g_s1(ŷ1) here (the base layer alone);
@@ -298,8 +320,10 @@ class ScalableCodec(CompressionModel):
         # checkpoints of format version 1 name the latent codec's tensors without its prefix
         old = [k for k in state_dict if k.startswith(_FORMAT_V1_KEYS)]
         if old and any(k.startswith(LATENT_CODEC) for k in state_dict):
-            raise ConfigError(f"the state holds both {old[0]!r} (format version 1) and latent_codec.* keys; "
-                              "save it again with dvcm.checkpoint.save_checkpoint")
+            raise ConfigError(
+                f"the state holds both {old[0]!r} (format version 1) and latent_codec.* keys; "
+                "save it again with dvcm.checkpoint.save_checkpoint"
+            )
         state_dict = {(LATENT_CODEC + k if k.startswith(_FORMAT_V1_KEYS) else k): v for k, v in state_dict.items()}
         result = super().load_state_dict(state_dict, strict=strict)
         self._fingerprint = self.compute_fingerprint()
@@ -329,8 +353,15 @@ class ProposedCodec(ScalableCodec):
 
     name = "proposed"
 
-    def __init__(self, N: int = 192, M1: int = 64, M2: int = 192, H: int = 2, front: nn.Module | None = None,
-                 C_s: int | None = None) -> None:
+    def __init__(
+        self,
+        N: int = 192,
+        M1: int = 64,
+        M2: int = 192,
+        H: int = 2,
+        front: nn.Module | None = None,
+        C_s: int | None = None,
+    ) -> None:
         super().__init__(N=N, M1=M1, M2=M2, H=H, front=front, C_s=C_s)
         self.g_a1 = nn.Sequential(
             conv(self.C_s + 3, N, stride=1),
@@ -354,8 +385,15 @@ class Choi2022Codec(ScalableCodec):
 
     name = "choi2022"
 
-    def __init__(self, N: int = 192, M1: int = 128, M2: int = 64, H: int = 1, front: nn.Module | None = None,
-                 C_s: int | None = None) -> None:
+    def __init__(
+        self,
+        N: int = 192,
+        M1: int = 128,
+        M2: int = 64,
+        H: int = 1,
+        front: nn.Module | None = None,
+        C_s: int | None = None,
+    ) -> None:
         super().__init__(N=N, M1=M1, M2=M2, H=H, front=front, C_s=C_s)
         self.g_a = image_analysis(M1 + M2, N)
         self.g_s1 = feature_synthesis(M1, N, self.C_s)  # the latent-space transform (LST)

@@ -76,7 +76,9 @@ def _few_threads(numel: int) -> Iterator[None]:
         torch.set_num_threads(prev)
 
 
-def _fit_bits_inner(train: Tensor, train_mask: Tensor, test: Tensor, test_mask: Tensor, steps: int, seed: int) -> Tensor:
+def _fit_bits_inner(
+    train: Tensor, train_mask: Tensor, test: Tensor, test_mask: Tensor, steps: int, seed: int
+) -> Tensor:
     with torch.random.fork_rng(devices=[]):  # seeded here without touching the caller's RNG (training)
         torch.manual_seed(seed)
         return _fit_bits_seeded(train, train_mask, test, test_mask, steps)
@@ -176,12 +178,24 @@ def redundancy(
     for k in range(K):
         where = torch.nonzero(test_lab == k).flatten()
         per_fiber_cond[where] = cond_bits[: len(where), k * M : (k + 1) * M].sum(dim=1)
-    low, high = bootstrap_interval(per_fiber.numpy(), per_fiber_cond.numpy(), seed) if h_i > MIN_BITS else (math.nan,) * 2
-    return {"rdn": rdn, "H_i": h_i, "H_i_given_j": h_cond, "K": K, "fibers": n, "ci95": [low, high],
-            "impossible": bool(low < 0), "biased": bool(high < 0)}
+    low, high = (
+        bootstrap_interval(per_fiber.numpy(), per_fiber_cond.numpy(), seed) if h_i > MIN_BITS else (math.nan,) * 2
+    )
+    return {
+        "rdn": rdn,
+        "H_i": h_i,
+        "H_i_given_j": h_cond,
+        "K": K,
+        "fibers": n,
+        "ci95": [low, high],
+        "impossible": bool(low < 0),
+        "biased": bool(high < 0),
+    }
 
 
-def bootstrap_interval(bits: np.ndarray, cond_bits: np.ndarray, seed: int, resamples: int = 1000) -> tuple[float, float]:
+def bootstrap_interval(
+    bits: np.ndarray, cond_bits: np.ndarray, seed: int, resamples: int = 1000
+) -> tuple[float, float]:
     """95 % percentile interval of 1 − mean(cond_bits)/mean(bits) over resamples of the fibers (pairs kept)."""
     rng = np.random.default_rng(seed + 2)
     idx = rng.integers(0, len(bits), size=(resamples, len(bits)))
@@ -226,8 +240,15 @@ def model_redundancy(
     y1, y2 = f1.t()[None, :, :, None], f2.t()[None, :, :, None]  # back to [1, M, n, 1]
     r12 = redundancy(y1, y2, K=K, num_fibers=num_fibers, seed=seed, steps=steps)
     r21 = redundancy(y2, y1, K=K, num_fibers=num_fibers, seed=seed, steps=steps)
-    return {"rdn_y1_given_y2": r12["rdn"], "rdn_y2_given_y1": r21["rdn"],
-            "rdn_y1_given_y2_ci95": r12.get("ci95"), "rdn_y2_given_y1_ci95": r21.get("ci95"),
-            "impossible": [name for name, r in (("rdn_y1_given_y2", r12), ("rdn_y2_given_y1", r21)) if r.get("impossible")],
-            "biased": [name for name, r in (("rdn_y1_given_y2", r12), ("rdn_y2_given_y1", r21)) if r.get("biased")],
-            "H_y1": r12["H_i"], "H_y2": r21["H_i"], "K": r12["K"], "fibers": r12["fibers"]}
+    return {
+        "rdn_y1_given_y2": r12["rdn"],
+        "rdn_y2_given_y1": r21["rdn"],
+        "rdn_y1_given_y2_ci95": r12.get("ci95"),
+        "rdn_y2_given_y1_ci95": r21.get("ci95"),
+        "impossible": [name for name, r in (("rdn_y1_given_y2", r12), ("rdn_y2_given_y1", r21)) if r.get("impossible")],
+        "biased": [name for name, r in (("rdn_y1_given_y2", r12), ("rdn_y2_given_y1", r21)) if r.get("biased")],
+        "H_y1": r12["H_i"],
+        "H_y2": r21["H_i"],
+        "K": r12["K"],
+        "fibers": r12["fibers"],
+    }

@@ -36,8 +36,10 @@ class Hyperparameter:
 
     def check(self, value: int, text: str) -> int:
         if self.choices is not None and value not in self.choices:
-            raise ConfigError(f"configuration {text!r} is invalid: {self.name} must be one of "
-                              f"{', '.join(map(str, self.choices))}, got {value}")
+            raise ConfigError(
+                f"configuration {text!r} is invalid: {self.name} must be one of "
+                f"{', '.join(map(str, self.choices))}, got {value}"
+            )
         if self.choices is None and value < 1:
             raise ConfigError(f"configuration {text!r} is invalid: {self.name} must be positive, got {value}")
         return value
@@ -76,13 +78,15 @@ class CodecSpec:
         parts = [p.strip() for p in str(text).strip().strip("()").split(",") if p.strip()]
         example = self.example or ",".join("1" for _ in self.hyperparameters)
         if len(parts) != len(self.hyperparameters):
-            raise ConfigError(f"configuration {text!r} of {self.name} does not parse; write {self.config_form} "
-                              f"such as {example}")
+            raise ConfigError(
+                f"configuration {text!r} of {self.name} does not parse; write {self.config_form} such as {example}"
+            )
         try:
             values = [int(p) for p in parts]
         except ValueError:
-            raise ConfigError(f"configuration {text!r} of {self.name} does not parse; write {self.config_form} "
-                              f"such as {example}") from None
+            raise ConfigError(
+                f"configuration {text!r} of {self.name} does not parse; write {self.config_form} such as {example}"
+            ) from None
         return {h.name: h.check(v, str(text)) for h, v in zip(self.hyperparameters, values)}
 
     def text(self, config: Mapping[str, Any]) -> str:
@@ -103,23 +107,42 @@ CODECS: dict[str, CodecSpec] = {
     spec.name: spec
     for spec in (
         CodecSpec(
-            "proposed", "dvcm.models:ProposedCodec", 1, (_M1, _M2, _H),
-            presets={"tiny": ("16,32,2",), "mini": ("11,32,2",), "paper": ("64,192,2", "64,128,2", "64,128,1", "128,64,1")},
-            base_layer="ŝ = g_s1(ŷ1), YOLOv3 layer-13 features", feature_loss=True,
+            "proposed",
+            "dvcm.models:ProposedCodec",
+            1,
+            (_M1, _M2, _H),
+            presets={
+                "tiny": ("16,32,2",),
+                "mini": ("11,32,2",),
+                "paper": ("64,192,2", "64,128,2", "64,128,1", "128,64,1"),
+            },
+            base_layer="ŝ = g_s1(ŷ1), YOLOv3 layer-13 features",
+            feature_loss=True,
             summary="the disentangled scalable codec (DCC 2023): s = V_front(x) enters the base analysis",
-            example="64,192,2"),
+            example="64,192,2",
+        ),
         CodecSpec(
-            "choi2022", "dvcm.models:Choi2022Codec", 2, (_M1, _M2, _H),
+            "choi2022",
+            "dvcm.models:Choi2022Codec",
+            2,
+            (_M1, _M2, _H),
             presets={"tiny": ("16,32,2",), "mini": ("21,11,1",), "paper": ("128,64,1",)},
-            base_layer="ŝ = LST(ŷ1), YOLOv3 layer-13 features", feature_loss=True,
+            base_layer="ŝ = LST(ŷ1), YOLOv3 layer-13 features",
+            feature_loss=True,
             summary="Choi & Bajić 2022 latent-space scalability on the same base: y = g_a(x) split into (y1, y2)",
-            example="128,64,1"),
+            example="128,64,1",
+        ),
         CodecSpec(
-            "bmshj2018", "dvcm.single_layer:Bmshj2018Codec", 3, (Hyperparameter("M", "channels of the latent y"),),
+            "bmshj2018",
+            "dvcm.single_layer:Bmshj2018Codec",
+            3,
+            (Hyperparameter("M", "channels of the latent y"),),
             presets={"tiny": ("48",), "mini": ("43",), "paper": ("192",)},
-            base_layer=None, feature_loss=False,
+            base_layer=None,
+            feature_loss=False,
             summary="Ballé et al. 2018 scale hyperprior, one layer (the cost of scalability): YOLOv3 runs on x̂",
-            example="192"),
+            example="192",
+        ),
     )
 }
 MODEL_NAMES: tuple[str, ...] = tuple(CODECS)
@@ -141,8 +164,9 @@ def spec_by_bitstream_id(model_id: int) -> CodecSpec | None:
     return next((s for s in CODECS.values() if s.bitstream_id == model_id), None)
 
 
-def build(name: str, front: nn.Module | None = None, yolo_provenance: dict[str, Any] | None = None,
-          **config: int) -> ScalableCodec:
+def build(
+    name: str, front: nn.Module | None = None, yolo_provenance: dict[str, Any] | None = None, **config: int
+) -> ScalableCodec:
     """Build a codec by name with its config keys: N, C_s, and its hyperparameters (M1, M2, H or M).
 
     ``front`` is the frozen V_front (``YOLOv3.front``), whose output channels are C_s; without it
@@ -153,7 +177,9 @@ def build(name: str, front: nn.Module | None = None, yolo_provenance: dict[str, 
     known = {"N", "C_s", *(h.name for h in spec.hyperparameters)}
     unknown = set(config) - known
     if unknown:
-        raise ConfigError(f"unknown config keys {sorted(unknown)} for model {name!r}; expected {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"unknown config keys {sorted(unknown)} for model {name!r}; expected {', '.join(sorted(known))}"
+        )
     model = spec.cls(front=front, **config)
     model.yolo_provenance = yolo_provenance
     return model

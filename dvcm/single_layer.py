@@ -55,8 +55,9 @@ class SingleHyperprior(ScalableLatentCodec):
         scales = self.hyper.decompress(_safe(z_str, self.N, z_hw, "ẑ"), z_hw)["params"]
         return BaseLatent(self.coder.decompress(_safe(y_str, self.M1, y_hw, "ŷ"), y_hw, scales)["y_hat"])
 
-    def decompress_enhancement(self, strings: list[bytes], y_hw: tuple[int, int], z_hw: tuple[int, int],
-                               base: BaseLatent) -> Tensor:
+    def decompress_enhancement(
+        self, strings: list[bytes], y_hw: tuple[int, int], z_hw: tuple[int, int], base: BaseLatent
+    ) -> Tensor:
         return base.y1_hat.new_zeros((base.y1_hat.shape[0], 0, *y_hw))
 
 

@@ -179,8 +179,12 @@ class YOLOv3(nn.Module):
 
     cfg_name = "yolov3.cfg"  # the network's cfg, named in errors
 
-    def __init__(self, num_classes: int = 80, layers: Sequence[LayerSpec] | None = None,
-                 anchors: Sequence[tuple[int, int]] = ANCHORS) -> None:
+    def __init__(
+        self,
+        num_classes: int = 80,
+        layers: Sequence[LayerSpec] | None = None,
+        anchors: Sequence[tuple[int, int]] = ANCHORS,
+    ) -> None:
         super().__init__()
         self.num_classes = num_classes
         if len(anchors) != 9:
@@ -414,8 +418,9 @@ def _network_from_cfg(cfg: str | Path) -> tuple[tuple[LayerSpec, ...], int, tupl
     return layers, parsed.num_classes, parsed.anchors, file_sha256(Path(cfg))
 
 
-def build_yolov3(weights: str | Path | None = None, seed: int = 0, num_classes: int = 80,
-                 cfg: str | Path | None = None) -> YOLOv3:
+def build_yolov3(
+    weights: str | Path | None = None, seed: int = 0, num_classes: int = 80, cfg: str | Path | None = None
+) -> YOLOv3:
     """YOLOv3 in eval mode: from a Darknet ``.weights`` file, or from ``seed`` when ``weights`` is None.
 
     ``cfg`` (a Darknet ``.cfg`` of the YOLOv3 family, :mod:`dvcm.darknet_cfg`) gives the network,
@@ -463,8 +468,9 @@ def build_yolov3(weights: str | Path | None = None, seed: int = 0, num_classes: 
 # ---------------------------------------------------------------------------------------------
 
 
-def _decode_heads(heads: Sequence[Tensor], input_hw: tuple[int, int],
-                  anchor_sizes: Sequence[tuple[int, int]] = ANCHORS) -> tuple[Tensor, Tensor, Tensor]:
+def _decode_heads(
+    heads: Sequence[Tensor], input_hw: tuple[int, int], anchor_sizes: Sequence[tuple[int, int]] = ANCHORS
+) -> tuple[Tensor, Tensor, Tensor]:
     """All anchors of all heads: boxes xyxy [B,N,4] (input pixels), objectness [B,N], class probs [B,N,C]."""
     if len(heads) != len(HEAD_STRIDES):
         raise ValueError(f"expected {len(HEAD_STRIDES)} heads (strides 32, 16, 8), got {len(heads)}")
@@ -475,16 +481,14 @@ def _decode_heads(heads: Sequence[Tensor], input_hw: tuple[int, int],
         if (h, w) != (math.ceil(height / stride), math.ceil(width / stride)) or c % 3:
             raise ValueError(f"head of shape {tuple(head.shape)} does not match stride {stride} of a {input_hw} input")
         t = head.float().view(b, 3, c // 3, h, w).permute(0, 1, 3, 4, 2)  # [B,3,h,w,5+C]
-        gy, gx = torch.meshgrid(
-            torch.arange(h, device=head.device), torch.arange(w, device=head.device), indexing="ij"
+        gy, gx = torch.meshgrid(torch.arange(h, device=head.device), torch.arange(w, device=head.device), indexing="ij")
+        anchors = torch.tensor([anchor_sizes[m] for m in mask], dtype=torch.float32, device=head.device).view(
+            1, 3, 1, 1, 2
         )
-        anchors = torch.tensor([anchor_sizes[m] for m in mask], dtype=torch.float32, device=head.device).view(1, 3, 1, 1, 2)
         cx = (gx + torch.sigmoid(t[..., 0])) * stride
         cy = (gy + torch.sigmoid(t[..., 1])) * stride
         wh = torch.exp(t[..., 2:4]) * anchors
-        xyxy = torch.stack(
-            (cx - wh[..., 0] / 2, cy - wh[..., 1] / 2, cx + wh[..., 0] / 2, cy + wh[..., 1] / 2), dim=-1
-        )
+        xyxy = torch.stack((cx - wh[..., 0] / 2, cy - wh[..., 1] / 2, cx + wh[..., 0] / 2, cy + wh[..., 1] / 2), dim=-1)
         boxes.append(xyxy.reshape(b, -1, 4))
         objs.append(torch.sigmoid(t[..., 4]).reshape(b, -1))
         clss.append(torch.sigmoid(t[..., 5:]).reshape(b, -1, c // 3 - 5))

@@ -12,7 +12,15 @@ SPLIT_LAYER = 12
 """Last layer of the front: the 3x3 stride-2 conv with 256 filters (output stride 8)."""
 
 ANCHORS: tuple[tuple[int, int], ...] = (
-    (10, 13), (16, 30), (33, 23), (30, 61), (62, 45), (59, 119), (116, 90), (156, 198), (373, 326),
+    (10, 13),
+    (16, 30),
+    (33, 23),
+    (30, 61),
+    (62, 45),
+    (59, 119),
+    (116, 90),
+    (156, 198),
+    (373, 326),
 )
 HEAD_MASKS: tuple[tuple[int, int, int], ...] = ((6, 7, 8), (3, 4, 5), (0, 1, 2))
 """Anchor indexes of the yolo layers 82, 94, 106 (the order ``back`` returns the heads in)."""
@@ -20,9 +28,17 @@ HEAD_STRIDES: tuple[int, ...] = (32, 16, 8)
 
 # COCO category ids of the 80 YOLO classes: 1-11, 13-25, 27, 28, 31-44, 46-65, 67, 70, 72-82, 84-90.
 COCO80_TO_COCO91: list[int] = [
-    *range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70, *range(72, 83), *range(84, 91),
+    *range(1, 12),
+    *range(13, 26),
+    27,
+    28,
+    *range(31, 45),
+    *range(46, 66),
+    67,
+    70,
+    *range(72, 83),
+    *range(84, 91),
 ]
-
 
 
 # ---------------------------------------------------------------------------------------------

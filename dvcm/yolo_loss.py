@@ -48,9 +48,22 @@ def yolov3_loss(
     batch = heads[0].shape[0]
     height, width = input_hw
     anchor_wh = torch.tensor(anchors, dtype=torch.float32, device=device)
-    gt = torch.cat([torch.cat([torch.full((len(t), 1), i, dtype=torch.float32, device=device),
-                               t.to(device=device, dtype=torch.float32).reshape(-1, 5)], 1)
-                    for i, t in enumerate(targets)]) if targets else torch.zeros(0, 6, device=device)
+    gt = (
+        torch.cat(
+            [
+                torch.cat(
+                    [
+                        torch.full((len(t), 1), i, dtype=torch.float32, device=device),
+                        t.to(device=device, dtype=torch.float32).reshape(-1, 5),
+                    ],
+                    1,
+                )
+                for i, t in enumerate(targets)
+            ]
+        )
+        if targets
+        else torch.zeros(0, 6, device=device)
+    )
     image_of, cls_of, boxes = gt[:, 0].long(), gt[:, 1].long(), gt[:, 2:6]
     centre = (boxes[:, :2] + boxes[:, 2:]) / 2
     wh = (boxes[:, 2:] - boxes[:, :2]).clamp_min(1.0)
@@ -72,8 +85,9 @@ def yolov3_loss(
             pcx = (gx + torch.sigmoid(t[..., 0])) * stride
             pcy = (gy + torch.sigmoid(t[..., 1])) * stride
             pwh = torch.exp(t[..., 2:4].clamp(max=8)) * head_anchors.view(1, 3, 1, 1, 2)
-            pred = torch.stack((pcx - pwh[..., 0] / 2, pcy - pwh[..., 1] / 2,
-                                pcx + pwh[..., 0] / 2, pcy + pwh[..., 1] / 2), -1)
+            pred = torch.stack(
+                (pcx - pwh[..., 0] / 2, pcy - pwh[..., 1] / 2, pcx + pwh[..., 0] / 2, pcy + pwh[..., 1] / 2), -1
+            )
             for i in range(b):
                 own = boxes[image_of == i]
                 if len(own):

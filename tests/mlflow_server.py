@@ -35,9 +35,20 @@ def mlflow_server(workdir: Path, timeout_s: float = 90.0) -> Iterator[str]:
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    cmd = [exe, "server", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
-           "--artifacts-destination", str(workdir / "artifacts"), "--workers", "1"]
+    cmd = [
+        exe,
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{workdir / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(workdir / "artifacts"),
+        "--workers",
+        "1",
+    ]
     log = open(workdir / "server.log", "wb")
     env = {**os.environ, "MLFLOW_TRACKING_URI": ""}
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -46,9 +57,13 @@ def mlflow_server(workdir: Path, timeout_s: float = 90.0) -> Iterator[str]:
         deadline = time.monotonic() + timeout_s
         while not _healthy(url):
             if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {proc.returncode}: {(workdir / 'server.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"mlflow server exited with {proc.returncode}: {(workdir / 'server.log').read_text()[-2000:]}"
+                )
             if time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server not healthy after {timeout_s}s: {(workdir / 'server.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"mlflow server not healthy after {timeout_s}s: {(workdir / 'server.log').read_text()[-2000:]}"
+                )
             time.sleep(0.5)
         yield url
     finally:

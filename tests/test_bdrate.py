@@ -73,7 +73,10 @@ def test_undefined_curves_are_nan_with_a_reason() -> None:
     rate, qual, note = bd_delta(REF, one)
     assert math.isnan(rate) and math.isnan(qual) and "fewer than 2" in note
     bumpy = Curve("bumpy", (0.1, 0.2, 0.3), (30.0, 29.0, 31.0))
-    assert bd_delta(REF, bumpy)[2] == "bumpy: quality is not strictly increasing with rate (30 at rate 0.1, 29 at rate 0.2)"
+    assert (
+        bd_delta(REF, bumpy)[2]
+        == "bumpy: quality is not strictly increasing with rate (30 at rate 0.1, 29 at rate 0.2)"
+    )
     far = Curve("far", (10.0, 20.0), (60.0, 70.0))
     assert math.isnan(bd_rate(REF, far))
 
@@ -92,8 +95,10 @@ def test_disjoint_quality_ranges_say_so_in_our_words() -> None:
     high = Curve("high", (0.05, 0.11), (0.76, 1.06))
     rate, _, note = bd_delta(low, high)
     assert math.isnan(rate)
-    assert note == ("the quality ranges do not overlap (low: -0.02 to 0.07, high: 0.76 to 1.06); "
-                    "BD-quality: the curves overlap over 23.12 % of their range (the package asks for 75.00 %)")
+    assert note == (
+        "the quality ranges do not overlap (low: -0.02 to 0.07, high: 0.76 to 1.06); "
+        "BD-quality: the curves overlap over 23.12 % of their range (the package asks for 75.00 %)"
+    )
 
 
 def test_each_warning_is_said_of_the_figure_it_concerns() -> None:
@@ -102,8 +107,10 @@ def test_each_warning_is_said_of_the_figure_it_concerns() -> None:
     proposed = Curve("prop", (0.0027, 0.005, 0.01, 0.023), (1.91, 3.0, 4.0, 5.4))
     rate, quality, note = bd_delta(choi, proposed)
     assert math.isfinite(rate) and math.isnan(quality)
-    assert note == ("BD-rate: the curves overlap over 25.77 % of their range (the package asks for 75.00 %); "
-                    "BD-quality: the rate ranges do not overlap (choi: 0.046 to 0.107, prop: 0.0027 to 0.023)")
+    assert note == (
+        "BD-rate: the curves overlap over 25.77 % of their range (the package asks for 75.00 %); "
+        "BD-quality: the rate ranges do not overlap (choi: 0.046 to 0.107, prop: 0.0027 to 0.023)"
+    )
 
 
 def test_two_points_at_one_rate_are_named() -> None:
@@ -145,8 +152,15 @@ def test_a_flat_curve_stays_undefined_after_the_fit() -> None:
 
 
 def test_the_shown_figure_is_strict_when_defined_else_fitted() -> None:
-    rows = bd_table([Curve("ref", (0.15, 0.3, 0.5, 0.9, 1.6), (0.55, 0.75, 0.84, 0.87, 0.883)), SATURATING,
-                     Curve("half", (0.075, 0.15, 0.25, 0.45, 0.8), (0.55, 0.75, 0.84, 0.87, 0.883))], ["ref"], "map50")
+    rows = bd_table(
+        [
+            Curve("ref", (0.15, 0.3, 0.5, 0.9, 1.6), (0.55, 0.75, 0.84, 0.87, 0.883)),
+            SATURATING,
+            Curve("half", (0.075, 0.15, 0.25, 0.45, 0.8), (0.55, 0.75, 0.84, 0.87, 0.883)),
+        ],
+        ["ref"],
+        "map50",
+    )
     assert pick_row([r for r in rows if r["test"] == "half"])["method"] == STRICT
     assert pick_row([r for r in rows if r["test"] == "jpeg"])["method"] == FITTED
     legacy = [{"metric": "map50", "reference": "ref", "test": "x", "bd_rate_percent": "nan", "note": "why"}]

@@ -51,12 +51,19 @@ def test_job_specs_parse_and_name_what_they_must() -> None:
     assert job["spec"]["entrypoint"].startswith("dvcm-pipeline sweep --spec jobs/paper_sweep.yaml")
     assert "MLFLOW_TRACKING_URI" in yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]
     workers = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
-    assert any("nvidia.com/gpu" in c["resources"]["limits"] for w in workers for c in w["template"]["spec"]["containers"])
+    assert any(
+        "nvidia.com/gpu" in c["resources"]["limits"] for w in workers for c in w["template"]["spec"]["containers"]
+    )
 
 
 def _env(auth: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of every cluster process: this venv on PATH, and the cluster's own auth token."""
-    env = {**os.environ, **(auth or {}), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {
+        **os.environ,
+        **(auth or {}),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
     env.pop("RAY_ADDRESS", None)
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
@@ -64,15 +71,28 @@ def _env(auth: dict[str, str] | None = None) -> dict[str, str]:
 
 def _run(cmd: list[str], timeout: float, env: dict[str, str]) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
-    assert proc.returncode == 0, f"{' '.join(cmd[:4])} failed ({proc.returncode}):\n{proc.stdout[-8000:]}\n{proc.stderr[-6000:]}"
+    assert proc.returncode == 0, (
+        f"{' '.join(cmd[:4])} failed ({proc.returncode}):\n{proc.stdout[-8000:]}\n{proc.stderr[-6000:]}"
+    )
     return proc
 
 
 def _node_ports() -> list[str]:
     """Explicit free ports, so that two nodes on one machine (and other Ray sessions) never collide."""
-    return ["--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
-            "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-            "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port())]
+    return [
+        "--node-manager-port",
+        str(free_port()),
+        "--object-manager-port",
+        str(free_port()),
+        "--dashboard-agent-listen-port",
+        str(free_port()),
+        "--dashboard-agent-grpc-port",
+        str(free_port()),
+        "--metrics-export-port",
+        str(free_port()),
+        "--runtime-env-agent-port",
+        str(free_port()),
+    ]
 
 
 def _stop_cluster(temp_dir: str) -> None:
@@ -125,13 +145,57 @@ def two_node_cluster() -> Iterator[tuple[str, dict[str, str]]]:
     env = _env({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)})
     gcs_port, dash_port = free_port(), free_port()
     try:
-        _run([str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs_port),
-              "--num-cpus", "1", "--num-gpus", "0", "--resources", json.dumps({"node_a": 1}), "--include-dashboard", "true",
-              "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port), "--temp-dir", temp_dir,
-              "--disable-usage-stats", *_node_ports()], timeout=180, env=env)
-        _run([str(BIN / "ray"), "start", "--address", f"127.0.0.1:{gcs_port}", "--node-ip-address", "127.0.0.1",
-              "--num-cpus", "1", "--num-gpus", "0", "--resources", json.dumps({"node_b": 1}), "--disable-usage-stats",
-              "--temp-dir", str(Path(temp_dir) / "b"), *_node_ports()], timeout=180, env=env)
+        _run(
+            [
+                str(BIN / "ray"),
+                "start",
+                "--head",
+                "--node-ip-address",
+                "127.0.0.1",
+                "--port",
+                str(gcs_port),
+                "--num-cpus",
+                "1",
+                "--num-gpus",
+                "0",
+                "--resources",
+                json.dumps({"node_a": 1}),
+                "--include-dashboard",
+                "true",
+                "--dashboard-host",
+                "127.0.0.1",
+                "--dashboard-port",
+                str(dash_port),
+                "--temp-dir",
+                temp_dir,
+                "--disable-usage-stats",
+                *_node_ports(),
+            ],
+            timeout=180,
+            env=env,
+        )
+        _run(
+            [
+                str(BIN / "ray"),
+                "start",
+                "--address",
+                f"127.0.0.1:{gcs_port}",
+                "--node-ip-address",
+                "127.0.0.1",
+                "--num-cpus",
+                "1",
+                "--num-gpus",
+                "0",
+                "--resources",
+                json.dumps({"node_b": 1}),
+                "--disable-usage-stats",
+                "--temp-dir",
+                str(Path(temp_dir) / "b"),
+                *_node_ports(),
+            ],
+            timeout=180,
+            env=env,
+        )
         yield f"http://127.0.0.1:{dash_port}", env
     finally:
         _stop_cluster(temp_dir)
@@ -139,8 +203,11 @@ def two_node_cluster() -> Iterator[tuple[str, dict[str, str]]]:
 
 
 def _submit(address: str, env: dict[str, str], runtime_env: Path, entrypoint: list[str], timeout: float) -> str:
-    proc = _run([str(BIN / "ray"), "job", "submit", "--address", address, "--runtime-env", str(runtime_env),
-                 "--", *entrypoint], timeout=timeout, env=env)
+    proc = _run(
+        [str(BIN / "ray"), "job", "submit", "--address", address, "--runtime-env", str(runtime_env), "--", *entrypoint],
+        timeout=timeout,
+        env=env,
+    )
     return proc.stdout + proc.stderr
 
 
@@ -158,17 +225,63 @@ def test_prepare_and_sweep_through_ray_job_submit_use_both_nodes(
     runtime_env.write_text(yaml.safe_dump(spec))
 
     shards = tmp_path / "shards"
-    out = _submit(address, env, runtime_env, ["dvcm-pipeline", "prepare", "--dataset", "sample", "--root", str(tmp_path / "sample"),
-                                         "--out", str(shards), "--frames", "3", "--shard-size", "4"], timeout=400)
+    out = _submit(
+        address,
+        env,
+        runtime_env,
+        [
+            "dvcm-pipeline",
+            "prepare",
+            "--dataset",
+            "sample",
+            "--root",
+            str(tmp_path / "sample"),
+            "--out",
+            str(shards),
+            "--frames",
+            "3",
+            "--shard-size",
+            "4",
+        ],
+        timeout=400,
+    )
     assert "succeeded" in out, out[-3000:]
     info = json.loads((shards / "dataset.json").read_text())
     assert info["counts"]["written"] > 0 and (shards / "manifest.parquet").is_file()
 
     # No --tracking-uri and no --address: MLFLOW_TRACKING_URI from the runtime_env, RAY_ADDRESS from the job.
-    out = _submit(address, env, runtime_env, [
-        "dvcm-pipeline", "sweep", "--shards", str(shards), "--model", "proposed", "--configs", "16,32,2",
-        "--lambdas", "0.01,0.02", "--preset", "tiny", "--epochs", "1", "--steps-per-epoch", "1", "--val-steps", "1",
-        "--max-concurrent-trials", "2", "--storage", str(tmp_path / "runs"), "--name", "cluster"], timeout=500)
+    out = _submit(
+        address,
+        env,
+        runtime_env,
+        [
+            "dvcm-pipeline",
+            "sweep",
+            "--shards",
+            str(shards),
+            "--model",
+            "proposed",
+            "--configs",
+            "16,32,2",
+            "--lambdas",
+            "0.01,0.02",
+            "--preset",
+            "tiny",
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "1",
+            "--val-steps",
+            "1",
+            "--max-concurrent-trials",
+            "2",
+            "--storage",
+            str(tmp_path / "runs"),
+            "--name",
+            "cluster",
+        ],
+        timeout=500,
+    )
     assert "succeeded" in out, out[-3000:]
     # The job's log holds every worker's output too: the runtime_env's setup hook keeps it to what matters.
     assert "torch.jit.script` is deprecated" not in out, out[-3000:]
@@ -210,13 +323,34 @@ print(json.dumps({"nodes": nodes, "workers": workers}))
 def test_unreachable_address_is_one_line_error(tiny_shards: Path, tmp_path: Path) -> None:
     """``--address`` with nothing listening: exit 2 and one line within seconds (Ray alone retries for minutes)."""
     closed = f"127.0.0.1:{free_port()}"
-    cmd = [str(BIN / "dvcm-pipeline"), "sweep", "--shards", str(tiny_shards), "--model", "proposed", "--configs", "16,32,2",
-           "--lambdas", "0.01", "--preset", "tiny", "--storage", str(tmp_path / "runs"), "--name", "nowhere",
-           "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--address", closed]
+    cmd = [
+        str(BIN / "dvcm-pipeline"),
+        "sweep",
+        "--shards",
+        str(tiny_shards),
+        "--model",
+        "proposed",
+        "--configs",
+        "16,32,2",
+        "--lambdas",
+        "0.01",
+        "--preset",
+        "tiny",
+        "--storage",
+        str(tmp_path / "runs"),
+        "--name",
+        "nowhere",
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--address",
+        closed,
+    ]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=150, env=_env(), cwd=REPO)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
-    err = [line for line in proc.stderr.splitlines() if line.startswith("error")]  # (the seeded-YOLO warning may precede it)
+    err = [
+        line for line in proc.stderr.splitlines() if line.startswith("error")
+    ]  # (the seeded-YOLO warning may precede it)
     assert len(err) == 1 and "cannot reach the Ray cluster" in err[0] and closed in err[0], proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert time.monotonic() - t0 < 120

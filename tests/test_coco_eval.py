@@ -12,25 +12,35 @@ from dvcm.yolo import detections_to_coco
 from pipeline.evaluation.coco import evaluate, evaluate_per_class, load_coco, results_as_ground_truth
 from pipeline.infra.errors import UserError
 
-IMAGES = [{"id": 1, "file_name": "a.jpg", "width": 640, "height": 480},
-          {"id": 2, "file_name": "b.jpg", "width": 500, "height": 400}]
+IMAGES = [
+    {"id": 1, "file_name": "a.jpg", "width": 640, "height": 480},
+    {"id": 2, "file_name": "b.jpg", "width": 500, "height": 400},
+]
 CATEGORIES = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}]
 # Four 100x100 boxes (area 10^4: "medium" in COCO's ranges), two per image.
-BOXES = [(1, 1, [10, 10, 100, 100]), (1, 3, [300, 200, 100, 100]),
-         (2, 1, [50, 50, 100, 100]), (2, 3, [250, 150, 100, 100])]
+BOXES = [
+    (1, 1, [10, 10, 100, 100]),
+    (1, 3, [300, 200, 100, 100]),
+    (2, 1, [50, 50, 100, 100]),
+    (2, 3, [250, 150, 100, 100]),
+]
 
 
 def _write_fixture(path: Path) -> Path:
-    anns = [{"id": i + 1, "image_id": im, "category_id": c, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
-            for i, (im, c, b) in enumerate(BOXES)]
+    anns = [
+        {"id": i + 1, "image_id": im, "category_id": c, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
+        for i, (im, c, b) in enumerate(BOXES)
+    ]
     path.write_text(json.dumps({"images": IMAGES, "annotations": anns, "categories": CATEGORIES}))
     return path
 
 
 def _dets(shift: dict[int, float]) -> list[dict]:
     """One detection per GT box; box k is shifted right by shift[k] pixels, scores descend with k."""
-    return [{"image_id": im, "category_id": c, "bbox": [b[0] + shift.get(k, 0.0), b[1], b[2], b[3]],
-             "score": 0.9 - 0.1 * k} for k, (im, c, b) in enumerate(BOXES)]
+    return [
+        {"image_id": im, "category_id": c, "bbox": [b[0] + shift.get(k, 0.0), b[1], b[2], b[3]], "score": 0.9 - 0.1 * k}
+        for k, (im, c, b) in enumerate(BOXES)
+    ]
 
 
 def test_ground_truth_as_detections_is_perfect(tmp_path: Path) -> None:
@@ -66,8 +76,11 @@ def test_shifted_boxes_give_hand_computed_map(tmp_path: Path) -> None:
 
 def test_boxes_map_back_to_original_size() -> None:
     """512x512 detector input → a 640x480 original: x scales by 1.25, y by 0.9375; label 2 is COCO id 3."""
-    det = {"boxes": torch.tensor([[128.0, 256.0, 256.0, 512.0]]), "scores": torch.tensor([0.8]),
-           "labels": torch.tensor([2])}
+    det = {
+        "boxes": torch.tensor([[128.0, 256.0, 256.0, 512.0]]),
+        "scores": torch.tensor([0.8]),
+        "labels": torch.tensor([2]),
+    }
     (r,) = detections_to_coco(det, 7, scale_xy=(640 / 512, 480 / 512))
     assert r["category_id"] == 3 and r["image_id"] == 7
     assert r["bbox"] == pytest.approx([160.0, 240.0, 160.0, 240.0])
@@ -87,8 +100,10 @@ def test_uncompressed_reference_mode(tmp_path: Path) -> None:
 def test_uncompressed_reference_caps_at_cocoeval_max_dets() -> None:
     """150 tied detections in one image/category: COCOeval scores only 100, so the reference keeps
     the same 100 (its stable ranking) and the detections against themselves still give AP = 1."""
-    dets = [{"image_id": 1, "category_id": 1, "bbox": [float(3 * k % 600), float(k % 400), 20.0, 20.0],
-             "score": 0.3} for k in range(150)]
+    dets = [
+        {"image_id": 1, "category_id": 1, "bbox": [float(3 * k % 600), float(k % 400), 20.0, 20.0], "score": 0.3}
+        for k in range(150)
+    ]
     gt = results_as_ground_truth(dets, IMAGES, CATEGORIES, score_thres=0.25)
     assert len(gt.getAnnIds()) == 100
     assert evaluate(gt, dets, [1, 2])["AP50"] == pytest.approx(1.0)

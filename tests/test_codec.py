@@ -26,14 +26,18 @@ from tests.synthetic import natural_image
 
 SMALL = {"proposed": dict(N=32, M1=16, M2=32), "choi2022": dict(N=32, M1=32, M2=16), "bmshj2018": dict(N=32, M=48)}
 # Every registered codec, with each value of H it has (a single-layer codec has no H): the tests below run on each.
-CASES = [(name, H) for name, spec in CODECS.items()
-         for H in next((h.choices for h in spec.hyperparameters if h.name == "H"), (None,))]
+CASES = [
+    (name, H)
+    for name, spec in CODECS.items()
+    for H in next((h.choices for h in spec.hyperparameters if h.name == "H"), (None,))
+]
 
 
 def small_model(name: str, H: int | None, yolo, seed: int = 0):
     torch.manual_seed(seed)
-    return build(name, front=yolo.front, yolo_provenance=yolo.provenance, **({} if H is None else {"H": H}),
-                 **SMALL[name])
+    return build(
+        name, front=yolo.front, yolo_provenance=yolo.provenance, **({} if H is None else {"H": H}), **SMALL[name]
+    )
 
 
 def test_every_registered_codec_has_a_small_test_configuration():
@@ -377,7 +381,9 @@ def test_checkpoint_round_trip_restores_config_and_tables(trained, yolo):
     assert meta["model"] == "proposed" and meta["config"] == model.config and meta["extra"] == {"steps": 300}
     assert loaded.fingerprint == model.fingerprint
     x = natural_image(10, 64, 64).unsqueeze(0)
-    torch.testing.assert_close(bitstream.decode(loaded, bitstream.compress(model, x)), bitstream.decode(model, bitstream.compress(model, x)))
+    torch.testing.assert_close(
+        bitstream.decode(loaded, bitstream.compress(model, x)), bitstream.decode(model, bitstream.compress(model, x))
+    )
 
 
 def test_checkpoint_refuses_bad_files(trained, tmp_path):

@@ -48,7 +48,9 @@ def test_compress_then_decompress_both_ways(files):
     res = cli("compress", str(files / "img.png"), "-o", str(files / "img.dvcm"), "--checkpoint", str(files / "ckpt.pt"))
     assert res.returncode == 0, res.stderr
     assert "bpp" in res.stdout and "base" in res.stdout
-    res = cli("decompress", str(files / "img.dvcm"), "-o", str(files / "out.png"), "--checkpoint", str(files / "ckpt.pt"))
+    res = cli(
+        "decompress", str(files / "img.dvcm"), "-o", str(files / "out.png"), "--checkpoint", str(files / "ckpt.pt")
+    )
     assert res.returncode == 0, res.stderr
     assert Image.open(files / "out.png").size == (101, 75)
     # A machine gets only the base layer: cut the file and decode it alone.
@@ -64,7 +66,9 @@ def test_compress_then_decompress_both_ways(files):
     assert det["image_hw"] == [75, 101] and det["yolo"]["random_weights"] is True
     assert "random-weight YOLOv3" in det["yolo"]["note"] and "random-weight YOLOv3" in res.stdout
     # The whole image needs the enhancement layer.
-    res = cli("decompress", str(files / "base.dvcm"), "-o", str(files / "x.png"), "--checkpoint", str(files / "ckpt.pt"))
+    res = cli(
+        "decompress", str(files / "base.dvcm"), "-o", str(files / "x.png"), "--checkpoint", str(files / "ckpt.pt")
+    )
     assert_user_error(res, "base layer only")
 
 

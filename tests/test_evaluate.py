@@ -31,8 +31,9 @@ CLI = [sys.executable, "-m", "pipeline.cli"]
 def sample(tmp_path_factory: pytest.TempPathFactory):
     from pipeline.data.sample_data import generate_sample
 
-    return generate_sample(tmp_path_factory.mktemp("evdata"), train_sequences=1, val_sequences=1,
-                           coco_images=2, kodak_images=1)
+    return generate_sample(
+        tmp_path_factory.mktemp("evdata"), train_sequences=1, val_sequences=1, coco_images=2, kodak_images=1
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +74,11 @@ def test_end_to_end_into_mlflow(sample, tiny_ckpt: Path, tmp_path: Path, ray_loc
 
     # A finished trial run holding the checkpoint, as a sweep leaves it, with a training history.
     c = MlflowClient(mlflow_uri)
-    run = c.create_run(tracking.experiment_id(mlflow_uri), run_name="proposed-8-8-2-l0.0067",
-                       tags={tracking.TAG_TRIAL: "proposed-8-8-2-l0.0067"})
+    run = c.create_run(
+        tracking.experiment_id(mlflow_uri),
+        run_name="proposed-8-8-2-l0.0067",
+        tags={tracking.TAG_TRIAL: "proposed-8-8-2-l0.0067"},
+    )
     rid = run.info.run_id
     c.log_artifact(rid, str(tiny_ckpt), "checkpoint")
     for epoch, r in enumerate([0.30, 0.22]):
@@ -82,10 +86,33 @@ def test_end_to_end_into_mlflow(sample, tiny_ckpt: Path, tmp_path: Path, ray_loc
     c.set_terminated(rid)
 
     out = tmp_path / "eval"
-    args = ["evaluate", "--run", rid, "--tracking-uri", mlflow_uri, "--coco-root", str(sample.coco_root),
-            "--kodak-root", str(sample.kodak_root), "--out", str(out), "--anchors", "jpeg",
-            "--anchor-params", "jpeg=10,60", "--reference-detections", "uncompressed", "--conf-thres", "0.05",
-            "--redundancy-fibers", "256", "--redundancy-images", "1", "--chunk-size", "1"]
+    args = [
+        "evaluate",
+        "--run",
+        rid,
+        "--tracking-uri",
+        mlflow_uri,
+        "--coco-root",
+        str(sample.coco_root),
+        "--kodak-root",
+        str(sample.kodak_root),
+        "--out",
+        str(out),
+        "--anchors",
+        "jpeg",
+        "--anchor-params",
+        "jpeg=10,60",
+        "--reference-detections",
+        "uncompressed",
+        "--conf-thres",
+        "0.05",
+        "--redundancy-fibers",
+        "256",
+        "--redundancy-images",
+        "1",
+        "--chunk-size",
+        "1",
+    ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, (res.output, res.exception)
     assert "random-weight YOLOv3" in res.output
@@ -96,7 +123,9 @@ def test_end_to_end_into_mlflow(sample, tiny_ckpt: Path, tmp_path: Path, ray_loc
     (coco_pt,) = results["datasets"]["coco"]["points"]
     (kodak_pt,) = results["datasets"]["kodak"]["points"]
     rows = results["per_image"]
-    assert len([r for r in rows if r["dataset"] == "coco"]) == 2 and len([r for r in rows if r["dataset"] == "kodak"]) == 1
+    assert (
+        len([r for r in rows if r["dataset"] == "coco"]) == 2 and len([r for r in rows if r["dataset"] == "kodak"]) == 1
+    )
     # rates are real file bytes: base bpp over 512x512, and bpp = base + enhancement on Kodak
     for r in rows:
         assert r["bytes_base"] > 0 and r["bytes_header"] > 0
@@ -117,7 +146,10 @@ def test_end_to_end_into_mlflow(sample, tiny_ckpt: Path, tmp_path: Path, ray_loc
     assert all(c["ap50"] is None or 0.0 <= c["ap50"] <= 1.0 for c in coco_pt["per_class_ap"])
     assert kodak_pt["encode_ms"] > 0 and kodak_pt["decode_ms"] > 0 and coco_pt["decode_ms"] > 0
     parts = results["complexity"]["parts"]
-    assert set(parts) == {"front", "encoder", "base_decoder", "full_decoder"} and results["complexity"]["input"] == "768x512"
+    assert (
+        set(parts) == {"front", "encoder", "base_decoder", "full_decoder"}
+        and results["complexity"]["input"] == "768x512"
+    )
     assert c.get_run(rid).data.params["complexity.encoder.params"] == f"{parts['encoder']['params']:.0f}"
     assert (out / rid / "results.csv").read_text().count("\n") == len(rows) + 1
     anchors = json.loads((out / "anchors" / "results.json").read_text())
@@ -136,12 +168,20 @@ def test_end_to_end_into_mlflow(sample, tiny_ckpt: Path, tmp_path: Path, ray_loc
     assert metrics["eval/coco_bpp_base"] == pytest.approx(coco_pt["bpp_base"])
     assert metrics["eval/kodak_psnr"] == pytest.approx(kodak_pt["psnr"])
     assert metrics["eval/coco_s_psnr"] == pytest.approx(coco_pt["s_psnr"])
-    assert {a.path for a in c.list_artifacts(rid, "evaluation")} == {"evaluation/results.json", "evaluation/results.csv"}
+    assert {a.path for a in c.list_artifacts(rid, "evaluation")} == {
+        "evaluation/results.json",
+        "evaluation/results.csv",
+    }
     evals = c.search_runs([tracking.experiment_id(mlflow_uri)], filter_string="tags.`dvcm.evaluation` = '1'")
     assert len(evals) == 1
     plots = {a.path for a in c.list_artifacts(evals[0].info.run_id, "plots")}
-    assert {"plots/rate_accuracy.png", "plots/rate_accuracy_map.png", "plots/psnr_bpp.png", "plots/msssim_bpp.png",
-            "plots/redundancy.png"} <= plots
+    assert {
+        "plots/rate_accuracy.png",
+        "plots/rate_accuracy_map.png",
+        "plots/psnr_bpp.png",
+        "plots/msssim_bpp.png",
+        "plots/redundancy.png",
+    } <= plots
     assert metrics["eval/coco_map"] == pytest.approx(coco_pt["map"])
     assert "coco_map," in (out / "bd_table.csv").read_text()
     assert any(p.startswith("plots/channels_") for p in plots)
@@ -150,10 +190,18 @@ def test_end_to_end_into_mlflow(sample, tiny_ckpt: Path, tmp_path: Path, ray_loc
 
     # rerun: every (checkpoint, dataset) pair is skipped
     items, gt = coco_items(sample.coco_root, sample.coco_annotations, None)
-    job = Job(targets=[Target(next((out / ".downloads" / rid).rglob("*.pt")), run_id=rid, key=rid)], out=out,
-              settings=Settings(conf_thres=0.05), coco=(items, gt, sample.coco_annotations),
-              kodak=folder_items(sample.kodak_root), reference="uncompressed", anchors=["jpeg"],
-              anchor_params={"jpeg": (10, 60)}, redundancy_fibers=256, redundancy_images=1)
+    job = Job(
+        targets=[Target(next((out / ".downloads" / rid).rglob("*.pt")), run_id=rid, key=rid)],
+        out=out,
+        settings=Settings(conf_thres=0.05),
+        coco=(items, gt, sample.coco_annotations),
+        kodak=folder_items(sample.kodak_root),
+        reference="uncompressed",
+        anchors=["jpeg"],
+        anchor_params={"jpeg": (10, 60)},
+        redundancy_fibers=256,
+        redundancy_images=1,
+    )
     again = run_job(job, progress=False)
     assert again["computed"] == [] and again["extras_computed"] == []
     assert json.loads((out / rid / "results.json").read_text())["per_image"] == rows
@@ -206,8 +254,15 @@ def test_undecodable_image_is_skipped_and_counted(sample, tiny_ckpt: Path, tmp_p
     kodak.mkdir()
     (kodak / "kodim01.png").write_bytes(next(sample.kodak_root.glob("*.png")).read_bytes())
     (kodak / "kodim02.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    job = Job(targets=[Target(tiny_ckpt, key="tiny")], out=tmp_path / "eval", settings=Settings(),
-              kodak=folder_items(kodak), anchors=[], redundancy_fibers=256, redundancy_images=1)
+    job = Job(
+        targets=[Target(tiny_ckpt, key="tiny")],
+        out=tmp_path / "eval",
+        settings=Settings(),
+        kodak=folder_items(kodak),
+        anchors=[],
+        redundancy_fibers=256,
+        redundancy_images=1,
+    )
     res = run_job(job, progress=False)["results"]["tiny"]
     entry = res["datasets"]["kodak"]
     assert entry["images"] == 1 and entry["skipped"] == 1 and entry["skipped_images"] == ["kodim02.png"]
@@ -218,8 +273,17 @@ def test_undecodable_image_is_skipped_and_counted(sample, tiny_ckpt: Path, tmp_p
 
 
 def test_missing_and_malformed_annotations(sample, tiny_ckpt: Path, tmp_path: Path) -> None:
-    common = ["evaluate", "--checkpoint", str(tiny_ckpt), "--coco-root", str(sample.coco_root),
-              "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--out", str(tmp_path / "o")]
+    common = [
+        "evaluate",
+        "--checkpoint",
+        str(tiny_ckpt),
+        "--coco-root",
+        str(sample.coco_root),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'm.db'}",
+        "--out",
+        str(tmp_path / "o"),
+    ]
     _assert_one_line_error(_cli(*common, "--coco-annotations", str(tmp_path / "none.json")), "does not exist")
     bad = tmp_path / "bad.json"
     bad.write_text('{"images": [}')
@@ -233,9 +297,21 @@ def test_listed_image_missing_on_disk(sample, tiny_ckpt: Path, tmp_path: Path) -
     ann_path.write_text(json.dumps(ann))
     listing = tmp_path / "list.txt"
     listing.write_text("COCO_val2014_000000999999.jpg\n")
-    res = _cli("evaluate", "--checkpoint", str(tiny_ckpt), "--coco-root", str(sample.coco_root),
-               "--coco-annotations", str(ann_path), "--image-list", str(listing),
-               "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--out", str(tmp_path / "o"))
+    res = _cli(
+        "evaluate",
+        "--checkpoint",
+        str(tiny_ckpt),
+        "--coco-root",
+        str(sample.coco_root),
+        "--coco-annotations",
+        str(ann_path),
+        "--image-list",
+        str(listing),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'm.db'}",
+        "--out",
+        str(tmp_path / "o"),
+    )
     _assert_one_line_error(res, "missing on disk")
 
 
@@ -244,15 +320,40 @@ def test_checkpoint_of_unknown_model(sample, tiny_ckpt: Path, tmp_path: Path) ->
     content["model"] = "mystery-codec"
     bad = tmp_path / "mystery.pt"
     torch.save(content, bad)
-    res = _cli("evaluate", "--checkpoint", str(bad), "--kodak-root", str(sample.kodak_root),
-               "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--out", str(tmp_path / "o"), "--anchors", "none")
+    res = _cli(
+        "evaluate",
+        "--checkpoint",
+        str(bad),
+        "--kodak-root",
+        str(sample.kodak_root),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'm.db'}",
+        "--out",
+        str(tmp_path / "o"),
+        "--anchors",
+        "none",
+    )
     _assert_one_line_error(res, "unknown model")
 
 
 def test_error_inside_a_ray_task_is_one_line(sample, tiny_ckpt: Path, tmp_path: Path, ray_address: str) -> None:
     """The checkpoint was trained with another V_front (YOLO seed 0): the task's CheckpointError
     comes back from Ray as the same one-line error, not a RayTaskError traceback."""
-    res = _cli("evaluate", "--checkpoint", str(tiny_ckpt), "--kodak-root", str(sample.kodak_root),
-               "--yolo-seed", "1", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--out", str(tmp_path / "o"),
-               "--anchors", "none", "--address", ray_address)
+    res = _cli(
+        "evaluate",
+        "--checkpoint",
+        str(tiny_ckpt),
+        "--kodak-root",
+        str(sample.kodak_root),
+        "--yolo-seed",
+        "1",
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'm.db'}",
+        "--out",
+        str(tmp_path / "o"),
+        "--anchors",
+        "none",
+        "--address",
+        ray_address,
+    )
     _assert_one_line_error(res, "YOLO weights")

@@ -55,8 +55,10 @@ def test_shards_written_before_encodings_had_names_still_read(encoding: str) -> 
     expected = json.loads((OLD_SHARDS / "expected.json").read_text())["decoded_s_sha256"][encoding]
     info = read_dataset_info(str(root))
     assert info["format"] == "dvcm-shards/1" and info["feature_encoding"] == encoding
-    got = [hashlib.sha256(s[0].numpy().tobytes()).hexdigest()
-           for _, s in make_loader(str(root), "train", crop=None, shuffle_buffer=0)]
+    got = [
+        hashlib.sha256(s[0].numpy().tobytes()).hexdigest()
+        for _, s in make_loader(str(root), "train", crop=None, shuffle_buffer=0)
+    ]
     assert got == [expected[k] for k in sorted(expected)]
 
 
@@ -97,14 +99,17 @@ def test_a_training_step_runs_on_image_only_shards(tmp_path: Path, yolo) -> None
     # the statistics of s as computed, against those of s stored in float16
     np.testing.assert_allclose(none.info["s_mean"], stored.info["s_mean"], rtol=1e-2, atol=1e-3)
     np.testing.assert_allclose(none.info["s_std"], stored.info["s_std"], rtol=1e-2, atol=1e-3)
-    assert (tmp_path / "none" / "train" / "shard-000000.tar").stat().st_size < \
-        (tmp_path / "f16" / "train" / "shard-000000.tar").stat().st_size / 2
+    assert (tmp_path / "none" / "train" / "shard-000000.tar").stat().st_size < (
+        tmp_path / "f16" / "train" / "shard-000000.tar"
+    ).stat().st_size / 2
 
     cpu = torch.device("cpu")
     # the same crops from both (the same seed): s computed on the worker equals s stored, to float16 rounding
     for batch in (4, 2):  # 4: frames of two sizes in one batch; 2 may be one size
-        loaders = [make_loader(str(tmp_path / k), "train", crop=56, batch_size=batch, shuffle_buffer=0, seed=5)
-                   for k in ("none", "f16")]
+        loaders = [
+            make_loader(str(tmp_path / k), "train", crop=56, batch_size=batch, shuffle_buffer=0, seed=5)
+            for k in ("none", "f16")
+        ]
         batches = list(zip(*loaders))
         assert len(batches) == 4 // batch
         for (x, frames), (x16, s16) in batches:
@@ -113,9 +118,10 @@ def test_a_training_step_runs_on_image_only_shards(tmp_path: Path, yolo) -> None
             assert s.shape == s16.shape == (batch, 256, 7, 7)
             torch.testing.assert_close(s, s16, rtol=2e-3, atol=2e-3)
     # through a DataLoader worker process, as training reads with loader_workers > 0
-    (x_w, frames_w), = make_loader(str(tmp_path / "none"), "train", crop=56, batch_size=4, shuffle_buffer=0, seed=5,
-                                   num_workers=1)
-    (_, s16), = make_loader(str(tmp_path / "f16"), "train", crop=56, batch_size=4, shuffle_buffer=0, seed=5)
+    ((x_w, frames_w),) = make_loader(
+        str(tmp_path / "none"), "train", crop=56, batch_size=4, shuffle_buffer=0, seed=5, num_workers=1
+    )
+    ((_, s16),) = make_loader(str(tmp_path / "f16"), "train", crop=56, batch_size=4, shuffle_buffer=0, seed=5)
     torch.testing.assert_close(batch_on_device(x_w, frames_w, cpu, yolo.front)[1], s16, rtol=2e-3, atol=2e-3)
     torch.manual_seed(0)
     model = build("proposed", front=yolo.front, N=8, M1=4, M2=8, H=2).train()
@@ -124,8 +130,14 @@ def test_a_training_step_runs_on_image_only_shards(tmp_path: Path, yolo) -> None
     net_opt, aux_opt = configure_optimizers(model, 1e-3, 1e-3)
     before = [p.detach().clone() for p in model.g_a1.parameters()]
     x, frames = next(iter(make_loader(str(tmp_path / "none"), "train", crop=64, batch_size=2, shuffle_buffer=0)))
-    terms = train_step(model, model, ScalableRDLoss(0.01, 1.0, s_mean=mean, s_std=std), net_opt, aux_opt,
-                       batch_on_device(x, frames, cpu, model.front))
+    terms = train_step(
+        model,
+        model,
+        ScalableRDLoss(0.01, 1.0, s_mean=mean, s_std=std),
+        net_opt,
+        aux_opt,
+        batch_on_device(x, frames, cpu, model.front),
+    )
     assert torch.isfinite(terms["loss"]) and float(terms["D_s"]) > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, model.g_a1.parameters()))
 
@@ -141,13 +153,21 @@ def test_a_folder_prepared_by_an_earlier_dvcm_resumes(tmp_path: Path, yolo) -> N
     for i in range(4):
         Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(src / f"f{i}.png")
     listing = list_source("folder", str(src), "all", None, 0.0)
-    kw = {"use_ray": False, "progress": False, "front": yolo.front, "yolo_provenance": dict(yolo.provenance),
-          "shard_size": 2}
+    kw = {
+        "use_ray": False,
+        "progress": False,
+        "front": yolo.front,
+        "yolo_provenance": dict(yolo.provenance),
+        "shard_size": 2,
+    }
     out = tmp_path / "shards"
     run_prepare(listing, out, feature_encoding="float16", **kw)
     plan = json.loads((out / "plan.json").read_text())
-    legacy = {**{k: v for k, v in plan.items() if k != "feature_encoding"}, "format": "dvcm-shards/1",
-              "feature_dtype": "float16"}
+    legacy = {
+        **{k: v for k, v in plan.items() if k != "feature_encoding"},
+        "format": "dvcm-shards/1",
+        "feature_dtype": "float16",
+    }
     (out / "plan.json").write_text(json.dumps(legacy))
     for sidecar in out.glob("*/shard-*.json"):
         d = json.loads(sidecar.read_text())

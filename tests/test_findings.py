@@ -29,8 +29,20 @@ def _points(model: str, seed: int, base_scale: float, psnr_shift: float, rdn: tu
     for i, lam in enumerate(LAMBDAS):
         bpp_base = 0.01 * (i + 1) * base_scale
         quality = i + 1  # the same qualities for every model: only the rates differ
-        out.append(StudyPoint(model, seed, lam, bpp_base, 0.5 + 0.1 * quality, 2.0 * quality,
-                              0.1 * (i + 1), 30.0 + 2 * i + psnr_shift, 0.9 + 0.01 * i, *rdn))
+        out.append(
+            StudyPoint(
+                model,
+                seed,
+                lam,
+                bpp_base,
+                0.5 + 0.1 * quality,
+                2.0 * quality,
+                0.1 * (i + 1),
+                30.0 + 2 * i + psnr_shift,
+                0.9 + 0.01 * i,
+                *rdn,
+            )
+        )
     return out
 
 
@@ -61,8 +73,10 @@ def test_findings_that_do_not_hold_are_reported_as_measured() -> None:
 def test_a_curve_that_falls_makes_the_finding_undefined_with_its_reason() -> None:
     pts = _study()
     # seed 1's choi2022 mAP falls at its highest rate
-    pts = [StudyPoint(**{**p.__dict__, "map50": 0.1}) if (p.model, p.seed, p.lmbda) == ("choi2022", 1, 0.18) else p
-           for p in pts]
+    pts = [
+        StudyPoint(**{**p.__dict__, "map50": 0.1}) if (p.model, p.seed, p.lmbda) == ("choi2022", 1, 0.18) else p
+        for p in pts
+    ]
     a_map = study_findings(pts)[0]
     assert a_map.per_seed["1"] is None and a_map.ours is None
     assert a_map.verdict.startswith("undefined (seed 1: choi2022: quality is not strictly increasing")
@@ -84,7 +98,9 @@ def test_below_jpegs_lowest_rate_a_point_is_compared_by_the_rate_jpeg_needs() ->
     above = jpeg_comparison(jpeg, 0.13, 37.2)
     assert above["beats_jpeg"] is True and above["jpeg_psnr"] is None
     assert above["jpeg_bpp_for_psnr"] == pytest.approx(0.17 + 0.05 * (37.2 - 35.3) / 2.0)
-    assert above["jpeg_text"].startswith("above: 37.20 dB at 0.130 bpp, less than JPEG's lowest rate (0.150 bpp, 27.50 dB)")
+    assert above["jpeg_text"].startswith(
+        "above: 37.20 dB at 0.130 bpp, less than JPEG's lowest rate (0.150 bpp, 27.50 dB)"
+    )
     assert "JPEG needs 0.218 bpp for 37.20 dB" in above["jpeg_text"]
     # below JPEG's lowest rate and below its PSNR there: undecided, never a guess
     assert jpeg_comparison(jpeg, 0.10, 20.0)["beats_jpeg"] is None
@@ -96,8 +112,12 @@ def test_below_jpegs_lowest_rate_a_point_is_compared_by_the_rate_jpeg_needs() ->
 
 def test_curves_that_share_no_quality_range_say_which_model_dominates() -> None:
     # proposed below choi2022's lowest rate and above its best quality, its base rate nearly fixed over λ
-    pts = [StudyPoint(**{**p.__dict__, "coco_bpp_base": 0.005 + 0.0001 * i, "map50": 0.95 + 0.001 * i})
-           if p.model == "proposed" else p for i, p in enumerate(_study())]
+    pts = [
+        StudyPoint(**{**p.__dict__, "coco_bpp_base": 0.005 + 0.0001 * i, "map50": 0.95 + 0.001 * i})
+        if p.model == "proposed"
+        else p
+        for i, p in enumerate(_study())
+    ]
     a_map = study_findings(pts)[0]
     assert a_map.ours is None and a_map.verdict.startswith("undefined (seed 0: proposed dominates choi2022: mAP@0.5 ")
     assert "share no range for a Bjøntegaard figure" in a_map.verdict
@@ -118,12 +138,18 @@ def test_files_hold_a_value_or_a_reason_for_each_finding(tmp_path: Path) -> None
 def test_the_cost_of_scalability_is_each_scalable_codecs_bd_rate_against_the_single_layer_codec() -> None:
     """(d): the single-layer bmshj2018 reaches each PSNR at 0.8x choi2022's total rate and at proposed's own:
     choi2022 pays +25 %, proposed nothing; a study without bmshj2018 has no (d)."""
-    def kodak(model: str, seed: int, scale: float) -> list[StudyPoint]:
-        return [StudyPoint(model, seed, lam, 0.01 * (i + 1), 0.5, 1.0, 0.1 * (i + 1) * scale, 30.0 + 2 * i, 0.9)
-                for i, lam in enumerate(LAMBDAS)]
 
-    pts = [p for seed in (0, 1) for p in kodak("proposed", seed, 0.8) + kodak("choi2022", seed, 1.0)
-           + kodak("bmshj2018", seed, 0.8)]
+    def kodak(model: str, seed: int, scale: float) -> list[StudyPoint]:
+        return [
+            StudyPoint(model, seed, lam, 0.01 * (i + 1), 0.5, 1.0, 0.1 * (i + 1) * scale, 30.0 + 2 * i, 0.9)
+            for i, lam in enumerate(LAMBDAS)
+        ]
+
+    pts = [
+        p
+        for seed in (0, 1)
+        for p in kodak("proposed", seed, 0.8) + kodak("choi2022", seed, 1.0) + kodak("bmshj2018", seed, 0.8)
+    ]
     d = {f.key: f for f in study_findings(pts) if f.key.startswith("d_")}
     assert d["d_choi2022"].per_seed == {"0": pytest.approx(25.0), "1": pytest.approx(25.0)}
     assert d["d_choi2022"].verdict == HOLDS

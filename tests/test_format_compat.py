@@ -36,8 +36,18 @@ def test_a_format_v1_file_decodes_as_it_did(case: str, entries: dict, yolo, tmp_
     e = entries[case]
     # a checkpoint file as format version 1 wrote it, loaded the way every command loads one
     path = tmp_path / "v1.pt"
-    torch.save({"format": "dvcm-checkpoint", "version": 1, "model": e["model"], "config": e["config"],
-                "yolo": dict(yolo.provenance), "state_dict": _v1_state(e, yolo), "extra": {}}, path)
+    torch.save(
+        {
+            "format": "dvcm-checkpoint",
+            "version": 1,
+            "model": e["model"],
+            "config": e["config"],
+            "yolo": dict(yolo.provenance),
+            "state_dict": _v1_state(e, yolo),
+            "extra": {},
+        },
+        path,
+    )
     model, _ = load_checkpoint(path)
     assert any(k.startswith("latent_codec.coder1.") for k in model.state_dict())  # the coders' keys were mapped
     assert model.fingerprint == e["fingerprint"]

@@ -67,9 +67,25 @@ def test_one_trial_gpu_sweep_and_its_checkpoint_loads_on_cpu(
     precision: str, tiny_shards: Path, tmp_path: Path, mlflow_uri: str, ray_local: None
 ) -> None:
     storage = tmp_path / "runs"
-    result = invoke(["sweep", "--shards", str(tiny_shards), *TINY, "--lambdas", "0.01", "--use-gpu",
-                     "--precision", precision, "--storage", str(storage), "--tracking-uri", mlflow_uri,
-                     "--name", f"gpu-{precision}"])
+    result = invoke(
+        [
+            "sweep",
+            "--shards",
+            str(tiny_shards),
+            *TINY,
+            "--lambdas",
+            "0.01",
+            "--use-gpu",
+            "--precision",
+            precision,
+            "--storage",
+            str(storage),
+            "--tracking-uri",
+            mlflow_uri,
+            "--name",
+            f"gpu-{precision}",
+        ]
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     state = json.loads((storage / f"gpu-{precision}" / "sweep.json").read_text())
     (entry,) = state["trials"].values()
@@ -85,9 +101,30 @@ def test_killed_gpu_worker_resumes_with_its_optimizer_on_the_gpu(
 ) -> None:
     monkeypatch.setenv("DVCM_TEST_KILL_AT_EPOCH", "2")
     storage = tmp_path / "runs"
-    result = invoke(["train", "--shards", str(tiny_shards), "--preset", "tiny", "--epochs", "3",
-                     "--steps-per-epoch", "2", "--val-steps", "1", "--max-lr-drops", "5", "--use-gpu",
-                     "--storage", str(storage), "--tracking-uri", mlflow_uri, "--name", "killed-gpu"])
+    result = invoke(
+        [
+            "train",
+            "--shards",
+            str(tiny_shards),
+            "--preset",
+            "tiny",
+            "--epochs",
+            "3",
+            "--steps-per-epoch",
+            "2",
+            "--val-steps",
+            "1",
+            "--max-lr-drops",
+            "5",
+            "--use-gpu",
+            "--storage",
+            str(storage),
+            "--tracking-uri",
+            mlflow_uri,
+            "--name",
+            "killed-gpu",
+        ]
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert (storage / "killed-gpu" / ".killed-proposed-16-32-2-l0.0067").read_text().startswith("killed at epoch 2")
     state = json.loads((storage / "killed-gpu" / "sweep.json").read_text())
@@ -103,15 +140,35 @@ def test_prepare_on_half_a_gpu_matches_the_cpu(tmp_path: Path, ray_local: None) 
     sample = generate_sample(tmp_path / "data", train_sequences=2, val_sequences=1)
     listing = vimeo90k(sample.vimeo_root, frames=2)
     run_prepare(listing, tmp_path / "cpu", frames=2, shard_size=2, use_ray=False, progress=False)
-    run_prepare(listing, tmp_path / "gpu", frames=2, shard_size=2, use_ray=True, num_gpus_per_worker=0.5,
-                progress=False)
-    for (_, s_cpu), (_, s_gpu) in zip(make_loader(str(tmp_path / "cpu"), "train", crop=None),
-                                      make_loader(str(tmp_path / "gpu"), "train", crop=None)):
+    run_prepare(
+        listing, tmp_path / "gpu", frames=2, shard_size=2, use_ray=True, num_gpus_per_worker=0.5, progress=False
+    )
+    for (_, s_cpu), (_, s_gpu) in zip(
+        make_loader(str(tmp_path / "cpu"), "train", crop=None), make_loader(str(tmp_path / "gpu"), "train", crop=None)
+    ):
         np.testing.assert_allclose(s_cpu.numpy(), s_gpu.numpy(), rtol=1e-2, atol=1e-3)
 
 
 def test_bench_train_on_cuda_prints_its_table(ray_address: str) -> None:
-    result = invoke(["bench", "train", "--device", "cuda", "--batch-size", "2", "--crop", "128", "--steps", "1",
-                     "--N", "32", "--ddp-N", "16", "--address", ray_address])
+    result = invoke(
+        [
+            "bench",
+            "train",
+            "--device",
+            "cuda",
+            "--batch-size",
+            "2",
+            "--crop",
+            "128",
+            "--steps",
+            "1",
+            "--N",
+            "32",
+            "--ddp-N",
+            "16",
+            "--address",
+            ray_address,
+        ]
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "train step on cuda" in result.output and "proposed/hyperprior" in result.output

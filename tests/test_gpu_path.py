@@ -82,23 +82,38 @@ def test_optimizer_state_is_loaded_after_the_model_is_on_its_device() -> None:
     net_opt, aux_opt = torch.optim.Adam(model.parameters()), torch.optim.Adam([nn.Parameter(torch.zeros(1))])
     model(torch.ones(1, 3)).sum().backward()
     net_opt.step()
-    state = {"net_opt": net_opt.state_dict(), "aux_opt": aux_opt.state_dict(),
-             "sched": torch.optim.lr_scheduler.ReduceLROnPlateau(net_opt).state_dict()}
+    state = {
+        "net_opt": net_opt.state_dict(),
+        "aux_opt": aux_opt.state_dict(),
+        "sched": torch.optim.lr_scheduler.ReduceLROnPlateau(net_opt).state_dict(),
+    }
     fresh = Tracked(3, 2)
     opt = TrackedAdam(fresh.parameters())
-    w = Worker(trial=None, rank=0, world=1, device=torch.device("cpu"), model=fresh, forward=fresh,  # type: ignore[arg-type]
-               criterion=nn.Identity(), net_opt=opt, aux_opt=TrackedAdam([nn.Parameter(torch.zeros(1))]),
-               sched=torch.optim.lr_scheduler.ReduceLROnPlateau(opt))
+    w = Worker(
+        trial=None,
+        rank=0,
+        world=1,
+        device=torch.device("cpu"),
+        model=fresh,
+        forward=fresh,  # type: ignore[arg-type]
+        criterion=nn.Identity(),
+        net_opt=opt,
+        aux_opt=TrackedAdam([nn.Parameter(torch.zeros(1))]),
+        sched=torch.optim.lr_scheduler.ReduceLROnPlateau(opt),
+    )
     place(w, state)
     assert events[0] == "model.to" and events.count("optimizer.load_state_dict") == 2
     assert all(v.device == p.device for p, s in w.net_opt.state.items() for v in s.values() if v.dim() > 0)
 
 
-@pytest.mark.parametrize(("flags", "message"), [
-    ({"use_gpu": True, "workers_per_trial": 2, "gpus_per_worker": 0.5}, "two NCCL ranks on one GPU"),
-    ({"use_gpu": True, "gpus_per_worker": 0.0}, "--gpus-per-worker must be > 0"),
-    ({"precision": "amp"}, "--precision amp needs GPUs"),
-])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"use_gpu": True, "workers_per_trial": 2, "gpus_per_worker": 0.5}, "two NCCL ranks on one GPU"),
+        ({"use_gpu": True, "gpus_per_worker": 0.0}, "--gpus-per-worker must be > 0"),
+        ({"precision": "amp"}, "--precision amp needs GPUs"),
+    ],
+)
 def test_gpu_layouts_nccl_cannot_run_are_refused_in_one_line(flags: dict, message: str) -> None:
     with pytest.raises(UserError, match=message) as info:
         resolve("tiny", {}, {"shards": "s", **flags})
@@ -129,8 +144,15 @@ def test_gpu_requests_on_a_cluster_without_gpus_are_refused(tiny_shards: Path, t
 
     sample = generate_sample(tmp_path / "data", train_sequences=1, val_sequences=1)
     with pytest.raises(UserError, match="asks for GPUs but the Ray cluster has 0"):
-        run_prepare(vimeo90k(sample.vimeo_root, frames=1), tmp_path / "out", frames=1, shard_size=2, use_ray=True,
-                    num_gpus_per_worker=0.5, progress=False)
+        run_prepare(
+            vimeo90k(sample.vimeo_root, frames=1),
+            tmp_path / "out",
+            frames=1,
+            shard_size=2,
+            use_ray=True,
+            num_gpus_per_worker=0.5,
+            progress=False,
+        )
     from pipeline.training.sweep import check_placement
 
     with pytest.raises(UserError, match="GPUs but the Ray cluster has 0"):

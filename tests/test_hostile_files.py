@@ -43,9 +43,29 @@ def craft(model: str, cfg: dict, fingerprint: bytes, hw: tuple[int, int], base: 
     h, w = hw
     ph, pw = padded_size(h, w)
     b, e = pack_strings(base), pack_strings(enh)
-    fields = struct.pack(">4sBBBB8s" + "H" * 10 + "IIII", b"DVCM", 1, MODEL_IDS[model], cfg["H"], 0, fingerprint,
-                         h, w, ph, pw, cfg["M1"], cfg["M2"], ph // 16, pw // 16, ph // 64, pw // 64,
-                         len(b), zlib.crc32(b), len(e), zlib.crc32(e))
+    fields = struct.pack(
+        ">4sBBBB8s" + "H" * 10 + "IIII",
+        b"DVCM",
+        1,
+        MODEL_IDS[model],
+        cfg["H"],
+        0,
+        fingerprint,
+        h,
+        w,
+        ph,
+        pw,
+        cfg["M1"],
+        cfg["M2"],
+        ph // 16,
+        pw // 16,
+        ph // 64,
+        pw // 64,
+        len(b),
+        zlib.crc32(b),
+        len(e),
+        zlib.crc32(e),
+    )
     return fields + struct.pack(">I", zlib.crc32(fields)) + b + e
 
 
@@ -55,8 +75,13 @@ def _cap_memory() -> None:
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """The CLI in its own process under the memory cap."""
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, preexec_fn=_cap_memory)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=_cap_memory,
+    )
 
 
 def assert_refused_or_decoded(res: subprocess.CompletedProcess, *, refused: str | None = None) -> None:
@@ -85,8 +110,10 @@ def codecs(tmp_path_factory: pytest.TempPathFactory, yolo) -> dict[str, tuple[Pa
 def decode_both_ways(tmp_path: Path, checkpoint: Path, data: bytes) -> list[subprocess.CompletedProcess]:
     f = tmp_path / "crafted.dvcm"
     f.write_bytes(data)
-    return [cli("decompress", str(f), "-o", str(tmp_path / "x.png"), "-c", str(checkpoint)),
-            cli("decompress", str(f), "--base-only", "-o", str(tmp_path / "machine"), "-c", str(checkpoint))]
+    return [
+        cli("decompress", str(f), "-o", str(tmp_path / "x.png"), "-c", str(checkpoint)),
+        cli("decompress", str(f), "--base-only", "-o", str(tmp_path / "machine"), "-c", str(checkpoint)),
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,14 +166,14 @@ def test_swapped_layers_are_refused_or_decoded(codecs: dict, tmp_path: Path) -> 
     model, _ = load_checkpoint(ckpt)
     good = bitstream.compress(model, x)
     header = bitstream.read_header(good)
-    base = good[bitstream.HEADER_SIZE: bitstream.HEADER_SIZE + header.base_length]
-    enh = good[bitstream.HEADER_SIZE + header.base_length:]
+    base = good[bitstream.HEADER_SIZE : bitstream.HEADER_SIZE + header.base_length]
+    enh = good[bitstream.HEADER_SIZE + header.base_length :]
 
     def unpack(seg: bytes) -> list[bytes]:
         out, pos = [], 0
         while pos < len(seg):
             (n,) = struct.unpack_from(">I", seg, pos)
-            out.append(seg[pos + 4: pos + 4 + n])
+            out.append(seg[pos + 4 : pos + 4 + n])
             pos += 4 + n
         return out
 
@@ -159,19 +186,27 @@ def test_swapped_layers_are_refused_or_decoded(codecs: dict, tmp_path: Path) -> 
 # Structure-aware fuzzing: files that pass every CRC, with any declared size and any strings
 # --------------------------------------------------------------------------------------------
 def _strings() -> st.SearchStrategy[list[bytes]]:
-    one = st.one_of(st.just(b""), st.binary(min_size=1, max_size=7), st.sampled_from([bytes(8), b"\xff" * 8, b"\xff" * 64]),
-                    st.binary(min_size=8, max_size=256).map(lambda b: b[: len(b) // 4 * 4]))
+    one = st.one_of(
+        st.just(b""),
+        st.binary(min_size=1, max_size=7),
+        st.sampled_from([bytes(8), b"\xff" * 8, b"\xff" * 64]),
+        st.binary(min_size=8, max_size=256).map(lambda b: b[: len(b) // 4 * 4]),
+    )
     return st.lists(one, min_size=0, max_size=4)
 
 
 @pytest.mark.slow
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(model=st.sampled_from(sorted(CONFIGS)),
-       hw=st.tuples(st.sampled_from([1, 7, 64, 333, 1024, 16384]), st.sampled_from([1, 64, 500, 2048, 16384])),
-       base=_strings(), enh=_strings(), base_only=st.booleans())
-def test_crafted_files_are_refused_or_decoded_never_a_crash(model: str, hw: tuple[int, int], base: list[bytes],
-                                                          enh: list[bytes], base_only: bool, codecs: dict,
-                                                          tmp_path: Path) -> None:
+@given(
+    model=st.sampled_from(sorted(CONFIGS)),
+    hw=st.tuples(st.sampled_from([1, 7, 64, 333, 1024, 16384]), st.sampled_from([1, 64, 500, 2048, 16384])),
+    base=_strings(),
+    enh=_strings(),
+    base_only=st.booleans(),
+)
+def test_crafted_files_are_refused_or_decoded_never_a_crash(
+    model: str, hw: tuple[int, int], base: list[bytes], enh: list[bytes], base_only: bool, codecs: dict, tmp_path: Path
+) -> None:
     ckpt, fp = codecs[model]
     f = tmp_path / "fuzz.dvcm"
     f.write_bytes(craft(model, CONFIGS[model], fp, hw, base, enh))
@@ -185,9 +220,14 @@ def test_crafted_files_are_refused_or_decoded_never_a_crash(model: str, hw: tupl
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("which", ["gaussian", "bottleneck"])
 @settings(max_examples=40, deadline=None)
-@given(string=st.one_of(st.binary(min_size=2, max_size=64).map(lambda b: (b * 4)[: len(b) // 2 * 4 + 8]),
-                        st.integers(2, 40).map(lambda n: b"\xff" * 4 * n)),
-       symbols=st.integers(1, 400), seed=st.integers(0, 2**16))
+@given(
+    string=st.one_of(
+        st.binary(min_size=2, max_size=64).map(lambda b: (b * 4)[: len(b) // 2 * 4 + 8]),
+        st.integers(2, 40).map(lambda n: b"\xff" * 4 * n),
+    ),
+    symbols=st.integers(1, 400),
+    seed=st.integers(0, 2**16),
+)
 def test_nothing_past_the_padding_is_ever_read(which: str, string: bytes, symbols: int, seed: int) -> None:
     """Two different tails after the padding give the same symbols: the decoder never reached them, even
     for strings of 0xff bytes, whose nibbles of 15 drive CompressAI's coder into its longest bypass reads."""
@@ -209,9 +249,13 @@ def test_nothing_past_the_padding_is_ever_read(which: str, string: bytes, symbol
     rng = np.random.default_rng(seed)
     outs = []
     for tail in (bytes(4096), rng.integers(0, 256, 4096, dtype=np.uint8).tobytes(), b"\xff" * 4096):
-        decoded = coder.entropy_coder.decode_with_indexes(padded + tail, indexes.int().tolist(),
-                                                         coder._quantized_cdf.tolist(), coder._cdf_length.reshape(-1).int().tolist(),
-                                                         coder._offset.reshape(-1).int().tolist())
+        decoded = coder.entropy_coder.decode_with_indexes(
+            padded + tail,
+            indexes.int().tolist(),
+            coder._quantized_cdf.tolist(),
+            coder._cdf_length.reshape(-1).int().tolist(),
+            coder._offset.reshape(-1).int().tolist(),
+        )
         outs.append(decoded)
     assert outs[0] == outs[1] == outs[2]
 
@@ -221,6 +265,7 @@ def test_nothing_past_the_padding_is_ever_read(which: str, string: bytes, symbol
 # --------------------------------------------------------------------------------------------
 def png_declaring(width: int, height: int, mode_bits: tuple[int, int] = (1, 0)) -> bytes:
     """A PNG whose header declares ``width``×``height`` (bit depth, colour type) with an empty image stream."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
@@ -241,8 +286,16 @@ def test_image_bombs_and_huge_images_are_refused_from_their_header(codecs: dict,
     assert (tmp_path / "huge.png").stat().st_size < 100_000
     res = cli("compress", str(tmp_path / "huge.png"), "-o", str(tmp_path / "h.dvcm"), "-c", str(ckpt))
     assert_refused_or_decoded(res, refused="would need about")
-    res = cli("compress", str(tmp_path / "huge.png"), "-o", str(tmp_path / "h.dvcm"), "-c", str(ckpt),
-              "--max-pixels", "5000000")
+    res = cli(
+        "compress",
+        str(tmp_path / "huge.png"),
+        "-o",
+        str(tmp_path / "h.dvcm"),
+        "-c",
+        str(ckpt),
+        "--max-pixels",
+        "5000000",
+    )
     assert_refused_or_decoded(res, refused="more than the limit of 5,000,000")
     assert not (tmp_path / "h.dvcm").exists()
 
@@ -262,7 +315,12 @@ def test_every_image_mode_maps_to_8_bit_rgb_or_is_refused(tmp_path: Path) -> Non
     base = Image.fromarray(colours)
     base.convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "palette.png")
     palette_rgb, _ = read_rgb8(tmp_path / "palette.png")
-    assert np.abs(np.asarray(palette_rgb).astype(int) - np.asarray(Image.open(tmp_path / "palette.png").convert("RGB"))).max() == 0
+    assert (
+        np.abs(
+            np.asarray(palette_rgb).astype(int) - np.asarray(Image.open(tmp_path / "palette.png").convert("RGB"))
+        ).max()
+        == 0
+    )
     rgba = base.copy()
     rgba.putalpha(128)
     rgba.save(tmp_path / "alpha.png")
@@ -275,8 +333,10 @@ def test_every_image_mode_maps_to_8_bit_rgb_or_is_refused(tmp_path: Path) -> Non
     base.convert("L").save(tmp_path / "grey.png")
     rgb, _ = read_rgb8(tmp_path / "grey.png")
     assert (np.asarray(rgb) == np.asarray(base.convert("L"))[..., None]).all()
-    for mode, arr in (("I", np.arange(48 * 64, dtype=np.int32).reshape(48, 64) * 70000),
-                      ("F", np.linspace(0, 1, 48 * 64, dtype=np.float32).reshape(48, 64))):
+    for mode, arr in (
+        ("I", np.arange(48 * 64, dtype=np.int32).reshape(48, 64) * 70000),
+        ("F", np.linspace(0, 1, 48 * 64, dtype=np.float32).reshape(48, 64)),
+    ):
         Image.fromarray(arr, mode).save(tmp_path / f"{mode}.tiff")
         with pytest.raises(UnsupportedImage, match="no defined 8-bit mapping"):
             read_rgb8(tmp_path / f"{mode}.tiff")
@@ -296,7 +356,9 @@ def test_broken_checkpoints_and_bad_outputs_are_one_whole_line(codecs: dict, tmp
     (table,) = [k for k in content["state_dict"] if k.endswith("hyper1.entropy_bottleneck._quantized_cdf")]
     del content["state_dict"][table]
     torch.save(content, tmp_path / "no_table.pt")
-    res = cli("decompress", str(tmp_path / "im.dvcm"), "-o", str(tmp_path / "x.png"), "-c", str(tmp_path / "no_table.pt"))
+    res = cli(
+        "decompress", str(tmp_path / "im.dvcm"), "-o", str(tmp_path / "x.png"), "-c", str(tmp_path / "no_table.pt")
+    )
     assert_refused_or_decoded(res, refused="it is incomplete")
 
     class Evil:
@@ -317,8 +379,15 @@ def test_broken_checkpoints_and_bad_outputs_are_one_whole_line(codecs: dict, tmp
     assert_refused_or_decoded(res)
     assert res.returncode == 2
     (tmp_path / "out").mkdir()
-    res = cli("decompress", str(tmp_path / "im.dvcm"), "--base-only", "-o", str(tmp_path / "out" / "coffee.v2"),
-              "-c", str(ckpt))
+    res = cli(
+        "decompress",
+        str(tmp_path / "im.dvcm"),
+        "--base-only",
+        "-o",
+        str(tmp_path / "out" / "coffee.v2"),
+        "-c",
+        str(ckpt),
+    )
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "out" / "coffee.v2.npy").is_file() and (tmp_path / "out" / "coffee.v2.detections.json").is_file()
 
@@ -329,8 +398,10 @@ def test_checkpoints_with_entropy_tables_that_would_misread_are_refused(damage: 
     from dvcm.errors import CheckpointError
 
     torch.manual_seed(0)
-    save_checkpoint(tmp_path / "good.pt", build("proposed", front=yolo.front, yolo_provenance=yolo.provenance,
-                                                **CONFIGS["proposed"]))
+    save_checkpoint(
+        tmp_path / "good.pt",
+        build("proposed", front=yolo.front, yolo_provenance=yolo.provenance, **CONFIGS["proposed"]),
+    )
     load_checkpoint(tmp_path / "good.pt")  # the control: intact tables load
     content = torch.load(tmp_path / "good.pt", weights_only=True)
     sd = content["state_dict"]

@@ -16,14 +16,40 @@ from pipeline.evaluation.results import _mean, load_results
 
 def _model(key: str, lam: float, scale: float) -> dict:
     stats = {"AP": 0.2 * scale, "AP50": 0.4 * scale}
-    coco = {"codec": "model", "label": "m", "param": None, "bpp": 0.1 * scale, "bpp_base": 0.1 * scale,
-            "coco_stats": stats, "map50": stats["AP50"], "map": stats["AP"], "s_psnr": 20 + scale, "s_snr": scale,
-            "images": 2}
-    kodak = {"codec": "model", "label": "m", "param": None, "bpp": 0.3 * scale, "bpp_base": 0.1 * scale,
-             "bpp_enh": 0.2 * scale, "psnr": 30 + scale, "ms_ssim": 0.9 + 0.01 * scale, "images": 1}
-    return {"schema": "dvcm-eval/1", "key": key, "kind": "model", "model": "bmshj2018", "lmbda": lam,
-            "config": {"N": 32, "M": 43}, "label": f"bmshj2018 (43) λ={lam:g}",
-            "datasets": {"coco": {"points": [coco]}, "kodak": {"points": [kodak]}}}
+    coco = {
+        "codec": "model",
+        "label": "m",
+        "param": None,
+        "bpp": 0.1 * scale,
+        "bpp_base": 0.1 * scale,
+        "coco_stats": stats,
+        "map50": stats["AP50"],
+        "map": stats["AP"],
+        "s_psnr": 20 + scale,
+        "s_snr": scale,
+        "images": 2,
+    }
+    kodak = {
+        "codec": "model",
+        "label": "m",
+        "param": None,
+        "bpp": 0.3 * scale,
+        "bpp_base": 0.1 * scale,
+        "bpp_enh": 0.2 * scale,
+        "psnr": 30 + scale,
+        "ms_ssim": 0.9 + 0.01 * scale,
+        "images": 1,
+    }
+    return {
+        "schema": "dvcm-eval/1",
+        "key": key,
+        "kind": "model",
+        "model": "bmshj2018",
+        "lmbda": lam,
+        "config": {"N": 32, "M": 43},
+        "label": f"bmshj2018 (43) λ={lam:g}",
+        "datasets": {"coco": {"points": [coco]}, "kodak": {"points": [kodak]}},
+    }
 
 
 def test_every_metric_is_a_curve_a_file_key_and_where_declared_a_plot_and_bd_rows(tmp_path: Path) -> None:

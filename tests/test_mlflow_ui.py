@@ -42,10 +42,26 @@ class Browser:
             os.dup2(from_browser, 4)
 
         self.proc = subprocess.Popen(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--remote-debugging-pipe", f"--user-data-dir={user_data}", "--window-size=1400,900", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=False, preexec_fn=wire_fds)
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--remote-debugging-pipe",
+                f"--user-data-dir={user_data}",
+                "--window-size=1400,900",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            close_fds=False,
+            preexec_fn=wire_fds,
+        )
         os.close(to_browser)
         os.close(from_browser)
         self._buf, self._id, self.session = b"", 0, None
@@ -131,8 +147,13 @@ def test_sweep_runs_are_listed_in_the_mlflow_ui(mlflow_uri: str, tmp_path: Path,
     trials: dict[str, str] = {}
     for lmbda in (0.0123, 0.0456):  # values no other test uses on the session's server
         name = trial_name("proposed", {"M1": 16, "M2": 32, "H": 2}, lmbda)
-        run_id = tracking.start_trial_run(mlflow_uri, parent, name,
-                                          {"model": "proposed", "config": "16,32,2", "lambda": f"{lmbda:g}"}, {"lmbda": lmbda})
+        run_id = tracking.start_trial_run(
+            mlflow_uri,
+            parent,
+            name,
+            {"model": "proposed", "config": "16,32,2", "lambda": f"{lmbda:g}"},
+            {"lmbda": lmbda},
+        )
         tracking.log_metrics(mlflow_uri, run_id, {"val/D_s": 1.0 + lmbda}, step=1)
         tracking.end_run(mlflow_uri, run_id)
         trials[name] = run_id
@@ -179,4 +200,7 @@ def test_sweep_runs_are_listed_in_the_mlflow_ui(mlflow_uri: str, tmp_path: Path,
     browser.wait_for_text(*names)
     browser.screenshot(tmp_path / "compare.png")
     assert (tmp_path / "runs_page.png").stat().st_size > 10_000
-    print("screenshots: " + " ".join(str(tmp_path / f) for f in ("landing.png", "parent.png", "runs_page.png", "compare.png")))
+    print(
+        "screenshots: "
+        + " ".join(str(tmp_path / f) for f in ("landing.png", "parent.png", "runs_page.png", "compare.png"))
+    )

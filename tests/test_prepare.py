@@ -34,8 +34,14 @@ SIZE = (192, 128)
 
 @pytest.fixture(scope="module")
 def clean_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    parts = generate_sample(tmp_path_factory.mktemp("sample"), train_sequences=3, val_sequences=1,
-                            frame_size=SIZE, coco_images=0, kodak_images=0)
+    parts = generate_sample(
+        tmp_path_factory.mktemp("sample"),
+        train_sequences=3,
+        val_sequences=1,
+        frame_size=SIZE,
+        coco_images=0,
+        kodak_images=0,
+    )
     return parts.vimeo_root
 
 
@@ -99,7 +105,11 @@ def test_vimeo_source_lists_and_skips(bad_tree: Path, clean_tree: Path) -> None:
     assert [k for k, _ in clean][:2] == ["00001_0001_im1", "00001_0001_im2"]
     bad = list_source("vimeo90k", bad_tree, "middle")
     reasons = sorted(s["reason"].split(" (")[0] for s in bad.skipped)
-    assert reasons == ["blank line in list file", "duplicate of line 1", "sequence named in the list is missing on disk"]
+    assert reasons == [
+        "blank line in list file",
+        "duplicate of line 1",
+        "sequence named in the list is missing on disk",
+    ]
     assert [r.key for r in bad.items] == ["00001_0001_im4", "00001_0002_im4", "00001_0003_im4", "00002_0001_im4"]
 
 
@@ -115,8 +125,9 @@ def test_triplet_layout(tmp_path: Path, clean_tree: Path) -> None:
 
 
 def test_other_sources(tmp_path: Path) -> None:
-    parts = generate_sample(tmp_path / "s", train_sequences=1, val_sequences=1, frame_size=(64, 64),
-                            coco_images=3, kodak_images=2)
+    parts = generate_sample(
+        tmp_path / "s", train_sequences=1, val_sequences=1, frame_size=(64, 64), coco_images=3, kodak_images=2
+    )
     coco = list_source("coco2014", parts.coco_root)
     assert [r.key for r in coco.items] == ["coco_000000000100", "coco_000000000137", "coco_000000000174"]
     (tmp_path / "5k.txt").write_text("/images/val2014/COCO_val2014_000000000137.jpg\n\n174\n")
@@ -156,8 +167,14 @@ def test_bad_inputs_are_skipped_counted_and_listed(bad_run) -> None:
         "zero-byte file": 1,
     }
     inputs = {s["input"] for s in info["skipped"]}
-    assert {"sequences/00001/0001/im2.png", "sequences/00001/0001/im3.png", "sequences/00001/0002/im5.png",
-            "sequences/00099/0001", "sep_trainlist.txt:2", "sep_trainlist.txt:3"} == inputs
+    assert {
+        "sequences/00001/0001/im2.png",
+        "sequences/00001/0001/im3.png",
+        "sequences/00001/0002/im5.png",
+        "sequences/00099/0001",
+        "sep_trainlist.txt:2",
+        "sep_trainlist.txt:3",
+    } == inputs
     assert info["counts"]["written"] == 28 - 3 == report.frames_written
     assert info["counts"]["by_split"] == {"train": {"samples": 18, "shards": 5}, "val": {"samples": 7, "shards": 2}}
     manifest = pq.read_table(out / "manifest.parquet").to_pylist()
@@ -258,8 +275,21 @@ def test_interrupted_run_resumes_to_the_same_manifest(clean_tree: Path, yolo, ra
         "import typer, warnings; warnings.simplefilter('ignore'); from pipeline.cli.prepare import prepare_command; "
         "typer.run(prepare_command)"
     )
-    cmd = [sys.executable, "-c", code, "--dataset", "vimeo90k", "--root", str(clean_tree), "--out", str(cut),
-           "--shard-size", "1", "--num-cpus", "2"]
+    cmd = [
+        sys.executable,
+        "-c",
+        code,
+        "--dataset",
+        "vimeo90k",
+        "--root",
+        str(clean_tree),
+        "--out",
+        str(cut),
+        "--shard-size",
+        "1",
+        "--num-cpus",
+        "2",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": ""}
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -285,12 +315,18 @@ def test_interrupted_run_resumes_to_the_same_manifest(clean_tree: Path, yolo, ra
 def test_cli_refuses_bad_roots_with_one_line(tmp_path: Path) -> None:
     runner = CliRunner()
     app = _app()
-    missing = runner.invoke(app, ["prepare", "--dataset", "vimeo90k", "--root", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    missing = runner.invoke(
+        app, ["prepare", "--dataset", "vimeo90k", "--root", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]
+    )
     assert isinstance(missing.exception, UserError) and "does not exist" in str(missing.exception)
     (tmp_path / "notvimeo").mkdir()
-    wrong = runner.invoke(app, ["prepare", "--dataset", "vimeo90k", "--root", str(tmp_path / "notvimeo"), "--out", str(tmp_path / "o")])
+    wrong = runner.invoke(
+        app, ["prepare", "--dataset", "vimeo90k", "--root", str(tmp_path / "notvimeo"), "--out", str(tmp_path / "o")]
+    )
     assert isinstance(wrong.exception, UserError) and "not a Vimeo-90K tree" in str(wrong.exception)
-    unknown = runner.invoke(app, ["prepare", "--dataset", "imagenet", "--root", str(tmp_path), "--out", str(tmp_path / "o")])
+    unknown = runner.invoke(
+        app, ["prepare", "--dataset", "imagenet", "--root", str(tmp_path), "--out", str(tmp_path / "o")]
+    )
     assert isinstance(unknown.exception, UserError) and "unknown" in str(unknown.exception)
     for result in (missing, wrong, unknown):
         assert "\n" not in str(result.exception)
@@ -299,15 +335,32 @@ def test_cli_refuses_bad_roots_with_one_line(tmp_path: Path) -> None:
 
 def test_cli_main_prints_one_line_and_exits_2(tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("dvcm-pipeline")
-    proc = subprocess.run([str(exe), "prepare", "--dataset", "vimeo90k", "--root", str(tmp_path / "nope"),
-                           "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(exe), "prepare", "--dataset", "vimeo90k", "--root", str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_cli_dry_run_writes_nothing(clean_tree: Path, tmp_path: Path) -> None:
-    result = CliRunner().invoke(_app(), ["prepare", "--dataset", "vimeo90k", "--root", str(clean_tree),
-                                         "--out", str(tmp_path / "o"), "--dry-run", "--shard-size", "5"])
+    result = CliRunner().invoke(
+        _app(),
+        [
+            "prepare",
+            "--dataset",
+            "vimeo90k",
+            "--root",
+            str(clean_tree),
+            "--out",
+            str(tmp_path / "o"),
+            "--dry-run",
+            "--shard-size",
+            "5",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "dry run: 28 frames (train 21, val 7) in 7 shards; sizes measured on 8 of them" in result.output
     assert all(e in result.output for e in ("float16-zstd", "uint8-zstd", "none (image only")), result.output
@@ -332,8 +385,21 @@ def test_dry_run_sizes_are_what_prepare_writes(clean_tree: Path, yolo, tmp_path:
 
 
 def test_cli_sample_dataset_is_generated_then_listed(tmp_path: Path) -> None:
-    result = CliRunner().invoke(_app(), ["prepare", "--dataset", "sample", "--root", str(tmp_path / "sample"),
-                                         "--out", str(tmp_path / "o"), "--dry-run", "--frames", "middle"])
+    result = CliRunner().invoke(
+        _app(),
+        [
+            "prepare",
+            "--dataset",
+            "sample",
+            "--root",
+            str(tmp_path / "sample"),
+            "--out",
+            str(tmp_path / "o"),
+            "--dry-run",
+            "--frames",
+            "middle",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "dry run: 6 frames (train 4, val 2) in 2 shards" in result.output
     assert (tmp_path / "sample" / "vimeo_septuplet" / "sep_trainlist.txt").is_file() and not (tmp_path / "o").exists()

@@ -31,8 +31,16 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
     uri = f"sqlite:///{out.resolve() / 'mlflow.db'}"
     assert f"mlflow ui --backend-store-uri {uri}" in text  # whole, on one line, whatever the terminal's width
     exp = MlflowClient(uri).get_experiment_by_name("dvcm")
-    assert f"then browse: http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" in text
-    trials = ["proposed-11-32-2-l0.0018", "proposed-11-32-2-l0.0932", "choi2022-21-11-1-l0.0018", "choi2022-21-11-1-l0.0932"]
+    assert (
+        f"then browse: http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+        in text
+    )
+    trials = [
+        "proposed-11-32-2-l0.0018",
+        "proposed-11-32-2-l0.0932",
+        "choi2022-21-11-1-l0.0018",
+        "choi2022-21-11-1-l0.0932",
+    ]
     for name in trials:
         assert name in text
     # every trial fine-tunes the zoo's checkpoint of its model and λ, and says so
@@ -43,8 +51,11 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
     # with its method and the BD library's notes (e.g. of little curve overlap), or "n/a (reason)". With the
     # zoo's loss (γ scaled by λ) both base layers move with λ, and the figure is finite (asserted below).
     flat = " ".join(text.split())
-    m = re.search(r"quality = feature SNR of ŝ, base-layer bpp from real bitstreams\): "
-                  r"([+-]?\d+\.\d+ %|n/a \((.+?)\))(?: \(.+?\))? BD-rate of proposed vs choi2022", flat)
+    m = re.search(
+        r"quality = feature SNR of ŝ, base-layer bpp from real bitstreams\): "
+        r"([+-]?\d+\.\d+ %|n/a \((.+?)\))(?: \(.+?\))? BD-rate of proposed vs choi2022",
+        flat,
+    )
     assert m, flat[-3000:]
     assert re.search(r"COCO mAP@0\.5 vs base-layer bpp, " + re.escape(mini) + r"\): ([+-]?\d+\.\d+ %|n/a \(.+\))", flat)
     assert f"mAP@.5 of {mini}, scored against the world's ground truth" in flat
@@ -58,7 +69,9 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
     eval_dir = out / f"eval-{sweep_dir.name}"
     state = json.loads((sweep_dir / "sweep.json").read_text())
     assert state["training_settings"]["steps_per_epoch"] == 2 and state["training_settings"]["seed"] == 0
-    assert sorted(state["trials"]) == sorted(trials) and all(t["status"] == "finished" for t in state["trials"].values())
+    assert sorted(state["trials"]) == sorted(trials) and all(
+        t["status"] == "finished" for t in state["trials"].values()
+    )
     human: dict[str, dict[float, tuple[float, float]]] = {}
     machine: dict[str, dict[float, tuple[float, float, float]]] = {}
     for entry in state["trials"].values():
@@ -80,8 +93,11 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
         assert high_bpp > low_bpp and high_map > low_map and high_snr > low_snr, (model, points)
     bd = (eval_dir / "bd_table.csv").read_text()
     assert "coco_map50" in bd and "choi2022 (21,11,1)" in bd and "proposed (11,32,2)" in bd
-    pair = [r for r in csv.DictReader(bd.splitlines()) if r["metric"] == "coco_s_snr"
-            and r["reference"] == "choi2022 (21,11,1)" and r["test"] == "proposed (11,32,2)"]
+    pair = [
+        r
+        for r in csv.DictReader(bd.splitlines())
+        if r["metric"] == "coco_s_snr" and r["reference"] == "choi2022 (21,11,1)" and r["test"] == "proposed (11,32,2)"
+    ]
     assert [r["method"] for r in pair] == ["pchip", "pchip-isotonic"]
     strict, fitted = (float(r["bd_rate_percent"]) if r["bd_rate_percent"] else math.nan for r in pair)
     row = pair[0] if math.isfinite(strict) or not math.isfinite(fitted) else pair[1]  # what the summary shows
@@ -92,7 +108,7 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
     if math.isfinite(value):
         assert m.group(1) == f"{value:+.2f} %"
         method = "pchip, strict" if row is pair[0] else "pchip-isotonic: on monotone fits of both curves"
-        assert flat[m.end(1):].startswith(f" ({method}"), flat[m.start(1):m.start(1) + 300]
+        assert flat[m.end(1) :].startswith(f" ({method}"), flat[m.start(1) : m.start(1) + 300]
     else:  # the table's reason, after the sentence saying which model dominates when one does
         printed = m.group(2)
         if "dominates" in printed:
@@ -112,7 +128,9 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
         assert (r.data.tags["model"], r.data.tags["config"]) in (("proposed", "11,32,2"), ("choi2022", "21,11,1"))
         assert r.data.tags["lambda"] in ("0.0018", "0.0932")
         assert {a.path for a in c.list_artifacts(r.info.run_id, "checkpoint")} == {"checkpoint/final.pt"}
-        assert {"evaluation/results.json", "evaluation/results.csv"} <= {a.path for a in c.list_artifacts(r.info.run_id, "evaluation")}
+        assert {"evaluation/results.json", "evaluation/results.csv"} <= {
+            a.path for a in c.list_artifacts(r.info.run_id, "evaluation")
+        }
         assert "eval/kodak_psnr" in r.data.metrics and math.isfinite(r.data.metrics["eval/coco_s_snr"])
     evals = c.search_runs([parent.info.experiment_id], filter_string="tags.`dvcm.evaluation` = '1'")
     assert len(evals) == 1 and [a.path for a in c.list_artifacts(evals[0].info.run_id, "plots")]
@@ -126,7 +144,14 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
     assert written and int(written.group(1)) > 0, flat[:3000]
     assert f"0 written, {written.group(1)} already finished" in " ".join(again.output.split())
     assert ckpt.stat().st_mtime_ns == mtime
-    assert len(c.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")) == 4
+    assert (
+        len(
+            c.search_runs(
+                [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+            )
+        )
+        == 4
+    )
 
     # a folder whose sweep was trained otherwise (as by an earlier dvcm under the same name) is refused in one
     # line that says what to do with the quickstart's own options
@@ -160,11 +185,18 @@ def test_sweep_name_is_the_default_only_for_the_default_training_settings() -> N
     # the resolved settings count: the zoo's own γ and the preset's validation steps, given explicitly, are the defaults
     gamma = zoo_loss()["gamma"]
     assert name() == name(gamma=gamma) == name(val_steps=8) == name([0.0932, 0.0018]) == SWEEP_NAME
-    others = {name(seed=1), name(gamma=gamma * 5), name([0.0018, 0.0483]), name(lr=1e-3),
-              name(gamma_mode="fixed" if zoo_loss()["gamma_mode"] == "scaled" else "scaled")}
+    others = {
+        name(seed=1),
+        name(gamma=gamma * 5),
+        name([0.0018, 0.0483]),
+        name(lr=1e-3),
+        name(gamma_mode="fixed" if zoo_loss()["gamma_mode"] == "scaled" else "scaled"),
+    }
     assert len(others) == 5 and all(n.startswith(SWEEP_NAME + "-") for n in others)
     assert name(seed=1) == name(seed=1)  # stable: a rerun resumes
-    assert eval_folder(Path("q"), SWEEP_NAME) == Path("q/eval") and eval_folder(Path("q"), name(seed=1)).name.startswith("eval-")
+    assert eval_folder(Path("q"), SWEEP_NAME) == Path("q/eval") and eval_folder(
+        Path("q"), name(seed=1)
+    ).name.startswith("eval-")
 
 
 def test_a_base_layer_that_dominates_is_said_when_no_bd_rate_exists() -> None:
@@ -173,10 +205,15 @@ def test_a_base_layer_that_dominates_is_said_when_no_bd_rate_exists() -> None:
     def row(model: str, lam: float, bpp: float, map50: float) -> TrialSummary:
         return TrialSummary(f"{model}-{lam}", model, lam, None, bpp_coco_base=bpp, map50=map50)
 
-    rows = [row("proposed", 0.0018, 0.026, 0.867), row("proposed", 0.0932, 0.025, 0.860),
-            row("choi2022", 0.0018, 0.043, 0.593), row("choi2022", 0.0932, 0.074, 0.648)]
+    rows = [
+        row("proposed", 0.0018, 0.026, 0.867),
+        row("proposed", 0.0932, 0.025, 0.860),
+        row("choi2022", 0.0018, 0.043, 0.593),
+        row("choi2022", 0.0932, 0.074, 0.648),
+    ]
     assert base_layer_dominance(rows, "map50", "mAP@0.5") == (
         "proposed dominates choi2022: mAP@0.5 0.860–0.867 at 0.0250–0.0260 bpp against 0.593–0.648 at "
-        "0.0430–0.0740 bpp, so the curves share no range for a Bjøntegaard figure")
+        "0.0430–0.0740 bpp, so the curves share no range for a Bjøntegaard figure"
+    )
     rows[2] = row("choi2022", 0.0018, 0.020, 0.593)  # choi2022 now reaches a lower rate: neither dominates
     assert base_layer_dominance(rows, "map50", "mAP@0.5") == ""

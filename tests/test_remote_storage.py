@@ -66,9 +66,15 @@ def s3_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
     log_path = tmp_path_factory.mktemp("moto") / "moto.log"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with _server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], url, log_path, "moto server"):
-        env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-               "AWS_DEFAULT_REGION": "us-east-1"}
+    with _server(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], url, log_path, "moto server"
+    ):
+        env = {
+            "AWS_ENDPOINT_URL": url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
         fs = _s3(env)
         fs.mkdir(BUCKET)
         yield env
@@ -78,16 +84,21 @@ def _s3(env: dict[str, str]):  # -> s3fs.S3FileSystem
     """A client of the test server, configured explicitly (not from this process's environment)."""
     import s3fs
 
-    return s3fs.S3FileSystem(key=env["AWS_ACCESS_KEY_ID"], secret=env["AWS_SECRET_ACCESS_KEY"],
-                             endpoint_url=env["AWS_ENDPOINT_URL"], skip_instance_cache=True,
-                             use_listings_cache=False)
+    return s3fs.S3FileSystem(
+        key=env["AWS_ACCESS_KEY_ID"],
+        secret=env["AWS_SECRET_ACCESS_KEY"],
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        skip_instance_cache=True,
+        use_listings_cache=False,
+    )
 
 
 def _cli(args: list[str], env: dict[str, str], timeout: int = 400) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     e = {**base, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **env}
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, env=e,
-                          cwd=REPO, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, env=e, cwd=REPO, timeout=timeout
+    )
 
 
 def _ok(res: subprocess.CompletedProcess) -> str:
@@ -103,8 +114,15 @@ def _objects(fs, prefix: str) -> dict[str, tuple[str, object]]:
 def _check_prepared(fs) -> None:  # noqa: ANN001 - an fsspec filesystem (s3fs or gcsfs)
     """The bucket holds the whole prepared set of the two-scene sample (9 frames) and no temp object."""
     keys = set(fs.find(f"{BUCKET}/shards"))
-    for name in ("dataset.json", "manifest.parquet", "plan.json", "train/shard-000000.tar", "train/shard-000000.json",
-                 "train/shard-000001.tar", "val/shard-000000.tar"):
+    for name in (
+        "dataset.json",
+        "manifest.parquet",
+        "plan.json",
+        "train/shard-000000.tar",
+        "train/shard-000000.json",
+        "train/shard-000001.tar",
+        "val/shard-000000.tar",
+    ):
         assert f"{BUCKET}/shards/{name}" in keys, sorted(keys)
     assert not [k for k in keys if k.endswith(".tmp")]
     info = json.loads(fs.cat(f"{BUCKET}/shards/dataset.json"))
@@ -121,8 +139,19 @@ def test_prepare_train_resume_evaluate_on_s3(s3_env: dict[str, str], tmp_path: P
     fs = _s3(s3_env)
     shards, runs = f"s3://{BUCKET}/shards", f"s3://{BUCKET}/runs"
     sample = generate_sample(tmp_path / "sample", train_sequences=2, val_sequences=1, coco_images=0, kodak_images=1)
-    prepare = ["prepare", "--dataset", "vimeo90k", "--root", str(sample.vimeo_root), "--out", shards,
-               "--frames", "3", "--shard-size", "4"]
+    prepare = [
+        "prepare",
+        "--dataset",
+        "vimeo90k",
+        "--root",
+        str(sample.vimeo_root),
+        "--out",
+        shards,
+        "--frames",
+        "3",
+        "--shard-size",
+        "4",
+    ]
     _ok(_cli([*prepare, "--num-cpus", "2"], s3_env))
     _check_prepared(fs)
 
@@ -141,7 +170,11 @@ def test_prepare_train_resume_evaluate_on_s3(s3_env: dict[str, str], tmp_path: P
     state = json.loads(fs.cat(f"{BUCKET}/runs/remote/sweep.json"))
     entry = state["trials"][TRIAL]
     final = entry["final_checkpoint"]
-    assert entry["status"] == "finished" and final.startswith(f"s3://{BUCKET}/runs/remote/train/") and final.endswith("/final.pt")
+    assert (
+        entry["status"] == "finished"
+        and final.startswith(f"s3://{BUCKET}/runs/remote/train/")
+        and final.endswith("/final.pt")
+    )
     assert fs.isfile(final) and fs.find(f"{BUCKET}/runs/remote/tune")
     stamp = fs.info(final)["LastModified"]
     c = MlflowClient(uri)
@@ -155,9 +188,32 @@ def test_prepare_train_resume_evaluate_on_s3(s3_env: dict[str, str], tmp_path: P
 
     # evaluate reads the checkpoint from its URL (fetched to a local cache, then loaded weights-only)
     ev = tmp_path / "eval"
-    _ok(_cli(["evaluate", "--checkpoint", final, "--kodak-root", str(sample.kodak_root), "--anchors", "none",
-              "--redundancy-images", "1", "--redundancy-fibers", "64", "--redundancy-k", "2", "--out", str(ev),
-              "--tracking-uri", uri, "--address", ray_address], s3_env))
+    _ok(
+        _cli(
+            [
+                "evaluate",
+                "--checkpoint",
+                final,
+                "--kodak-root",
+                str(sample.kodak_root),
+                "--anchors",
+                "none",
+                "--redundancy-images",
+                "1",
+                "--redundancy-fibers",
+                "64",
+                "--redundancy-k",
+                "2",
+                "--out",
+                str(ev),
+                "--tracking-uri",
+                uri,
+                "--address",
+                ray_address,
+            ],
+            s3_env,
+        )
+    )
     (res_file,) = [p for p in ev.glob("ckpt-*/results.json")]
     res = json.loads(res_file.read_text())
     assert res["checkpoint"] == final and res["model"] == "proposed"
@@ -177,8 +233,19 @@ def gcs_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
     log_path = tmp_path_factory.mktemp("gcs") / "gcs-emulator.log"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port", str(port),
-           "--in-memory", "--default-bucket", BUCKET]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gcp_storage_emulator",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--in-memory",
+        "--default-bucket",
+        BUCKET,
+    ]
     with _server(cmd, f"{url}/storage/v1/b/{BUCKET}", log_path, "GCS emulator"):  # the bucket exists once it answers
         yield {"STORAGE_EMULATOR_HOST": url, "FSSPEC_GS_TOKEN": "anon", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
 
@@ -189,8 +256,9 @@ def _gcs(env: dict[str, str]):  # -> gcsfs.core.GCSFileSystem
         GCSFileSystem,  # the plain HTTP client, whatever GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT says
     )
 
-    return GCSFileSystem(token="anon", endpoint_url=env["STORAGE_EMULATOR_HOST"], skip_instance_cache=True,
-                         use_listings_cache=False)
+    return GCSFileSystem(
+        token="anon", endpoint_url=env["STORAGE_EMULATOR_HOST"], skip_instance_cache=True, use_listings_cache=False
+    )
 
 
 def test_prepare_and_train_on_gcs_emulator(gcs_env: dict[str, str], tmp_path: Path) -> None:
@@ -200,8 +268,21 @@ def test_prepare_and_train_on_gcs_emulator(gcs_env: dict[str, str], tmp_path: Pa
     fs = _gcs(gcs_env)
     shards, runs = f"gs://{BUCKET}/shards", f"gs://{BUCKET}/runs"
     sample = generate_sample(tmp_path / "sample", train_sequences=2, val_sequences=1, coco_images=0, kodak_images=0)
-    prepare = ["prepare", "--dataset", "vimeo90k", "--root", str(sample.vimeo_root), "--out", shards,
-               "--frames", "3", "--shard-size", "4", "--num-cpus", "2"]
+    prepare = [
+        "prepare",
+        "--dataset",
+        "vimeo90k",
+        "--root",
+        str(sample.vimeo_root),
+        "--out",
+        shards,
+        "--frames",
+        "3",
+        "--shard-size",
+        "4",
+        "--num-cpus",
+        "2",
+    ]
     _ok(_cli(prepare, gcs_env))  # a local Ray of its own: its workers upload the shards
     _check_prepared(fs)
 
@@ -214,8 +295,11 @@ def test_prepare_and_train_on_gcs_emulator(gcs_env: dict[str, str], tmp_path: Pa
 
     # train: Ray Train workers stream the tars from gs://, Ray Train/Tune write checkpoints and sweep.json there
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    _ok(_cli(["train", "--shards", shards, "--storage", runs, *TINY, "--tracking-uri", uri, "--name", "remote"],
-             gcs_env))  # a local Ray of its own too
+    _ok(
+        _cli(
+            ["train", "--shards", shards, "--storage", runs, *TINY, "--tracking-uri", uri, "--name", "remote"], gcs_env
+        )
+    )  # a local Ray of its own too
     entry = json.loads(fs.cat(f"{BUCKET}/runs/remote/sweep.json"))["trials"][TRIAL]
     final = entry["final_checkpoint"]
     assert entry["status"] == "finished" and final.startswith(f"gs://{BUCKET}/runs/remote/train/"), entry
@@ -250,8 +334,9 @@ def test_file_url_for_prepare_and_reader(tmp_path: Path, yolo) -> None:
     from pipeline.data.shards import make_loader, shard_urls
     from pipeline.data.sources import list_source
 
-    parts = generate_sample(tmp_path / "sample", train_sequences=1, val_sequences=1, frame_size=(192, 128),
-                            coco_images=0, kodak_images=0)
+    parts = generate_sample(
+        tmp_path / "sample", train_sequences=1, val_sequences=1, frame_size=(192, 128), coco_images=0, kodak_images=0
+    )
     listing = list_source("vimeo90k", parts.vimeo_root, 3)
     url = (tmp_path / "shards").as_uri()  # file:///...
     common = dict(shard_size=2, use_ray=False, front=yolo.front, yolo_provenance=dict(yolo.provenance), progress=False)

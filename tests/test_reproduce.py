@@ -41,9 +41,18 @@ def test_a_shrunk_study_writes_findings_for_each_claim(tmp_path: Path, ray_local
     out = tmp_path / "study"
     # four trials at a time (half a CPU each) in two rounds; 2 minutes leave the first round 2 epochs here
     # (CI's cores are about twice as fast) and the study about 3 minutes in all (the issue's limit)
-    result = run_reproduce(out, "mini", budget_minutes=2.0, lambdas=[0.0067, 0.0932], seeds=[0, 1], anchors=["jpeg"],
-                           tracking_uri=mlflow_uri, progress=False, preset_overrides=SHRUNK,
-                           settings_flags={"steps_per_epoch": 4, "val_steps": 1, "batch_size": 2, "cpus_per_worker": 0.5})
+    result = run_reproduce(
+        out,
+        "mini",
+        budget_minutes=2.0,
+        lambdas=[0.0067, 0.0932],
+        seeds=[0, 1],
+        anchors=["jpeg"],
+        tracking_uri=mlflow_uri,
+        progress=False,
+        preset_overrides=SHRUNK,
+        settings_flags={"steps_per_epoch": 4, "val_steps": 1, "batch_size": 2, "cpus_per_worker": 0.5},
+    )
     plan = result["plan"]
     # the caps follow from this machine's measured step time (a faster machine gets more epochs): not asserted
     # here (test_the_budget_is_shared... checks the arithmetic); each round's trials get their round's cap
@@ -52,8 +61,9 @@ def test_a_shrunk_study_writes_findings_for_each_claim(tmp_path: Path, ray_local
     data = json.loads((out / "findings.json").read_text())
     assert [f["key"] for f in data["findings"]] == ["a_map50", "a_s_snr", "b", "c"]
     for f in data["findings"]:  # a value on every seed, or a reason
-        assert f["verdict"] in ("holds", "does not hold", "does not hold (the sign changes across seeds)") \
-            or f["verdict"].startswith("undefined ("), f
+        assert f["verdict"] in ("holds", "does not hold", "does not hold (the sign changes across seeds)") or f[
+            "verdict"
+        ].startswith("undefined ("), f
         if not f["verdict"].startswith("undefined"):
             assert all(isinstance(v, float) and math.isfinite(v) for v in f["per_seed"].values()), f
     assert len(data["acceptance"]) == 4 and len(data["points"]) == 8
@@ -70,12 +80,17 @@ def test_a_shrunk_study_writes_findings_for_each_claim(tmp_path: Path, ray_local
     by_name = {r.info.run_name: r for r in kids}
     assert sorted(by_name) == sorted(state["trials"])
     high = by_name["proposed-11-32-2-l0.0932-s1"].data.params
-    assert high["seed"] == "1" and high["init_checkpoint"] == state["trials"]["proposed-11-32-2-l0.0067-s1"]["final_checkpoint"]
+    assert (
+        high["seed"] == "1"
+        and high["init_checkpoint"] == state["trials"]["proposed-11-32-2-l0.0067-s1"]["final_checkpoint"]
+    )
     assert "init_checkpoint" not in by_name["proposed-11-32-2-l0.0067-s1"].data.params  # from scratch
     for name, run in by_name.items():
         assert run.data.params["epochs"] == str(plan.epoch_caps[0 if "-l0.0067-" in name else 1]), name
-    assert {a.path for a in c.list_artifacts(parent.info.run_id, "findings")} >= {"findings/findings.md",
-                                                                                  "findings/findings.json"}
+    assert {a.path for a in c.list_artifacts(parent.info.run_id, "findings")} >= {
+        "findings/findings.md",
+        "findings/findings.json",
+    }
     # the anchors were computed once and shared by the seeds' folders
     for seed in (0, 1):
         assert (out / "eval" / f"seed-{seed}" / "anchors" / "results.json").is_file()
@@ -84,8 +99,11 @@ def test_a_shrunk_study_writes_findings_for_each_claim(tmp_path: Path, ray_local
 def test_the_paper_preset_refuses_what_it_cannot_run_in_one_line(tmp_path: Path) -> None:
     from pipeline.workflows.reproduce import RealData, run_reproduce
 
-    with pytest.raises(UserError, match=r"^--preset paper trains and evaluates on your data: give --coco-annotations, "
-                                        r"--kodak \("):
+    with pytest.raises(
+        UserError,
+        match=r"^--preset paper trains and evaluates on your data: give --coco-annotations, "
+        r"--kodak \(",
+    ):
         RealData.from_options(tmp_path, tmp_path, None, None)
     with pytest.raises(UserError, match=r"^--vimeo .*nowhere does not exist$"):
         RealData.from_options(tmp_path / "nowhere", tmp_path, tmp_path, tmp_path)
@@ -109,10 +127,29 @@ def test_the_paper_preset_plans_the_papers_study_on_your_data(tmp_path: Path, ra
     sample = generate_sample(tmp_path / "data", train_sequences=3, val_sequences=1, coco_images=2, kodak_images=1)
     weights, cfg, _ = mini_detector()  # any Darknet file of the family stands for the user's yolov3.weights
     out = tmp_path / "study"
-    result = CliRunner().invoke(app, [
-        "reproduce", "--preset", "paper", "--plan-only", "--out", str(out), "--vimeo", str(sample.vimeo_root),
-        "--coco", str(sample.coco_root), "--coco-annotations", str(sample.coco_annotations),
-        "--kodak", str(sample.kodak_root), "--yolo-weights", str(weights), "--yolo-cfg", str(cfg)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "reproduce",
+            "--preset",
+            "paper",
+            "--plan-only",
+            "--out",
+            str(out),
+            "--vimeo",
+            str(sample.vimeo_root),
+            "--coco",
+            str(sample.coco_root),
+            "--coco-annotations",
+            str(sample.coco_annotations),
+            "--kodak",
+            str(sample.kodak_root),
+            "--yolo-weights",
+            str(weights),
+            "--yolo-cfg",
+            str(cfg),
+        ],
+    )
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     frames = 4 * 7  # the sample's clips are Vimeo-90K septuplets

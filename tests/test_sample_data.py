@@ -16,8 +16,11 @@ SMALL = dict(train_sequences=2, val_sequences=1, frame_size=(96, 64), coco_image
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +33,10 @@ def test_same_seed_same_bytes_other_seed_differs(sample, tmp_path: Path) -> None
     assert _tree_digest(sample.root) == _tree_digest(again.root)
     other = generate_sample(tmp_path / "c", seed=1, **SMALL)
     a, c = _tree_digest(sample.root), _tree_digest(other.root)
-    assert a.keys() == c.keys() and a["vimeo_septuplet/sequences/00001/0001/im1.png"] != c["vimeo_septuplet/sequences/00001/0001/im1.png"]
+    assert (
+        a.keys() == c.keys()
+        and a["vimeo_septuplet/sequences/00001/0001/im1.png"] != c["vimeo_septuplet/sequences/00001/0001/im1.png"]
+    )
 
 
 def test_reused_when_complete(sample) -> None:

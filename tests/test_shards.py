@@ -35,12 +35,26 @@ SIZE = (256, 192)
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory, yolo) -> Path:
-    parts = generate_sample(tmp_path_factory.mktemp("sample"), train_sequences=2, val_sequences=1,
-                            frame_size=SIZE, coco_images=0, kodak_images=0)
+    parts = generate_sample(
+        tmp_path_factory.mktemp("sample"),
+        train_sequences=2,
+        val_sequences=1,
+        frame_size=SIZE,
+        coco_images=0,
+        kodak_images=0,
+    )
     out = tmp_path_factory.mktemp("shards") / "vimeo"
     listing = list_source("vimeo90k", parts.vimeo_root, 3)  # frames 1, 4, 7: 6 train, 3 val
-    run_prepare(listing, out, shard_size=2, use_ray=False, front=yolo.front, feature_encoding="float16",
-                yolo_provenance=dict(yolo.provenance), progress=False)  # float16: the windows compare to 2e-3
+    run_prepare(
+        listing,
+        out,
+        shard_size=2,
+        use_ray=False,
+        front=yolo.front,
+        feature_encoding="float16",
+        yolo_provenance=dict(yolo.provenance),
+        progress=False,
+    )  # float16: the windows compare to 2e-3
     return out
 
 
@@ -92,8 +106,10 @@ def test_ranks_get_disjoint_data_covering_the_split(prepared: Path, split: str, 
     assert len(shard_urls(str(prepared), split)) == shards
     everything = {_digest(x) for x, _ in make_loader(str(prepared), split, crop=None)}
     world = 3  # val has fewer shards than ranks: the split falls back to samples
-    per_rank = [{_digest(x) for x, _ in make_loader(str(prepared), split, crop=None, rank=r, world_size=world)}
-                for r in range(world)]
+    per_rank = [
+        {_digest(x) for x, _ in make_loader(str(prepared), split, crop=None, rank=r, world_size=world)}
+        for r in range(world)
+    ]
     assert all(per_rank)
     assert set().union(*per_rank) == everything
     assert sum(len(p) for p in per_rank) == len(everything)

@@ -31,13 +31,24 @@ def invoke(args: list[str]):
 
 # ------------------------------------------------------------------------------- grid and spec
 def test_grid_is_model_config_lambda_with_per_model_configs() -> None:
-    grid = build_grid(["proposed", "choi2022"], {"proposed": ["64,192,2", "64,128,1"], "choi2022": ["128,64,1"]},
-                      [0.0067, 0.025])
+    grid = build_grid(
+        ["proposed", "choi2022"], {"proposed": ["64,192,2", "64,128,1"], "choi2022": ["128,64,1"]}, [0.0067, 0.025]
+    )
     names = [t["trial_name"] for t in grid]
-    assert names == ["proposed-64-192-2-l0.0067", "proposed-64-192-2-l0.025", "proposed-64-128-1-l0.0067",
-                     "proposed-64-128-1-l0.025", "choi2022-128-64-1-l0.0067", "choi2022-128-64-1-l0.025"]
-    assert grid[4] == {"trial_name": "choi2022-128-64-1-l0.0067", "model": "choi2022",
-                       "config": {"M1": 128, "M2": 64, "H": 1}, "lmbda": 0.0067}
+    assert names == [
+        "proposed-64-192-2-l0.0067",
+        "proposed-64-192-2-l0.025",
+        "proposed-64-128-1-l0.0067",
+        "proposed-64-128-1-l0.025",
+        "choi2022-128-64-1-l0.0067",
+        "choi2022-128-64-1-l0.025",
+    ]
+    assert grid[4] == {
+        "trial_name": "choi2022-128-64-1-l0.0067",
+        "model": "choi2022",
+        "config": {"M1": 128, "M2": 64, "H": 1},
+        "lmbda": 0.0067,
+    }
     assert trial_name("proposed", {"M1": 64, "M2": 192, "H": 2}, 0.0018) == "proposed-64-192-2-l0.0018"
     assert trial_name("bmshj2018", {"M": 192}, 0.0018, seed=2) == "bmshj2018-192-l0.0018-s2"
 
@@ -58,12 +69,24 @@ def test_grid_entries_may_carry_their_own_seed_and_warm_start() -> None:
 
     settings = resolve("tiny", {}, {"shards": "s", "seed": 0})
     config = {"M1": 16, "M2": 32, "H": 2}
-    grid = [{"trial_name": trial_name("proposed", config, 0.0932, seed=1), "model": "proposed", "config": config,
-             "lmbda": 0.0932, "seed": 1, "init_checkpoint": "/runs/proposed-16-32-2-l0.18-s1/final.pt", "epochs": 7},
-            {"trial_name": trial_name("proposed", config, 0.0932), "model": "proposed", "config": config,
-             "lmbda": 0.0932},
-            {"trial_name": trial_name("bmshj2018", {"M": 48}, 0.0932), "model": "bmshj2018", "config": {"M": 48},
-             "lmbda": 0.0932}]
+    grid = [
+        {
+            "trial_name": trial_name("proposed", config, 0.0932, seed=1),
+            "model": "proposed",
+            "config": config,
+            "lmbda": 0.0932,
+            "seed": 1,
+            "init_checkpoint": "/runs/proposed-16-32-2-l0.18-s1/final.pt",
+            "epochs": 7,
+        },
+        {"trial_name": trial_name("proposed", config, 0.0932), "model": "proposed", "config": config, "lmbda": 0.0932},
+        {
+            "trial_name": trial_name("bmshj2018", {"M": 48}, 0.0932),
+            "model": "bmshj2018",
+            "config": {"M": 48},
+            "lmbda": 0.0932,
+        },
+    ]
     seeded, plain, single = trial_configs(grid, settings, "s", "/runs", {}, {})
     assert TrialConfig.from_dict(single.to_dict()) == single and single.to_dict()["M"] == 48
     assert seeded.trial_name == "proposed-16-32-2-l0.0932-s1" and plain.trial_name == "proposed-16-32-2-l0.0932"
@@ -95,8 +118,13 @@ def test_paper_spec_is_the_papers_grid_and_flags_override_it(tmp_path: Path) -> 
     assert spec["preset"] == "paper" and spec["N"] == 192 and spec["models"] == ["proposed", "choi2022"]
     grid = build_grid(spec["models"], spec["configs"], parse_lambdas(spec["lambdas"]))
     configs = sorted({(t["model"], t["config"]["M1"], t["config"]["M2"], t["config"]["H"]) for t in grid})
-    assert configs == [("choi2022", 128, 64, 1), ("proposed", 64, 128, 1), ("proposed", 64, 128, 2),
-                       ("proposed", 64, 192, 2), ("proposed", 128, 64, 1)]
+    assert configs == [
+        ("choi2022", 128, 64, 1),
+        ("proposed", 64, 128, 1),
+        ("proposed", 64, 128, 2),
+        ("proposed", 64, 192, 2),
+        ("proposed", 128, 64, 1),
+    ]
     settings = resolve(None, spec, {"shards": "x", "epochs": 3, "batch_size": None}).training
     assert settings.epochs == 3 and settings.batch_size == 16 and settings.crop == 256
     bad = tmp_path / "bad.yaml"
@@ -116,9 +144,28 @@ def test_two_trial_sweep_in_parallel_logs_parent_and_nested_runs_and_codes_image
     from dvcm.checkpoint import load_checkpoint
 
     storage = tmp_path / "runs"
-    result = invoke(["sweep", "--shards", str(tiny_shards), "--model", "proposed", "--configs", "16,32,2",
-                     "--lambdas", "0.0067,0.025", *TINY, "--max-concurrent-trials", "2",
-                     "--storage", str(storage), "--tracking-uri", mlflow_uri, "--name", "two"])
+    result = invoke(
+        [
+            "sweep",
+            "--shards",
+            str(tiny_shards),
+            "--model",
+            "proposed",
+            "--configs",
+            "16,32,2",
+            "--lambdas",
+            "0.0067,0.025",
+            *TINY,
+            "--max-concurrent-trials",
+            "2",
+            "--storage",
+            str(storage),
+            "--tracking-uri",
+            mlflow_uri,
+            "--name",
+            "two",
+        ]
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     state = json.loads((storage / "two" / "sweep.json").read_text())
     c = MlflowClient(mlflow_uri)
@@ -132,12 +179,32 @@ def test_two_trial_sweep_in_parallel_logs_parent_and_nested_runs_and_codes_image
     for r in runs:
         p, tags = r.data.params, r.data.tags
         assert r.info.status == "FINISHED"
-        assert (p["model"], p["N"], p["M1"], p["M2"], p["H"], p["preset"]) == ("proposed", "32", "16", "32", "2", "tiny")
+        assert (p["model"], p["N"], p["M1"], p["M2"], p["H"], p["preset"]) == (
+            "proposed",
+            "32",
+            "16",
+            "32",
+            "2",
+            "tiny",
+        )
         assert float(p["lmbda"]) == float(tags["lambda"]) and float(p["gamma"]) >= 0
         assert len(p["dataset_digest"]) == 64 and len(p["yolo_weights_sha256"]) == 64 and p["code_version"]
         assert tags["model"] == "proposed" and tags["config"] == "16,32,2"
-        for key in ("train/loss", "val/loss", "val/bpp", "val/bpp_y1", "val/bpp_z1", "val/bpp_y2", "val/bpp_z2",
-                    "val/D_x", "val/D_s", "val/psnr", "lr", "train/share_ds", "val/rdn_y1_given_y2"):
+        for key in (
+            "train/loss",
+            "val/loss",
+            "val/bpp",
+            "val/bpp_y1",
+            "val/bpp_z1",
+            "val/bpp_y2",
+            "val/bpp_z2",
+            "val/D_x",
+            "val/D_s",
+            "val/psnr",
+            "lr",
+            "train/share_ds",
+            "val/rdn_y1_given_y2",
+        ):
             assert [m.step for m in c.get_metric_history(r.info.run_id, key)] == [1, 2], key
         arts = {a.path for a in c.list_artifacts(r.info.run_id, "checkpoint")}
         assert arts == {"checkpoint/final.pt"}
@@ -160,13 +227,42 @@ def test_stopped_sweep_resumes_without_rerunning_finished_trials(
     from mlflow import MlflowClient
 
     storage, uri = tmp_path / "runs", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = ["sweep", "--shards", str(tiny_shards), "--model", "proposed", "--configs", "16,32,2",
-            "--lambdas", "0.01,0.02", "--preset", "tiny", "--epochs", "1", "--steps-per-epoch", "2", "--val-steps", "1",
-            "--max-concurrent-trials", "1", "--storage", str(storage), "--tracking-uri", uri, "--name", "stopme"]
+    args = [
+        "sweep",
+        "--shards",
+        str(tiny_shards),
+        "--model",
+        "proposed",
+        "--configs",
+        "16,32,2",
+        "--lambdas",
+        "0.01,0.02",
+        "--preset",
+        "tiny",
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "2",
+        "--val-steps",
+        "1",
+        "--max-concurrent-trials",
+        "1",
+        "--storage",
+        str(storage),
+        "--tracking-uri",
+        uri,
+        "--name",
+        "stopme",
+    ]
     code = "import sys; from pipeline.cli import main; sys.argv = ['dvcm-pipeline'] + sys.argv[1:]; main()"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-c", code, *args, "--address", ray_address], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args, "--address", ray_address],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     state_file = storage / "stopme" / "sweep.json"
     deadline = time.monotonic() + 300
     finished: list[str] = []
@@ -241,8 +337,12 @@ def test_gamma_mode_sets_the_weight_of_the_feature_term() -> None:
         resolve("tiny", {}, {"shards": "s", "gamma_mode": "linear"})
     # the loss the trial builds: R + λ·D_x + λ·γ·D_s in the scaled mode
     x = torch.rand(1, 3, 8, 8)
-    out = {"likelihoods": {"y1": torch.full((1, 1, 2, 2), 0.5)}, "x_hat": x + 0.1, "s": torch.zeros(1, 2, 1, 1),
-           "s_hat": torch.ones(1, 2, 1, 1)}
+    out = {
+        "likelihoods": {"y1": torch.full((1, 1, 2, 2), 0.5)},
+        "x_hat": x + 0.1,
+        "s": torch.zeros(1, 2, 1, 1),
+        "s_hat": torch.ones(1, 2, 1, 1),
+    }
     terms = ScalableRDLoss(0.025, feature_weight(0.025, 4.0, "scaled"))(out, x)
     expected = terms["bpp"] + 0.025 * terms["D_x"] + 0.025 * 4.0 * terms["D_s"]
     assert float(terms["loss"]) == pytest.approx(float(expected))
@@ -257,13 +357,24 @@ def test_trial_table_never_cuts_a_cell(width: int) -> None:
     from pipeline.training.live_table import TrialRow, render_table
 
     paper = trial_name("proposed", {"M1": 128, "M2": 64, "H": 1}, 0.0483)  # a paper-sized name and epoch count
-    rows = {paper: TrialRow(paper, epochs=300, state="RUNNING", epoch=123, train_loss=12.3456, val_loss=13.4567,
-                            bpp=0.4567, psnr=33.21)}
+    rows = {
+        paper: TrialRow(
+            paper, epochs=300, state="RUNNING", epoch=123, train_loss=12.3456, val_loss=13.4567, bpp=0.4567, psnr=33.21
+        )
+    }
     for i, lam in enumerate((0.0018, 0.0932)):
         for model in ("proposed", "choi2022"):
             name = trial_name(model, {"M1": 16, "M2": 32, "H": 2}, lam)
-            rows[name] = TrialRow(name, epochs=4, state="FINISHED", epoch=4, train_loss=46.0552 + i,
-                                  val_loss=111.0693, bpp=0.0927 + i, psnr=21.35)
+            rows[name] = TrialRow(
+                name,
+                epochs=4,
+                state="FINISHED",
+                epoch=4,
+                train_loss=46.0552 + i,
+                val_loss=111.0693,
+                bpp=0.0927 + i,
+                psnr=21.35,
+            )
     out = io.StringIO()
     Console(file=out, width=width, color_system=None).print(render_table(rows, "sweep", width=width))
     text = out.getvalue()

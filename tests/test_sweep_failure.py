@@ -35,11 +35,38 @@ def test_nan_trial_fails_for_good_in_mlflow_and_the_other_trial_finishes(
     storage = tmp_path / "runs"
     # One trial at a time, the failing one first: the sweep must go on to the next trial.
     # --max-failures 1: Ray Train restarts the NaN trial once, and it fails again (for good).
-    result = runner.invoke(app, [
-        "sweep", "--shards", str(tiny_shards), "--model", "proposed", "--configs", "16,32,2",
-        "--lambdas", "0.05,0.0067", "--preset", "tiny", "--epochs", "1", "--steps-per-epoch", "2",
-        "--val-steps", "1", "--max-concurrent-trials", "1", "--max-failures", "1",
-        "--storage", str(storage), "--tracking-uri", mlflow_uri, "--name", "nan"])
+    result = runner.invoke(
+        app,
+        [
+            "sweep",
+            "--shards",
+            str(tiny_shards),
+            "--model",
+            "proposed",
+            "--configs",
+            "16,32,2",
+            "--lambdas",
+            "0.05,0.0067",
+            "--preset",
+            "tiny",
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "2",
+            "--val-steps",
+            "1",
+            "--max-concurrent-trials",
+            "1",
+            "--max-failures",
+            "1",
+            "--storage",
+            str(storage),
+            "--tracking-uri",
+            mlflow_uri,
+            "--name",
+            "nan",
+        ],
+    )
 
     # The CLI: a one-line user-facing error (exit 2 through pipeline.cli.main) naming the failed trial,
     # after the final table that shows it FAILED.
@@ -57,8 +84,12 @@ def test_nan_trial_fails_for_good_in_mlflow_and_the_other_trial_finishes(
     c = MlflowClient(mlflow_uri)
     parent = c.get_run(state["parent_run_id"])
     assert parent.info.status == "FAILED"
-    runs = {r.info.run_name: r for r in c.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")}
+    runs = {
+        r.info.run_name: r
+        for r in c.search_runs(
+            [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+        )
+    }
     assert sorted(runs) == sorted([BAD, GOOD])
 
     bad = runs[BAD]

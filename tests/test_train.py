@@ -76,8 +76,18 @@ def test_warm_start_takes_the_neighbours_weights_and_refuses_another_codec(tmp_p
     torch.manual_seed(2)
     fresh = build("proposed", front=front.front, yolo_provenance=dict(front.provenance), N=16, M1=8, M2=8, H=2)
     trial = SimpleNamespace(model="proposed", yolo_provenance=dict(front.provenance))
-    w = Worker(trial=trial, rank=0, world=1, device=torch.device("cpu"), model=fresh, forward=fresh,  # type: ignore[arg-type]
-               criterion=torch.nn.Identity(), net_opt=None, aux_opt=None, sched=None)  # type: ignore[arg-type]
+    w = Worker(
+        trial=trial,
+        rank=0,
+        world=1,
+        device=torch.device("cpu"),
+        model=fresh,
+        forward=fresh,  # type: ignore[arg-type]
+        criterion=torch.nn.Identity(),
+        net_opt=None,
+        aux_opt=None,
+        sched=None,
+    )  # type: ignore[arg-type]
     warm_start(w, str(tmp_path / "neighbour.pt"))
     for key, value in neighbour.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value), key
@@ -132,8 +142,17 @@ def test_bad_input_is_one_line_before_training(
 ) -> None:
     subs = {"{missing}": str(tmp_path / "nope"), "{empty}": str(empty_shards), "{port}": str(free_port())}
     extra = [subs.get(e, e.replace("{port}", subs["{port}"])) for e in extra]
-    args = ["train", "--shards", str(tiny_shards), *TINY, "--storage", str(tmp_path / "runs"),
-            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *extra]
+    args = [
+        "train",
+        "--shards",
+        str(tiny_shards),
+        *TINY,
+        "--storage",
+        str(tmp_path / "runs"),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        *extra,
+    ]
     result = invoke(args)
     assert isinstance(result.exception, UserError), result.output
     message = str(result.exception)
@@ -144,8 +163,12 @@ def test_bad_input_is_one_line_before_training(
 def test_cli_prints_user_error_as_one_line_exit_2(tmp_path: Path) -> None:
     exe = shutil.which("dvcm-pipeline", path=str(Path(sys.executable).parent))
     assert exe, "dvcm-pipeline is not installed in this environment"
-    proc = subprocess.run([exe, "train", "--shards", str(tmp_path), "--model", "nosuch", "--lmbda", "0.01"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [exe, "train", "--shards", str(tmp_path), "--model", "nosuch", "--lmbda", "0.01"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "unknown model 'nosuch'" in lines[0]
@@ -157,9 +180,31 @@ def test_two_worker_gloo_ddp_keeps_ranks_identical_and_loss_falls(
     tiny_shards: Path, tmp_path: Path, mlflow_uri: str, ray_local: None
 ) -> None:
     storage = tmp_path / "runs"
-    result = invoke(["train", "--shards", str(tiny_shards), "--preset", "tiny", "--epochs", "2",
-                     "--steps-per-epoch", "4", "--val-steps", "1", "--lr", "1e-3", "--workers-per-trial", "2",
-                     "--storage", str(storage), "--tracking-uri", mlflow_uri, "--name", "ddp"])
+    result = invoke(
+        [
+            "train",
+            "--shards",
+            str(tiny_shards),
+            "--preset",
+            "tiny",
+            "--epochs",
+            "2",
+            "--steps-per-epoch",
+            "4",
+            "--val-steps",
+            "1",
+            "--lr",
+            "1e-3",
+            "--workers-per-trial",
+            "2",
+            "--storage",
+            str(storage),
+            "--tracking-uri",
+            mlflow_uri,
+            "--name",
+            "ddp",
+        ]
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     state = state_of(storage, "ddp")
     client, runs = nested_runs(mlflow_uri, state["parent_run_id"])
@@ -182,9 +227,29 @@ def test_killed_worker_resumes_from_last_checkpoint(
 ) -> None:
     monkeypatch.setenv("DVCM_TEST_KILL_AT_EPOCH", "2")
     storage = tmp_path / "runs"
-    result = invoke(["train", "--shards", str(tiny_shards), "--preset", "tiny", "--epochs", "3",
-                     "--steps-per-epoch", "2", "--val-steps", "1", "--max-lr-drops", "5",
-                     "--storage", str(storage), "--tracking-uri", mlflow_uri, "--name", "killed"])
+    result = invoke(
+        [
+            "train",
+            "--shards",
+            str(tiny_shards),
+            "--preset",
+            "tiny",
+            "--epochs",
+            "3",
+            "--steps-per-epoch",
+            "2",
+            "--val-steps",
+            "1",
+            "--max-lr-drops",
+            "5",
+            "--storage",
+            str(storage),
+            "--tracking-uri",
+            mlflow_uri,
+            "--name",
+            "killed",
+        ]
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     marker = storage / "killed" / ".killed-proposed-16-32-2-l0.0067"
     assert marker.read_text().startswith("killed at epoch 2")  # the worker really died once

@@ -18,8 +18,20 @@ from pipeline.infra.errors import UserError
 
 pytestmark = pytest.mark.slow
 
-SHORT = ["--steps", "120", "--batch-size", "8", "--sizes", "160,192,224", "--eval-every", "120",
-         "--val-images", "6", "--test-images", "24"]
+SHORT = [
+    "--steps",
+    "120",
+    "--batch-size",
+    "8",
+    "--sizes",
+    "160,192,224",
+    "--eval-every",
+    "120",
+    "--val-images",
+    "6",
+    "--test-images",
+    "24",
+]
 
 
 def _command(args: list[str]) -> list[str]:
@@ -36,10 +48,19 @@ def _run(args: list[str], ray_address: str) -> subprocess.CompletedProcess:
 
 def _stop_after_first_checkpoint(args: list[str], ray_address: str, run_dir: Path) -> None:
     """Start the command and kill it (driver and its process group) once Ray Train has a checkpoint."""
-    proc = subprocess.Popen(_command(args), env=_env(ray_address), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        _command(args),
+        env=_env(ray_address),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 600
-    while not (run_dir / "checkpoint_manager_snapshot.json").is_file() and proc.poll() is None and time.monotonic() < deadline:
+    while (
+        not (run_dir / "checkpoint_manager_snapshot.json").is_file()
+        and proc.poll() is None
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.5)
     assert proc.poll() is None, "the run ended before its first checkpoint"
     os.killpg(proc.pid, signal.SIGKILL)
@@ -52,8 +73,9 @@ def test_a_short_run_learns_writes_darknet_files_and_resumes(tmp_path: Path, ray
     from pipeline.infra import tracking
 
     out = tmp_path / "det"
-    _stop_after_first_checkpoint(["--out", str(out), "--tracking-uri", mlflow_uri, *SHORT], ray_address,
-                                 out / "ray" / "detector")
+    _stop_after_first_checkpoint(
+        ["--out", str(out), "--tracking-uri", mlflow_uri, *SHORT], ray_address, out / "ray" / "detector"
+    )
     done = _run(["--out", str(out), "--tracking-uri", mlflow_uri, *SHORT], ray_address)
     assert done.returncode == 0, done.stderr[-3000:]
     prov = json.loads((out / "detector.json").read_text())

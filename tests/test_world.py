@@ -51,7 +51,11 @@ def test_same_seed_same_bytes_and_splits_never_share_scenes() -> None:
     assert split_seed(0, "train") != split_seed(1, "train") and split_seed(0, "test") == split_seed(0, "test")
     scenes = {split: {_digest(render_world_scene(s, i, SIZE)) for i in range(10)} for split, s in seeds.items()}
     assert all(len(v) == 10 for v in scenes.values())
-    assert not (scenes["train"] & scenes["val"]) and not (scenes["train"] & scenes["test"]) and not (scenes["val"] & scenes["test"])
+    assert (
+        not (scenes["train"] & scenes["val"])
+        and not (scenes["train"] & scenes["test"])
+        and not (scenes["val"] & scenes["test"])
+    )
     assert _digest(render_world_scene(3, 5, SIZE)) != _digest(render_world_scene(3, 6, SIZE))
     with pytest.raises(ValueError, match="unknown split"):
         split_seed(0, "holdout")
@@ -95,7 +99,9 @@ def test_boxes_match_the_drawn_pixels_and_classes_show_in_them() -> None:
             px, py = xs + 0.5, ys + 0.5
             assert px.min() >= x - 2 and px.max() <= x + w + 2 and py.min() >= y - 2 and py.max() <= y + h + 2
             if w >= 8 and h >= 8:
-                assert px.min() <= x + 2.5 and px.max() >= x + w - 2.5 and py.min() <= y + 2.5 and py.max() >= y + h - 2.5
+                assert (
+                    px.min() <= x + 2.5 and px.max() >= x + w - 2.5 and py.min() <= y + 2.5 and py.max() >= y + h - 2.5
+                )
             pix = full.image[changed].astype(float) / 255
             hue, sat, _ = colorsys.rgb_to_hsv(*pix.mean(0))
             if gt.category_id in _HUES:
@@ -109,8 +115,9 @@ def test_boxes_match_the_drawn_pixels_and_classes_show_in_them() -> None:
 
 
 def _obj(cls: int, cx: float, cy: float, r: float) -> world._Obj:
-    return dataclasses.replace(world._random_object(np.random.default_rng(cls), cls, 200, 200), cx=cx, cy=cy, r=r,
-                               angle=0.0, aspect=1.0)
+    return dataclasses.replace(
+        world._random_object(np.random.default_rng(cls), cls, 200, 200), cx=cx, cy=cy, r=r, angle=0.0, aspect=1.0
+    )
 
 
 def test_occlusion_rule() -> None:
@@ -169,8 +176,10 @@ def test_split_as_coco_loads_and_scores_ap_1_against_itself(tmp_path: Path) -> N
     assert (tmp_path / "w" / "val" / info["file_name"]).is_file() and (info["width"], info["height"]) == (192, 160)
     scene = render_world_scene(split_seed(0, "val"), 0, (192, 160))
     assert len(gt.getAnnIds(imgIds=1)) == len(scene.objects)
-    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
-            for a in gt.loadAnns(gt.getAnnIds())]
+    dets = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+        for a in gt.loadAnns(gt.getAnnIds())
+    ]
     with contextlib.redirect_stdout(io.StringIO()):
         ev = COCOeval(gt, gt.loadRes(dets), "bbox")
         ev.evaluate()
@@ -179,4 +188,6 @@ def test_split_as_coco_loads_and_scores_ap_1_against_itself(tmp_path: Path) -> N
     assert ev.stats[0] == pytest.approx(1.0) and ev.stats[1] == pytest.approx(1.0)
     again = world_split_coco(tmp_path / "again", 0, "val", 8, (192, 160))
     assert again.read_bytes() == path.read_bytes()
-    assert (tmp_path / "again" / "val" / "000003.jpg").read_bytes() == (tmp_path / "w" / "val" / "000003.jpg").read_bytes()
+    assert (tmp_path / "again" / "val" / "000003.jpg").read_bytes() == (
+        tmp_path / "w" / "val" / "000003.jpg"
+    ).read_bytes()

@@ -84,11 +84,17 @@ def _residual(blocks: int, c: int) -> int:
 
 def test_float_count_matches_published_yolov3_weights(yolo: YOLOv3) -> None:
     darknet53 = (  # layers 0..74
-        _bn(3, 32, 3) + _bn(32, 64, 3) + _residual(1, 64)
-        + _bn(64, 128, 3) + _residual(2, 128)
-        + _bn(128, 256, 3) + _residual(8, 256)
-        + _bn(256, 512, 3) + _residual(8, 512)
-        + _bn(512, 1024, 3) + _residual(4, 1024)
+        _bn(3, 32, 3)
+        + _bn(32, 64, 3)
+        + _residual(1, 64)
+        + _bn(64, 128, 3)
+        + _residual(2, 128)
+        + _bn(128, 256, 3)
+        + _residual(8, 256)
+        + _bn(256, 512, 3)
+        + _residual(8, 512)
+        + _bn(512, 1024, 3)
+        + _residual(4, 1024)
     )
     head32 = 3 * (_bn(1024, 512, 1) + _bn(512, 1024, 3)) + _biased(1024, 255, 1)  # layers 75..82
     # 83 route 79 (512 ch) -> 84 conv 256 -> 85 upsample -> 86 route [85, 61]: 256 + 512 = 768 ch
@@ -306,8 +312,17 @@ def _empty_heads(h: int, w: int, num_classes: int = 80) -> list[torch.Tensor]:
     return [torch.full((1, 3 * (5 + num_classes), math.ceil(h / s), math.ceil(w / s)), NEG) for s in (32, 16, 8)]
 
 
-def _put(heads: list[torch.Tensor], head: int, anchor: int, gy: int, gx: int, t: list[float], obj: float, cls: int,
-         cls_logit: float = 8.0) -> None:
+def _put(
+    heads: list[torch.Tensor],
+    head: int,
+    anchor: int,
+    gy: int,
+    gx: int,
+    t: list[float],
+    obj: float,
+    cls: int,
+    cls_logit: float = 8.0,
+) -> None:
     """Write logits for one anchor: tx, ty, tw, th, objectness, one class."""
     base = anchor * 85
     heads[head][0, base : base + 4, gy, gx] = torch.tensor(t)

@@ -53,8 +53,17 @@ def narrow(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
     root = tmp_path_factory.mktemp("narrow")
     cfg = root / "narrow.cfg"
-    cfg.write_text(write_cfg(DarknetCfg(yolov3_layers(num_classes=8, width=0.125), 8, ANCHORS, list(YOLOV3_NET),
-                                        [list(YOLOV3_YOLO_TRAINING) for _ in range(3)])))
+    cfg.write_text(
+        write_cfg(
+            DarknetCfg(
+                yolov3_layers(num_classes=8, width=0.125),
+                8,
+                ANCHORS,
+                list(YOLOV3_NET),
+                [list(YOLOV3_YOLO_TRAINING) for _ in range(3)],
+            )
+        )
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         model = build_yolov3(None, seed=5, cfg=cfg)
@@ -67,8 +76,14 @@ def vimeo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Vimeo-shaped tree of 2 sequences of 64x64 frames."""
     from pipeline.data.sample_data import generate_sample
 
-    return generate_sample(tmp_path_factory.mktemp("sample"), train_sequences=1, val_sequences=1,
-                           frame_size=(64, 64), coco_images=0, kodak_images=0).vimeo_root
+    return generate_sample(
+        tmp_path_factory.mktemp("sample"),
+        train_sequences=1,
+        val_sequences=1,
+        frame_size=(64, 64),
+        coco_images=0,
+        kodak_images=0,
+    ).vimeo_root
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +94,16 @@ def narrow_shards(narrow: tuple[Path, Path], vimeo: Path, tmp_path_factory: pyte
 
     cfg, weights = narrow
     out = tmp_path_factory.mktemp("shards")
-    run_prepare(list_source("vimeo90k", vimeo, "middle"), out, str(weights), frames="middle", shard_size=4,
-                use_ray=False, progress=False, yolo_cfg=str(cfg))
+    run_prepare(
+        list_source("vimeo90k", vimeo, "middle"),
+        out,
+        str(weights),
+        frames="middle",
+        shard_size=4,
+        use_ray=False,
+        progress=False,
+        yolo_cfg=str(cfg),
+    )
     return out
 
 
@@ -123,21 +146,43 @@ def test_prepare_without_a_cfg_records_256_channels_and_no_cfg(vimeo: Path, tmp_
     from pipeline.data.prepare import run_prepare
     from pipeline.data.sources import list_source
 
-    rep = run_prepare(list_source("vimeo90k", vimeo, "middle"), tmp_path / "o", frames="middle", use_ray=False,
-                      progress=False, front=yolo.front, yolo_provenance=dict(yolo.provenance))
+    rep = run_prepare(
+        list_source("vimeo90k", vimeo, "middle"),
+        tmp_path / "o",
+        frames="middle",
+        use_ray=False,
+        progress=False,
+        front=yolo.front,
+        yolo_provenance=dict(yolo.provenance),
+    )
     prov = rep.info["provenance"]["yolo"]
     assert prov["feature_channels"] == 256 and prov["cfg_sha256"] is None and prov["cfg"] is None
 
 
 @pytest.mark.slow
-def test_prepare_cli_takes_a_relative_cfg_and_records_it_absolute(narrow: tuple[Path, Path], vimeo: Path,
-                                                                  tmp_path: Path, ray_local: None,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prepare_cli_takes_a_relative_cfg_and_records_it_absolute(
+    narrow: tuple[Path, Path], vimeo: Path, tmp_path: Path, ray_local: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg, weights = narrow
     monkeypatch.chdir(cfg.parent)
-    result = CliRunner().invoke(_app(), ["prepare", "--dataset", "vimeo90k", "--root", str(vimeo), "--frames", "middle",
-                                         "--out", str(tmp_path / "o"), "--yolo-weights", weights.name,
-                                         "--yolo-cfg", cfg.name])
+    result = CliRunner().invoke(
+        _app(),
+        [
+            "prepare",
+            "--dataset",
+            "vimeo90k",
+            "--root",
+            str(vimeo),
+            "--frames",
+            "middle",
+            "--out",
+            str(tmp_path / "o"),
+            "--yolo-weights",
+            weights.name,
+            "--yolo-cfg",
+            cfg.name,
+        ],
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     yolo = json.loads((tmp_path / "o" / "dataset.json").read_text())["provenance"]["yolo"]
     assert yolo["feature_channels"] == NARROW_CHANNELS and yolo["cfg_sha256"] == _sha256(cfg)
@@ -161,8 +206,9 @@ def test_shards_of_another_width_are_refused_naming_both_channel_counts(narrow_s
     assert "--yolo-weights/--yolo-cfg" in message and "prepare again" in message
 
 
-def test_the_same_network_passes_and_an_old_dataset_json_means_256(narrow: tuple[Path, Path],
-                                                                   narrow_shards: Path, tmp_path: Path) -> None:
+def test_the_same_network_passes_and_an_old_dataset_json_means_256(
+    narrow: tuple[Path, Path], narrow_shards: Path, tmp_path: Path
+) -> None:
     from dvcm.yolo import build_yolov3
     from pipeline.data.shards import check_provenance
     from pipeline.training.settings import resolve
@@ -200,7 +246,9 @@ def test_a_sweep_resumes_only_with_the_same_cfg(narrow: tuple[Path, Path], narro
     write_state(str(tmp_path), state)
     open_record("s", str(tmp_path), True, settings, SweepData(str(narrow_shards), info, prov))
     with pytest.raises(UserError, match="yolo_cfg_sha256"):
-        open_record("s", str(tmp_path), True, settings, SweepData(str(narrow_shards), info, {**prov, "cfg_sha256": "0" * 64}))
+        open_record(
+            "s", str(tmp_path), True, settings, SweepData(str(narrow_shards), info, {**prov, "cfg_sha256": "0" * 64})
+        )
 
 
 # ---------------------------------------------------------------- evaluate and decompress build the same network
@@ -225,21 +273,41 @@ def test_evaluate_and_decompress_build_the_network_of_the_cfg(narrow: tuple[Path
 
 def test_a_missing_cfg_exits_non_zero_with_one_line(tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("dvcm-pipeline")
-    proc = subprocess.run([str(exe), "prepare", "--dataset", "sample", "--root", str(tmp_path / "sample"),
-                           "--out", str(tmp_path / "o"), "--yolo-cfg", str(tmp_path / "nope.cfg")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            str(exe),
+            "prepare",
+            "--dataset",
+            "sample",
+            "--root",
+            str(tmp_path / "sample"),
+            "--out",
+            str(tmp_path / "o"),
+            "--yolo-cfg",
+            str(tmp_path / "nope.cfg"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert f"--yolo-cfg {tmp_path / 'nope.cfg'} does not exist" in proc.stderr
     assert not (tmp_path / "o").exists() and not (tmp_path / "sample").exists()
 
 
-@pytest.mark.parametrize("command", [
-    ["train", "--shards", "s"], ["sweep", "--shards", "s"], ["evaluate", "--checkpoint", "c.pt"],
-    ["quickstart", "--yolo-weights", "random"],  # its default, the mini detector, brings its own cfg (tested below)
-])
-def test_every_stage_refuses_a_missing_cfg_before_starting(command: list[str], tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train", "--shards", "s"],
+        ["sweep", "--shards", "s"],
+        ["evaluate", "--checkpoint", "c.pt"],
+        ["quickstart", "--yolo-weights", "random"],  # its default, the mini detector, brings its own cfg (tested below)
+    ],
+)
+def test_every_stage_refuses_a_missing_cfg_before_starting(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     extra = ["--out", str(tmp_path / "q")] if command[0] in ("quickstart", "evaluate") else []
     result = CliRunner().invoke(_app(), [*command, *extra, "--yolo-cfg", "missing.cfg"])

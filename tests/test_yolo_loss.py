@@ -90,8 +90,10 @@ def test_confident_predictions_that_fit_a_box_are_ignored_not_punished() -> None
     slot = int((heads[k][0, :, 4] > 0).nonzero()[0, 0])
     other = (slot + 1) % 3
     heads[k][0, other] = heads[k][0, slot]
-    heads[k][0, other, 2:4] += torch.log(torch.tensor(ANCHORS[HEAD_MASKS[k][slot]], dtype=torch.float32)
-                                         / torch.tensor(ANCHORS[HEAD_MASKS[k][other]], dtype=torch.float32)).view(2, 1, 1)
+    heads[k][0, other, 2:4] += torch.log(
+        torch.tensor(ANCHORS[HEAD_MASKS[k][slot]], dtype=torch.float32)
+        / torch.tensor(ANCHORS[HEAD_MASKS[k][other]], dtype=torch.float32)
+    ).view(2, 1, 1)
     ignored = float(yolov3_loss(_flat(heads), targets, ANCHORS, HW, ignore_thresh=0.5)["obj"])
     punished = float(yolov3_loss(_flat(heads), targets, ANCHORS, HW, ignore_thresh=1.01)["obj"])
     assert math.isclose(ignored, base, abs_tol=1e-3) and punished > base + 5

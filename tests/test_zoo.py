@@ -56,9 +56,15 @@ def test_every_output_names_the_detector_from_its_provenance() -> None:
     mini = build_yolov3(weights, cfg=cfg)
     assert detector_name(mini.provenance) == provenance["name"]
     assert provenance["name"] == "mini YOLOv3 (width 0.125, 8 classes) trained on the synthetic world"
-    assert detector_name({"random_weights": True, "weights_sha256": provenance["weights_sha256"]}) == "random-weight YOLOv3"
+    assert (
+        detector_name({"random_weights": True, "weights_sha256": provenance["weights_sha256"]})
+        == "random-weight YOLOv3"
+    )
     assert detector_name({"weights_sha256": "0" * 64}) == "YOLOv3"
-    assert detector_name({"weights_sha256": "0" * 64, "cfg": "/nets/yolov3-tiny-world.cfg"}) == "YOLOv3 (yolov3-tiny-world.cfg)"
+    assert (
+        detector_name({"weights_sha256": "0" * 64, "cfg": "/nets/yolov3-tiny-world.cfg"})
+        == "YOLOv3 (yolov3-tiny-world.cfg)"
+    )
 
 
 def test_every_zoo_checkpoint_carries_its_provenance_and_loads_by_name() -> None:
@@ -74,7 +80,9 @@ def test_every_zoo_checkpoint_carries_its_provenance_and_loads_by_name() -> None
         assert e["seed"] == 0 and e["detector"]["weights_sha256"] == mini_detector()[2]["weights_sha256"]
         model, meta = load_checkpoint(f"zoo:{name}")
         assert meta["model"] == e["model"] and ",".join(str(model.config[k]) for k in ("M1", "M2", "H")) == e["config"]
-    shipped = sum(p.stat().st_size for p in codec_zoo_dir().iterdir()) + sum(p.stat().st_size for p in mini_detector_dir().iterdir())
+    shipped = sum(p.stat().st_size for p in codec_zoo_dir().iterdir()) + sum(
+        p.stat().st_size for p in mini_detector_dir().iterdir()
+    )
     assert shipped <= 20 * 2**20
 
 

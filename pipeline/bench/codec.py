@@ -99,6 +99,8 @@ def complexity_table(n: int, yolo: Any) -> Any:  # yolo: dvcm.yolo.YOLOv3; retur
     for spec in CODECS.values():
         text = spec.defaults("paper")[0]
         parts = codec_complexity(build(spec.name, front=yolo.front, N=n, **spec.parse(text)))
-        table.add_row(f"{spec.name} ({text})",
-                      *(f"{parts[p]['params'] / 1e6:.2f}M / {parts[p]['kmac_per_pixel']:.1f}" for p in PARTS))
+        table.add_row(
+            f"{spec.name} ({text})",
+            *(f"{parts[p]['params'] / 1e6:.2f}M / {parts[p]['kmac_per_pixel']:.1f}" for p in PARTS),
+        )
     return table

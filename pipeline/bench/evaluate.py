@@ -48,7 +48,9 @@ def run_evaluate_bench(
     with tempfile.TemporaryDirectory(prefix="dvcm-bench-") as tmp:
         sample = generate_sample(data or Path(tmp) / "sample", coco_images=images, kodak_images=images)
         ckpt = _tiny_checkpoint(Path(tmp), n, n // 2, n, 0)
-        coco = [ImageItem(str(p), 100 + 37 * i) for i, p in enumerate(sorted((sample.coco_root / "val2014").glob("*.jpg")))][:images]
+        coco = [
+            ImageItem(str(p), 100 + 37 * i) for i, p in enumerate(sorted((sample.coco_root / "val2014").glob("*.jpg")))
+        ][:images]
         kodak = [ImageItem(str(p)) for p in sorted(sample.kodak_root.glob("*.png"))][:images]
         task = ray.remote(run_codec_chunk)
         rows = []
@@ -57,13 +59,22 @@ def run_evaluate_bench(
                 s = Settings(threads=2 // workers)
                 chunks = [items[i::workers] for i in range(workers)]
                 # warm-up: one task per worker, side by side, so that every worker has loaded the models
-                ray.get([task.options(num_cpus=s.threads).remote(str(ckpt), dataset, items[:1], s) for _ in range(workers)])
+                ray.get(
+                    [task.options(num_cpus=s.threads).remote(str(ckpt), dataset, items[:1], s) for _ in range(workers)]
+                )
                 t0 = time.perf_counter()
                 outs = ray.get([task.options(num_cpus=s.threads).remote(str(ckpt), dataset, c, s) for c in chunks])
                 wall = time.perf_counter() - t0
                 r = [row for o in outs for row in o["rows"]]
                 stage = {k: sum(row[k] for row in r) for k in ("t_encode", "t_decode", "t_back", "t_score")}
-                rows.append((dataset, workers, len(r) / wall, {k: len(r) / v if v > 0 else float("inf") for k, v in stage.items()}))
+                rows.append(
+                    (
+                        dataset,
+                        workers,
+                        len(r) / wall,
+                        {k: len(r) / v if v > 0 else float("inf") for k, v in stage.items()},
+                    )
+                )
     con = Console(width=120)
     table = Table(title="bench evaluate: images/s (tiny random codec, random-weight YOLOv3, this machine)")
     for col in ("path", "workers", "end-to-end", "encode", "decode", "V_back", "scoring", "speed-up vs 1 worker"):
@@ -71,7 +82,15 @@ def run_evaluate_bench(
     base = {d: ips for d, w, ips, _ in rows if w == 1}
     for d, w, ips, st in rows:
         vback = "-" if d == "kodak" else f"{st['t_back']:.2f}"
-        table.add_row(d, str(w), f"{ips:.2f}", f"{st['t_encode']:.2f}", f"{st['t_decode']:.2f}", vback,
-                      f"{st['t_score']:.2f}", f"{ips / base[d]:.2f}x")
+        table.add_row(
+            d,
+            str(w),
+            f"{ips:.2f}",
+            f"{st['t_encode']:.2f}",
+            f"{st['t_decode']:.2f}",
+            vback,
+            f"{st['t_score']:.2f}",
+            f"{ips / base[d]:.2f}x",
+        )
     con.print(table)
     con.print("Per-stage rates are per worker (stage time summed over images); end-to-end is wall clock.")

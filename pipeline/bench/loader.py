@@ -36,12 +36,21 @@ def run_loader_bench(
         rates: dict[str, tuple[int, float]] = {}
         for encoding in (*FEATURE_ENCODINGS, NO_FEATURES):
             out = work / f"shards-{encoding}"
-            run_prepare(listing, out, shard_size=8, use_ray=False, front=front, feature_encoding=encoding,
-                        yolo_provenance=dict(yolo.provenance), progress=False)
+            run_prepare(
+                listing,
+                out,
+                shard_size=8,
+                use_ray=False,
+                front=front,
+                feature_encoding=encoding,
+                yolo_provenance=dict(yolo.provenance),
+                progress=False,
+            )
             t, n = time.perf_counter(), 0
             for epoch in range(epochs):
-                for x, s in make_loader(str(out), "train", crop=crop, batch_size=batch_size, shuffle_buffer=64,
-                                        epoch=epoch):
+                for x, s in make_loader(
+                    str(out), "train", crop=crop, batch_size=batch_size, shuffle_buffer=64, epoch=epoch
+                ):
                     if not isinstance(s, torch.Tensor):  # image-only shards: s as a training worker computes it
                         s.features(front, torch.device("cpu"))
                     n += x.shape[0]
@@ -71,13 +80,18 @@ def run_loader_bench(
         for col in ("reader", "samples", "seconds", "samples/s"):
             table.add_column(col, justify="right" if col != "reader" else "left")
         for encoding, (n, secs) in rates.items():
-            what = (f"WebDataset shards, s stored ({encoding})" if encoding != NO_FEATURES
-                    else "WebDataset image-only shards + V_front of each whole frame (--features none)")
+            what = (
+                f"WebDataset shards, s stored ({encoding})"
+                if encoding != NO_FEATURES
+                else "WebDataset image-only shards + V_front of each whole frame (--features none)"
+            )
             table.add_row(what, str(n), f"{secs:.2f}", f"{n / secs:.1f}")
         table.add_row("PNG files + V_front on the fly", str(n_png), f"{t_png:.2f}", f"{n_png / t_png:.1f}")
         console.print(table)
         stored = rates[DEFAULT_ENCODING][0] / rates[DEFAULT_ENCODING][1]
-        console.print(f"speed-up shards ({DEFAULT_ENCODING}) / on-the-fly: {stored / (n_png / t_png):.1f}x; "
-                      f"stored ({DEFAULT_ENCODING}) / image-only + V_front: "
-                      f"{stored / (rates[NO_FEATURES][0] / rates[NO_FEATURES][1]):.1f}x (on this machine's CPU: "
-                      "on a GPU worker V_front costs far less)")
+        console.print(
+            f"speed-up shards ({DEFAULT_ENCODING}) / on-the-fly: {stored / (n_png / t_png):.1f}x; "
+            f"stored ({DEFAULT_ENCODING}) / image-only + V_front: "
+            f"{stored / (rates[NO_FEATURES][0] / rates[NO_FEATURES][1]):.1f}x (on this machine's CPU: "
+            "on a GPU worker V_front costs far less)"
+        )

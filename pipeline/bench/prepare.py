@@ -18,7 +18,9 @@ from pipeline.infra.errors import UserError
 def _fixture(work: Path, name: str, sequences: int) -> Listing:
     from pipeline.data.sample_data import generate_sample
 
-    parts = generate_sample(work / name, seed=0, train_sequences=sequences, val_sequences=1, coco_images=0, kodak_images=0)
+    parts = generate_sample(
+        work / name, seed=0, train_sequences=sequences, val_sequences=1, coco_images=0, kodak_images=0
+    )
     return list_source("vimeo90k", parts.vimeo_root, "all")
 
 
@@ -100,8 +102,17 @@ def run_prepare_bench(
         on_ray = run_prepare(listing, work / "out-ray", use_ray=True, **common)
         n = plain.frames_written
         table = Table(title=f"prepare throughput, {n} frames of 448x256, random-weight YOLOv3 front")
-        for col in ("run", "processes x torch threads", "seconds", "frames/s", "decode s", "V_front s", "encode s",
-                    "write s", "front fetch s"):
+        for col in (
+            "run",
+            "processes x torch threads",
+            "seconds",
+            "frames/s",
+            "decode s",
+            "V_front s",
+            "encode s",
+            "write s",
+            "front fetch s",
+        ):
             table.add_column(col, justify="right" if col != "run" else "left")
         runs = (
             ("plain process, torch default threads", plain, f"1 x {torch.get_num_threads()}"),
@@ -111,7 +122,10 @@ def run_prepare_bench(
         for label, rep, workers in runs:
             tm = rep.timings
             table.add_row(
-                label, workers, f"{rep.seconds:.2f}", f"{rep.frames_written / rep.seconds:.2f}",
+                label,
+                workers,
+                f"{rep.seconds:.2f}",
+                f"{rep.frames_written / rep.seconds:.2f}",
                 *(f"{tm.get(k, 0.0):.2f}" for k in ("decode", "v_front", "encode", "write", "load_front")),
             )
         console.print(table)
@@ -132,8 +146,19 @@ def run_prepare_bench(
         rows = []
         for label, lst in (("1x", listing), ("8x", big)):
             cmd = [
-                sys.executable, "-m", "pipeline.cli", "prepare", "--dataset", "vimeo90k", "--root", lst.root,
-                "--out", str(work / f"out-mem-{label}"), "--shard-size", str(shard_size), "--overwrite",
+                sys.executable,
+                "-m",
+                "pipeline.cli",
+                "prepare",
+                "--dataset",
+                "vimeo90k",
+                "--root",
+                lst.root,
+                "--out",
+                str(work / f"out-mem-{label}"),
+                "--shard-size",
+                str(shard_size),
+                "--overwrite",
             ]
             if num_cpus:
                 cmd += ["--num-cpus", str(num_cpus)]

@@ -68,14 +68,27 @@ def codec_rows(front: Any, frames: list[tuple[np.ndarray, bytes]]) -> dict[str, 
             err = np.abs(back - s) / std
             err_max.append(float(err.max()))
             err_rms.append(float((err**2).mean()))  # mean square per frame: the RMS is over all frames
-        rows[encoding] = {"bytes": float(np.mean(sizes)), "x_png": float(np.mean(sizes)) / png,
-                          "encode_ms": statistics.median(enc_ms), "decode_ms": statistics.median(dec_ms) if dec_ms else 0.0,
-                          "err_max": max(err_max, default=0.0), "err_rms": float(np.sqrt(np.mean(err_rms))) if err_rms else 0.0}
+        rows[encoding] = {
+            "bytes": float(np.mean(sizes)),
+            "x_png": float(np.mean(sizes)) / png,
+            "encode_ms": statistics.median(enc_ms),
+            "decode_ms": statistics.median(dec_ms) if dec_ms else 0.0,
+            "err_max": max(err_max, default=0.0),
+            "err_rms": float(np.sqrt(np.mean(err_rms))) if err_rms else 0.0,
+        }
     return rows
 
 
-def train_effect(shards: str, reference: str, seed: int, steps: int, lmbda: float,
-                 gamma: float, gamma_mode: str, start: str | None = None) -> dict[str, float]:
+def train_effect(
+    shards: str,
+    reference: str,
+    seed: int,
+    steps: int,
+    lmbda: float,
+    gamma: float,
+    gamma_mode: str,
+    start: str | None = None,
+) -> dict[str, float]:
     """Train proposed (the mini study's configuration) ``steps`` steps from ``seed`` (and from the weights of the
     zoo checkpoint ``start``, at the quickstart's fine-tuning lr, when given) on ``shards`` (s stored, or
     computed from x on image-only shards), then its val D_s and loss on one fixed crop of every validation frame
@@ -97,7 +110,9 @@ def train_effect(shards: str, reference: str, seed: int, steps: int, lmbda: floa
     front = build_yolov3(weights, cfg=cfg).front
     s_mean, s_std = feature_stats(read_dataset_info(reference))
     torch.manual_seed(seed)
-    model = build("proposed", front=front, N=mini["N"], **codec_spec("proposed").parse(codec_spec("proposed").defaults("mini")[0]))
+    model = build(
+        "proposed", front=front, N=mini["N"], **codec_spec("proposed").parse(codec_spec("proposed").defaults("mini")[0])
+    )
     model.set_feature_stats(s_mean, s_std)
     if start is not None:  # as a fine-tuned trial starts (pipeline.training.loop.warm_start)
         model.load_state_dict(load_checkpoint(zoo_checkpoint(start))[0].state_dict())
@@ -105,8 +120,15 @@ def train_effect(shards: str, reference: str, seed: int, steps: int, lmbda: floa
     net_opt, aux_opt = configure_optimizers(model, 1e-4 if start else 1e-3, 1e-3)
     model.train()
     cpu = torch.device("cpu")
-    loader = make_loader(shards, "train", crop=mini["crop"], batch_size=mini["batch_size"],
-                         shuffle_buffer=mini["shuffle_buffer"], seed=seed, repeat=True)
+    loader = make_loader(
+        shards,
+        "train",
+        crop=mini["crop"],
+        batch_size=mini["batch_size"],
+        shuffle_buffer=mini["shuffle_buffer"],
+        seed=seed,
+        repeat=True,
+    )
     for step, (x, s) in enumerate(loader):
         if step >= steps:
             break
@@ -125,10 +147,17 @@ def train_effect(shards: str, reference: str, seed: int, steps: int, lmbda: floa
     return {k: v / n for k, v in sums.items()}
 
 
-def run_shards_bench(sequences: int = 12, frames_per_sequence: int = 3, steps: int = 400,
-                     seeds: tuple[int, ...] = (0, 1, 2, 3, 4),
-                     lmbda: float = 0.0932, threads: int = 2, work_dir: Path | None = None,
-                     training: bool = True, start: str = "zoo") -> dict[str, Any]:
+def run_shards_bench(
+    sequences: int = 12,
+    frames_per_sequence: int = 3,
+    steps: int = 400,
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4),
+    lmbda: float = 0.0932,
+    threads: int = 2,
+    work_dir: Path | None = None,
+    training: bool = True,
+    start: str = "zoo",
+) -> dict[str, Any]:
     """Print the encodings table (bytes, time, error, training effect) and the default it supports."""
     import torch
     from rich.console import Console
@@ -142,55 +171,94 @@ def run_shards_bench(sequences: int = 12, frames_per_sequence: int = 3, steps: i
 
     torch.set_num_threads(threads)
     console = Console(width=160)
-    zoo_name, zoo = min(((n, e) for n, e in codec_zoo().items() if e["model"] == "proposed"),
-                        key=lambda ne: abs(math.log(ne[1]["lmbda"] / lmbda)))  # its loss: the mini study's, γ 10 scaled
+    zoo_name, zoo = min(
+        ((n, e) for n, e in codec_zoo().items() if e["model"] == "proposed"),
+        key=lambda ne: abs(math.log(ne[1]["lmbda"] / lmbda)),
+    )  # its loss: the mini study's, γ 10 scaled
     if start not in ("zoo", "scratch"):
         raise UserError(f"--start {start!r} is not one of: zoo, scratch")
     init = zoo_name if start == "zoo" else None
     with tempfile.TemporaryDirectory(prefix="dvcm-bench-shards-") as tmp:
         work = Path(work_dir or tmp)
-        sample = generate_sample(work / "data", seed=0, train_sequences=sequences, val_sequences=max(2, sequences // 3),
-                                 coco_images=0, kodak_images=0)
+        sample = generate_sample(
+            work / "data",
+            seed=0,
+            train_sequences=sequences,
+            val_sequences=max(2, sequences // 3),
+            coco_images=0,
+            kodak_images=0,
+        )
         listing = list_source("sample", sample.vimeo_root, frames_per_sequence)
         batch = PRESETS["mini"]["batch_size"]
         if training and sum(r.split == "train" for r in listing.items) < batch:
-            raise UserError(f"--sequences {sequences} gives fewer training frames than a batch ({batch}); "
-                            f"use at least {-(-batch // frames_per_sequence)}")
+            raise UserError(
+                f"--sequences {sequences} gives fewer training frames than a batch ({batch}); "
+                f"use at least {-(-batch // frames_per_sequence)}"
+            )
         weights, cfg, _ = mini_detector()
         mini = build_yolov3(weights, cfg=cfg)
         frames = _frames(listing, 8)
-        fronts = {"mini YOLOv3 (trained on the world, 32 channels)": mini.front,
-                  "standard YOLOv3, RANDOM weights (256 channels)": build_yolov3(None, seed=0).front}
+        fronts = {
+            "mini YOLOv3 (trained on the world, 32 channels)": mini.front,
+            "standard YOLOv3, RANDOM weights (256 channels)": build_yolov3(None, seed=0).front,
+        }
         codec = {name: codec_rows(front.eval(), frames) for name, front in fronts.items()}
         effect: dict[str, list[dict[str, float]]] = {}
         if training:
             shards = {}
             for encoding in ENCODINGS:
                 shards[encoding] = str(work / f"shards-{encoding}")
-                run_prepare(listing, shards[encoding], frames=frames_per_sequence, shard_size=16, feature_encoding=encoding,
-                            use_ray=False, progress=False, front=mini.front, yolo_provenance=dict(mini.provenance))
+                run_prepare(
+                    listing,
+                    shards[encoding],
+                    frames=frames_per_sequence,
+                    shard_size=16,
+                    feature_encoding=encoding,
+                    use_ray=False,
+                    progress=False,
+                    front=mini.front,
+                    yolo_provenance=dict(mini.provenance),
+                )
             with console.status("") as status:
                 for encoding in ENCODINGS:
                     for seed in seeds:
                         status.update(f"training proposed {steps} steps on {encoding} shards, seed {seed}")
-                        effect.setdefault(encoding, []).append(train_effect(
-                            shards[encoding], shards["float16"], seed, steps, lmbda, zoo["gamma"],
-                            zoo.get("gamma_mode", "fixed"), init))
+                        effect.setdefault(encoding, []).append(
+                            train_effect(
+                                shards[encoding],
+                                shards["float16"],
+                                seed,
+                                steps,
+                                lmbda,
+                                zoo["gamma"],
+                                zoo.get("gamma_mode", "fixed"),
+                                init,
+                            )
+                        )
     png = len(frames) and float(np.mean([len(p) for _, p in frames]))
     for name, rows in codec.items():
-        table = Table(title=f"feature encodings, {name}: {len(frames)} world frames of 448x256 (PNG {png / 1e3:.0f} KB)")
+        table = Table(
+            title=f"feature encodings, {name}: {len(frames)} world frames of 448x256 (PNG {png / 1e3:.0f} KB)"
+        )
         for col in ("encoding", "KB/frame", "× PNG", "encode ms", "decode ms", "max |err|/σ", "RMS err/σ"):
             table.add_column(col, justify="left" if col == "encoding" else "right")
         for encoding, r in rows.items():
-            table.add_row(encoding, f"{r['bytes'] / 1e3:.1f}", f"{r['x_png']:.2f}", f"{r['encode_ms']:.2f}",
-                          f"{r['decode_ms']:.2f}" if encoding != NO_FEATURES else "(V_front)",
-                          f"{r['err_max']:.4f}", f"{r['err_rms']:.5f}")
+            table.add_row(
+                encoding,
+                f"{r['bytes'] / 1e3:.1f}",
+                f"{r['x_png']:.2f}",
+                f"{r['encode_ms']:.2f}",
+                f"{r['decode_ms']:.2f}" if encoding != NO_FEATURES else "(V_front)",
+                f"{r['err_max']:.4f}",
+                f"{r['err_rms']:.5f}",
+            )
         console.print(table)
     result: dict[str, Any] = {"codec": codec, "effect": effect}
     if effect:
         what = f"fine-tuned from zoo:{init} at lr 1e-4" if init else "from scratch at lr 1e-3"
-        result["default"] = _effect_table(console, effect, codec[next(iter(codec))], f"{steps} steps {what}", seeds,
-                                          lmbda)
+        result["default"] = _effect_table(
+            console, effect, codec[next(iter(codec))], f"{steps} steps {what}", seeds, lmbda
+        )
     return result
 
 
@@ -206,14 +274,22 @@ def within_noise(runs: list[float], reference: list[float]) -> tuple[float, floa
     return delta, noise, abs(delta) <= noise
 
 
-def _effect_table(console: Any, effect: dict[str, list[dict[str, float]]], sizes: dict[str, dict[str, float]],
-                  steps: str, seeds: tuple[int, ...], lmbda: float) -> str:
+def _effect_table(
+    console: Any,
+    effect: dict[str, list[dict[str, float]]],
+    sizes: dict[str, dict[str, float]],
+    steps: str,
+    seeds: tuple[int, ...],
+    lmbda: float,
+) -> str:
     """Print each encoding's training effect (per seed, mean, difference from float16 and its noise); return the
     smallest stored encoding within noise on both metrics."""
     from rich.table import Table
 
-    table = Table(title=f"training effect: proposed (mini), λ {lmbda}, {steps}, seeds "
-                        f"{', '.join(map(str, seeds))}; validated on one fixed crop of each float16 validation frame")
+    table = Table(
+        title=f"training effect: proposed (mini), λ {lmbda}, {steps}, seeds "
+        f"{', '.join(map(str, seeds))}; validated on one fixed crop of each float16 validation frame"
+    )
     for col in ("encoding", "metric", "per seed", "mean", "Δ vs float16", "noise (2 SE)", "within noise"):
         table.add_column(col, justify="left" if col in ("encoding", "metric", "per seed") else "right")
     within: dict[str, bool] = {}
@@ -223,14 +299,23 @@ def _effect_table(console: Any, effect: dict[str, list[dict[str, float]]], sizes
             values = [e[k] for e in runs]
             delta, noise, inside = within_noise(values, [e[k] for e in effect["float16"]])
             ok = ok and inside
-            table.add_row(encoding if k == "D_s" else "", f"val {k}", " ".join(f"{v:.3f}" for v in values),
-                          f"{statistics.fmean(values):.4f}", f"{delta:+.4f}", f"{noise:.4f}",
-                          "yes" if inside else "no", end_section=k == "loss")
+            table.add_row(
+                encoding if k == "D_s" else "",
+                f"val {k}",
+                " ".join(f"{v:.3f}" for v in values),
+                f"{statistics.fmean(values):.4f}",
+                f"{delta:+.4f}",
+                f"{noise:.4f}",
+                "yes" if inside else "no",
+                end_section=k == "loss",
+            )
         within[encoding] = ok
     console.print(table)
     stored = [e for e in FEATURE_ENCODINGS if within.get(e)]
     best = min(stored, key=lambda e: sizes[e]["bytes"]) if stored else "float16"
-    console.print(f"smallest stored encoding within noise on both: {best} ({sizes[best]['bytes'] / 1e3:.1f} KB per "
-                  f"frame with the mini YOLOv3's features); image-only shards (none): "
-                  f"{'within' if within.get(NO_FEATURES) else 'not within'} noise")
+    console.print(
+        f"smallest stored encoding within noise on both: {best} ({sizes[best]['bytes'] / 1e3:.1f} KB per "
+        f"frame with the mini YOLOv3's features); image-only shards (none): "
+        f"{'within' if within.get(NO_FEATURES) else 'not within'} noise"
+    )
     return best

@@ -43,8 +43,17 @@ def _loader_samples_per_s(shards: str, crop: int, batch_size: int, batches: int)
     """Samples/s of the shard reader in this process (after one batch of warm-up)."""
     from pipeline.data import shards as shard_reader
 
-    loader = shard_reader.make_loader(shards, split="train", crop=crop, batch_size=batch_size, num_workers=0,
-                                      shuffle_buffer=16, seed=0, epoch=1, repeat=True)
+    loader = shard_reader.make_loader(
+        shards,
+        split="train",
+        crop=crop,
+        batch_size=batch_size,
+        num_workers=0,
+        shuffle_buffer=16,
+        seed=0,
+        epoch=1,
+        repeat=True,
+    )
     it, n = iter(loader), 0
     next(it)
     t0 = time.perf_counter()
@@ -83,8 +92,10 @@ def _ddp_bench_loop(config: dict[str, Any]) -> None:
     rate = n * world / (time.perf_counter() - t0)
     with tempfile.TemporaryDirectory() as tmp:  # Ray Train V2 hands back metrics with a checkpoint
         (Path(tmp) / "bench.json").write_text(f'{{"samples_per_s": {rate}}}')
-        ray.train.report({"samples_per_s": rate},
-                         checkpoint=ray.train.Checkpoint.from_directory(tmp) if ctx.get_world_rank() == 0 else None)
+        ray.train.report(
+            {"samples_per_s": rate},
+            checkpoint=ray.train.Checkpoint.from_directory(tmp) if ctx.get_world_rank() == 0 else None,
+        )
 
 
 def run_train_bench(
@@ -133,11 +144,21 @@ def run_train_bench(
         hl = RateDistortionLoss(lmbda=0.0067)
         sh = _train_steps_per_s(hyper, lambda out, xx: hl(out, xx), [(x,)], steps)
     rows.append((f"train step on {device}: proposed (64,192,2), N={n}", sp, ""))
-    rows.append((f"train step on {device}: the same, s computed in the step from {crop * 7 // 4}x{crop} frames "
-                 "(--features none)", sp_fly,
-                 f"stored s / computed s = {sp / sp_fly:.2f}"))
-    rows.append((f"train step on {device}: CompressAI ScaleHyperprior (bmshj2018-hyperprior), N={n} M=320", sh,
-                 f"proposed/hyperprior = {sp / sh:.2f}"))
+    rows.append(
+        (
+            f"train step on {device}: the same, s computed in the step from {crop * 7 // 4}x{crop} frames "
+            "(--features none)",
+            sp_fly,
+            f"stored s / computed s = {sp / sp_fly:.2f}",
+        )
+    )
+    rows.append(
+        (
+            f"train step on {device}: CompressAI ScaleHyperprior (bmshj2018-hyperprior), N={n} M=320",
+            sh,
+            f"proposed/hyperprior = {sp / sh:.2f}",
+        )
+    )
     x, s = x.cpu(), s.cpu()
 
     if shards is not None:
@@ -156,21 +177,40 @@ def run_train_bench(
         with console.status(f"DDP on CPU: {workers} worker(s) x {threads} thread(s), find_unused_parameters={unused}"):
             trainer = TorchTrainer(
                 _ddp_bench_loop,
-                train_loop_config={"threads": threads, "N": ddp_n, "batch": batch_size, "crop": ddp_crop, "steps": steps,
-                                   "find_unused": unused},
+                train_loop_config={
+                    "threads": threads,
+                    "N": ddp_n,
+                    "batch": batch_size,
+                    "crop": ddp_crop,
+                    "steps": steps,
+                    "find_unused": unused,
+                },
                 torch_config=TorchConfig(backend="gloo"),
                 scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": threads}),
-                run_config=RunConfig(name=f"bench-ddp-{workers}x{threads}-{int(unused)}-{int(time.time())}",
-                                     storage_path=bench_dir, logging_config=train_logging_config()),
+                run_config=RunConfig(
+                    name=f"bench-ddp-{workers}x{threads}-{int(unused)}-{int(time.time())}",
+                    storage_path=bench_dir,
+                    logging_config=train_logging_config(),
+                ),
             )
             with trainer.fit().checkpoint.as_directory() as d:
                 ddp[(workers, threads, unused)] = json.loads((Path(d) / "bench.json").read_text())["samples_per_s"]
     what = f"N={ddp_n}, {ddp_crop} crops, batch {batch_size}/worker"
     rows.append((f"DDP CPU 1 worker x 2 threads ({what})", ddp[(1, 2, False)], ""))
-    rows.append((f"DDP CPU 2 workers x 1 thread ({what})", ddp[(2, 1, False)],
-                 f"2x1 / 1x2 = {ddp[(2, 1, False)] / ddp[(1, 2, False)]:.2f}"))
-    rows.append((f"DDP CPU 2 workers x 1 thread, find_unused_parameters=True ({what})", ddp[(2, 1, True)],
-                 f"without / with the unused-parameter search = {ddp[(2, 1, False)] / ddp[(2, 1, True)]:.2f}"))
+    rows.append(
+        (
+            f"DDP CPU 2 workers x 1 thread ({what})",
+            ddp[(2, 1, False)],
+            f"2x1 / 1x2 = {ddp[(2, 1, False)] / ddp[(1, 2, False)]:.2f}",
+        )
+    )
+    rows.append(
+        (
+            f"DDP CPU 2 workers x 1 thread, find_unused_parameters=True ({what})",
+            ddp[(2, 1, True)],
+            f"without / with the unused-parameter search = {ddp[(2, 1, False)] / ddp[(2, 1, True)]:.2f}",
+        )
+    )
 
     table = Table(title=f"bench train: samples/s, batch {batch_size}, {crop}x{crop} crops, {steps} timed steps")
     table.add_column("measurement")

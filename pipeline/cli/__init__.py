@@ -25,9 +25,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
 @app.callback()
 def options(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every line of Ray's and MLflow's output (nothing filtered)."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Show every line of Ray's and MLflow's output (nothing filtered)."
+    ),
 ) -> None:
     """Scalable image coding for humans and machines: prepare, train, sweep, evaluate."""
     if verbose:

@@ -32,8 +32,12 @@ def codec_command(
 
 @bench.command("prepare")
 def prepare_command(
-    sequences: Annotated[int, typer.Option(help="Vimeo-shaped sequences (7 frames of 448x256 each) in the 1x fixture.")] = 4,
-    shard_size: Annotated[int, typer.Option(help="Samples per shard (small, so that the last round of shards keeps every core busy).")] = 2,
+    sequences: Annotated[
+        int, typer.Option(help="Vimeo-shaped sequences (7 frames of 448x256 each) in the 1x fixture.")
+    ] = 4,
+    shard_size: Annotated[
+        int, typer.Option(help="Samples per shard (small, so that the last round of shards keeps every core busy).")
+    ] = 2,
     num_cpus: Annotated[int | None, typer.Option(help="CPUs for Ray (default: all cores).")] = None,
     memory: Annotated[bool, typer.Option(help="Also measure peak RSS of prepare at 1x and 8x the fixture.")] = True,
     work_dir: Annotated[Path | None, typer.Option(help="Where fixtures and shards go (default: a temp dir).")] = None,
@@ -44,17 +48,31 @@ def prepare_command(
 
 @bench.command("shards")
 def shards_command(
-    sequences: Annotated[int, typer.Option(help="World training clips (3 frames each; a third as many for validation).")] = 12,
+    sequences: Annotated[
+        int, typer.Option(help="World training clips (3 frames each; a third as many for validation).")
+    ] = 12,
     steps: Annotated[int, typer.Option(help="Training steps per run (the same for every encoding and seed).")] = 400,
     seeds: Annotated[str, typer.Option(help="Seeds, comma-separated: their spread is the noise.")] = "0,1,2,3,4",
     training: Annotated[bool, typer.Option(help="Also measure each encoding's effect on training.")] = True,
-    start: Annotated[str, typer.Option(help="zoo: fine-tune the zoo's proposed checkpoint nearest λ 0.0932 (lr 1e-4), as the quickstart does; scratch: train from scratch (lr 1e-3).")] = "zoo",
+    start: Annotated[
+        str,
+        typer.Option(
+            help="zoo: fine-tune the zoo's proposed checkpoint nearest λ 0.0932 (lr 1e-4), as the quickstart does; scratch: train from scratch (lr 1e-3)."
+        ),
+    ] = "zoo",
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
     work_dir: Annotated[Path | None, typer.Option(help="Where the data and shards go (default: a temp dir).")] = None,
 ) -> None:
     """Feature encodings side by side: bytes per frame, encode/decode time, error of s, and the effect on training (val D_s and loss after the same steps from the same seeds), against float16's seed-to-seed noise."""
-    run_shards_bench(sequences=sequences, steps=steps, seeds=tuple(int(s) for s in seeds.split(",")), threads=threads,
-                     work_dir=work_dir, training=training, start=start)
+    run_shards_bench(
+        sequences=sequences,
+        steps=steps,
+        seeds=tuple(int(s) for s in seeds.split(",")),
+        threads=threads,
+        work_dir=work_dir,
+        training=training,
+        start=start,
+    )
 
 
 @bench.command("loader")
@@ -63,7 +81,9 @@ def loader_command(
     crop: Annotated[int, typer.Option(help="Crop size.")] = 256,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 8,
     epochs: Annotated[int, typer.Option(help="Passes over the fixture per reader.")] = 2,
-    work_dir: Annotated[Path | None, typer.Option(help="Where the fixture and shards go (default: a temp dir).")] = None,
+    work_dir: Annotated[
+        Path | None, typer.Option(help="Where the fixture and shards go (default: a temp dir).")
+    ] = None,
 ) -> None:
     """Samples/s of the WebDataset reader vs reading PNG files and computing s on the fly."""
     run_loader_bench(sequences=sequences, crop=crop, batch_size=batch_size, epochs=epochs, work_dir=work_dir)
@@ -74,7 +94,9 @@ def train_command(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Batch of both codecs.")] = 4,
     crop: Annotated[int, typer.Option("--crop", help="Crop size.")] = 256,
     steps: Annotated[int, typer.Option("--steps", help="Timed steps per measurement (after 1 warm-up).")] = 3,
-    shards: Annotated[str | None, typer.Option("--shards", help="Prepared shards (folder or URL) for the loader measurement.")] = None,
+    shards: Annotated[
+        str | None, typer.Option("--shards", help="Prepared shards (folder or URL) for the loader measurement.")
+    ] = None,
     ddp_n: Annotated[int, typer.Option("--ddp-N", help="N of the codec in the DDP measurement.")] = 64,
     ddp_crop: Annotated[int, typer.Option("--ddp-crop", help="Crop of the DDP measurement.")] = 128,
     address: AddressOpt = None,
@@ -82,8 +104,17 @@ def train_command(
     device: Annotated[str, typer.Option("--device", help="cpu or cuda for the single-process measurement.")] = "cpu",
 ) -> None:
     """Training samples/s: proposed (64,192,2) vs CompressAI ScaleHyperprior(192,320); loader headroom; CPU DDP layouts."""
-    run_train_bench(batch_size=batch_size, crop=crop, steps=steps, shards=shards, ddp_n=ddp_n, ddp_crop=ddp_crop, address=address,
-                    n=n, device=device)
+    run_train_bench(
+        batch_size=batch_size,
+        crop=crop,
+        steps=steps,
+        shards=shards,
+        ddp_n=ddp_n,
+        ddp_crop=ddp_crop,
+        address=address,
+        n=n,
+        device=device,
+    )
 
 
 @bench.command("evaluate")
@@ -107,6 +138,7 @@ def redundancy_command(
 ) -> None:
     """Rdn(ŷ1|ŷ2) and Rdn(ŷ2|ŷ1) with their 95 % intervals over a grid of (K, fibers), side by side: the fiber
     and cluster counts from which the estimate is stable on these images."""
+
     def ints(text: str, flag: str) -> tuple[int, ...]:
         try:
             values = tuple(int(v) for v in text.split(",") if v.strip())

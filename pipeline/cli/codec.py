@@ -16,15 +16,27 @@ from pipeline.codec.files import (
     run_demo,
 )
 
-MaxPixels = Annotated[int | None, typer.Option(
-    "--max-pixels", min=1,
-    help="Refuse images larger than this many pixels (default: whatever coding fits in this machine's memory).")]
+MaxPixels = Annotated[
+    int | None,
+    typer.Option(
+        "--max-pixels",
+        min=1,
+        help="Refuse images larger than this many pixels (default: whatever coding fits in this machine's memory).",
+    ),
+]
 
 
 def compress_command(
     image: Annotated[Path, typer.Argument(help="PNG/JPEG image to code.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output .dvcm file.")],
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Codec checkpoint (.pt), or zoo:NAME for a bundled one (e.g. zoo:proposed-l0.0932).")],
+    checkpoint: Annotated[
+        Path,
+        typer.Option(
+            "--checkpoint",
+            "-c",
+            help="Codec checkpoint (.pt), or zoo:NAME for a bundled one (e.g. zoo:proposed-l0.0932).",
+        ),
+    ],
     max_pixels: MaxPixels = None,
 ) -> None:
     """Code an image into a two-layer file (base layer for machines, enhancement for humans)."""
@@ -33,10 +45,18 @@ def compress_command(
 
 def decompress_command(
     file: Annotated[Path, typer.Argument(help="A .dvcm file (whole, or its base layer only).")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="x̂ as PNG; with --base-only a path stem for .npy/.json.")],
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="The checkpoint that coded the file (a .pt, or zoo:NAME).")],
-    base_only: Annotated[bool, typer.Option("--base-only", help="Decode the base layer only: ŝ and YOLOv3 detections.")] = False,
-    yolo_weights: Annotated[Path | None, typer.Option(help=f"{YOLO_WEIGHTS_HELP} (default: the checkpoint's seeded YOLO).")] = None,
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="x̂ as PNG; with --base-only a path stem for .npy/.json.")
+    ],
+    checkpoint: Annotated[
+        Path, typer.Option("--checkpoint", "-c", help="The checkpoint that coded the file (a .pt, or zoo:NAME).")
+    ],
+    base_only: Annotated[
+        bool, typer.Option("--base-only", help="Decode the base layer only: ŝ and YOLOv3 detections.")
+    ] = False,
+    yolo_weights: Annotated[
+        Path | None, typer.Option(help=f"{YOLO_WEIGHTS_HELP} (default: the checkpoint's seeded YOLO).")
+    ] = None,
     yolo_cfg: YoloCfgOpt = None,
     conf_thres: Annotated[float, typer.Option(help="Detection confidence threshold.")] = 0.25,
     nms_iou: Annotated[float, typer.Option(help="NMS IoU threshold.")] = 0.45,
@@ -44,8 +64,9 @@ def decompress_command(
 ) -> None:
     """Decode a file: the image (both layers), or with --base-only ŝ (.npy) and detections (.json)."""
     if base_only:
-        typer.echo(decompress_base_file(file, output, checkpoint, yolo_weights, conf_thres, nms_iou, max_pixels,
-                                        yolo_cfg))
+        typer.echo(
+            decompress_base_file(file, output, checkpoint, yolo_weights, conf_thres, nms_iou, max_pixels, yolo_cfg)
+        )
     else:
         typer.echo(decompress_file(file, output, checkpoint, max_pixels))
 

@@ -19,33 +19,64 @@ from pipeline.infra.yolo_files import yolo_files
 
 
 def evaluate_command(
-    checkpoint: Annotated[list[str] | None, typer.Option("--checkpoint", help="A checkpoint file, an fsspec URL such as s3://bucket/runs/.../final.pt, or zoo:NAME for a bundled one (repeatable).")] = None,
+    checkpoint: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--checkpoint",
+            help="A checkpoint file, an fsspec URL such as s3://bucket/runs/.../final.pt, or zoo:NAME for a bundled one (repeatable).",
+        ),
+    ] = None,
     run: Annotated[list[str] | None, typer.Option("--run", help="An MLflow trial run id (repeatable).")] = None,
     sweep: Annotated[str | None, typer.Option(help="Every finished trial of this sweep.")] = None,
     all_runs: Annotated[bool, typer.Option("--all-runs", help="Every finished trial run in the store.")] = False,
-    tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+    ] = None,
     coco_root: Annotated[Path | None, typer.Option(help="COCO 2014 root (val2014/ and annotations/).")] = None,
-    coco_annotations: Annotated[Path | None, typer.Option(help="Default: <coco-root>/annotations/instances_val2014.json.")] = None,
-    image_list: Annotated[Path | None, typer.Option(help="File names or image ids, one per line (e.g. the 5k subset).")] = None,
+    coco_annotations: Annotated[
+        Path | None, typer.Option(help="Default: <coco-root>/annotations/instances_val2014.json.")
+    ] = None,
+    image_list: Annotated[
+        Path | None, typer.Option(help="File names or image ids, one per line (e.g. the 5k subset).")
+    ] = None,
     kodak_root: Annotated[Path | None, typer.Option(help="Kodak (or any image folder) for rate-distortion.")] = None,
     out: Annotated[Path, typer.Option(help="Folder for results.json/csv, BD tables and plots.")] = Path("eval"),
     conf_thres: Annotated[float, typer.Option(help="Detection confidence threshold.")] = 0.001,
     nms_iou: Annotated[float, typer.Option(help="Class-wise NMS IoU.")] = 0.5,
-    reference_detections: Annotated[str, typer.Option(help="gt: the annotations; uncompressed: the uncompressed YOLOv3's detections.")] = "gt",
-    reference_score: Annotated[float, typer.Option(help="Score from which uncompressed detections count as ground truth (darknet's display threshold).")] = DEFAULT_REFERENCE_SCORE,
-    anchors: Annotated[str, typer.Option(help="Comma-separated anchors (jpeg,webp,avif,hevc,vvc) or 'none'.")] = "jpeg,webp,avif,hevc,vvc",
-    anchor_params: Annotated[str | None, typer.Option(help="Override fixed parameters, e.g. 'jpeg=10,40;hevc=37,32'.")] = None,
-    bd_reference: Annotated[str, typer.Option(help="Models whose curves are BD references, comma separated (anchors always are).")] = "choi2022,bmshj2018",
+    reference_detections: Annotated[
+        str, typer.Option(help="gt: the annotations; uncompressed: the uncompressed YOLOv3's detections.")
+    ] = "gt",
+    reference_score: Annotated[
+        float,
+        typer.Option(
+            help="Score from which uncompressed detections count as ground truth (darknet's display threshold)."
+        ),
+    ] = DEFAULT_REFERENCE_SCORE,
+    anchors: Annotated[
+        str, typer.Option(help="Comma-separated anchors (jpeg,webp,avif,hevc,vvc) or 'none'.")
+    ] = "jpeg,webp,avif,hevc,vvc",
+    anchor_params: Annotated[
+        str | None, typer.Option(help="Override fixed parameters, e.g. 'jpeg=10,40;hevc=37,32'.")
+    ] = None,
+    bd_reference: Annotated[
+        str, typer.Option(help="Models whose curves are BD references, comma separated (anchors always are).")
+    ] = "choi2022,bmshj2018",
     yolo_weights: YoloWeightsOpt = None,
     yolo_cfg: YoloCfgOpt = None,
     yolo_seed: Annotated[int, typer.Option(help="Seed of the random-weight YOLOv3 when no weights are given.")] = 0,
     redundancy_k: Annotated[int, typer.Option(help="k-means clusters K for Rdn (see bench redundancy).")] = 4,
-    redundancy_fibers: Annotated[int, typer.Option(help="Fibers sampled for Rdn (at most; 6144: every fiber of 4 images of 768x512).")] = 6144,
+    redundancy_fibers: Annotated[
+        int, typer.Option(help="Fibers sampled for Rdn (at most; 6144: every fiber of 4 images of 768x512).")
+    ] = 6144,
     redundancy_images: Annotated[int, typer.Option(help="Images used for Rdn.")] = 4,
     chunk_size: Annotated[int, typer.Option(help="Images per Ray task.")] = 16,
     overwrite: Annotated[bool, typer.Option(help="Redo finished (checkpoint, dataset) pairs.")] = False,
-    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: $RAY_ADDRESS or a local Ray).")] = None,
-    device: Annotated[str, typer.Option(help="cpu, or cuda: encode, decode and detect on a GPU (one per Ray task).")] = "cpu",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: $RAY_ADDRESS or a local Ray).")
+    ] = None,
+    device: Annotated[
+        str, typer.Option(help="cpu, or cuda: encode, decode and detect on a GPU (one per Ray task).")
+    ] = "cpu",
 ) -> None:
     """Evaluate checkpoints on COCO (rate–accuracy) and Kodak (rate–distortion) with anchors, BD-rate and plots."""
     from rich.console import Console
@@ -68,10 +99,24 @@ def evaluate_command(
         coco = (items, gt, ann)
     kodak = folder_items(kodak_root) if kodak_root is not None else None
     names = [] if anchors.strip() == "none" else [a.strip() for a in anchors.split(",") if a.strip()]
-    job = Job(anchor_params=parse_anchor_params(anchor_params), targets=targets, out=out, settings=Settings(conf_thres, nms_iou, weights, yolo_seed, device=device, yolo_cfg=cfg),
-              coco=coco, kodak=kodak, reference=reference_detections, reference_score=reference_score, anchors=names,
-              bd_reference=bd_reference, overwrite=overwrite, chunk_size=chunk_size, redundancy_k=redundancy_k,
-              redundancy_fibers=redundancy_fibers, redundancy_images=redundancy_images, tracking_uri=uri)
+    job = Job(
+        anchor_params=parse_anchor_params(anchor_params),
+        targets=targets,
+        out=out,
+        settings=Settings(conf_thres, nms_iou, weights, yolo_seed, device=device, yolo_cfg=cfg),
+        coco=coco,
+        kodak=kodak,
+        reference=reference_detections,
+        reference_score=reference_score,
+        anchors=names,
+        bd_reference=bd_reference,
+        overwrite=overwrite,
+        chunk_size=chunk_size,
+        redundancy_k=redundancy_k,
+        redundancy_fibers=redundancy_fibers,
+        redundancy_images=redundancy_images,
+        tracking_uri=uri,
+    )
     from dvcm.checkpoint import read_checkpoint
 
     for t in targets:  # refuse unknown models / bad files before starting Ray
@@ -99,9 +144,17 @@ def _print_summary(con: Any, summary: dict) -> None:
         for d, entry in res.get("datasets", {}).items():
             for p in entry["points"]:
                 fmt = lambda v, n=3: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{n}f}"  # noqa: E731
-                table.add_row(p["label"], d, fmt(p.get("bpp"), 4), fmt(p.get("map50")), fmt(p.get("s_psnr"), 2),
-                              fmt(p.get("s_snr"), 2),
-                              fmt(p.get("psnr"), 2),
-                              fmt(p.get("ms_ssim"), 4), str(p["images"]), str(entry.get("skipped", 0)))
+                table.add_row(
+                    p["label"],
+                    d,
+                    fmt(p.get("bpp"), 4),
+                    fmt(p.get("map50")),
+                    fmt(p.get("s_psnr"), 2),
+                    fmt(p.get("s_snr"), 2),
+                    fmt(p.get("psnr"), 2),
+                    fmt(p.get("ms_ssim"), 4),
+                    str(p["images"]),
+                    str(entry.get("skipped", 0)),
+                )
     con.print(table)
     con.print(f"results in {summary['out']}")

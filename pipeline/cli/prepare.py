@@ -39,19 +39,23 @@ def _print_summary(report: PrepareReport, out: str) -> None:
     )
     encoding = info["provenance"]["feature_encoding"]
     total = sum(s["bytes"] for entry in info["splits"].values() for s in entry["shards"])
-    stored = ("image-only shards: training computes s" if encoding == NO_FEATURES
-              else f"features stored as {encoding}")
-    console.print(f"{stored}; {total / max(info['counts']['written'], 1) / 1e3:.1f} KB per frame, "
-                  f"{total / 1e6:.1f} MB in all")
+    stored = "image-only shards: training computes s" if encoding == NO_FEATURES else f"features stored as {encoding}"
+    console.print(
+        f"{stored}; {total / max(info['counts']['written'], 1) / 1e3:.1f} KB per frame, {total / 1e6:.1f} MB in all"
+    )
     counts = info["counts"]
     if counts["skipped"]:
         kinds = ", ".join(f"{n} {k}" for k, n in counts["skipped_by_reason"].items())
-        typer.secho(f"warning: skipped {counts['skipped']} inputs ({kinds}); listed in {storage.join(out, 'dataset.json')}",
-                    err=True, fg=typer.colors.YELLOW)
+        typer.secho(
+            f"warning: skipped {counts['skipped']} inputs ({kinds}); listed in {storage.join(out, 'dataset.json')}",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
 
 
-def _print_dry_run(listing: Listing, shard_size: int, weights: str | None, cfg: str | None, yolo_seed: int,
-                   chosen: str) -> None:
+def _print_dry_run(
+    listing: Listing, shard_size: int, weights: str | None, cfg: str | None, yolo_seed: int, chosen: str
+) -> None:
     """Frames, shards, and each encoding's bytes per frame and total, measured on a sample of the tree."""
     from rich.console import Console
     from rich.table import Table
@@ -65,18 +69,27 @@ def _print_dry_run(listing: Listing, shard_size: int, weights: str | None, cfg: 
     est = measure_sizes(listing, yolo.front)
     label = detector_name(yolo.provenance)
     console = Console()
-    console.print(f"dry run: {est.frames} frames ({', '.join(f'{k} {v}' for k, v in by_split.items())}) in {shards} "
-                  f"shards; sizes measured on {est.probed} of them with the features of {label}", soft_wrap=True)
+    console.print(
+        f"dry run: {est.frames} frames ({', '.join(f'{k} {v}' for k, v in by_split.items())}) in {shards} "
+        f"shards; sizes measured on {est.probed} of them with the features of {label}",
+        soft_wrap=True,
+    )
     table = Table(title="shard size by feature encoding")
     for col in ("encoding", "KB per frame", "× PNG", "total GB", ""):
         table.add_column(col, justify="left" if col in ("encoding", "") else "right")
     for encoding, per_frame in est.per_frame.items():
-        table.add_row(encoding if encoding != NO_FEATURES else "none (image only: s computed in training)",
-                      f"{per_frame / 1e3:.1f}", f"{per_frame / max(est.png_bytes, 1):.2f}",
-                      f"{est.total(encoding) / 1e9:.2f}", "← this run" if encoding == chosen else "")
+        table.add_row(
+            encoding if encoding != NO_FEATURES else "none (image only: s computed in training)",
+            f"{per_frame / 1e3:.1f}",
+            f"{per_frame / max(est.png_bytes, 1):.2f}",
+            f"{est.total(encoding) / 1e9:.2f}",
+            "← this run" if encoding == chosen else "",
+        )
     console.print(table)
-    console.print(f"PNG alone: {est.png_bytes / 1e3:.1f} KB per frame; {est.seconds_per_frame:.2f} s per probed frame "
-                  f"here; {len(listing.skipped)} inputs would be skipped; nothing written")
+    console.print(
+        f"PNG alone: {est.png_bytes / 1e3:.1f} KB per frame; {est.seconds_per_frame:.2f} s per probed frame "
+        f"here; {len(listing.skipped)} inputs would be skipped; nothing written"
+    )
 
 
 def _chosen_encoding(features: str, encoding: str | None) -> str:
@@ -87,21 +100,38 @@ def _chosen_encoding(features: str, encoding: str | None) -> str:
         raise UserError(f"--feature-encoding {NO_FEATURES!r}: image-only shards are --features {NO_FEATURES}")
     if features == NO_FEATURES:
         if encoding is not None:
-            raise UserError(f"--features {NO_FEATURES} stores no s, so --feature-encoding {encoding} has nothing to "
-                            "encode; drop one of them")
+            raise UserError(
+                f"--features {NO_FEATURES} stores no s, so --feature-encoding {encoding} has nothing to "
+                "encode; drop one of them"
+            )
         return NO_FEATURES
     return check_encoding(encoding or DEFAULT_ENCODING)
 
 
 def prepare_command(
     dataset: Annotated[str, typer.Option(help=f"One of: {', '.join(DATASETS)}.")],
-    out: Annotated[str, typer.Option(help="Output folder or fsspec URL (s3://bucket/shards) for shards, manifest.parquet and dataset.json.")],
+    out: Annotated[
+        str,
+        typer.Option(
+            help="Output folder or fsspec URL (s3://bucket/shards) for shards, manifest.parquet and dataset.json."
+        ),
+    ],
     root: Annotated[str | None, typer.Option(help="Dataset folder (for sample: where to generate it).")] = None,
     frames: Annotated[str, typer.Option(help="Frames per sequence: all, middle or N (evenly spaced).")] = "all",
     shard_size: Annotated[int, typer.Option(help="Samples per shard.")] = 128,
     batch_size: Annotated[int, typer.Option(help="Frames per V_front batch.")] = 8,
-    feature_encoding: Annotated[str | None, typer.Option(help=f"How s is stored: {', '.join(FEATURE_ENCODINGS)} (default {DEFAULT_ENCODING}; see README, 'Shard storage').")] = None,
-    features: Annotated[str, typer.Option(help="stored: s in the shards; none: image-only shards, training computes s on its workers (GPUs).")] = "stored",
+    feature_encoding: Annotated[
+        str | None,
+        typer.Option(
+            help=f"How s is stored: {', '.join(FEATURE_ENCODINGS)} (default {DEFAULT_ENCODING}; see README, 'Shard storage')."
+        ),
+    ] = None,
+    features: Annotated[
+        str,
+        typer.Option(
+            help="stored: s in the shards; none: image-only shards, training computes s on its workers (GPUs)."
+        ),
+    ] = "stored",
     feature_dtype: Annotated[str | None, typer.Option(hidden=True, help="Old name of --feature-encoding.")] = None,
     yolo_weights: YoloWeightsOpt = None,
     yolo_cfg: YoloCfgOpt = None,
@@ -112,7 +142,9 @@ def prepare_command(
     image_list: Annotated[str | None, typer.Option(help="coco2014: file of image names/ids (5k subset).")] = None,
     val_fraction: Annotated[float, typer.Option(help="folder: fraction of files hashed into val.")] = 0.05,
     sample_seed: Annotated[int, typer.Option(help="sample: generator seed.")] = 0,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print counts and the size estimate; write nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print counts and the size estimate; write nothing.")
+    ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace shards already in --out.")] = False,
 ) -> None:
     """Write WebDataset shards of (image PNG, YOLOv3 layer-12 features s, metadata) for training/evaluation."""
@@ -125,8 +157,19 @@ def prepare_command(
         _print_dry_run(listing, shard_size, weights, cfg, yolo_seed, encoding)
         return
     report = run_prepare(
-        listing, out, weights, yolo_seed, frames_sel, shard_size, batch_size,
-        encoding, num_gpus_per_worker, overwrite, True, address, num_cpus, yolo_cfg=cfg,
+        listing,
+        out,
+        weights,
+        yolo_seed,
+        frames_sel,
+        shard_size,
+        batch_size,
+        encoding,
+        num_gpus_per_worker,
+        overwrite,
+        True,
+        address,
+        num_cpus,
+        yolo_cfg=cfg,
     )
     _print_summary(report, storage.resolve(out))
-

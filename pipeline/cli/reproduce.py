@@ -34,31 +34,99 @@ def _models(preset: str, text: str | None) -> dict[str, dict[str, str]] | None:
 
 def reproduce_command(
     ctx: typer.Context,
-    out: Annotated[Path, typer.Option("--out", help="Folder for everything: data, shards, runs, eval, findings, mlflow.db.")] = Path("dvcm-reproduce"),
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for everything: data, shards, runs, eval, findings, mlflow.db.")
+    ] = Path("dvcm-reproduce"),
     preset: Annotated[str, typer.Option("--preset", help=f"Study preset: {', '.join(PRESETS)}.")] = "mini",
-    budget_minutes: Annotated[float | None, typer.Option("--budget-minutes", help="Wall time the study may take; the training's epoch caps follow from it (default: 60 for mini).")] = None,
-    lambdas: Annotated[str | None, typer.Option("--lambdas", help="λ values, comma separated (default: the paper's 0.0018,0.0067,0.025,0.0932).")] = None,
-    seeds: Annotated[str | None, typer.Option("--seeds", help="Seeds of the trials' weights and crops (default 0,1).")] = None,
-    models: Annotated[str | None, typer.Option("--models", help="The study's models, comma separated (default: every model of the preset: proposed, choi2022, bmshj2018).")] = None,
-    gamma: Annotated[float | None, typer.Option("--gamma", help="Weight γ of the feature distortion D_s (one per study, as in the paper).")] = None,
-    gamma_mode: Annotated[str | None, typer.Option("--gamma-mode", help="fixed: L = R + λ·D_x + γ·D_s (the paper's Eq. 2); scaled: L = R + λ·(D_x + γ·D_s), so λ moves the base layer too (default: the preset's).")] = None,
-    train_detector: Annotated[bool, typer.Option("--train-detector", help="Train the mini YOLOv3 now instead of using the bundled one.")] = False,
-    anchors: Annotated[str, typer.Option("--anchors", help="Anchors to evaluate where installed (jpeg,webp,avif,hevc,vvc) or 'none'.")] = "jpeg,webp,avif,hevc,vvc",
-    steps_per_epoch: Annotated[int | None, typer.Option("--steps-per-epoch", help="Training steps per epoch (default: the preset's).")] = None,
-    val_steps: Annotated[int | None, typer.Option("--val-steps", help="Validation batches per epoch (default: the preset's).")] = None,
-    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow URI (default MLFLOW_TRACKING_URI, else sqlite:///<out>/mlflow.db).")] = None,
-    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address (default RAY_ADDRESS or a local Ray).")] = None,
-    num_cpus: Annotated[int | None, typer.Option("--num-cpus", help="CPUs of the local Ray instance (default: all).")] = None,
-    plan_only: Annotated[bool, typer.Option("--plan-only", help="Print the plan (and, with --preset paper, the data found) and stop.")] = False,
-    vimeo: Annotated[Path | None, typer.Option("--vimeo", help="--preset paper: Vimeo-90K's vimeo_septuplet folder (sequences/, sep_trainlist.txt).")] = None,
-    coco: Annotated[Path | None, typer.Option("--coco", help="--preset paper: COCO 2014's val2014 image folder.")] = None,
-    coco_annotations: Annotated[Path | None, typer.Option("--coco-annotations", help="--preset paper: instances_val2014.json.")] = None,
+    budget_minutes: Annotated[
+        float | None,
+        typer.Option(
+            "--budget-minutes",
+            help="Wall time the study may take; the training's epoch caps follow from it (default: 60 for mini).",
+        ),
+    ] = None,
+    lambdas: Annotated[
+        str | None,
+        typer.Option("--lambdas", help="λ values, comma separated (default: the paper's 0.0018,0.0067,0.025,0.0932)."),
+    ] = None,
+    seeds: Annotated[
+        str | None, typer.Option("--seeds", help="Seeds of the trials' weights and crops (default 0,1).")
+    ] = None,
+    models: Annotated[
+        str | None,
+        typer.Option(
+            "--models",
+            help="The study's models, comma separated (default: every model of the preset: proposed, choi2022, bmshj2018).",
+        ),
+    ] = None,
+    gamma: Annotated[
+        float | None,
+        typer.Option("--gamma", help="Weight γ of the feature distortion D_s (one per study, as in the paper)."),
+    ] = None,
+    gamma_mode: Annotated[
+        str | None,
+        typer.Option(
+            "--gamma-mode",
+            help="fixed: L = R + λ·D_x + γ·D_s (the paper's Eq. 2); scaled: L = R + λ·(D_x + γ·D_s), so λ moves the base layer too (default: the preset's).",
+        ),
+    ] = None,
+    train_detector: Annotated[
+        bool, typer.Option("--train-detector", help="Train the mini YOLOv3 now instead of using the bundled one.")
+    ] = False,
+    anchors: Annotated[
+        str, typer.Option("--anchors", help="Anchors to evaluate where installed (jpeg,webp,avif,hevc,vvc) or 'none'.")
+    ] = "jpeg,webp,avif,hevc,vvc",
+    steps_per_epoch: Annotated[
+        int | None, typer.Option("--steps-per-epoch", help="Training steps per epoch (default: the preset's).")
+    ] = None,
+    val_steps: Annotated[
+        int | None, typer.Option("--val-steps", help="Validation batches per epoch (default: the preset's).")
+    ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--tracking-uri", help="MLflow URI (default MLFLOW_TRACKING_URI, else sqlite:///<out>/mlflow.db)."
+        ),
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray cluster address (default RAY_ADDRESS or a local Ray).")
+    ] = None,
+    num_cpus: Annotated[
+        int | None, typer.Option("--num-cpus", help="CPUs of the local Ray instance (default: all).")
+    ] = None,
+    plan_only: Annotated[
+        bool, typer.Option("--plan-only", help="Print the plan (and, with --preset paper, the data found) and stop.")
+    ] = False,
+    vimeo: Annotated[
+        Path | None,
+        typer.Option(
+            "--vimeo", help="--preset paper: Vimeo-90K's vimeo_septuplet folder (sequences/, sep_trainlist.txt)."
+        ),
+    ] = None,
+    coco: Annotated[
+        Path | None, typer.Option("--coco", help="--preset paper: COCO 2014's val2014 image folder.")
+    ] = None,
+    coco_annotations: Annotated[
+        Path | None, typer.Option("--coco-annotations", help="--preset paper: instances_val2014.json.")
+    ] = None,
     kodak: Annotated[Path | None, typer.Option("--kodak", help="--preset paper: the Kodak image folder.")] = None,
-    yolo_weights: Annotated[Path | None, typer.Option("--yolo-weights", help="--preset paper: Darknet yolov3.weights.")] = None,
+    yolo_weights: Annotated[
+        Path | None, typer.Option("--yolo-weights", help="--preset paper: Darknet yolov3.weights.")
+    ] = None,
     yolo_cfg: YoloCfgOpt = None,
-    use_gpu: Annotated[bool | None, typer.Option("--use-gpu/--no-gpu", help="Train on GPUs (NCCL) instead of CPUs (gloo) (default: GPUs for --preset paper, CPUs for mini).")] = None,
-    workers_per_trial: Annotated[int | None, typer.Option("--workers-per-trial", help="DDP workers per trial (default 1).")] = None,
-    gpus_per_worker: Annotated[float | None, typer.Option("--gpus-per-worker", help="GPUs per worker with --use-gpu (default 1).")] = None,
+    use_gpu: Annotated[
+        bool | None,
+        typer.Option(
+            "--use-gpu/--no-gpu",
+            help="Train on GPUs (NCCL) instead of CPUs (gloo) (default: GPUs for --preset paper, CPUs for mini).",
+        ),
+    ] = None,
+    workers_per_trial: Annotated[
+        int | None, typer.Option("--workers-per-trial", help="DDP workers per trial (default 1).")
+    ] = None,
+    gpus_per_worker: Annotated[
+        float | None, typer.Option("--gpus-per-worker", help="GPUs per worker with --use-gpu (default 1).")
+    ] = None,
 ) -> None:
     """Run the paper's experiment in miniature (or, with --preset paper, on your data and GPUs) and write its
     findings next to the paper's (a rerun resumes)."""
@@ -68,15 +136,34 @@ def reproduce_command(
         data = RealData.from_options(vimeo, coco, coco_annotations, kodak)
     if use_gpu is None:
         use_gpu = preset == "paper"
-    flags = {"steps_per_epoch": steps_per_epoch, "val_steps": val_steps, "use_gpu": use_gpu or None,
-             "workers_per_trial": workers_per_trial, "gpus_per_worker": gpus_per_worker}
-    run_reproduce(out, preset, budget_minutes, parse_lambdas(parse_list(lambdas)) if lambdas else None,
-                  _seeds(seeds) if seeds is not None else None, gamma, gamma_mode, train_detector, names, tracking_uri,
-                  address, num_cpus, settings_flags={k: v for k, v in flags.items() if v is not None},
-                  preset_overrides=_models(preset, models),
-                  command=_command_line(ctx), data=data,
-                  yolo_weights=str(yolo_weights) if yolo_weights else None, yolo_cfg=str(yolo_cfg) if yolo_cfg else None,
-                  plan_only=plan_only)
+    flags = {
+        "steps_per_epoch": steps_per_epoch,
+        "val_steps": val_steps,
+        "use_gpu": use_gpu or None,
+        "workers_per_trial": workers_per_trial,
+        "gpus_per_worker": gpus_per_worker,
+    }
+    run_reproduce(
+        out,
+        preset,
+        budget_minutes,
+        parse_lambdas(parse_list(lambdas)) if lambdas else None,
+        _seeds(seeds) if seeds is not None else None,
+        gamma,
+        gamma_mode,
+        train_detector,
+        names,
+        tracking_uri,
+        address,
+        num_cpus,
+        settings_flags={k: v for k, v in flags.items() if v is not None},
+        preset_overrides=_models(preset, models),
+        command=_command_line(ctx),
+        data=data,
+        yolo_weights=str(yolo_weights) if yolo_weights else None,
+        yolo_cfg=str(yolo_cfg) if yolo_cfg else None,
+        plan_only=plan_only,
+    )
 
 
 def _command_line(ctx: typer.Context) -> str:

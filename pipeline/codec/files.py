@@ -29,7 +29,9 @@ def resolve_yolo(provenance: dict[str, Any], weights: Path | None, cfg: Path | N
 
     weights_path, cfg_path = yolo_files(weights, cfg)  # checked, absolute; ``mini`` brings its cfg
     if cfg_path is None and provenance.get("cfg_sha256"):
-        raise UserError(f"the checkpoint was trained with the YOLO cfg {provenance.get('cfg')}; pass it with --yolo-cfg")
+        raise UserError(
+            f"the checkpoint was trained with the YOLO cfg {provenance.get('cfg')}; pass it with --yolo-cfg"
+        )
     if weights_path is None:
         source = str(provenance.get("weights", "seeded-random:0"))
         if not source.startswith("seeded-random:"):
@@ -39,8 +41,10 @@ def resolve_yolo(provenance: dict[str, Any], weights: Path | None, cfg: Path | N
         yolo = build_yolov3(weights_path, cfg=cfg_path)
     want_cfg = provenance.get("cfg_sha256")
     if want_cfg and want_cfg != yolo.provenance.get("cfg_sha256"):
-        raise UserError(f"the YOLO cfg's sha256 {str(yolo.provenance.get('cfg_sha256'))[:12]}… differs from the "
-                        f"checkpoint's {want_cfg[:12]}…; pass the --yolo-cfg the codec was trained with")
+        raise UserError(
+            f"the YOLO cfg's sha256 {str(yolo.provenance.get('cfg_sha256'))[:12]}… differs from the "
+            f"checkpoint's {want_cfg[:12]}…; pass the --yolo-cfg the codec was trained with"
+        )
     want = provenance.get("weights_sha256")
     if want and want != yolo.provenance["weights_sha256"]:
         raise UserError(
@@ -118,9 +122,16 @@ def decompress_file(file: Path, output: Path, checkpoint: Path, max_pixels: int 
     return f"{output}: {x_hat.shape[-1]}x{x_hat.shape[-2]} image from {len(data)} bytes"
 
 
-def decompress_base_file(file: Path, output: Path, checkpoint: Path, yolo_weights: Path | None,
-                         conf_thres: float, nms_iou: float, max_pixels: int | None = None,
-                         yolo_cfg: Path | None = None) -> str:
+def decompress_base_file(
+    file: Path,
+    output: Path,
+    checkpoint: Path,
+    yolo_weights: Path | None,
+    conf_thres: float,
+    nms_iou: float,
+    max_pixels: int | None = None,
+    yolo_cfg: Path | None = None,
+) -> str:
     """Machine side: decode the base layer of ``file`` into ŝ (``.npy``) and YOLOv3 detections (``.detections.json``)."""
     import numpy as np
     import torch
@@ -137,15 +148,20 @@ def decompress_base_file(file: Path, output: Path, checkpoint: Path, yolo_weight
     yolo = resolve_yolo(meta.get("yolo") or {}, yolo_weights, yolo_cfg)  # a wrong YOLO is refused before any output
     header = bitstream.read_header(data)
     # the detector runs on ŝ too: refuse, before decoding, a declared size whose detection would not fit
-    check_coding_size(header.hw, max(decode_base_bytes(header.hw, model.N, model.M1), detect_bytes(header.hw)),
-                      "the file's image", max_pixels)
+    check_coding_size(
+        header.hw,
+        max(decode_base_bytes(header.hw, model.N, model.M1), detect_bytes(header.hw)),
+        "the file's image",
+        max_pixels,
+    )
     s_hat = bitstream.decode_base(model, data, max_pixels)
     buf = io.BytesIO()
     np.save(buf, s_hat[0].numpy())
     write_output(npy, buf.getvalue())
     with torch.no_grad():
-        (det,) = decode_detections(yolo.back(s_hat), header.hw, conf_thres=conf_thres, nms_iou=nms_iou,
-                                   anchors=yolo.anchors)
+        (det,) = decode_detections(
+            yolo.back(s_hat), header.hw, conf_thres=conf_thres, nms_iou=nms_iou, anchors=yolo.anchors
+        )
     detections = [
         {"bbox_xyxy": [round(float(v), 2) for v in box], "score": float(score), "label": int(label),
          "category_id": COCO80_TO_COCO91[int(label)]}

@@ -84,8 +84,10 @@ def decode_features(sample: dict[str, Any], window: tuple[int, int, int] | None 
     elif "s.npy" in sample:
         npy = sample["s.npy"]
     else:
-        raise UserError(f"shard sample {sample.get('__key__', '?')!r} holds no features (members: "
-                        f"{', '.join(sorted(k for k in sample if not k.startswith('__')))}); prepare it again")
+        raise UserError(
+            f"shard sample {sample.get('__key__', '?')!r} holds no features (members: "
+            f"{', '.join(sorted(k for k in sample if not k.startswith('__')))}); prepare it again"
+        )
     arr = np.load(io.BytesIO(npy), allow_pickle=False)
     if window is not None:
         top, left, size = window
@@ -104,8 +106,10 @@ def dataset_encoding(info: dict[str, Any], where: str) -> str:
     prov = info.get("provenance", {})
     encoding = prov.get("feature_encoding") or prov.get("feature_dtype") or "float16"
     if encoding not in READABLE_ENCODINGS:
-        raise UserError(f"{where} records feature encoding {encoding!r}, which this dvcm cannot read (it reads "
-                        f"{', '.join(READABLE_ENCODINGS)}); upgrade dvcm or prepare the shards again")
+        raise UserError(
+            f"{where} records feature encoding {encoding!r}, which this dvcm cannot read (it reads "
+            f"{', '.join(READABLE_ENCODINGS)}); upgrade dvcm or prepare the shards again"
+        )
     return encoding
 
 

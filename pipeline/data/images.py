@@ -57,8 +57,10 @@ def to_rgb8(im: Any, name: str = "image") -> tuple[Any, list[str]]:
         return Image.fromarray(np.repeat(grey[..., None], 3, axis=2), "RGB"), notes
     if mode in ("I", "F"):
         kind = "32-bit integer" if mode == "I" else "floating-point"
-        raise UnsupportedImage(f"{name} is a {kind} image (mode {mode}), which has no defined 8-bit mapping; "
-                               "convert it to an 8- or 16-bit PNG first")
+        raise UnsupportedImage(
+            f"{name} is a {kind} image (mode {mode}), which has no defined 8-bit mapping; "
+            "convert it to an 8- or 16-bit PNG first"
+        )
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
         notes.append(f"{name} has an alpha channel; it is ignored (the colour channels are coded as they are)")
     if mode == "P":
@@ -89,15 +91,19 @@ def open_checked(path: Path, max_pixels: int | None = None) -> Any:
                 finally:
                     Image.MAX_IMAGE_PIXELS = saved
     except Image.DecompressionBombError as exc:
-        raise UserError(f"{path} declares more pixels than Pillow opens safely ({_first(exc)}); downscale it, or split it "
-                        "into tiles and code each (dvcm has no tiled coding)") from None
+        raise UserError(
+            f"{path} declares more pixels than Pillow opens safely ({_first(exc)}); downscale it, or split it "
+            "into tiles and code each (dvcm has no tiled coding)"
+        ) from None
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise UserError(f"cannot read {path} as an image ({_first(exc)}); pass a PNG or JPEG file") from None
     w, h = im.size
     if max_pixels is not None and w * h > max_pixels:
         im.close()
-        raise UserError(f"{path} is {w}x{h} = {w * h:,} pixels, more than the limit of {max_pixels:,} (--max-pixels); "
-                        "downscale it or split it into tiles, or raise --max-pixels if this machine has the memory")
+        raise UserError(
+            f"{path} is {w}x{h} = {w * h:,} pixels, more than the limit of {max_pixels:,} (--max-pixels); "
+            "downscale it or split it into tiles, or raise --max-pixels if this machine has the memory"
+        )
     return im
 
 

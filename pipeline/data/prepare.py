@@ -178,7 +178,9 @@ def _decode_batch(batch: tuple[FrameRef, ...], skipped: list[dict]) -> list[tupl
     return decoded
 
 
-def _batch_features(front: Any, decoded: list[tuple[FrameRef, np.ndarray, bytes]], device: str) -> dict[str, np.ndarray]:
+def _batch_features(
+    front: Any, decoded: list[tuple[FrameRef, np.ndarray, bytes]], device: str
+) -> dict[str, np.ndarray]:
     """s of every decoded frame by key, V_front batched over frames of the same size."""
     feats: dict[str, np.ndarray] = {}
     by_size: dict[tuple[int, ...], list[int]] = {}
@@ -190,11 +192,19 @@ def _batch_features(front: Any, decoded: list[tuple[FrameRef, np.ndarray, bytes]
     return feats
 
 
-def _sample_members(ref: FrameRef, arr: np.ndarray, png: bytes, s: np.ndarray, feature_encoding: str) -> tuple[dict[str, bytes], str]:
+def _sample_members(
+    ref: FrameRef, arr: np.ndarray, png: bytes, s: np.ndarray, feature_encoding: str
+) -> tuple[dict[str, bytes], str]:
     """The tar members of one sample (PNG, s unless image-only, JSON metadata) and their sha256."""
     members = {} if feature_encoding == NO_FEATURES else encode_features(s, feature_encoding)
-    meta = {"source": ref.source, "sequence": ref.sequence, "frame": ref.frame, "width": int(arr.shape[1]),
-            "height": int(arr.shape[0]), "split": ref.split}
+    meta = {
+        "source": ref.source,
+        "sequence": ref.sequence,
+        "frame": ref.frame,
+        "width": int(arr.shape[1]),
+        "height": int(arr.shape[0]),
+        "split": ref.split,
+    }
     members = {"png": png, **members, "json": json.dumps(meta, sort_keys=True).encode()}
     digest = hashlib.sha256()
     for k in sorted(members):
@@ -231,16 +241,35 @@ def _write_shard(task: ShardTask, front: Any) -> ShardResult:
                     t = time.perf_counter()
                     tar.write(ref.key, members)
                     timings["write"] += time.perf_counter() - t
-                    rows.append({"key": ref.key, "split": ref.split, "shard": f"{task.split}/{name}",
-                                 "index_in_shard": len(rows), "source": ref.source, "sequence": ref.sequence,
-                                 "frame": ref.frame, "width": int(arr.shape[1]), "height": int(arr.shape[0]),
-                                 "bytes": sum(len(v) for v in members.values()), "sha256": sha256,
-                                 "feature_encoding": task.feature_encoding})
+                    rows.append(
+                        {
+                            "key": ref.key,
+                            "split": ref.split,
+                            "shard": f"{task.split}/{name}",
+                            "index_in_shard": len(rows),
+                            "source": ref.source,
+                            "sequence": ref.sequence,
+                            "frame": ref.frame,
+                            "width": int(arr.shape[1]),
+                            "height": int(arr.shape[0]),
+                            "bytes": sum(len(v) for v in members.values()),
+                            "sha256": sha256,
+                            "feature_encoding": task.feature_encoding,
+                        }
+                    )
             t = time.perf_counter()
             tar_bytes, tar_sha256 = tar.commit()
             timings["write"] += time.perf_counter() - t
         result = ShardResult(
-            task.split, task.index, name, task.plan_digest, rows, skipped, stats.to_dict(), tar_bytes, tar_sha256,
+            task.split,
+            task.index,
+            name,
+            task.plan_digest,
+            rows,
+            skipped,
+            stats.to_dict(),
+            tar_bytes,
+            tar_sha256,
             dict(timings),
         )
         sidecar = asdict(result)
@@ -320,8 +349,9 @@ def make_plan(
             chunk = tuple(refs[start : start + shard_size])
             digest = _canonical_digest([base_digest, split, index, [r.key for r in chunk]])
             path = storage.join(out, split, shard_name(index))
-            tasks.append(ShardTask(split, index, path, chunk, digest, feature_encoding, batch_size, torch_threads,
-                                   use_gpu))
+            tasks.append(
+                ShardTask(split, index, path, chunk, digest, feature_encoding, batch_size, torch_threads, use_gpu)
+            )
     return Plan(out, listing, tasks, fingerprint)
 
 
@@ -391,13 +421,16 @@ def _run_tasks_ray(tasks: list[ShardTask], front: Any, num_gpus: float, on_done:
 
     gpus = ray.cluster_resources().get("GPU", 0)
     if num_gpus > 0 and gpus < num_gpus:
-        raise UserError(f"--num-gpus-per-worker {num_gpus:g} asks for GPUs but the Ray cluster has {gpus:g}; "
-                        "drop the flag to compute s on CPUs, or start Ray on GPU nodes")
+        raise UserError(
+            f"--num-gpus-per-worker {num_gpus:g} asks for GPUs but the Ray cluster has {gpus:g}; "
+            "drop the flag to compute s on CPUs, or start Ray on GPU nodes"
+        )
     front_box = [ray.put(front)]  # boxed so the task times its own fetch
     # GPU tasks default to max_calls=1 (a new process per shard, the front loaded again each time);
     # unlimited calls keep each worker's front on its GPU across shards (see _FRONTS).
-    remote = ray.remote(num_cpus=1, num_gpus=num_gpus or 0, max_retries=2, retry_exceptions=False,
-                        max_calls=0)(_write_shard_task)
+    remote = ray.remote(num_cpus=1, num_gpus=num_gpus or 0, max_retries=2, retry_exceptions=False, max_calls=0)(
+        _write_shard_task
+    )
     cpus = int(ray.cluster_resources().get("CPU", 1))
     window = max(2, 2 * cpus)
     results: list[ShardResult] = []
@@ -476,9 +509,18 @@ def finalize(plan: Plan, results: list[ShardResult], yolo_provenance: dict, feat
         entry["shards"].append({"name": r.name, "samples": len(r.rows), "bytes": r.tar_bytes, "sha256": r.tar_sha256})
     schema = pa.schema(
         [
-            ("key", pa.string()), ("split", pa.string()), ("shard", pa.string()), ("index_in_shard", pa.int32()),
-            ("source", pa.string()), ("sequence", pa.string()), ("frame", pa.int32()), ("width", pa.int32()),
-            ("height", pa.int32()), ("bytes", pa.int64()), ("sha256", pa.string()), ("feature_encoding", pa.string()),
+            ("key", pa.string()),
+            ("split", pa.string()),
+            ("shard", pa.string()),
+            ("index_in_shard", pa.int32()),
+            ("source", pa.string()),
+            ("sequence", pa.string()),
+            ("frame", pa.int32()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("bytes", pa.int64()),
+            ("sha256", pa.string()),
+            ("feature_encoding", pa.string()),
         ]
     )
     table = pa.Table.from_pylist(rows, schema=schema)
@@ -493,8 +535,18 @@ def finalize(plan: Plan, results: list[ShardResult], yolo_provenance: dict, feat
             "layout": plan.listing.layout,
             "source_root": plan.listing.root,
             "list_digests": plan.listing.list_digests,
-            "yolo": {k: yolo_provenance.get(k) for k in ("weights", "weights_sha256", "split_layer", "random_weights",
-                                                         "feature_channels", "cfg", "cfg_sha256")},
+            "yolo": {
+                k: yolo_provenance.get(k)
+                for k in (
+                    "weights",
+                    "weights_sha256",
+                    "split_layer",
+                    "random_weights",
+                    "feature_channels",
+                    "cfg",
+                    "cfg_sha256",
+                )
+            },
             "feature_encoding": feature_encoding,
             "feature_stride": FEATURE_STRIDE,
             "frames": plan.fingerprint["frames"],
@@ -572,11 +624,22 @@ def run_prepare(
         front, yolo_provenance = yolo.front, dict(yolo.provenance)
         del yolo
     assert yolo_provenance is not None
-    yolo_provenance = {"feature_channels": getattr(front, "out_channels", FEATURE_CHANNELS), "cfg": None,
-                       "cfg_sha256": None, **yolo_provenance}
+    yolo_provenance = {
+        "feature_channels": getattr(front, "out_channels", FEATURE_CHANNELS),
+        "cfg": None,
+        "cfg_sha256": None,
+        **yolo_provenance,
+    }
     plan = make_plan(
-        listing, out, yolo_provenance, feature_encoding, frames, shard_size, batch_size,
-        torch_threads=torch_threads or (1 if use_ray else None), use_gpu=num_gpus_per_worker > 0,
+        listing,
+        out,
+        yolo_provenance,
+        feature_encoding,
+        frames,
+        shard_size,
+        batch_size,
+        torch_threads=torch_threads or (1 if use_ray else None),
+        use_gpu=num_gpus_per_worker > 0,
         out_dir_plan=None if overwrite else read_out_dir_plan(out),
     )
     claim_out_dir(out, plan.fingerprint, overwrite)
@@ -585,8 +648,14 @@ def run_prepare(
     t0 = time.perf_counter()
     timings: Counter = Counter()
     total = sum(len(t.refs) for t in plan.tasks)
-    with StepProgress(f"prepare {listing.dataset}", total, "frames", enabled=progress, transient=False,
-                      completed=sum(len(r.rows) + len(r.skipped) for r in done.values())) as bar:
+    with StepProgress(
+        f"prepare {listing.dataset}",
+        total,
+        "frames",
+        enabled=progress,
+        transient=False,
+        completed=sum(len(r.rows) + len(r.skipped) for r in done.values()),
+    ) as bar:
 
         def on_done(result: ShardResult) -> None:
             timings.update(result.timings)
@@ -614,8 +683,9 @@ def run_prepare(
 # ---------------------------------------------------------------- CLI
 
 
-def listing_for(dataset: str, root: str | None, frames: str | int, image_list: str | None,
-                 val_fraction: float, sample_seed: int) -> Listing:
+def listing_for(
+    dataset: str, root: str | None, frames: str | int, image_list: str | None, val_fraction: float, sample_seed: int
+) -> Listing:
     if dataset == "sample":
         from pipeline.data.sample_data import generate_sample
 

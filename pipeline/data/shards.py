@@ -175,8 +175,10 @@ def read_dataset_info(root: str) -> dict:
     except OSError as exc:
         raise UserError(f"cannot read {url} ({exc}); check the path, the storage endpoint and credentials") from None
     if info.get("format") not in READABLE_FORMATS:
-        raise UserError(f"{url} has format {info.get('format')!r}, which this dvcm cannot read (it reads "
-                        f"{', '.join(READABLE_FORMATS)}); upgrade dvcm or prepare the shards again")
+        raise UserError(
+            f"{url} has format {info.get('format')!r}, which this dvcm cannot read (it reads "
+            f"{', '.join(READABLE_FORMATS)}); upgrade dvcm or prepare the shards again"
+        )
     info["feature_encoding"] = dataset_encoding(info, url)
     if not info.get("counts", {}).get("written"):
         raise UserError(f"{root} holds no samples (every input was skipped); see skipped in {url}")
@@ -250,8 +252,9 @@ class FramesToFeaturize:
         return torch.stack(s)  # type: ignore[arg-type]
 
 
-def _decode_sample(sample: dict, crop: int | None, rng: random.Random, image_only: bool = False
-                   ) -> tuple[np.ndarray, Any] | None:
+def _decode_sample(
+    sample: dict, crop: int | None, rng: random.Random, image_only: bool = False
+) -> tuple[np.ndarray, Any] | None:
     """Decode one sample, cropping before any float conversion; None when the frame is smaller than ``crop``.
 
     From image-only shards (``prepare --features none``) the second item is (whole frame uint8, window in
@@ -278,8 +281,9 @@ def _decode_sample(sample: dict, crop: int | None, rng: random.Random, image_onl
     return x, (frame, (top, left, *cells))
 
 
-def _crop_stage(crop: int | None, rng_seed: tuple[int, ...], image_only: bool = False
-                ) -> Callable[[Iterator[dict]], Iterator[tuple]]:
+def _crop_stage(
+    crop: int | None, rng_seed: tuple[int, ...], image_only: bool = False
+) -> Callable[[Iterator[dict]], Iterator[tuple]]:
     def stage(src: Iterator[dict]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         rng = random.Random(_seed(*rng_seed, _worker_id()[0]))
         for sample in src:
@@ -329,9 +333,21 @@ def open_shards(src: Iterable[dict]) -> Iterator[dict]:
 class ShardLoader:
     """Iterable of (x, s) batches over one split; see :func:`make_loader`."""
 
-    def __init__(self, urls: list[str], crop: int | None, batch_size: int, num_workers: int, shuffle_buffer: int,
-                 seed: int, epoch: int, rank: int, world_size: int, repeat: bool, pin_memory: bool = False,
-                 image_only: bool = False) -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        crop: int | None,
+        batch_size: int,
+        num_workers: int,
+        shuffle_buffer: int,
+        seed: int,
+        epoch: int,
+        rank: int,
+        world_size: int,
+        repeat: bool,
+        pin_memory: bool = False,
+        image_only: bool = False,
+    ) -> None:
         self.urls, self.crop, self.batch_size, self.num_workers = urls, crop, batch_size, num_workers
         self.shuffle_buffer, self.seed, self.epoch = shuffle_buffer, seed, epoch
         self.rank, self.world_size, self.repeat = rank, world_size, repeat
@@ -378,8 +394,9 @@ class ShardLoader:
             for x, s in pipe:
                 yield (x.pin_memory(), s.pin_memory()) if self.pin_memory else (x, s)
             return
-        loader = torch.utils.data.DataLoader(pipe, batch_size=None, num_workers=self.num_workers,
-                                             pin_memory=self.pin_memory)
+        loader = torch.utils.data.DataLoader(
+            pipe, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory
+        )
         yield from loader
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -433,5 +450,17 @@ def make_loader(
     urls = shard_urls(root, split)
     if not urls:
         raise UserError(f"split {split!r} of {root} holds no samples; prepare more data or pick another split")
-    return ShardLoader(urls, crop, batch_size, num_workers, shuffle_buffer, seed, epoch, rank, world_size, repeat,
-                       pin_memory, image_only=info["feature_encoding"] == NO_FEATURES)
+    return ShardLoader(
+        urls,
+        crop,
+        batch_size,
+        num_workers,
+        shuffle_buffer,
+        seed,
+        epoch,
+        rank,
+        world_size,
+        repeat,
+        pin_memory,
+        image_only=info["feature_encoding"] == NO_FEATURES,
+    )

@@ -60,8 +60,10 @@ def measure_sizes(listing: Listing, front: Any, probe: int = 8) -> SizeEstimate:
             sizes[encoding].append(tar_bytes(_sample_members(ref, arr, png, s, encoding)[0]))
     probed = len(pngs)
     if not probed:
-        raise UserError(f"none of the {len(refs)} frames probed for the size estimate could be read; "
-                        "check the files under the dataset root")
+        raise UserError(
+            f"none of the {len(refs)} frames probed for the size estimate could be read; "
+            "check the files under the dataset root"
+        )
     seconds = (time.perf_counter() - t0) / max(probed, 1)
     per_frame = {e: float(np.mean(v)) if v else 0.0 for e, v in sizes.items()}
     return SizeEstimate(len(items), probed, float(np.mean(pngs)) if pngs else 0.0, per_frame, seconds)

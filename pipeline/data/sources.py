@@ -88,7 +88,9 @@ def parse_frames(frames: str) -> str | int:
     except ValueError:
         n = 0
     if n < 1:
-        raise UserError(f"--frames {frames!r} is not valid: use all, middle or a positive number of frames per sequence")
+        raise UserError(
+            f"--frames {frames!r} is not valid: use all, middle or a positive number of frames per sequence"
+        )
     return n
 
 
@@ -115,9 +117,7 @@ def _read_list(path: Path, root: Path, split: str, skipped: list[dict]) -> list[
             skipped.append({"split": split, "input": where, "reason": "blank line in list file"})
             continue
         if name in first_line:
-            skipped.append(
-                {"split": split, "input": where, "reason": f"duplicate of line {first_line[name]} ({name})"}
-            )
+            skipped.append({"split": split, "input": where, "reason": f"duplicate of line {first_line[name]} ({name})"})
             continue
         first_line[name] = lineno
         names.append(name)
@@ -150,14 +150,22 @@ def vimeo90k(root: str | Path | None, frames: str | int = "all") -> Listing:
             seq_dir = base / "sequences" / name
             if not re.fullmatch(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*", name) or not seq_dir.is_dir():
                 listing.skipped.append(
-                    {"split": split, "input": f"sequences/{name}", "reason": "sequence named in the list is missing on disk"}
+                    {
+                        "split": split,
+                        "input": f"sequences/{name}",
+                        "reason": "sequence named in the list is missing on disk",
+                    }
                 )
                 continue
             for t in wanted:
                 key = f"{name.replace('/', '_')}_im{t}"
                 if key in seen_keys:  # the same sequence in both lists: keep the first
                     listing.skipped.append(
-                        {"split": split, "input": f"sequences/{name}/im{t}.png", "reason": "already listed in another split"}
+                        {
+                            "split": split,
+                            "input": f"sequences/{name}/im{t}.png",
+                            "reason": "already listed in another split",
+                        }
                     )
                     continue
                 frame_path = seq_dir / f"im{t}.png"
@@ -194,11 +202,15 @@ def coco2014(root: str | Path | None, image_list: str | Path | None = None) -> L
         for lineno, raw in enumerate(lst.read_text().splitlines(), 1):
             text = raw.strip()
             if not text:
-                listing.skipped.append({"split": "val", "input": f"{lst.name}:{lineno}", "reason": "blank line in list file"})
+                listing.skipped.append(
+                    {"split": "val", "input": f"{lst.name}:{lineno}", "reason": "blank line in list file"}
+                )
                 continue
             match = re.search(r"(\d+)(\.\w+)?$", Path(text).name)
             if match is None:
-                listing.skipped.append({"split": "val", "input": f"{lst.name}:{lineno}", "reason": "not an image name or id"})
+                listing.skipped.append(
+                    {"split": "val", "input": f"{lst.name}:{lineno}", "reason": "not an image name or id"}
+                )
                 continue
             keep.add(int(match.group(1)))
     for entry in sorted(images, key=lambda e: int(e["id"])):
@@ -208,7 +220,9 @@ def coco2014(root: str | Path | None, image_list: str | Path | None = None) -> L
         rel = f"val2014/{entry['file_name']}"
         path = base / rel
         if not path.is_file():
-            listing.skipped.append({"split": "val", "input": rel, "reason": "image named in the annotations is missing on disk"})
+            listing.skipped.append(
+                {"split": "val", "input": rel, "reason": "image named in the annotations is missing on disk"}
+            )
             continue
         listing.items.append(FrameRef(f"coco_{image_id:012d}", "val", str(path), rel, None, None))
     return listing
@@ -219,7 +233,9 @@ def kodak(root: str | Path | None) -> Listing:
     base = _existing_root(root, "kodak")
     files = sorted(p for p in base.iterdir() if re.fullmatch(r"kodim\d+\.png", p.name, re.IGNORECASE))
     if not files:
-        raise UserError(f"--root {root} holds no kodimNN.png files; point it at the Kodak folder (see datasets/kodak.md)")
+        raise UserError(
+            f"--root {root} holds no kodimNN.png files; point it at the Kodak folder (see datasets/kodak.md)"
+        )
     items = [FrameRef(p.stem.lower(), "test", str(p), p.name) for p in files]
     return Listing(dataset="kodak", root=str(base), items=items, layout="kodak")
 
@@ -270,5 +286,7 @@ def list_source(
     else:
         raise UserError(f"--dataset {dataset!r} is unknown; choose one of {', '.join(DATASETS)}")
     if not listing.items:
-        raise UserError(f"no readable frames found under {listing.root} for --dataset {dataset}; check --root and the list files")
+        raise UserError(
+            f"no readable frames found under {listing.root} for --dataset {dataset}; check --root and the list files"
+        )
     return listing

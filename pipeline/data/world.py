@@ -94,7 +94,9 @@ class WorldScene:
 
 def _resize(a: np.ndarray, w: int, h: int) -> np.ndarray:
     """Bicubic resize of a 2-D float32 array to H×W (a writable copy)."""
-    return np.array(Image.fromarray(np.ascontiguousarray(a, np.float32)).resize((w, h), Image.Resampling.BICUBIC), np.float32)
+    return np.array(
+        Image.fromarray(np.ascontiguousarray(a, np.float32)).resize((w, h), Image.Resampling.BICUBIC), np.float32
+    )
 
 
 # The 256 quantiles of N(0, 1): Gaussian-like values from random bytes, much cheaper than normals.
@@ -133,6 +135,7 @@ def natural_background(rng: np.random.Generator, h: int, w: int, saturation: flo
     A value-noise field (octaves down to 3 px per cell) textures it in brightness, and the same
     field turned half round in colour; ``saturation`` < 1 pulls the colours towards grey.
     """
+
     def grey(c: np.ndarray) -> np.ndarray:
         return c.mean() + saturation * (c - c.mean())
 
@@ -214,8 +217,10 @@ def _unit_parts(shape: str, inner: float) -> list[np.ndarray]:
         return [np.array([(0, -1), (0.62, 0), (0, 1), (-0.62, 0)], np.float64)]
     if shape == "cross":
         t = 0.32
-        return [np.array([(-1, -t), (1, -t), (1, t), (-1, t)], np.float64),
-                np.array([(-t, -1), (t, -1), (t, 1), (-t, 1)], np.float64)]
+        return [
+            np.array([(-1, -t), (1, -t), (1, t), (-1, t)], np.float64),
+            np.array([(-t, -1), (t, -1), (t, 1), (-t, 1)], np.float64),
+        ]
     if shape == "star":  # its outline (the distance is computed by folding, see _signed_distance)
         a = np.deg2rad(-90 + 36 * np.arange(10))
         rad = np.where(np.arange(10) % 2 == 0, 1.0, inner)
@@ -418,7 +423,9 @@ def _compose(
         covered[win] |= inside
         alpha = np.clip(d + 0.5, 0.0, 1.0).astype(np.float32)
         box = (max(x0, 0.0), max(y0, 0.0), min(x1, float(w)), min(y1, float(h)))
-        drawn.append((i, win, alpha, xs[cx0 - ix0 : cx1 - ix0], ys[cy0 - iy0 : cy1 - iy0], (cx, cy), visible / area, box))
+        drawn.append(
+            (i, win, alpha, xs[cx0 - ix0 : cx1 - ix0], ys[cy0 - iy0 : cy1 - iy0], (cx, cy), visible / area, box)
+        )
     objects = []
     for i, (ys_, xs_), alpha, xs, ys, (cx, cy), frac, box in reversed(drawn):
         colour = _appearance(objs[i], cx, cy, xs, ys)
@@ -484,7 +491,9 @@ def split_seed(world_seed: int, split: str) -> int:
     """The seed of ``split``'s scenes in the world ``world_seed`` (a SeedSequence hash of both)."""
     if split not in WORLD_SPLITS:
         raise ValueError(f"unknown split {split!r}: one of {', '.join(WORLD_SPLITS)}")
-    return int(np.random.SeedSequence([world_seed, WORLD_SPLITS[split]]).generate_state(2, np.uint32).view(np.uint64)[0])
+    return int(
+        np.random.SeedSequence([world_seed, WORLD_SPLITS[split]]).generate_state(2, np.uint32).view(np.uint64)[0]
+    )
 
 
 def coco_categories() -> list[dict[str, Any]]:
@@ -500,15 +509,17 @@ def coco_annotations(scene: WorldScene, image_id: int, first_id: int) -> list[di
     anns = []
     for k, o in enumerate(scene.objects):
         x, y, bw, bh = (round(v, 2) for v in o.bbox)
-        anns.append({
-            "id": first_id + k,
-            "image_id": image_id,
-            "category_id": o.category_id,
-            "bbox": [x, y, bw, bh],
-            "area": round(bw * bh, 2),
-            "iscrowd": 0,
-            "segmentation": [[x, y, round(x + bw, 2), y, round(x + bw, 2), round(y + bh, 2), x, round(y + bh, 2)]],
-        })
+        anns.append(
+            {
+                "id": first_id + k,
+                "image_id": image_id,
+                "category_id": o.category_id,
+                "bbox": [x, y, bw, bh],
+                "area": round(bw * bh, 2),
+                "iscrowd": 0,
+                "segmentation": [[x, y, round(x + bw, 2), y, round(x + bw, 2), round(y + bh, 2), x, round(y + bh, 2)]],
+            }
+        )
     return anns
 
 

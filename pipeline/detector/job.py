@@ -67,8 +67,15 @@ def command_line(out: Path, settings: DetectorSettings) -> str:
     """The ``train-detector`` command that trains these settings into ``out`` (for the provenance)."""
     options = {**asdict(settings), "sizes": ",".join(map(str, settings.sizes))}
     skip = {"warmup", "weight_decay", "log_every"}  # not options of the command: fixed by the code version
-    return shlex.join(["dvcm-pipeline", "train-detector", "--out", str(out),
-                       *(x for k, v in options.items() if k not in skip for x in (f"--{k.replace('_', '-')}", str(v)))])
+    return shlex.join(
+        [
+            "dvcm-pipeline",
+            "train-detector",
+            "--out",
+            str(out),
+            *(x for k, v in options.items() if k not in skip for x in (f"--{k.replace('_', '-')}", str(v))),
+        ]
+    )
 
 
 def _ray_run_dir(out: Path) -> Path:
@@ -85,9 +92,13 @@ def _check_or_record(out: Path, settings: DetectorSettings, run_id: str | None) 
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved["settings"] != json.loads(json.dumps(asdict(settings))):
-            diff = sorted(k for k, v in asdict(settings).items() if json.loads(json.dumps(v)) != saved["settings"].get(k))
-            raise UserError(f"{out} holds a detector trained with other settings ({', '.join(diff)}); "
-                            "pass another --out or the same options")
+            diff = sorted(
+                k for k, v in asdict(settings).items() if json.loads(json.dumps(v)) != saved["settings"].get(k)
+            )
+            raise UserError(
+                f"{out} holds a detector trained with other settings ({', '.join(diff)}); "
+                "pass another --out or the same options"
+            )
         previous = saved.get("run_id")
     else:
         previous = None
@@ -140,9 +151,13 @@ def _train(out: Path, settings: DetectorSettings, config: dict[str, Any], uri: s
         train_loop_config=config,
         torch_config=TorchConfig(backend="gloo"),
         scaling_config=ScalingConfig(num_workers=settings.workers, resources_per_worker={"CPU": settings.threads}),
-        run_config=RunConfig(name=RUN_NAME, storage_path=str(_ray_run_dir(out).resolve()),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             failure_config=FailureConfig(max_failures=2), logging_config=train_logging_config()),
+        run_config=RunConfig(
+            name=RUN_NAME,
+            storage_path=str(_ray_run_dir(out).resolve()),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=2),
+            logging_config=train_logging_config(),
+        ),
     )
     done = threading.Event()
     follower = threading.Thread(target=_follow, args=(uri, run_id, settings.steps, done), daemon=True)
@@ -157,8 +172,9 @@ def _train(out: Path, settings: DetectorSettings, config: dict[str, Any], uri: s
     return result.checkpoint
 
 
-def train_detector(out: Path, settings: DetectorSettings, tracking_uri: str | None = None,
-                   address: str | None = None) -> dict[str, Any]:
+def train_detector(
+    out: Path, settings: DetectorSettings, tracking_uri: str | None = None, address: str | None = None
+) -> dict[str, Any]:
     """Train (or resume) the mini detector into ``out``; returns the provenance it writes."""
     import torch
 
@@ -181,12 +197,17 @@ def train_detector(out: Path, settings: DetectorSettings, tracking_uri: str | No
         return json.loads(provenance_path.read_text())
     anchors = _fit_anchors(settings)
     params = {**asdict(settings), "anchors": anchors, "classes": len(WORLD_CLASSES)}
-    description = (f"mini YOLOv3 (width {settings.width}, {len(WORLD_CLASSES)} classes) trained on the synthetic "
-                   f"world {settings.world_seed}")
+    description = (
+        f"mini YOLOv3 (width {settings.width}, {len(WORLD_CLASSES)} classes) trained on the synthetic "
+        f"world {settings.world_seed}"
+    )
     run_id = tracking.start_parent_run(uri, RUN_NAME, params, existing_run_id=run_id, description=description)
     _check_or_record(out, settings, run_id)
-    print(f"train-detector: {settings.steps} steps of {settings.batch_size} world scenes at {list(settings.sizes)} px, "
-          f"anchors {anchors}; MLflow run {run_id}", flush=True)
+    print(
+        f"train-detector: {settings.steps} steps of {settings.batch_size} world scenes at {list(settings.sizes)} px, "
+        f"anchors {anchors}; MLflow run {run_id}",
+        flush=True,
+    )
     config = {**params, "anchors": [list(a) for a in anchors], "tracking_uri": uri, "run_id": run_id}
     init_ray(address)
     t0 = time.perf_counter()
@@ -200,13 +221,23 @@ def train_detector(out: Path, settings: DetectorSettings, tracking_uri: str | No
     random_network = build_network(config).eval()
     random_start = detection_map50(random_network, test)
     features = {"trained": feature_statistics(model, test), "random_weights": feature_statistics(random_network, test)}
-    cfg = DarknetCfg(model.specs, len(WORLD_CLASSES), model.anchors,
-                     [*(kv for kv in YOLOV3_NET if kv[0] not in ("width", "height", "batch", "subdivisions")),
-                      ("batch", str(settings.batch_size)), ("subdivisions", "1"),
-                      ("width", str(max(settings.sizes))), ("height", str(max(settings.sizes)))],
-                     [list(YOLOV3_YOLO_TRAINING) for _ in range(3)])
+    cfg = DarknetCfg(
+        model.specs,
+        len(WORLD_CLASSES),
+        model.anchors,
+        [
+            *(kv for kv in YOLOV3_NET if kv[0] not in ("width", "height", "batch", "subdivisions")),
+            ("batch", str(settings.batch_size)),
+            ("subdivisions", "1"),
+            ("width", str(max(settings.sizes))),
+            ("height", str(max(settings.sizes))),
+        ],
+        [list(YOLOV3_YOLO_TRAINING) for _ in range(3)],
+    )
     atomic_write_bytes(out / CFG_NAME, write_cfg(cfg).encode())
-    atomic_write_bytes(out / WEIGHTS_NAME, darknet_bytes(model, seen=settings.steps * settings.batch_size * settings.workers))
+    atomic_write_bytes(
+        out / WEIGHTS_NAME, darknet_bytes(model, seen=settings.steps * settings.batch_size * settings.workers)
+    )
     provenance = {
         "name": f"mini YOLOv3 (width {settings.width}, {len(WORLD_CLASSES)} classes) trained on the synthetic world",
         "classes": [name for _, name in WORLD_CLASSES],
@@ -227,8 +258,16 @@ def train_detector(out: Path, settings: DetectorSettings, tracking_uri: str | No
         "weights_sha256": file_sha256(out / WEIGHTS_NAME),
         "mlflow_run_id": run_id,
     }
-    tracking.log_metrics(uri, run_id, {"test/map50": trained["map50"], "test/map": trained["map"],
-                                       "test/random_weights_map50": random_start["map50"]}, settings.steps)
+    tracking.log_metrics(
+        uri,
+        run_id,
+        {
+            "test/map50": trained["map50"],
+            "test/map": trained["map"],
+            "test/random_weights_map50": random_start["map50"],
+        },
+        settings.steps,
+    )
     for name in (CFG_NAME, WEIGHTS_NAME):
         tracking.log_artifact(uri, run_id, out / name)
     atomic_write_json(provenance_path, provenance)

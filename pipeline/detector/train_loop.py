@@ -20,8 +20,11 @@ def build_network(config: dict[str, Any]) -> torch.nn.Module:
     low prior (sigmoid ≈ 0.01) so that the first steps are not spent unlearning 'object everywhere'."""
     from dvcm.yolo import YOLOv3, seed_weights, yolov3_layers
 
-    model = YOLOv3(config["classes"], yolov3_layers(config["classes"], width=config["width"]),
-                   [tuple(a) for a in config["anchors"]])
+    model = YOLOv3(
+        config["classes"],
+        yolov3_layers(config["classes"], width=config["width"]),
+        [tuple(a) for a in config["anchors"]],
+    )
     seed_weights(model, config["seed"])
     with torch.no_grad():
         for layer in model.darknet_convs():
@@ -86,7 +89,9 @@ def train_detector_loop(config: dict[str, Any]) -> None:
         if step % config["log_every"] == 0 or step == config["steps"]:
             n = config["log_every"] if step % config["log_every"] == 0 else step % config["log_every"]
             metrics = {f"train/{k}": v / n for k, v in sums.items()}
-            metrics.update({"train/lr": learning_rate(step - 1, config), "train/seconds": seconds, "progress/step": step})
+            metrics.update(
+                {"train/lr": learning_rate(step - 1, config), "train/seconds": seconds, "progress/step": step}
+            )
             sums = {}
             if rank == 0 and (step % config["eval_every"] == 0 or step == config["steps"]):
                 metrics.update({f"val/{k}": v for k, v in detection_map50(model, val).items()})
@@ -94,7 +99,16 @@ def train_detector_loop(config: dict[str, Any]) -> None:
                 tracking.log_metrics(uri, run_id, metrics, step)
             with tempfile.TemporaryDirectory() as tmp:
                 if rank == 0:  # the ranks hold the same weights (DDP); one of them saves
-                    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                                "seconds": seconds}, Path(tmp) / STATE_NAME)
-                ray.train.report({k: float(v) for k, v in metrics.items()},
-                                 checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
+                    torch.save(
+                        {
+                            "model": model.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "step": step,
+                            "seconds": seconds,
+                        },
+                        Path(tmp) / STATE_NAME,
+                    )
+                ray.train.report(
+                    {k: float(v) for k, v in metrics.items()},
+                    checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None,
+                )

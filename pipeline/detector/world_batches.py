@@ -86,13 +86,22 @@ def detection_map50(yolo: torch.nn.Module, scenes: Sequence[WorldScene]) -> dict
         images.append({"id": n + 1, "file_name": f"{n:06d}.png", "width": w, "height": h})
         annotations += coco_annotations(scene, n + 1, len(annotations) + 1)
         (det,) = decode_detections(yolo(to_tensor([scene.image])), (h, w), anchors=yolo.anchors)
-        for (x1, y1, x2, y2), score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
+        for (x1, y1, x2, y2), score, label in zip(
+            det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()
+        ):
             if label < len(WORLD_CLASSES):
-                results.append({"image_id": n + 1, "category_id": WORLD_CLASSES[label][0],
-                                "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
+                results.append(
+                    {
+                        "image_id": n + 1,
+                        "category_id": WORLD_CLASSES[label][0],
+                        "bbox": [x1, y1, x2 - x1, y2 - y1],
+                        "score": score,
+                    }
+                )
     yolo.train(was_training)
-    stats = evaluate(coco_from_dict(coco_dataset(images, annotations, "held-out world scenes")), results,
-                     [i["id"] for i in images])
+    stats = evaluate(
+        coco_from_dict(coco_dataset(images, annotations, "held-out world scenes")), results, [i["id"] for i in images]
+    )
     return {"map50": stats["AP50"], "map": stats["AP"]}
 
 
@@ -104,6 +113,12 @@ def feature_statistics(yolo: torch.nn.Module, scenes: Sequence[WorldScene]) -> d
     mean, std = s.mean(1), s.std(1)
     q = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
     std_min, std_median, std_max = torch.quantile(std, q).tolist()
-    return {"channels": int(s.shape[0]), "std_min": std_min, "std_median": std_median, "std_max": std_max,
-            "mean_abs_median": float(mean.abs().median()), "mean_of_means": float(mean.mean()),
-            "dead_channels": int((std < 1e-6).sum())}
+    return {
+        "channels": int(s.shape[0]),
+        "std_min": std_min,
+        "std_median": std_median,
+        "std_max": std_max,
+        "mean_abs_median": float(mean.abs().median()),
+        "mean_of_means": float(mean.mean()),
+        "dead_channels": int((std < 1e-6).sum()),
+    }

@@ -181,7 +181,9 @@ def _run(cmd: Sequence[str]) -> None:
         raise AnchorEncodeError(f"{Path(cmd[0]).name} failed: {last}")
 
 
-def _ffmpeg(codec_args: Callable[[int], list[str]], pix_fmt: str, muxer: str, align: int) -> Callable[[Image.Image, int], Encoded]:
+def _ffmpeg(
+    codec_args: Callable[[int], list[str]], pix_fmt: str, muxer: str, align: int
+) -> Callable[[Image.Image, int], Encoded]:
     def encode(img: Image.Image, qp: int) -> Encoded:
         exe = ffmpeg_exe()
         if exe is None:
@@ -192,10 +194,43 @@ def _ffmpeg(codec_args: Callable[[int], list[str]], pix_fmt: str, muxer: str, al
             src, bit, dec = Path(tmp) / "in.png", Path(tmp) / f"out.{muxer}", Path(tmp) / "dec.png"
             img.save(src)
             pad = f"pad=ceil(iw/{align})*{align}:ceil(ih/{align})*{align}"
-            _run([exe, "-hide_banner", "-loglevel", "error", "-y", "-i", str(src), "-vf", pad,
-                  "-pix_fmt", pix_fmt, *codec_args(int(qp)), "-frames:v", "1", "-f", muxer, str(bit)])
-            _run([exe, "-hide_banner", "-loglevel", "error", "-y", "-i", str(bit), "-frames:v", "1",
-                  "-pix_fmt", "rgb24", str(dec)])
+            _run(
+                [
+                    exe,
+                    "-hide_banner",
+                    "-loglevel",
+                    "error",
+                    "-y",
+                    "-i",
+                    str(src),
+                    "-vf",
+                    pad,
+                    "-pix_fmt",
+                    pix_fmt,
+                    *codec_args(int(qp)),
+                    "-frames:v",
+                    "1",
+                    "-f",
+                    muxer,
+                    str(bit),
+                ]
+            )
+            _run(
+                [
+                    exe,
+                    "-hide_banner",
+                    "-loglevel",
+                    "error",
+                    "-y",
+                    "-i",
+                    str(bit),
+                    "-frames:v",
+                    "1",
+                    "-pix_fmt",
+                    "rgb24",
+                    str(dec),
+                ]
+            )
             decoded = Image.open(dec).convert("RGB").crop((0, 0, w, h))
             return Encoded(bit.stat().st_size, 0, decoded)
 
@@ -211,16 +246,46 @@ def _vvenc(qp: int) -> list[str]:
 
 
 ANCHORS: dict[str, AnchorCodec] = {
-    "jpeg": AnchorCodec("jpeg", "JPEG (Pillow)", "quality", (5, 10, 20, 40, 70),
-                        lambda: None, _pillow("JPEG", lambda d: len(d) - jpeg_container_bytes(d))),
-    "webp": AnchorCodec("webp", "WebP (Pillow)", "quality", (5, 10, 20, 40, 70),
-                        _pillow_missing("webp"), _pillow("WEBP", webp_codestream_bytes, method=4)),
-    "avif": AnchorCodec("avif", "AVIF (Pillow)", "quality", (10, 25, 40, 55, 70),
-                        _pillow_missing("avif"), _pillow("AVIF", isobmff_mdat_bytes, speed=8)),
-    "hevc": AnchorCodec("hevc", "HEVC-intra (x265)", "qp", (47, 42, 37, 32, 27),
-                        _ffmpeg_missing("libx265"), _ffmpeg(_x265, "yuv420p", "hevc", 8)),
-    "vvc": AnchorCodec("vvc", "VVC-intra (vvenc)", "qp", (47, 42, 37, 32, 27),
-                       _ffmpeg_missing("libvvenc"), _ffmpeg(_vvenc, "yuv420p10le", "vvc", 8)),
+    "jpeg": AnchorCodec(
+        "jpeg",
+        "JPEG (Pillow)",
+        "quality",
+        (5, 10, 20, 40, 70),
+        lambda: None,
+        _pillow("JPEG", lambda d: len(d) - jpeg_container_bytes(d)),
+    ),
+    "webp": AnchorCodec(
+        "webp",
+        "WebP (Pillow)",
+        "quality",
+        (5, 10, 20, 40, 70),
+        _pillow_missing("webp"),
+        _pillow("WEBP", webp_codestream_bytes, method=4),
+    ),
+    "avif": AnchorCodec(
+        "avif",
+        "AVIF (Pillow)",
+        "quality",
+        (10, 25, 40, 55, 70),
+        _pillow_missing("avif"),
+        _pillow("AVIF", isobmff_mdat_bytes, speed=8),
+    ),
+    "hevc": AnchorCodec(
+        "hevc",
+        "HEVC-intra (x265)",
+        "qp",
+        (47, 42, 37, 32, 27),
+        _ffmpeg_missing("libx265"),
+        _ffmpeg(_x265, "yuv420p", "hevc", 8),
+    ),
+    "vvc": AnchorCodec(
+        "vvc",
+        "VVC-intra (vvenc)",
+        "qp",
+        (47, 42, 37, 32, 27),
+        _ffmpeg_missing("libvvenc"),
+        _ffmpeg(_vvenc, "yuv420p10le", "vvc", 8),
+    ),
 }
 
 

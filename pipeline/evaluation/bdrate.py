@@ -68,8 +68,10 @@ def _why_not(curve: Curve) -> str | None:
         i = int(bad[0])
         if r[i + 1] == r[i]:
             return f"{curve.label}: two points share the rate {r[i]:.4g} (qualities {q[i]:.4g} and {q[i + 1]:.4g})"
-        return (f"{curve.label}: quality is not strictly increasing with rate "
-                f"({q[i]:.4g} at rate {r[i]:.4g}, {q[i + 1]:.4g} at rate {r[i + 1]:.4g})")
+        return (
+            f"{curve.label}: quality is not strictly increasing with rate "
+            f"({q[i]:.4g} at rate {r[i]:.4g}, {q[i + 1]:.4g} at rate {r[i + 1]:.4g})"
+        )
     return None
 
 
@@ -111,13 +113,17 @@ def bd_delta(reference: Curve, test: Curve, method: str = METHOD, fit: bool = Fa
         warnings.simplefilter("always")
         qual = float(bjontegaard.bd_psnr(r0, q0, r1, q1, method=method, require_matching_points=False))
     if not math.isfinite(rate) and any("do not overlap" in str(w.message) for w in rate_warnings):
-        note = (f"the quality ranges do not overlap ({reference.label}: {q0.min():.4g} to {q0.max():.4g}, "
-                f"{test.label}: {q1.min():.4g} to {q1.max():.4g})")
+        note = (
+            f"the quality ranges do not overlap ({reference.label}: {q0.min():.4g} to {q0.max():.4g}, "
+            f"{test.label}: {q1.min():.4g} to {q1.max():.4g})"
+        )
     else:  # the package's words, said of the figure they concern
         note = "; ".join(f"BD-rate: {_package_words(w.message)}" for w in rate_warnings)
     if not math.isfinite(qual) and any("do not overlap" in str(w.message) for w in quality_warnings):
-        words = (f"BD-quality: the rate ranges do not overlap ({reference.label}: {r0.min():.4g} to {r0.max():.4g}, "
-                 f"{test.label}: {r1.min():.4g} to {r1.max():.4g})")
+        words = (
+            f"BD-quality: the rate ranges do not overlap ({reference.label}: {r0.min():.4g} to {r0.max():.4g}, "
+            f"{test.label}: {r1.min():.4g} to {r1.max():.4g})"
+        )
     else:
         words = "; ".join(f"BD-quality: {_package_words(w.message)}" for w in quality_warnings)
     return rate, qual, "; ".join(n for n in (note, words) if n)
@@ -159,8 +165,17 @@ def bd_table(curves: list[Curve], references: list[str], metric: str) -> list[di
                 continue
             for method in METHODS:
                 rate, qual, note = bd_delta(ref, c, fit=method == FITTED)
-                rows.append({"metric": metric, "method": method, "reference": ref_label, "test": c.label,
-                             "bd_rate_percent": rate, "bd_quality": qual, "note": note})
+                rows.append(
+                    {
+                        "metric": metric,
+                        "method": method,
+                        "reference": ref_label,
+                        "test": c.label,
+                        "bd_rate_percent": rate,
+                        "bd_quality": qual,
+                        "note": note,
+                    }
+                )
     return rows
 
 

@@ -43,12 +43,18 @@ def load_coco(path: str | Path) -> COCO:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"annotations file {path} is not valid JSON ({exc}); pass a COCO instances JSON") from None
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
-        raise UserError(f"annotations file {path} lacks the 'images', 'annotations' and 'categories' lists of a COCO instances JSON")
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
+    ):
+        raise UserError(
+            f"annotations file {path} lacks the 'images', 'annotations' and 'categories' lists of a COCO instances JSON"
+        )
     try:
         return coco_from_dict(data)
     except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"annotations file {path} is malformed ({type(exc).__name__}: {exc}); check it is COCO instances JSON") from None
+        raise UserError(
+            f"annotations file {path} is malformed ({type(exc).__name__}: {exc}); check it is COCO instances JSON"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -97,10 +103,19 @@ def results_as_ground_truth(
         kept = [dets[i] for i in order[:max_per_class] if dets[i]["score"] >= score_thres]
         for r in kept:
             x, y, w, h = r["bbox"]
-            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": category_id,
-                         "bbox": [x, y, w, h], "area": float(w * h), "iscrowd": 0})
-    return coco_from_dict({"images": [dict(i) for i in images], "annotations": anns,
-                           "categories": [dict(c) for c in categories]})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": image_id,
+                    "category_id": category_id,
+                    "bbox": [x, y, w, h],
+                    "area": float(w * h),
+                    "iscrowd": 0,
+                }
+            )
+    return coco_from_dict(
+        {"images": [dict(i) for i in images], "annotations": anns, "categories": [dict(c) for c in categories]}
+    )
 
 
 def evaluate(coco_gt: COCO, results: Sequence[Mapping[str, Any]], image_ids: Sequence[int]) -> dict[str, float]:
@@ -112,8 +127,9 @@ def evaluate(coco_gt: COCO, results: Sequence[Mapping[str, Any]], image_ids: Seq
     return evaluate_per_class(coco_gt, results, image_ids)[0]
 
 
-def evaluate_per_class(coco_gt: COCO, results: Sequence[Mapping[str, Any]],
-                       image_ids: Sequence[int]) -> tuple[dict[str, float], list[dict[str, Any]]]:
+def evaluate_per_class(
+    coco_gt: COCO, results: Sequence[Mapping[str, Any]], image_ids: Sequence[int]
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """:func:`evaluate`'s stats, and per category ``{"category_id", "name", "ap50", "ap"}`` from COCOeval's
     precision array (area all, 100 detections; ``ap`` over IoU .50:.95). A category with no ground-truth
     box in the images has ``None``; with no detections at all every AP is 0."""
@@ -124,9 +140,18 @@ def evaluate_per_class(coco_gt: COCO, results: Sequence[Mapping[str, Any]],
     names = {c["id"]: c["name"] for c in coco_gt.loadCats(cats)}
     with_gt = {a["category_id"] for a in coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=ids))}
     if not results:
-        return ({k: 0.0 for k in STAT_NAMES},
-                [{"category_id": int(c), "name": str(names[c]), "ap50": 0.0 if c in with_gt else None,
-                  "ap": 0.0 if c in with_gt else None} for c in cats])
+        return (
+            {k: 0.0 for k in STAT_NAMES},
+            [
+                {
+                    "category_id": int(c),
+                    "name": str(names[c]),
+                    "ap50": 0.0 if c in with_gt else None,
+                    "ap": 0.0 if c in with_gt else None,
+                }
+                for c in cats
+            ],
+        )
     with _quiet_pycocotools():
         coco_dt = coco_gt.loadRes([dict(r) for r in results])
         ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
@@ -140,6 +165,13 @@ def evaluate_per_class(coco_gt: COCO, results: Sequence[Mapping[str, Any]],
         valid = p[p > -1]
         return float(valid.mean()) if valid.size else None
 
-    per_class = [{"category_id": int(c), "name": str(names[c]), "ap50": mean_ap(precision[0, :, k, 0, -1]),
-                  "ap": mean_ap(precision[:, :, k, 0, -1])} for k, c in enumerate(ev.params.catIds)]
+    per_class = [
+        {
+            "category_id": int(c),
+            "name": str(names[c]),
+            "ap50": mean_ap(precision[0, :, k, 0, -1]),
+            "ap": mean_ap(precision[:, :, k, 0, -1]),
+        }
+        for k, c in enumerate(ev.params.catIds)
+    ]
     return {k: float(v) for k, v in zip(STAT_NAMES, ev.stats)}, per_class

@@ -36,25 +36,37 @@ def export_curves(results: list[dict[str, Any]], folder: Path) -> list[Path]:
     """One CompressAI-style JSON file per model (Kodak, both layers) and one per model's base layer (COCO)."""
     written = []
     detector = next((r.get("detector") for r in results if r.get("detector")), "YOLOv3")
-    for dataset, suffix, what in (("kodak", "", "both layers, Kodak-like images"),
-                                  ("coco", "-base", f"base layer, COCO, {detector}")):
+    for dataset, suffix, what in (
+        ("kodak", "", "both layers, Kodak-like images"),
+        ("coco", "-base", f"base layer, COCO, {detector}"),
+    ):
         metrics = [m.key for m in metrics_of(dataset)]
         by_label: dict[str, dict[str, Any]] = {}
         for metric in metrics:
             for c in curves(results, metric):
                 if c.meta.get("kind") != "model":
                     continue
-                entry = by_label.setdefault(c.label, {"bpp": list(c.rates), "lambda": [
-                    float(p[2:]) if p.startswith("λ=") else None for p in c.meta["points"]]})
+                entry = by_label.setdefault(
+                    c.label,
+                    {
+                        "bpp": list(c.rates),
+                        "lambda": [float(p[2:]) if p.startswith("λ=") else None for p in c.meta["points"]],
+                    },
+                )
                 if list(c.rates) == entry["bpp"]:
                     entry[FILE_KEYS[metric][0]] = list(c.quality)
         for label, values in by_label.items():
             if dataset == "kodak":
                 values.update(_times(results, label, values["bpp"]))
             path = folder / f"{_slug(label)}{suffix}.json"
-            atomic_write_json(path, {"name": label + (" base layer" if suffix else ""),
-                                     "description": f"dvcm-pipeline evaluate: {what}; bpp from real bitstreams",
-                                     "results": values})
+            atomic_write_json(
+                path,
+                {
+                    "name": label + (" base layer" if suffix else ""),
+                    "description": f"dvcm-pipeline evaluate: {what}; bpp from real bitstreams",
+                    "results": values,
+                },
+            )
             written.append(path)
     return written
 
@@ -62,12 +74,21 @@ def export_curves(results: list[dict[str, Any]], folder: Path) -> list[Path]:
 def _times(results: list[dict[str, Any]], label: str, rates: list[float]) -> dict[str, list[float]]:
     """Median encode and decode seconds per image at each rate point (``rates``) of ``label``, in CompressAI's
     keys; none when a point has no time (results of an earlier dvcm)."""
-    by_rate = {p.get("bpp"): p for r in results if r.get("kind") == "model" and model_curve_label(r) == label
-               for p in r.get("datasets", {}).get("kodak", {}).get("points", [])}
+    by_rate = {
+        p.get("bpp"): p
+        for r in results
+        if r.get("kind") == "model" and model_curve_label(r) == label
+        for p in r.get("datasets", {}).get("kodak", {}).get("points", [])
+    }
     points = [by_rate.get(rate, {}) for rate in rates]
-    if not all(isinstance(p.get(k), (int, float)) and math.isfinite(p[k]) for p in points for k in ("encode_ms", "decode_ms")):
+    if not all(
+        isinstance(p.get(k), (int, float)) and math.isfinite(p[k]) for p in points for k in ("encode_ms", "decode_ms")
+    ):
         return {}
-    return {"encoding_time": [p["encode_ms"] / 1e3 for p in points], "decoding_time": [p["decode_ms"] / 1e3 for p in points]}
+    return {
+        "encoding_time": [p["encode_ms"] / 1e3 for p in points],
+        "decoding_time": [p["decode_ms"] / 1e3 for p in points],
+    }
 
 
 def load_curves(paths: list[Path], taken: set[str] | None = None) -> dict[str, list[Curve]]:
@@ -90,8 +111,10 @@ def load_curves(paths: list[Path], taken: set[str] | None = None) -> dict[str, l
         if owners.setdefault(name, Path(path)) != Path(path):
             name = f"{name} ({Path(path).name})"
         if not isinstance(values, dict) or not isinstance(values.get("bpp"), list):
-            raise UserError(f"--curves {path}: no 'bpp' list under 'results' (CompressAI's eval_model format: "
-                            "{\"name\", \"results\": {\"bpp\": [...], \"psnr-rgb\": [...]}})")
+            raise UserError(
+                f"--curves {path}: no 'bpp' list under 'results' (CompressAI's eval_model format: "
+                '{"name", "results": {"bpp": [...], "psnr-rgb": [...]}})'
+            )
         bpp = values["bpp"]
         found = False
         for metric, keys in FILE_KEYS.items():
@@ -107,13 +130,19 @@ def load_curves(paths: list[Path], taken: set[str] | None = None) -> dict[str, l
             if not bpp:
                 raise UserError(f"--curves {path}: the curve {name!r} is empty")
             if len(bpp) < BD_MIN_POINTS:
-                raise UserError(f"--curves {path}: the curve {name!r} has {len(bpp)} points; a BD-rate needs at "
-                                f"least {BD_MIN_POINTS}")
+                raise UserError(
+                    f"--curves {path}: the curve {name!r} has {len(bpp)} points; a BD-rate needs at "
+                    f"least {BD_MIN_POINTS}"
+                )
             points = sorted(zip(bpp, quality))
-            out.setdefault(metric, []).append(Curve(name, tuple(float(r) for r, _ in points),
-                                                    tuple(float(q) for _, q in points),
-                                                    meta={"kind": "external", "points": [""] * len(points),
-                                                          "file": str(path)}))
+            out.setdefault(metric, []).append(
+                Curve(
+                    name,
+                    tuple(float(r) for r, _ in points),
+                    tuple(float(q) for _, q in points),
+                    meta={"kind": "external", "points": [""] * len(points), "file": str(path)},
+                )
+            )
         if not found:
             known = ", ".join(k for keys in FILE_KEYS.values() for k in keys)
             raise UserError(f"--curves {path}: no quality list next to 'bpp'; give one of {known}")

@@ -106,9 +106,19 @@ def _sign_verdict(values: dict[str, float | None], notes: dict[str, str], negati
     return DOES_NOT_HOLD + ("" if not any(good) else " (the sign changes across seeds)")
 
 
-def _bd_finding(points: Sequence[StudyPoint], key: str, claim: str, paper: str, rate: str, quality: str,
-                pick: int, unit: str, test_model: str = PROPOSED, ref_model: str = BASELINE,
-                negative_holds: bool = True) -> Finding:
+def _bd_finding(
+    points: Sequence[StudyPoint],
+    key: str,
+    claim: str,
+    paper: str,
+    rate: str,
+    quality: str,
+    pick: int,
+    unit: str,
+    test_model: str = PROPOSED,
+    ref_model: str = BASELINE,
+    negative_holds: bool = True,
+) -> Finding:
     """BD figure ``pick`` (0: BD-rate %, 1: BD-quality) of ``test_model`` against ``ref_model``, per seed."""
     values: dict[str, float | None] = {}
     notes: dict[str, str] = {}
@@ -132,8 +142,17 @@ def _bd_finding(points: Sequence[StudyPoint], key: str, claim: str, paper: str, 
         if note:
             notes[str(seed)] = note
     ours, spread = _summary(values)
-    return Finding(key, claim, paper, unit, ours, spread, values, _sign_verdict(values, notes, negative_holds),
-                   {"notes": notes, "methods": methods})
+    return Finding(
+        key,
+        claim,
+        paper,
+        unit,
+        ours,
+        spread,
+        values,
+        _sign_verdict(values, notes, negative_holds),
+        {"notes": notes, "methods": methods},
+    )
 
 
 QUALITY_NAMES = {"map50": "mAP@0.5", "s_snr": "ŝ SNR (dB)", "psnr": "PSNR (dB)", "ms_ssim": "MS-SSIM"}
@@ -144,24 +163,32 @@ def _span(values: Sequence[float], digits: int) -> str:
     return lo if lo == hi else f"{lo}–{hi}"
 
 
-def dominance_text(test: Sequence[tuple[float, float]], ref: Sequence[tuple[float, float]], quality: str,
-                   names: tuple[str, str] = (PROPOSED, BASELINE)) -> str:
+def dominance_text(
+    test: Sequence[tuple[float, float]],
+    ref: Sequence[tuple[float, float]],
+    quality: str,
+    names: tuple[str, str] = (PROPOSED, BASELINE),
+) -> str:
     """When one curve's every (rate, quality) point has a higher quality at a lower rate than every point of the
     other, say so with both ranges: what a BD-rate cannot say when the curves share no quality range; else ""."""
+
     def usable(pts: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
         return [(r, q) for r, q in pts if _finite(r) and r > 0 and _finite(q)]
 
     test, ref = usable(test), usable(ref)
     for a, b, (name_a, name_b) in ((test, ref, names), (ref, test, names[::-1])):
         if a and b and max(r for r, _ in a) < min(r for r, _ in b) and min(q for _, q in a) > max(q for _, q in b):
-            return (f"{name_a} dominates {name_b}: {quality} {_span([q for _, q in a], 3)} at "
-                    f"{_span([r for r, _ in a], 4)} bpp against {_span([q for _, q in b], 3)} at "
-                    f"{_span([r for r, _ in b], 4)} bpp, so the curves share no range for a Bjøntegaard figure")
+            return (
+                f"{name_a} dominates {name_b}: {quality} {_span([q for _, q in a], 3)} at "
+                f"{_span([r for r, _ in a], 4)} bpp against {_span([q for _, q in b], 3)} at "
+                f"{_span([r for r, _ in b], 4)} bpp, so the curves share no range for a Bjøntegaard figure"
+            )
     return ""
 
 
 def dominance(test: Sequence[StudyPoint], ref: Sequence[StudyPoint], rate: str, quality: str) -> str:
     """:func:`dominance_text` on two models' study points."""
+
     def pairs(points: Sequence[StudyPoint]) -> list[tuple[float, float]]:
         return [(getattr(p, rate), getattr(p, quality)) for p in points]
 
@@ -180,8 +207,11 @@ def redundancy_finding(points: Sequence[StudyPoint]) -> Finding:
     gaps: dict[str, float | None] = {}  # proposed's margin on the weaker of the two orderings
     notes: dict[str, str] = {}
     for seed in seeds_of(points):
-        row = {f"{m}_{attr}": _mean_over_lambdas(_by(points, m, seed), attr)
-               for m in (PROPOSED, BASELINE) for attr in ("rdn_y1_given_y2", "rdn_y2_given_y1")}
+        row = {
+            f"{m}_{attr}": _mean_over_lambdas(_by(points, m, seed), attr)
+            for m in (PROPOSED, BASELINE)
+            for attr in ("rdn_y1_given_y2", "rdn_y2_given_y1")
+        }
         table[str(seed)] = row
         if any(v is None for v in row.values()):
             gaps[str(seed)] = None
@@ -193,11 +223,21 @@ def redundancy_finding(points: Sequence[StudyPoint]) -> Finding:
     verdict = _sign_verdict(gaps, notes, negative_holds=False)
     means = {k: _summary({s: r[k] for s, r in table.items()}) for k in next(iter(table.values()), {})}
     return Finding(
-        "b", "proposed: Rdn(ŷ1|ŷ2) near 0, Rdn(ŷ2|ŷ1) near 1; choi2022: Rdn(ŷ1|ŷ2) larger, Rdn(ŷ2|ŷ1) near 0",
-        "Fig. 5, no exact figures", "margin", *_summary(gaps), gaps, verdict,
-        {"per_seed": table, "mean_and_spread": {k: list(v) for k, v in means.items()}, "notes": notes,
-         "margin": "the smaller of choi2022's Rdn(ŷ1|ŷ2) − proposed's and proposed's Rdn(ŷ2|ŷ1) − choi2022's; "
-                   "positive on every seed: holds"})
+        "b",
+        "proposed: Rdn(ŷ1|ŷ2) near 0, Rdn(ŷ2|ŷ1) near 1; choi2022: Rdn(ŷ1|ŷ2) larger, Rdn(ŷ2|ŷ1) near 0",
+        "Fig. 5, no exact figures",
+        "margin",
+        *_summary(gaps),
+        gaps,
+        verdict,
+        {
+            "per_seed": table,
+            "mean_and_spread": {k: list(v) for k, v in means.items()},
+            "notes": notes,
+            "margin": "the smaller of choi2022's Rdn(ŷ1|ŷ2) − proposed's and proposed's Rdn(ŷ2|ŷ1) − choi2022's; "
+            "positive on every seed: holds",
+        },
+    )
 
 
 def scalability_cost_findings(points: Sequence[StudyPoint]) -> list[Finding]:
@@ -206,23 +246,60 @@ def scalability_cost_findings(points: Sequence[StudyPoint]) -> list[Finding]:
     scalable codec spends more bits for the same PSNR. Empty when the study has no single-layer codec."""
     if not any(p.model == SINGLE_LAYER for p in points):
         return []
-    return [_bd_finding(points, f"d_{model}", f"{model} spends more total bits than the single-layer {SINGLE_LAYER} "
-                        "at equal PSNR (BD-rate > 0: the cost of scalability)",
-                        "not reported (the paper has no single-layer learned anchor)", "kodak_bpp", "psnr", 0, "%",
-                        test_model=model, ref_model=SINGLE_LAYER, negative_holds=False)
-            for model in (PROPOSED, BASELINE) if any(p.model == model for p in points)]
+    return [
+        _bd_finding(
+            points,
+            f"d_{model}",
+            f"{model} spends more total bits than the single-layer {SINGLE_LAYER} "
+            "at equal PSNR (BD-rate > 0: the cost of scalability)",
+            "not reported (the paper has no single-layer learned anchor)",
+            "kodak_bpp",
+            "psnr",
+            0,
+            "%",
+            test_model=model,
+            ref_model=SINGLE_LAYER,
+            negative_holds=False,
+        )
+        for model in (PROPOSED, BASELINE)
+        if any(p.model == model for p in points)
+    ]
 
 
 def study_findings(points: Sequence[StudyPoint]) -> list[Finding]:
     """(a) on mAP@0.5 and on ŝ SNR, (b), (c), and (d) when the study trained the single-layer codec."""
     return [
-        _bd_finding(points, "a_map50", "base-layer BD-rate of proposed vs choi2022 on detection (mAP@0.5)",
-                    "−40.6 %", "coco_bpp_base", "map50", 0, "%"),
-        _bd_finding(points, "a_s_snr", "base-layer BD-rate of proposed vs choi2022 on the feature SNR of ŝ",
-                    "not reported (the paper's (a) is on mAP)", "coco_bpp_base", "s_snr", 0, "%"),
+        _bd_finding(
+            points,
+            "a_map50",
+            "base-layer BD-rate of proposed vs choi2022 on detection (mAP@0.5)",
+            "−40.6 %",
+            "coco_bpp_base",
+            "map50",
+            0,
+            "%",
+        ),
+        _bd_finding(
+            points,
+            "a_s_snr",
+            "base-layer BD-rate of proposed vs choi2022 on the feature SNR of ŝ",
+            "not reported (the paper's (a) is on mAP)",
+            "coco_bpp_base",
+            "s_snr",
+            0,
+            "%",
+        ),
         redundancy_finding(points),
-        _bd_finding(points, "c", "proposed's PSNR sits below choi2022's at equal total bpp (BD-PSNR < 0)",
-                    "yes (Fig. 4b)", "kodak_bpp", "psnr", 1, "dB"),
+        _bd_finding(
+            points,
+            "c",
+            "proposed's PSNR sits below choi2022's at equal total bpp (BD-PSNR < 0)",
+            "yes (Fig. 4b)",
+            "kodak_bpp",
+            "psnr",
+            1,
+            "dB",
+        ),
         *scalability_cost_findings(points),
     ]
 
@@ -276,12 +353,16 @@ def jpeg_comparison(jpeg: Sequence[tuple[float, float]], bpp: float, psnr: float
         text = f"{psnr:.2f} vs {at:.2f} dB at {bpp:.3f} bpp: " + ("at or above" if beats else "below")
     elif len(pts) >= 2 and bpp < pts[0][0] and psnr >= pts[0][1]:
         beats = True
-        text = (f"above: {psnr:.2f} dB at {bpp:.3f} bpp, less than JPEG's lowest rate "
-                f"({pts[0][0]:.3f} bpp, {pts[0][1]:.2f} dB)")
+        text = (
+            f"above: {psnr:.2f} dB at {bpp:.3f} bpp, less than JPEG's lowest rate "
+            f"({pts[0][0]:.3f} bpp, {pts[0][1]:.2f} dB)"
+        )
     elif len(pts) >= 2 and bpp > pts[-1][0] and psnr < pts[-1][1]:
         beats = False
-        text = (f"below: {psnr:.2f} dB at {bpp:.3f} bpp, more than JPEG's highest rate "
-                f"({pts[-1][0]:.3f} bpp, {pts[-1][1]:.2f} dB)")
+        text = (
+            f"below: {psnr:.2f} dB at {bpp:.3f} bpp, more than JPEG's highest rate "
+            f"({pts[-1][0]:.3f} bpp, {pts[-1][1]:.2f} dB)"
+        )
     else:
         beats, text = None, f"– (outside JPEG's range: {psnr:.2f} dB at {bpp:.3f} bpp)"
     if needs is not None:
@@ -298,12 +379,17 @@ def acceptance(points: Sequence[StudyPoint], jpeg: Sequence[tuple[float, float]]
             if not pts:
                 continue
             top = pts[-1]
-            rows.append({
-                "model": model, "seed": seed,
-                "rises": {label: rises_with_rate(pts, r, q) for r, q, label in AXES},
-                "top_lambda": top.lmbda, "top_bpp": top.kodak_bpp, "top_psnr": top.psnr,
-                **jpeg_comparison(jpeg, top.kodak_bpp, top.psnr),
-            })
+            rows.append(
+                {
+                    "model": model,
+                    "seed": seed,
+                    "rises": {label: rises_with_rate(pts, r, q) for r, q, label in AXES},
+                    "top_lambda": top.lmbda,
+                    "top_bpp": top.kodak_bpp,
+                    "top_psnr": top.psnr,
+                    **jpeg_comparison(jpeg, top.kodak_bpp, top.psnr),
+                }
+            )
     return rows
 
 
@@ -318,38 +404,66 @@ def _fmt(v: float | None, unit: str) -> str:
 
 def findings_markdown(findings: Sequence[Finding], checks: Sequence[dict[str, Any]], header: str) -> str:
     """``findings.md``: the findings table, then the acceptance checks."""
-    lines = [header, "", "| finding | paper | ours (mean over seeds) | spread (sd) | per seed | verdict |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        header,
+        "",
+        "| finding | paper | ours (mean over seeds) | spread (sd) | per seed | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
     for f in findings:
         methods = f.detail.get("methods", {})
-        seeds = ", ".join(f"{s}: {_fmt(v, f.unit)}" + (" (fitted)" if methods.get(s) == FITTED else "")
-                          for s, v in f.per_seed.items()) or "–"
+        seeds = (
+            ", ".join(
+                f"{s}: {_fmt(v, f.unit)}" + (" (fitted)" if methods.get(s) == FITTED else "")
+                for s, v in f.per_seed.items()
+            )
+            or "–"
+        )
         spread = "–" if f.spread is None else f"{f.spread:.2f}"
         lines.append(f"| ({f.key}) {f.claim} | {f.paper} | {_fmt(f.ours, f.unit)} | {spread} | {seeds} | {f.verdict} |")
     b = next((f for f in findings if f.key == "b"), None)
     if b is not None and b.detail.get("mean_and_spread"):
         lines += ["", "Redundancy, mean over λ and seeds (sd over seeds):", ""]
         for k, (mean, sd) in b.detail["mean_and_spread"].items():
-            lines.append(f"- {k}: {'–' if mean is None else f'{mean:.3f}'}"
-                         + ("" if sd is None else f" (sd {sd:.3f})"))
-    lines += ["", "Acceptance of the training (every model and seed):", "",
-              "| model | seed | " + " | ".join(label for _, _, label in AXES) + " | PSNR at the highest λ vs JPEG |",
-              "|---|---|" + "---|" * len(AXES) + "---|"]
+            lines.append(f"- {k}: {'–' if mean is None else f'{mean:.3f}'}" + ("" if sd is None else f" (sd {sd:.3f})"))
+    lines += [
+        "",
+        "Acceptance of the training (every model and seed):",
+        "",
+        "| model | seed | " + " | ".join(label for _, _, label in AXES) + " | PSNR at the highest λ vs JPEG |",
+        "|---|---|" + "---|" * len(AXES) + "---|",
+    ]
     for c in checks:
         jpeg = c["jpeg_text"]
-        lines.append(f"| {c['model']} | {c['seed']} | " + " | ".join("rises" if c["rises"][label] else "does not rise"
-                                                                       for _, _, label in AXES) + f" | {jpeg} |")
+        lines.append(
+            f"| {c['model']} | {c['seed']} | "
+            + " | ".join("rises" if c["rises"][label] else "does not rise" for _, _, label in AXES)
+            + f" | {jpeg} |"
+        )
     return "\n".join(lines) + "\n"
 
 
-def write_findings(out: Path, points: Sequence[StudyPoint], jpeg: Sequence[tuple[float, float]],
-                   header: str, extra: dict[str, Any] | None = None) -> tuple[list[Finding], list[dict[str, Any]]]:
+def write_findings(
+    out: Path,
+    points: Sequence[StudyPoint],
+    jpeg: Sequence[tuple[float, float]],
+    header: str,
+    extra: dict[str, Any] | None = None,
+) -> tuple[list[Finding], list[dict[str, Any]]]:
     """``out/findings.json`` and ``out/findings.md``; returns (findings, acceptance checks)."""
     findings = study_findings(points)
     checks = acceptance(points, jpeg)
-    atomic_write_json(out / "findings.json", {
-        "schema": "dvcm-findings/1", **(extra or {}), "findings": [asdict(f) for f in findings],
-        "acceptance": checks, "points": [asdict(p) for p in points], "jpeg": [list(p) for p in jpeg]})
+    atomic_write_json(
+        out / "findings.json",
+        {
+            "schema": "dvcm-findings/1",
+            **(extra or {}),
+            "findings": [asdict(f) for f in findings],
+            "acceptance": checks,
+            "points": [asdict(p) for p in points],
+            "jpeg": [list(p) for p in jpeg],
+        },
+    )
     atomic_write_text(out / "findings.md", findings_markdown(findings, checks, header))
     return findings, checks
 
@@ -357,6 +471,7 @@ def write_findings(out: Path, points: Sequence[StudyPoint], jpeg: Sequence[tuple
 def points_from_results(results: dict[str, dict], trials: dict[str, dict[str, Any]]) -> list[StudyPoint]:
     """:class:`StudyPoint` per evaluated run: ``results`` by run id (``evaluate``'s results.json), ``trials`` by
     run id: {"model", "seed", "lmbda"}."""
+
     def point(res: dict, dataset: str) -> dict[str, Any]:
         pts = ((res.get("datasets") or {}).get(dataset) or {}).get("points") or [{}]
         return pts[0]
@@ -371,9 +486,21 @@ def points_from_results(results: dict[str, dict], trials: dict[str, dict[str, An
             continue
         coco, kodak = point(res, "coco"), point(res, "kodak")
         rdn = res.get("redundancy") or {}
-        out.append(StudyPoint(t["model"], int(t["seed"]), float(t["lmbda"]), num(coco.get("bpp_base")),
-                              num(coco.get("map50")), num(coco.get("s_snr")), num(kodak.get("bpp")), num(kodak.get("psnr")),
-                              num(kodak.get("ms_ssim")), num(rdn.get("rdn_y1_given_y2")), num(rdn.get("rdn_y2_given_y1"))))
+        out.append(
+            StudyPoint(
+                t["model"],
+                int(t["seed"]),
+                float(t["lmbda"]),
+                num(coco.get("bpp_base")),
+                num(coco.get("map50")),
+                num(coco.get("s_snr")),
+                num(kodak.get("bpp")),
+                num(kodak.get("psnr")),
+                num(kodak.get("ms_ssim")),
+                num(rdn.get("rdn_y1_given_y2")),
+                num(rdn.get("rdn_y2_given_y1")),
+            )
+        )
     return out
 
 

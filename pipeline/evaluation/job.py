@@ -99,85 +99,8 @@ from pipeline.infra.progress import StepProgress
 from pipeline.infra.tracking import file_digest
 
 # ---------------------------------------------------------------------------------------------
-# What to evaluate
-# ---------------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-# ---------------------------------------------------------------------------------------------
-# Per-chunk work (runs inside Ray tasks; imports torch lazily)
-# ---------------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-# ---------------------------------------------------------------------------------------------
-# Aggregation
-# ---------------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-# ---------------------------------------------------------------------------------------------
 # The job
 # ---------------------------------------------------------------------------------------------
-
-
 
 
 def _digest(obj: Any) -> str:
@@ -186,15 +109,25 @@ def _digest(obj: Any) -> str:
 
 def _dataset_settings(job: Job, dataset: str) -> dict:
     items = job.coco[0] if dataset == "coco" else job.kodak
-    base = {"images": [Path(i.path).name for i in items or []], "schema": SCHEMA,
-            "yolo_weights": job.settings.yolo_weights, "yolo_seed": job.settings.yolo_seed,
-            # only with --yolo-cfg: results computed before it existed keep their digest
-            **({"yolo_cfg_sha256": file_digest(job.settings.yolo_cfg)} if job.settings.yolo_cfg else {})}
+    base = {
+        "images": [Path(i.path).name for i in items or []],
+        "schema": SCHEMA,
+        "yolo_weights": job.settings.yolo_weights,
+        "yolo_seed": job.settings.yolo_seed,
+        # only with --yolo-cfg: results computed before it existed keep their digest
+        **({"yolo_cfg_sha256": file_digest(job.settings.yolo_cfg)} if job.settings.yolo_cfg else {}),
+    }
     if dataset == "coco":
-        base.update(conf_thres=job.settings.conf_thres, nms_iou=job.settings.nms_iou, reference=job.reference,
-                    reference_score=job.reference_score if job.reference == "uncompressed" else None,
-                    annotations_sha256=file_digest(job.coco[2]), resize=f"{COCO_SIZE}x{COCO_SIZE} bilinear",
-                    s_psnr="10log10(max|s|^2/MSE) per image", s_snr="-10log10(mean_c MSE_c/Var_c(s)) per image")
+        base.update(
+            conf_thres=job.settings.conf_thres,
+            nms_iou=job.settings.nms_iou,
+            reference=job.reference,
+            reference_score=job.reference_score if job.reference == "uncompressed" else None,
+            annotations_sha256=file_digest(job.coco[2]),
+            resize=f"{COCO_SIZE}x{COCO_SIZE} bilinear",
+            s_psnr="10log10(max|s|^2/MSE) per image",
+            s_snr="-10log10(mean_c MSE_c/Var_c(s)) per image",
+        )
     return base
 
 
@@ -244,17 +177,43 @@ def plan(job: Job) -> Plan:
     for t in job.targets:
         content = read_checkpoint(t.checkpoint)  # unknown model / bad file: one-line CheckpointError
         extra = content.get("extra") or {}
-        t.meta = {"model": content["model"], "config": content["config"], "yolo": content.get("yolo") or {},
-                  "lmbda": extra.get("lmbda", extra.get("lambda")), "epoch": extra.get("epoch")}
+        t.meta = {
+            "model": content["model"],
+            "config": content["config"],
+            "yolo": content.get("yolo") or {},
+            "lmbda": extra.get("lmbda", extra.get("lambda")),
+            "epoch": extra.get("epoch"),
+        }
         prev = None if job.overwrite else load_results(job.out / t.key)
-        res = prev or {"schema": SCHEMA, "key": t.key, "kind": "model", "datasets": {}, "per_image": [],
-                       "redundancy": None, "channel_rates": None}
-        res.update(label=model_label(t.meta), run_id=t.run_id, checkpoint=t.origin or str(t.checkpoint),
-                   checkpoint_sha256=file_digest(t.checkpoint), model=t.meta["model"], config=t.meta["config"],
-                   lmbda=t.meta["lmbda"], yolo=dict(yolo.provenance), detector=name)
+        res = prev or {
+            "schema": SCHEMA,
+            "key": t.key,
+            "kind": "model",
+            "datasets": {},
+            "per_image": [],
+            "redundancy": None,
+            "channel_rates": None,
+        }
+        res.update(
+            label=model_label(t.meta),
+            run_id=t.run_id,
+            checkpoint=t.origin or str(t.checkpoint),
+            checkpoint_sha256=file_digest(t.checkpoint),
+            model=t.meta["model"],
+            config=t.meta["config"],
+            lmbda=t.meta["lmbda"],
+            yolo=dict(yolo.provenance),
+            detector=name,
+        )
         results[t.key] = res
     anchors_res = (None if job.overwrite else load_results(job.out / "anchors")) or {
-        "schema": SCHEMA, "key": "anchors", "kind": "anchors", "label": "anchors", "datasets": {}, "per_image": []}
+        "schema": SCHEMA,
+        "key": "anchors",
+        "kind": "anchors",
+        "label": "anchors",
+        "datasets": {},
+        "per_image": [],
+    }
     anchors_res.update(yolo=dict(yolo.provenance), detector=name, notices=notices)
     results["anchors"] = anchors_res
     todo = []
@@ -263,8 +222,11 @@ def plan(job: Job) -> Plan:
             settings = _anchor_settings(job, d, anchor_codecs) if key == "anchors" else _dataset_settings(job, d)
             if res["datasets"].get(d, {}).get("settings_digest") != _digest(settings):
                 todo.append((key, d))
-    extras_todo = [t for t in job.targets if not _redundancy_current(results[t.key], job)
-                   or results[t.key].get("complexity") is None]
+    extras_todo = [
+        t
+        for t in job.targets
+        if not _redundancy_current(results[t.key], job) or results[t.key].get("complexity") is None
+    ]
     return Plan(datasets, results, todo, extras_todo, anchor_codecs, notices)
 
 
@@ -273,8 +235,9 @@ def _redundancy_current(res: dict[str, Any], job: Job) -> bool:
     earlier dvcm, which did not record them, are made again)."""
     red = res.get("redundancy")
     images = min(max(1, job.redundancy_images), len(job.kodak or job.coco[0]))
-    return red is not None and red.get("requested") == redundancy_request(job.redundancy_k, job.redundancy_fibers,
-                                                                            images)
+    return red is not None and red.get("requested") == redundancy_request(
+        job.redundancy_k, job.redundancy_fibers, images
+    )
 
 
 def submit(job: Job, p: Plan) -> dict[Any, tuple[str, str, str]]:
@@ -303,11 +266,16 @@ def submit(job: Job, p: Plan) -> dict[Any, tuple[str, str, str]]:
             futures[complexity_task.remote(str(t.checkpoint), s)] = (t.key, "extras", "model")
             continue
         futures[extras_task.remote(str(t.checkpoint), extra_items, s, job.redundancy_k, job.redundancy_fibers)] = (
-            t.key, "extras", "model")
+            t.key,
+            "extras",
+            "model",
+        )
     return futures
 
 
-def gather(futures: dict[Any, tuple[str, str, str]], results: dict[str, dict], progress: bool) -> dict[tuple[str, str], dict]:
+def gather(
+    futures: dict[Any, tuple[str, str, str]], results: dict[str, dict], progress: bool
+) -> dict[tuple[str, str], dict]:
     """Wait for every task; rows, detections (by ``codec|param``) and skipped images per (key, dataset).
     The extras go straight into ``results``."""
     import ray
@@ -315,8 +283,9 @@ def gather(futures: dict[Any, tuple[str, str, str]], results: dict[str, dict], p
     gathered: dict[tuple[str, str], dict] = {}
     pending = list(futures)
     images = [0]
-    with StepProgress("evaluate", len(pending), "tasks", enabled=progress,
-                      detail=lambda: f"{images[0]} images coded") as bar:
+    with StepProgress(
+        "evaluate", len(pending), "tasks", enabled=progress, detail=lambda: f"{images[0]} images coded"
+    ) as bar:
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             for ref in ready:
@@ -363,8 +332,9 @@ def coco_reference(job: Job, gathered: dict[tuple[str, str], dict]) -> Any:
     categories = {int(c["id"]): c for c in gt.dataset["categories"]}
     for r in unc:
         categories.setdefault(int(r["category_id"]), {"id": int(r["category_id"]), "name": f"class {r['category_id']}"})
-    return results_as_ground_truth(unc, [gt.imgs[i] for i in image_ids], list(categories.values()),
-                                   score_thres=job.reference_score)
+    return results_as_ground_truth(
+        unc, [gt.imgs[i] for i in image_ids], list(categories.values()), score_thres=job.reference_score
+    )
 
 
 def score(job: Job, p: Plan, gathered: dict[tuple[str, str], dict], coco_ref: Any) -> None:
@@ -374,21 +344,43 @@ def score(job: Job, p: Plan, gathered: dict[tuple[str, str], dict], coco_ref: An
         res["per_image"] = [r for r in res["per_image"] if r["dataset"] != d] + g["rows"]
         points = []
         ids = [int(i.image_id) for i in job.coco[0]] if d == "coco" else []
-        done_ids = sorted({int(i.image_id) for i in job.coco[0] if Path(i.path).name not in g["skipped"]}) if d == "coco" else []
+        done_ids = (
+            sorted({int(i.image_id) for i in job.coco[0] if Path(i.path).name not in g["skipped"]})
+            if d == "coco"
+            else []
+        )
         if key == "anchors":
             for c in ([None] if d == "coco" else []) + list(p.anchor_codecs):
                 codec = "uncompressed" if c is None else c.name
                 for param in [None] if c is None else c.params:
                     label = "uncompressed" if c is None else c.point_label(param)
-                    points.append(summarize(d, codec, label, g["rows"], g["detections"].get(f"{codec}|{param}"),
-                                            coco_ref, done_ids or ids, param=param))
+                    points.append(
+                        summarize(
+                            d,
+                            codec,
+                            label,
+                            g["rows"],
+                            g["detections"].get(f"{codec}|{param}"),
+                            coco_ref,
+                            done_ids or ids,
+                            param=param,
+                        )
+                    )
         else:
-            points.append(summarize(d, "model", res["label"], g["rows"], g["detections"].get("model|None"),
-                                    coco_ref, done_ids or ids))
+            points.append(
+                summarize(
+                    d, "model", res["label"], g["rows"], g["detections"].get("model|None"), coco_ref, done_ids or ids
+                )
+            )
         settings = _anchor_settings(job, d, p.anchor_codecs) if key == "anchors" else _dataset_settings(job, d)
-        res["datasets"][d] = {"settings": settings, "settings_digest": _digest(settings),
-                              "images": len(job.coco[0] if d == "coco" else job.kodak) - len(g["skipped"]),
-                              "skipped": len(g["skipped"]), "skipped_images": sorted(g["skipped"]), "points": points}
+        res["datasets"][d] = {
+            "settings": settings,
+            "settings_digest": _digest(settings),
+            "images": len(job.coco[0] if d == "coco" else job.kodak) - len(g["skipped"]),
+            "skipped": len(g["skipped"]),
+            "skipped_images": sorted(g["skipped"]),
+            "points": points,
+        }
     for key, res in p.results.items():
         write_results(job.out / key, res)
 
@@ -409,8 +401,15 @@ def publish(job: Job, p: Plan) -> dict[str, Any]:
     write_table(bd_rows, job.out)
     export_curves(results, job.out / "curves")
     plot_paths = plots.plot_all(results, job.out / "plots", histories=_histories(job))
-    summary = {"results": p.results, "notices": p.notices, "out": job.out, "bd_rows": bd_rows, "plots": plot_paths,
-               "computed": p.todo, "extras_computed": [t.key for t in p.extras_todo]}
+    summary = {
+        "results": p.results,
+        "notices": p.notices,
+        "out": job.out,
+        "bd_rows": bd_rows,
+        "plots": plot_paths,
+        "computed": p.todo,
+        "extras_computed": [t.key for t in p.extras_todo],
+    }
     if job.tracking_uri:
         log_to_mlflow(job, summary)
     return summary
@@ -454,22 +453,12 @@ def _histories(job: Job) -> dict[str, list[tuple[int, float, float]]]:
         h12 = {m.step: m.value for m in c.get_metric_history(t.run_id, "val/rdn_y1_given_y2")}
         h21 = {m.step: m.value for m in c.get_metric_history(t.run_id, "val/rdn_y2_given_y1")}
         if h12 or h21:
-            out[model_label(t.meta)] = [(e, h12.get(e, math.nan), h21.get(e, math.nan)) for e in sorted(set(h12) | set(h21))]
+            out[model_label(t.meta)] = [
+                (e, h12.get(e, math.nan), h21.get(e, math.nan)) for e in sorted(set(h12) | set(h21))
+            ]
     return out
-
-
-
-
 
 
 # ---------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-

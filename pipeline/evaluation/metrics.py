@@ -39,18 +39,74 @@ class Metric:
 METRICS: dict[str, Metric] = {
     m.key: m
     for m in (
-        Metric("coco_map50", "coco", "bpp_base", "map50", COCO_AXIS, "mAP@0.5", ("map50",), coco_stat="AP50",
-               plot_file="rate_accuracy.png", detection=True),
-        Metric("coco_map", "coco", "bpp_base", "map", COCO_AXIS, "mAP@[.5:.95]", ("map", "mAP"), coco_stat="AP",
-               plot_file="rate_accuracy_map.png", detection=True),
-        Metric("coco_s_psnr", "coco", "bpp_base", "s_psnr", COCO_AXIS, "feature PSNR of ŝ vs V_front(x) (dB)",
-               ("s_psnr",), row_field="s_psnr", plot_file="feature_psnr_bpp.png"),
-        Metric("coco_s_snr", "coco", "bpp_base", "s_snr", COCO_AXIS, "feature SNR of ŝ, per-channel normalised (dB)",
-               ("s_snr",), row_field="s_snr", plot_file="feature_snr_bpp.png"),
-        Metric("kodak_psnr", "kodak", "bpp", "psnr", KODAK_AXIS, "PSNR (dB, RGB)", ("psnr-rgb", "psnr"),
-               row_field="psnr", plot_file="psnr_bpp.png"),
-        Metric("kodak_ms_ssim", "kodak", "bpp", "ms_ssim", KODAK_AXIS, "MS-SSIM", ("ms-ssim-rgb", "ms-ssim"),
-               row_field="ms_ssim", plot_file="msssim_bpp.png"),
+        Metric(
+            "coco_map50",
+            "coco",
+            "bpp_base",
+            "map50",
+            COCO_AXIS,
+            "mAP@0.5",
+            ("map50",),
+            coco_stat="AP50",
+            plot_file="rate_accuracy.png",
+            detection=True,
+        ),
+        Metric(
+            "coco_map",
+            "coco",
+            "bpp_base",
+            "map",
+            COCO_AXIS,
+            "mAP@[.5:.95]",
+            ("map", "mAP"),
+            coco_stat="AP",
+            plot_file="rate_accuracy_map.png",
+            detection=True,
+        ),
+        Metric(
+            "coco_s_psnr",
+            "coco",
+            "bpp_base",
+            "s_psnr",
+            COCO_AXIS,
+            "feature PSNR of ŝ vs V_front(x) (dB)",
+            ("s_psnr",),
+            row_field="s_psnr",
+            plot_file="feature_psnr_bpp.png",
+        ),
+        Metric(
+            "coco_s_snr",
+            "coco",
+            "bpp_base",
+            "s_snr",
+            COCO_AXIS,
+            "feature SNR of ŝ, per-channel normalised (dB)",
+            ("s_snr",),
+            row_field="s_snr",
+            plot_file="feature_snr_bpp.png",
+        ),
+        Metric(
+            "kodak_psnr",
+            "kodak",
+            "bpp",
+            "psnr",
+            KODAK_AXIS,
+            "PSNR (dB, RGB)",
+            ("psnr-rgb", "psnr"),
+            row_field="psnr",
+            plot_file="psnr_bpp.png",
+        ),
+        Metric(
+            "kodak_ms_ssim",
+            "kodak",
+            "bpp",
+            "ms_ssim",
+            KODAK_AXIS,
+            "MS-SSIM",
+            ("ms-ssim-rgb", "ms-ssim"),
+            row_field="ms_ssim",
+            plot_file="msssim_bpp.png",
+        ),
     )
 }
 BD_METRICS: tuple[str, ...] = tuple(k for k, m in METRICS.items() if m.bd)
@@ -61,8 +117,9 @@ def metrics_of(dataset: str) -> list[Metric]:
     return [m for m in METRICS.values() if m.dataset == dataset]
 
 
-def point_qualities(dataset: str, rows: list[dict[str, Any]], coco_stats: dict[str, float] | None,
-                    mean: Any) -> dict[str, float]:
+def point_qualities(
+    dataset: str, rows: list[dict[str, Any]], coco_stats: dict[str, float] | None, mean: Any
+) -> dict[str, float]:
     """Every metric's quality of one operating point: ``mean`` of its per-image rows' field, or a COCO statistic."""
     out = {}
     for m in metrics_of(dataset):

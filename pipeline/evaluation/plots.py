@@ -49,7 +49,6 @@ def _save(fig: Any, path: Path, dpi: int) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
@@ -85,8 +84,14 @@ def curves(results: list[dict], metric: str) -> list[Curve]:
     out = []
     for label, pts in groups.items():
         pts.sort()
-        out.append(Curve(label, tuple(x for x, _, _ in pts), tuple(y for _, y, _ in pts),
-                         meta={"kind": kinds[label], "points": [n for _, _, n in pts]}))
+        out.append(
+            Curve(
+                label,
+                tuple(x for x, _, _ in pts),
+                tuple(y for _, y, _ in pts),
+                meta={"kind": kinds[label], "points": [n for _, _, n in pts]},
+            )
+        )
     # models first, by name, then the anchors in their own order: every plot gives a model the same colour
     out.sort(key=lambda c: (c.meta["kind"] != "model", c.label if c.meta["kind"] == "model" else ""))
     return out
@@ -133,7 +138,9 @@ def plot_metric(results: list[dict], metric: str, path: Path, extra: Sequence[Cu
     return _finish(fig, ax, path)
 
 
-def plot_redundancy(results: list[dict], histories: dict[str, list[tuple[int, float, float]]], path: Path) -> Path | None:
+def plot_redundancy(
+    results: list[dict], histories: dict[str, list[tuple[int, float, float]]], path: Path
+) -> Path | None:
     """Rdn over epochs (training history) plus the value measured at evaluation (star at the last epoch)."""
     evals = [(r["label"], r["redundancy"]) for r in results if r.get("kind") == "model" and r.get("redundancy")]
     if not histories and not evals:
@@ -146,18 +153,24 @@ def plot_redundancy(results: list[dict], histories: dict[str, list[tuple[int, fl
     last = max((h[-1][0] for h in histories.values() if h), default=0)
     for j, (label, red) in enumerate(evals):
         c = f"C{len(histories) + j}"
-        ax.plot([last], [red["rdn_y1_given_y2"]], "*", color=c, markersize=11, label=f"{label}: Rdn(ŷ1|ŷ2) at evaluation")
-        ax.plot([last], [red["rdn_y2_given_y1"]], "P", color=c, markersize=9, label=f"{label}: Rdn(ŷ2|ŷ1) at evaluation")
+        ax.plot(
+            [last], [red["rdn_y1_given_y2"]], "*", color=c, markersize=11, label=f"{label}: Rdn(ŷ1|ŷ2) at evaluation"
+        )
+        ax.plot(
+            [last], [red["rdn_y2_given_y1"]], "P", color=c, markersize=9, label=f"{label}: Rdn(ŷ2|ŷ1) at evaluation"
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel("Rdn = 1 − H(y_i|y_j)/H(y_i)")
     low = min(0.0, ax.get_ylim()[0])
     if low < 0:  # no entropy gives Rdn < 0: there the estimate shows the estimator's bias at few fibers
         ax.axhspan(low, 0.0, color="0.92", zorder=0, label="below 0: impossible, the estimator's bias")
         ax.set_ylim(bottom=low)
-    at_eval = (f"\nmarkers at evaluation: K {evals[0][1].get('K')}, {evals[0][1].get('fibers')} fibers"
-               if evals else "")
-    ax.set_title("Redundancy between base and enhancement latents\n"
-                 f"lines per epoch: K 4, ≤ 512 fibers of the validation crops (few: biased low){at_eval}", fontsize=9)
+    at_eval = f"\nmarkers at evaluation: K {evals[0][1].get('K')}, {evals[0][1].get('fibers')} fibers" if evals else ""
+    ax.set_title(
+        "Redundancy between base and enhancement latents\n"
+        f"lines per epoch: K 4, ≤ 512 fibers of the validation crops (few: biased low){at_eval}",
+        fontsize=9,
+    )
     return _finish(fig, ax, path)
 
 
@@ -186,8 +199,9 @@ def plot_channels(res: dict, path: Path) -> Path | None:
 PLOT_FILES = {key: m.plot_file for key, m in METRICS.items() if m.plot_file}
 
 
-def plot_all(results: list[dict], folder: Path, histories: dict | None = None,
-             extra: dict[str, list[Curve]] | None = None) -> list[Path]:
+def plot_all(
+    results: list[dict], folder: Path, histories: dict | None = None, extra: dict[str, list[Curve]] | None = None
+) -> list[Path]:
     """Every figure for these results into ``folder`` (with ``extra`` curves per metric); returns the files written."""
     folder.mkdir(parents=True, exist_ok=True)
     extra = extra or {}

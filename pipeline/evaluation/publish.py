@@ -29,8 +29,11 @@ def _point_metrics(res: dict) -> dict[str, float]:
 def complexity_params(res: dict) -> dict[str, str]:
     """The codec's parameters and kMAC per pixel per part as MLflow params (``complexity.encoder.kmac_per_pixel``)."""
     parts = (res.get("complexity") or {}).get("parts") or {}
-    return {f"complexity.{part}.{k}": f"{v:.0f}" if k == "params" else f"{v:.4g}"
-            for part, values in parts.items() for k, v in values.items()}
+    return {
+        f"complexity.{part}.{k}": f"{v:.0f}" if k == "params" else f"{v:.4g}"
+        for part, values in parts.items()
+        for k, v in values.items()
+    }
 
 
 def log_to_mlflow(job: Job, summary: dict) -> str:
@@ -46,12 +49,23 @@ def log_to_mlflow(job: Job, summary: dict) -> str:
             tracking.log_params(uri, t.run_id, complexity_params(res))
             tracking.log_artifact(uri, t.run_id, job.out / t.key / "results.json", "evaluation")
             tracking.log_artifact(uri, t.run_id, job.out / t.key / "results.csv", "evaluation")
-    run = c.create_run(tracking.experiment_id(uri), run_name=f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}",
-                       tags={"dvcm.evaluation": "1", "dvcm.detector": summary["results"]["anchors"]["detector"]})
+    run = c.create_run(
+        tracking.experiment_id(uri),
+        run_name=f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}",
+        tags={"dvcm.evaluation": "1", "dvcm.detector": summary["results"]["anchors"]["detector"]},
+    )
     rid = run.info.run_id
-    tracking.log_params(uri, rid, {"targets": ",".join(t.key for t in job.targets)[:500],
-                                   "reference_detections": job.reference, "conf_thres": job.settings.conf_thres,
-                                   "nms_iou": job.settings.nms_iou, "bd_reference": job.bd_reference})
+    tracking.log_params(
+        uri,
+        rid,
+        {
+            "targets": ",".join(t.key for t in job.targets)[:500],
+            "reference_detections": job.reference,
+            "conf_thres": job.settings.conf_thres,
+            "nms_iou": job.settings.nms_iou,
+            "bd_reference": job.bd_reference,
+        },
+    )
     for t in job.targets:
         m = {f"{k}.{t.key[:12]}": v for k, v in _point_metrics(summary["results"][t.key]).items()}
         tracking.log_metrics(uri, rid, m, step=0)

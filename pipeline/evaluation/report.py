@@ -45,8 +45,10 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 def _table(headers: list[str], rows: list[list[str]], left: int = 1) -> str:
     th = "".join(f'<th class="{"l" if i < left else ""}">{html.escape(h)}</th>' for i, h in enumerate(headers))
-    body = "".join("<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(r)) + "</tr>"
-                   for r in rows)
+    body = "".join(
+        "<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(r)) + "</tr>"
+        for r in rows
+    )
     return f"<table><tr>{th}</tr>{body}</table>"
 
 
@@ -60,23 +62,52 @@ def findings_section(findings: dict[str, Any]) -> str:
             return "–" if v is None else (f"{v:+.2f} {unit}" if unit in ("%", "dB") else f"{v:+.3f}")
 
         methods = (f.get("detail") or {}).get("methods", {})
-        seeds = ", ".join(f"{s}: {val(v)}" + (" (fitted)" if methods.get(s) == "pchip-isotonic" else "")
-                          for s, v in f.get("per_seed", {}).items())
-        rows.append([f"({html.escape(f['key'])}) {html.escape(f['claim'])}", html.escape(f["paper"]), val(f.get("ours")),
-                     "–" if f.get("spread") is None else f"{f['spread']:.2f}", html.escape(seeds),
-                     f"<b>{html.escape(f['verdict'])}</b>"])
-    out = ["<h2>Findings, side by side with the paper</h2>",
-           f"<p>{html.escape(findings.get('summary', ''))}</p>",
-           _table(["finding", "paper", "ours (mean over seeds)", "spread (sd)", "per seed", "verdict"], rows)]
+        seeds = ", ".join(
+            f"{s}: {val(v)}" + (" (fitted)" if methods.get(s) == "pchip-isotonic" else "")
+            for s, v in f.get("per_seed", {}).items()
+        )
+        rows.append(
+            [
+                f"({html.escape(f['key'])}) {html.escape(f['claim'])}",
+                html.escape(f["paper"]),
+                val(f.get("ours")),
+                "–" if f.get("spread") is None else f"{f['spread']:.2f}",
+                html.escape(seeds),
+                f"<b>{html.escape(f['verdict'])}</b>",
+            ]
+        )
+    out = [
+        "<h2>Findings, side by side with the paper</h2>",
+        f"<p>{html.escape(findings.get('summary', ''))}</p>",
+        _table(["finding", "paper", "ours (mean over seeds)", "spread (sd)", "per seed", "verdict"], rows),
+    ]
     checks = findings.get("acceptance", [])
     if checks:
         axes = list(checks[0]["rises"])
         out.append("<h3>Acceptance of the training</h3>")
-        out.append(_table(["model", "seed", *axes, "PSNR at the highest λ vs JPEG"], [
-            [html.escape(c["model"]), str(c["seed"]), *("rises" if c["rises"][a] else "<b>does not rise</b>" for a in axes),
-             html.escape(c.get("jpeg_text") or ("outside JPEG's range" if c.get("jpeg_psnr") is None else  # older files
-                                                 f"{c['top_psnr']:.2f} vs {c['jpeg_psnr']:.2f} dB at {c['top_bpp']:.3f} bpp"))]
-            for c in checks], left=2))
+        out.append(
+            _table(
+                ["model", "seed", *axes, "PSNR at the highest λ vs JPEG"],
+                [
+                    [
+                        html.escape(c["model"]),
+                        str(c["seed"]),
+                        *("rises" if c["rises"][a] else "<b>does not rise</b>" for a in axes),
+                        html.escape(
+                            c.get("jpeg_text")
+                            or (
+                                "outside JPEG's range"
+                                if c.get("jpeg_psnr") is None
+                                # older files
+                                else f"{c['top_psnr']:.2f} vs {c['jpeg_psnr']:.2f} dB at {c['top_bpp']:.3f} bpp"
+                            )
+                        ),
+                    ]
+                    for c in checks
+                ],
+                left=2,
+            )
+        )
     return "\n".join(out)
 
 
@@ -94,13 +125,17 @@ def build_report(eval_dir: Path, findings: dict[str, Any] | None = None, curve_f
     if not results:
         raise UserError(f"no */results.json under {eval_dir}; run 'dvcm-pipeline evaluate --out {eval_dir}' first")
     detector = next((r.get("detector") for r in results if r.get("detector")), "YOLOv3")
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>dvcm evaluation</title><style>{CSS}</style></head><body>",
-             "<h1>dvcm evaluation report</h1>",
-             f"<p>Detector on the COCO path: <b>{html.escape(detector)}</b>. Rates come from real bitstreams; "
-             "anchors count codestream bytes only (container in its own column).</p>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>dvcm evaluation</title><style>{CSS}</style></head><body>",
+        "<h1>dvcm evaluation report</h1>",
+        f"<p>Detector on the COCO path: <b>{html.escape(detector)}</b>. Rates come from real bitstreams; "
+        "anchors count codestream bytes only (container in its own column).</p>",
+    ]
     if detector.startswith("random-weight"):
-        parts.append("<p class='note'>These COCO accuracies use a random-weight YOLOv3: they measure how compression "
-                     "moves its detections, not real detection accuracy.</p>")
+        parts.append(
+            "<p class='note'>These COCO accuracies use a random-weight YOLOv3: they measure how compression "
+            "moves its detections, not real detection accuracy.</p>"
+        )
     if findings:
         parts.append(findings_section(findings))
     notices = [n for r in results for n in r.get("notices", [])]
@@ -114,9 +149,14 @@ def build_report(eval_dir: Path, findings: dict[str, Any] | None = None, curve_f
             bd_rows = list(csv.DictReader(f))
     if curve_files:
         extra, bd_rows = with_curves(results, bd_rows, curve_files)
-        parts.append("<p>Overlaid curves (dotted): " + ", ".join(
-            f"{html.escape(c.label)} ({html.escape(Path(c.meta['file']).name)})"
-            for c in {c.label: c for cs in extra.values() for c in cs}.values()) + "</p>")
+        parts.append(
+            "<p>Overlaid curves (dotted): "
+            + ", ".join(
+                f"{html.escape(c.label)} ({html.escape(Path(c.meta['file']).name)})"
+                for c in {c.label: c for cs in extra.values() for c in cs}.values()
+            )
+            + "</p>"
+        )
         with tempfile.TemporaryDirectory() as tmp:  # the evaluation's plots, the rate curves redrawn with the files'
             from pipeline.evaluation.plots import PLOT_FILES, plot_metric
 
@@ -134,42 +174,90 @@ def build_report(eval_dir: Path, findings: dict[str, Any] | None = None, curve_f
     red_rows = [redundancy_row(r) for r in sorted(results, key=lambda r: r.get("label", "")) if r.get("redundancy")]
     if red_rows:
         parts.append("<h2>Redundancy</h2>")
-        parts.append("<p>Rdn = 1 − H(y_i|y_j)/H(y_i) with its 95 % interval (bootstrap over the held-out fibers). "
-                     "An interval that reaches below 0 holds values no entropy can give: the estimate cannot be told "
-                     "from 0. One that lies below 0 throughout is the estimator's bias at few fibers per cluster, "
-                     "not information.</p>")
+        parts.append(
+            "<p>Rdn = 1 − H(y_i|y_j)/H(y_i) with its 95 % interval (bootstrap over the held-out fibers). "
+            "An interval that reaches below 0 holds values no entropy can give: the estimate cannot be told "
+            "from 0. One that lies below 0 throughout is the estimator's bias at few fibers per cluster, "
+            "not information.</p>"
+        )
         parts.append(_table(["model", "Rdn(ŷ1|ŷ2) [95 % CI]", "Rdn(ŷ2|ŷ1) [95 % CI]", "K", "fibers", "flag"], red_rows))
 
     rows = []
     for r in results:
         for d, entry in sorted(r.get("datasets", {}).items()):
             for p in entry.get("points", []):
-                rows.append([html.escape(p["label"]), d, _fmt(p.get("bpp"), 4), _fmt(p.get("bpp_base"), 4),
-                             _fmt(p.get("bpp_enh"), 4), _fmt(p.get("container_bpp"), 4),
-                             *(_fmt(p.get(m.quality), 2 if "dB" in m.label else 4 if "SSIM" in m.label else 3)
-                               for m in METRICS.values()),
-                             str(p.get("images")), str(entry.get("skipped", 0))])
+                rows.append(
+                    [
+                        html.escape(p["label"]),
+                        d,
+                        _fmt(p.get("bpp"), 4),
+                        _fmt(p.get("bpp_base"), 4),
+                        _fmt(p.get("bpp_enh"), 4),
+                        _fmt(p.get("container_bpp"), 4),
+                        *(
+                            _fmt(p.get(m.quality), 2 if "dB" in m.label else 4 if "SSIM" in m.label else 3)
+                            for m in METRICS.values()
+                        ),
+                        str(p.get("images")),
+                        str(entry.get("skipped", 0)),
+                    ]
+                )
     rows.sort(key=lambda row: (row[1], row[0]))  # by dataset, then codec and its rate point
-    parts.append(_fold(f"Operating points ({len(rows)})", _table(
-        ["codec", "dataset", "bpp", "bpp base", "bpp enh", "container bpp",
-         *(f"{m.label} ({detector})" if m.detection else html.escape(m.label) for m in METRICS.values()),
-         "images", "skipped"], rows, left=2)))
+    parts.append(
+        _fold(
+            f"Operating points ({len(rows)})",
+            _table(
+                [
+                    "codec",
+                    "dataset",
+                    "bpp",
+                    "bpp base",
+                    "bpp enh",
+                    "container bpp",
+                    *(f"{m.label} ({detector})" if m.detection else html.escape(m.label) for m in METRICS.values()),
+                    "images",
+                    "skipped",
+                ],
+                rows,
+                left=2,
+            ),
+        )
+    )
     if bd_rows:
-        parts.append(_fold(f"Every BD-rate pair ({len(bd_rows)} rows)", BD_METHODS_NOTE + _table(
-            ["metric", "method", "reference", "test", "BD-rate %", "BD-quality", "note"],
-            [[html.escape(b["metric"]), html.escape(b.get("method") or "pchip"), html.escape(b["reference"]),
-              html.escape(b["test"]), _fmt(b["bd_rate_percent"], 2), _fmt(b["bd_quality"], 4), html.escape(b["note"])]
-             for b in bd_rows], left=4)))
+        parts.append(
+            _fold(
+                f"Every BD-rate pair ({len(bd_rows)} rows)",
+                BD_METHODS_NOTE
+                + _table(
+                    ["metric", "method", "reference", "test", "BD-rate %", "BD-quality", "note"],
+                    [
+                        [
+                            html.escape(b["metric"]),
+                            html.escape(b.get("method") or "pchip"),
+                            html.escape(b["reference"]),
+                            html.escape(b["test"]),
+                            _fmt(b["bd_rate_percent"], 2),
+                            _fmt(b["bd_quality"], 4),
+                            html.escape(b["note"]),
+                        ]
+                        for b in bd_rows
+                    ],
+                    left=4,
+                ),
+            )
+        )
     else:
         parts.append("<p class='note'>no bd_table.csv in this folder</p>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-BD_METHODS_NOTE = ("<p>Negative BD-rate: the test curve needs fewer bits than the reference for the same quality. "
-                   "Method <i>pchip</i>: the strict Bjøntegaard figure on the raw points (n/a when a curve is not "
-                   "monotone); <i>pchip-isotonic</i>: on a monotone (isotonic) fit of each curve first, as task "
-                   "curves that saturate are reported in feature coding.</p>")
+BD_METHODS_NOTE = (
+    "<p>Negative BD-rate: the test curve needs fewer bits than the reference for the same quality. "
+    "Method <i>pchip</i>: the strict Bjøntegaard figure on the raw points (n/a when a curve is not "
+    "monotone); <i>pchip-isotonic</i>: on a monotone (isotonic) fit of each curve first, as task "
+    "curves that saturate are reported in feature coding.</p>"
+)
 PLOT_ORDER = ["rate_accuracy", "psnr_bpp", "msssim_bpp", "redundancy"]
 
 
@@ -193,11 +281,18 @@ def redundancy_row(result: dict[str, Any]) -> list[str]:
 
     biased = red.get("biased") or []
     below = [k for k in red.get("impossible") or [] if k not in biased]
-    flags = ([f"<b>below 0 throughout: the estimator's bias</b> ({names(biased)})"] if biased else []) \
-        + ([f"reaches below 0: not told from 0 ({names(below)})"] if below else [])
+    flags = ([f"<b>below 0 throughout: the estimator's bias</b> ({names(biased)})"] if biased else []) + (
+        [f"reaches below 0: not told from 0 ({names(below)})"] if below else []
+    )
     flag = "; ".join(flags)
-    return [html.escape(result["label"]), value("rdn_y1_given_y2"), value("rdn_y2_given_y1"), str(red.get("K")),
-            str(red.get("fibers")), flag]
+    return [
+        html.escape(result["label"]),
+        value("rdn_y1_given_y2"),
+        value("rdn_y2_given_y1"),
+        str(red.get("K")),
+        str(red.get("fibers")),
+        flag,
+    ]
 
 
 def _fold(summary: str, body: str) -> str:
@@ -205,8 +300,9 @@ def _fold(summary: str, body: str) -> str:
     return f"<details><summary>{html.escape(summary)}</summary>{body}</details>"
 
 
-def with_curves(results: list[dict[str, Any]], bd_rows: list[dict[str, str]],
-                curve_files: list[Path]) -> tuple[dict[str, list[Curve]], list[dict[str, Any]]]:
+def with_curves(
+    results: list[dict[str, Any]], bd_rows: list[dict[str, str]], curve_files: list[Path]
+) -> tuple[dict[str, list[Curve]], list[dict[str, Any]]]:
     """The files' curves by metric, and the BD rows with them: each file's curve as a reference for every
     curve of ours, and as a test against every reference of the table."""
     from pipeline.evaluation.bdrate import bd_table
@@ -228,8 +324,10 @@ def with_curves(results: list[dict[str, Any]], bd_rows: list[dict[str, str]],
 def plots_section(eval_dir: Path, plots_dir: Path | None = None) -> list[str]:
     """The plots (of ``eval_dir/plots`` or ``plots_dir``), rate–accuracy and RD first, inlined; the per-model
     channel maps folded after them."""
-    pngs = sorted((plots_dir or eval_dir / "plots").glob("*.png"),
-                  key=lambda p: (PLOT_ORDER.index(p.stem) if p.stem in PLOT_ORDER else 9, p.stem))
+    pngs = sorted(
+        (plots_dir or eval_dir / "plots").glob("*.png"),
+        key=lambda p: (PLOT_ORDER.index(p.stem) if p.stem in PLOT_ORDER else 9, p.stem),
+    )
 
     def img(png: Path) -> str:
         data = base64.b64encode(png.read_bytes()).decode("ascii")
@@ -266,24 +364,49 @@ def bd_summary_section(bd_rows: list[dict[str, str]], models: list[str]) -> list
             shown = {ref: pick_row(rows) for ref, rows in pairs.items()}
             for ref in sorted(baselines & set(shown)):
                 out.append((metric, model, ref, "baseline", shown[ref]))
-            anchors = {ref: row for ref, row in shown.items()
-                       if ref not in models and row is not None and is_finite(row["bd_rate_percent"])}
+            anchors = {
+                ref: row
+                for ref, row in shown.items()
+                if ref not in models and row is not None and is_finite(row["bd_rate_percent"])
+            }
             # a figure over a sliver of shared quality says little: only those overlapping enough compete
             enough = {ref: row for ref, row in anchors.items() if rate_overlap_percent(row) >= MIN_SUMMARY_OVERLAP}
             if enough:
                 ref = max(enough, key=lambda k: float(enough[k]["bd_rate_percent"]))
                 out.append((metric, model, ref, "strongest other codec", enough[ref]))
             elif anchors:
-                out.append((metric, model, "none", "strongest other codec", {
-                    "method": "", "note": f"no other codec's curve shares {MIN_SUMMARY_OVERLAP:.0f} % of this model's "
-                                          f"quality range ({len(anchors)} share less; every pair is in the full table)"}))
+                out.append(
+                    (
+                        metric,
+                        model,
+                        "none",
+                        "strongest other codec",
+                        {
+                            "method": "",
+                            "note": f"no other codec's curve shares {MIN_SUMMARY_OVERLAP:.0f} % of this model's "
+                            f"quality range ({len(anchors)} share less; every pair is in the full table)",
+                        },
+                    )
+                )
     if not out:
         return []
-    rows = [[html.escape(m), html.escape(t), html.escape(f"{ref} ({role})"), html.escape((b or {}).get("method", "pchip") or "–"),
-             _fmt((b or {}).get("bd_rate_percent"), 2), _fmt((b or {}).get("bd_quality"), 4),
-             html.escape((b or {}).get("note", ""))] for m, t, ref, role, b in out]
-    return ["<h2>BD-rate summary</h2>", BD_METHODS_NOTE,
-            _table(["metric", "model", "against", "method", "BD-rate %", "BD-quality", "note"], rows, left=4)]
+    rows = [
+        [
+            html.escape(m),
+            html.escape(t),
+            html.escape(f"{ref} ({role})"),
+            html.escape((b or {}).get("method", "pchip") or "–"),
+            _fmt((b or {}).get("bd_rate_percent"), 2),
+            _fmt((b or {}).get("bd_quality"), 4),
+            html.escape((b or {}).get("note", "")),
+        ]
+        for m, t, ref, role, b in out
+    ]
+    return [
+        "<h2>BD-rate summary</h2>",
+        BD_METHODS_NOTE,
+        _table(["metric", "model", "against", "method", "BD-rate %", "BD-quality", "note"], rows, left=4),
+    ]
 
 
 def _coco_points(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -305,8 +428,15 @@ def per_class_section(results: list[dict[str, Any]]) -> list[str]:
         return f"<span style='display:block;background:rgb({shade},{255},{shade})'>{float(v):.3f}</span>"
 
     def table(pts: list[dict[str, Any]]) -> str:
-        rows = [[html.escape(p["label"]), _fmt(p.get("bpp_base", p.get("bpp")), 4), _fmt(p.get("map50")),
-                 *(cell(c["ap50"]) for c in p["per_class_ap"])] for p in pts]
+        rows = [
+            [
+                html.escape(p["label"]),
+                _fmt(p.get("bpp_base", p.get("bpp")), 4),
+                _fmt(p.get("map50")),
+                *(cell(c["ap50"]) for c in p["per_class_ap"]),
+            ]
+            for p in pts
+        ]
         return _table(["codec", "bpp (base)", "mAP@0.5", *names], rows)
 
     learned = sorted((p for p in points if p.get("codec") == "model"), key=lambda p: p["label"])
@@ -319,8 +449,12 @@ def per_class_section(results: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-COMPLEXITY_PARTS = (("front", "V_front"), ("encoder", "encoder"), ("base_decoder", "base decoder"),
-                    ("full_decoder", "full decoder"))
+COMPLEXITY_PARTS = (
+    ("front", "V_front"),
+    ("encoder", "encoder"),
+    ("base_decoder", "base decoder"),
+    ("full_decoder", "full decoder"),
+)
 
 
 def complexity_section(results: list[dict[str, Any]]) -> list[str]:
@@ -332,28 +466,43 @@ def complexity_section(results: list[dict[str, Any]]) -> list[str]:
         if r.get("kind") != "model" or not cx or _curve_label(r) in seen:
             continue
         seen.add(_curve_label(r))
-        times = [p for res in results if res.get("kind") == "model" and _curve_label(res) == _curve_label(r)
-                 for p in res.get("datasets", {}).get("kodak", {}).get("points", [])]
+        times = [
+            p
+            for res in results
+            if res.get("kind") == "model" and _curve_label(res) == _curve_label(r)
+            for p in res.get("datasets", {}).get("kodak", {}).get("points", [])
+        ]
 
         def median_ms(key: str, times: list[dict] = times) -> float | None:
             vals = [p[key] for p in times if isinstance(p.get(key), (int, float)) and math.isfinite(p[key])]
             return statistics.median(vals) if vals else None
 
-        rows.append([html.escape(_curve_label(r)),
-                     *(f"{cx[k]['params'] / 1e3:.1f}k / {cx[k]['kmac_per_pixel']:.2f}" for k, _ in COMPLEXITY_PARTS),
-                     _fmt(median_ms("encode_ms"), 1), _fmt(median_ms("decode_ms"), 1)])
+        rows.append(
+            [
+                html.escape(_curve_label(r)),
+                *(f"{cx[k]['params'] / 1e3:.1f}k / {cx[k]['kmac_per_pixel']:.2f}" for k, _ in COMPLEXITY_PARTS),
+                _fmt(median_ms("encode_ms"), 1),
+                _fmt(median_ms("decode_ms"), 1),
+            ]
+        )
     if not rows:
         return []
-    return ["<h2>Complexity</h2>",
-            "<p>Parameters / kMAC per pixel, counted by torch.utils.flop_counter.FlopCounterMode on one 768×512 "
-            "image. Encoder: the analysis transforms and every h_a; base decoder: the base layer's h_s and g_s1 "
-            "(ŝ); full decoder: every h_s, g_s1 and g_s2. Times: median per Kodak-like image over the rate points, this machine, "
-            "entropy coding included (encode: V_front, the encoder and rANS).</p>",
-            _table(["model", *(label for _, label in COMPLEXITY_PARTS), "encode ms", "decode ms"], rows)]
+    return [
+        "<h2>Complexity</h2>",
+        "<p>Parameters / kMAC per pixel, counted by torch.utils.flop_counter.FlopCounterMode on one 768×512 "
+        "image. Encoder: the analysis transforms and every h_a; base decoder: the base layer's h_s and g_s1 "
+        "(ŝ); full decoder: every h_s, g_s1 and g_s2. Times: median per Kodak-like image over the rate points, this machine, "
+        "entropy coding included (encode: V_front, the encoder and rANS).</p>",
+        _table(["model", *(label for _, label in COMPLEXITY_PARTS), "encode ms", "decode ms"], rows),
+    ]
 
 
-def write_report(eval_dir: Path, out: Path | None = None, findings: dict[str, Any] | None = None,
-                 curve_files: list[Path] | None = None) -> Path:
+def write_report(
+    eval_dir: Path,
+    out: Path | None = None,
+    findings: dict[str, Any] | None = None,
+    curve_files: list[Path] | None = None,
+) -> Path:
     """Write the report of ``eval_dir`` to ``out`` (default ``<eval_dir>/report.html``) atomically; returns its path."""
     target = out or eval_dir / "report.html"
     atomic_write_text(target, build_report(eval_dir, findings, curve_files))

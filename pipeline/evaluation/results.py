@@ -29,13 +29,27 @@ def _median_ms(seconds: Sequence[float | None]) -> float:
     return float(statistics.median(vals) * 1e3) if vals else float("nan")
 
 
-def summarize(dataset: str, codec: str, label: str, rows: list[dict], dets: list[dict] | None,
-              coco_ref: Any, image_ids: list[int], param: Any = None) -> OperatingPoint:
+def summarize(
+    dataset: str,
+    codec: str,
+    label: str,
+    rows: list[dict],
+    dets: list[dict] | None,
+    coco_ref: Any,
+    image_ids: list[int],
+    param: Any = None,
+) -> OperatingPoint:
     """One operating point from per-image rows (and, for COCO, its detections): its rates and every metric's
     quality (:data:`pipeline.evaluation.metrics.METRICS`)."""
     mine = [r for r in rows if r["dataset"] == dataset and r["codec"] == codec and r["param"] == param]
-    point: OperatingPoint = {"codec": codec, "label": label, "param": param, "images": len(mine),
-                             "bpp": _mean([r["bpp"] for r in mine]), "bpp_base": _mean([r["bpp_base"] for r in mine])}
+    point: OperatingPoint = {
+        "codec": codec,
+        "label": label,
+        "param": param,
+        "images": len(mine),
+        "bpp": _mean([r["bpp"] for r in mine]),
+        "bpp_base": _mean([r["bpp_base"] for r in mine]),
+    }
     if codec == "model":  # median coding time per image, in milliseconds (encode: V_front and the encoder)
         point["encode_ms"] = _median_ms([r.get("t_encode") for r in mine])
         point["decode_ms"] = _median_ms([r.get("t_decode") for r in mine])
@@ -104,4 +118,3 @@ def model_label(meta: dict) -> str:
     lam = meta.get("lmbda")
     text = f"{meta.get('model', '?')} ({config_text(meta.get('model'), meta.get('config', {}))})"
     return text + (f" λ={lam:g}" if isinstance(lam, (int, float)) else "")
-

@@ -39,8 +39,12 @@ def _checkpoints_in(folder: Path) -> list[Path]:
 
 
 def resolve_targets(
-    checkpoints: Sequence[str | Path], run_ids: Sequence[str], sweep: str | None, all_runs: bool,
-    tracking_uri: str | None, download_dir: Path,
+    checkpoints: Sequence[str | Path],
+    run_ids: Sequence[str],
+    sweep: str | None,
+    all_runs: bool,
+    tracking_uri: str | None,
+    download_dir: Path,
 ) -> list[Target]:
     """Checkpoint files to evaluate, from paths, storage URLs and/or MLflow runs (their ``checkpoint`` artifacts).
 
@@ -75,7 +79,9 @@ def resolve_targets(
             if not parents:
                 raise UserError(f"no sweep named {sweep!r} at {tracking_uri}; check --sweep and --tracking-uri")
             for parent in parents:
-                kids = c.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+                kids = c.search_runs(
+                    [exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+                )
                 runs += [k.info.run_id for k in kids if k.info.status == "FINISHED"]
         else:
             found = c.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.TAG_TRIAL}` != ''")
@@ -88,13 +94,17 @@ def resolve_targets(
             try:
                 c.get_run(run_id)
             except Exception:  # noqa: BLE001 - MLflow raises its own exception types
-                raise UserError(f"MLflow run {run_id} not found at {tracking_uri}; check --run and --tracking-uri") from None
+                raise UserError(
+                    f"MLflow run {run_id} not found at {tracking_uri}; check --run and --tracking-uri"
+                ) from None
             dest = download_dir / run_id
             dest.mkdir(parents=True, exist_ok=True)
             try:
                 local = Path(c.download_artifacts(run_id, "checkpoint", str(dest)))
             except Exception:  # noqa: BLE001
-                raise UserError(f"MLflow run {run_id} has no 'checkpoint' artifact; it did not finish training") from None
+                raise UserError(
+                    f"MLflow run {run_id} has no 'checkpoint' artifact; it did not finish training"
+                ) from None
             found_ckpts = _checkpoints_in(local) if local.is_dir() else [local]
             if not found_ckpts:
                 raise UserError(f"MLflow run {run_id} has no checkpoint file under its 'checkpoint' artifact")
@@ -136,8 +146,10 @@ def coco_items(coco_root: Path, annotations: Path, image_list: Path | None) -> t
         if not p.is_file():
             p = coco_root / im["file_name"]
         if not p.is_file():
-            raise UserError(f"image {im['file_name']} (id {im['id']}) is listed but missing on disk under {coco_root}; "
-                            "fix --coco-root or the image list")
+            raise UserError(
+                f"image {im['file_name']} (id {im['id']}) is listed but missing on disk under {coco_root}; "
+                "fix --coco-root or the image list"
+            )
         items.append(ImageItem(str(p), int(im["id"])))
     if not items:
         raise UserError(f"no images to evaluate in {annotations}")

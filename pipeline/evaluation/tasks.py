@@ -15,9 +15,29 @@ from pipeline.evaluation.targets import ImageItem
 COCO_SIZE = 512
 
 
-ROW_FIELDS = ("dataset", "codec", "param", "image", "width", "height", "bytes_base", "bytes_enh", "bytes_header",
-              "bytes_container", "bpp_base", "bpp_enh", "bpp", "psnr", "ms_ssim", "s_psnr", "s_snr",
-              "t_encode", "t_decode", "t_back", "t_score")
+ROW_FIELDS = (
+    "dataset",
+    "codec",
+    "param",
+    "image",
+    "width",
+    "height",
+    "bytes_base",
+    "bytes_enh",
+    "bytes_header",
+    "bytes_container",
+    "bpp_base",
+    "bpp_enh",
+    "bpp",
+    "psnr",
+    "ms_ssim",
+    "s_psnr",
+    "s_snr",
+    "t_encode",
+    "t_decode",
+    "t_back",
+    "t_score",
+)
 
 
 @dataclass(frozen=True)
@@ -170,9 +190,26 @@ def run_codec_chunk(checkpoint: str, dataset: str, items: list[ImageItem], s: Se
                 s_psnr, s_snr = feature_psnr(s_ref, s_hat), feature_snr(s_ref, s_hat)
                 t4 = time.perf_counter()
                 sizes = layer_sizes(data)
-                rows.append(_row("coco", "model", None, item, w, h, COCO_SIZE * COCO_SIZE, bytes_base=sizes["base"],
-                                 bytes_header=sizes["header"], bytes_container=0, s_psnr=s_psnr, s_snr=s_snr,
-                                 t_encode=t1 - t0, t_decode=t2 - t1, t_back=t3 - t2, t_score=t4 - t3))
+                rows.append(
+                    _row(
+                        "coco",
+                        "model",
+                        None,
+                        item,
+                        w,
+                        h,
+                        COCO_SIZE * COCO_SIZE,
+                        bytes_base=sizes["base"],
+                        bytes_header=sizes["header"],
+                        bytes_container=0,
+                        s_psnr=s_psnr,
+                        s_snr=s_snr,
+                        t_encode=t1 - t0,
+                        t_decode=t2 - t1,
+                        t_back=t3 - t2,
+                        t_score=t4 - t3,
+                    )
+                )
             else:
                 x = _to_tensor(img, s.device)
                 t0 = time.perf_counter()
@@ -183,10 +220,27 @@ def run_codec_chunk(checkpoint: str, dataset: str, items: list[ImageItem], s: Se
                 psnr, msssim = _quality(x, x_hat)
                 t3 = time.perf_counter()
                 sizes = layer_sizes(data)
-                rows.append(_row("kodak", "model", None, item, w, h, w * h, bytes_base=sizes["base"],
-                                 bytes_enh=sizes["enhancement"], bytes_header=sizes["header"], bytes_container=0,
-                                 psnr=psnr, ms_ssim=msssim, t_encode=t1 - t0, t_decode=t2 - t1, t_back=0.0,
-                                 t_score=t3 - t2))
+                rows.append(
+                    _row(
+                        "kodak",
+                        "model",
+                        None,
+                        item,
+                        w,
+                        h,
+                        w * h,
+                        bytes_base=sizes["base"],
+                        bytes_enh=sizes["enhancement"],
+                        bytes_header=sizes["header"],
+                        bytes_container=0,
+                        psnr=psnr,
+                        ms_ssim=msssim,
+                        t_encode=t1 - t0,
+                        t_decode=t2 - t1,
+                        t_back=0.0,
+                        t_score=t3 - t2,
+                    )
+                )
     return {"rows": rows, "detections": dets, "skipped": skipped}
 
 
@@ -196,8 +250,9 @@ def _bilinear():
     return Image.Resampling.BILINEAR
 
 
-def run_anchor_chunk(codec: str, dataset: str, items: list[ImageItem], s: Settings,
-                     params: Sequence[int] | None = None) -> dict:
+def run_anchor_chunk(
+    codec: str, dataset: str, items: list[ImageItem], s: Settings, params: Sequence[int] | None = None
+) -> dict:
     """One anchor at ``params`` (default: its own list), or ``uncompressed``, over a chunk of images."""
     import torch
 
@@ -230,15 +285,47 @@ def run_anchor_chunk(codec: str, dataset: str, items: list[ImageItem], s: Settin
                     t3 = time.perf_counter()
                     s_psnr = None if p is None else feature_psnr(s_ref, s_hat)  # uncompressed: ŝ = s
                     s_snr = None if p is None else feature_snr(s_ref, s_hat)
-                    rows.append(_row("coco", codec, p, item, w, h, pixels, bytes_base=cs, bytes_container=cont,
-                                     s_psnr=s_psnr, s_snr=s_snr,
-                                     t_encode=t1 - t0, t_decode=0.0, t_back=t2 - t1, t_score=t3 - t2))
+                    rows.append(
+                        _row(
+                            "coco",
+                            codec,
+                            p,
+                            item,
+                            w,
+                            h,
+                            pixels,
+                            bytes_base=cs,
+                            bytes_container=cont,
+                            s_psnr=s_psnr,
+                            s_snr=s_snr,
+                            t_encode=t1 - t0,
+                            t_decode=0.0,
+                            t_back=t2 - t1,
+                            t_score=t3 - t2,
+                        )
+                    )
                 else:
                     psnr, msssim = _quality(_to_tensor(src, s.device), x_hat)
                     t2 = time.perf_counter()
-                    rows.append(_row("kodak", codec, p, item, w, h, pixels, bytes_base=cs, bytes_container=cont,
-                                     psnr=psnr, ms_ssim=msssim, t_encode=t1 - t0, t_decode=0.0, t_back=0.0,
-                                     t_score=t2 - t1))
+                    rows.append(
+                        _row(
+                            "kodak",
+                            codec,
+                            p,
+                            item,
+                            w,
+                            h,
+                            pixels,
+                            bytes_base=cs,
+                            bytes_container=cont,
+                            psnr=psnr,
+                            ms_ssim=msssim,
+                            t_encode=t1 - t0,
+                            t_decode=0.0,
+                            t_back=0.0,
+                            t_score=t2 - t1,
+                        )
+                    )
     return {"rows": rows, "detections": dets, "skipped": skipped}
 
 
@@ -249,8 +336,13 @@ def run_model_complexity(checkpoint: str, s: Settings) -> dict:
     from dvcm.complexity import HEIGHT, WIDTH, codec_complexity
 
     torch.set_num_threads(max(1, s.threads))
-    return {"complexity": {"input": f"{WIDTH}x{HEIGHT}", "counter": "torch.utils.flop_counter.FlopCounterMode",
-                           "parts": codec_complexity(_codec(checkpoint, s))}}
+    return {
+        "complexity": {
+            "input": f"{WIDTH}x{HEIGHT}",
+            "counter": "torch.utils.flop_counter.FlopCounterMode",
+            "parts": codec_complexity(_codec(checkpoint, s)),
+        }
+    }
 
 
 def redundancy_request(K: int, fibers: int, images: int) -> dict[str, int]:
@@ -280,6 +372,7 @@ def run_model_extras(checkpoint: str, items: list[ImageItem], s: Settings, K: in
     for name in ("y1", "y2"):
         bits = -torch.log2(out["likelihoods"][name][0]).sum(dim=(1, 2))
         top = torch.argsort(bits, descending=True)[:8]
-        rates[name] = [{"channel": int(c), "bits": float(bits[c]),
-                        "map": out[f"{name}_hat"][0, c].tolist()} for c in top]
+        rates[name] = [
+            {"channel": int(c), "bits": float(bits[c]), "map": out[f"{name}_hat"][0, c].tolist()} for c in top
+        ]
     return {"redundancy": red, "channel_rates": rates, "complexity": complexity}

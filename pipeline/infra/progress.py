@@ -57,9 +57,17 @@ class StepProgress:
     shows nothing. ``detail()`` may add text to each plain line.
     """
 
-    def __init__(self, label: str, total: int, unit: str, completed: int = 0, enabled: bool = True,
-                 interval: float = LOG_INTERVAL_S, transient: bool = True,
-                 detail: Callable[[], str] | None = None) -> None:
+    def __init__(
+        self,
+        label: str,
+        total: int,
+        unit: str,
+        completed: int = 0,
+        enabled: bool = True,
+        interval: float = LOG_INTERVAL_S,
+        transient: bool = True,
+        detail: Callable[[], str] | None = None,
+    ) -> None:
         self.label, self.total, self.unit, self.done = label, total, unit, completed
         self.enabled, self.interval, self.transient, self.detail = enabled, interval, transient, detail
         self.t0 = time.perf_counter()
@@ -69,8 +77,10 @@ class StepProgress:
 
     def line(self) -> str:
         extra = self.detail() if self.detail else ""
-        return (f"{self.label}: {self.done}/{self.total} {self.unit}{', ' + extra if extra else ''}, "
-                f"{fmt_elapsed(time.perf_counter() - self.t0)}")
+        return (
+            f"{self.label}: {self.done}/{self.total} {self.unit}{', ' + extra if extra else ''}, "
+            f"{fmt_elapsed(time.perf_counter() - self.t0)}"
+        )
 
     def __enter__(self) -> StepProgress:
         if not self.enabled:
@@ -84,8 +94,14 @@ class StepProgress:
                 TimeRemainingColumn,
             )
 
-            self._bar = Progress(TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TextColumn(self.unit),
-                                 TimeRemainingColumn(), transient=self.transient)
+            self._bar = Progress(
+                TextColumn(self.label),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn(self.unit),
+                TimeRemainingColumn(),
+                transient=self.transient,
+            )
             self._bar.__enter__()
             self._task = self._bar.add_task(self.label, total=self.total, completed=self.done)
         else:
@@ -97,8 +113,9 @@ class StepProgress:
         if self._bar is not None:
             self._bar.advance(self._task, n)
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._bar is not None:
             self._bar.__exit__(exc_type, exc, tb)
         if self._ticker is not None:

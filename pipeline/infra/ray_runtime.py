@@ -34,7 +34,8 @@ def quiet_warnings() -> None:
     # A local Ray says that it enabled token authentication (good news, nothing to do); its warning when
     # authentication is *disabled* is kept.
     logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
-        _DropMessages("Token authentication is enabled for this Ray cluster"))
+        _DropMessages("Token authentication is enabled for this Ray cluster")
+    )
 
 
 def quiet_worker() -> None:
@@ -59,7 +60,8 @@ def quiet_worker() -> None:
         if spec is not None and spec.origin:
             logging.getLogger(spec.origin).setLevel(logging.WARNING)
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").addFilter(
-        _DropMessages("Failed to query Ray Train Controller actor state"))
+        _DropMessages("Failed to query Ray Train Controller actor state")
+    )
 
 
 def check_gcs_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
@@ -76,7 +78,9 @@ def check_gcs_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> N
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
             pass
     except OSError as exc:
-        raise UserError(f"cannot reach the Ray cluster at {address!r} ({exc}); start it (ray start --head) or fix --address / RAY_ADDRESS") from None
+        raise UserError(
+            f"cannot reach the Ray cluster at {address!r} ({exc}); start it (ray start --head) or fix --address / RAY_ADDRESS"
+        ) from None
 
 
 # Non-secret settings that every worker needs to reach the same code, tracking server and bucket.
@@ -84,8 +88,17 @@ def check_gcs_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> N
 # STORAGE_EMULATOR_HOST is gcsfs's endpoint for gs:// (a GCS emulator), the counterpart of AWS_ENDPOINT_URL;
 # GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false makes gcsfs skip its gRPC bucket-type probe, which an emulator
 # cannot answer (each probe would retry for 60 s): both must match on the driver and the workers.
-FORWARDED_ENV = ("PYTHONPATH", "DVCM_VERBOSE", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
-                 "AWS_DEFAULT_REGION", "STORAGE_EMULATOR_HOST", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT")
+FORWARDED_ENV = (
+    "PYTHONPATH",
+    "DVCM_VERBOSE",
+    "MLFLOW_TRACKING_URI",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "STORAGE_EMULATOR_HOST",
+    "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT",
+)
 FORWARDED_ENV_PREFIXES = ("FSSPEC_",)
 
 
@@ -101,8 +114,11 @@ VERBOSE_ENV = "DVCM_VERBOSE"  # set by `dvcm-pipeline -v`: nothing of Ray's is f
 # controller and workers at once), a core worker's note on an actor's constructor arguments, and
 # the PlacementGroupCleaner's State-API polling from processes the setup hook did not reach (seen in
 # the quickstart's log, "[repeated 5x across cluster]").
-DRIVER_NOISE = ("PYTHON worker processes have been started", "'PreemptionWatcher'",
-                "State API may be temporarily unavailable")
+DRIVER_NOISE = (
+    "PYTHON worker processes have been started",
+    "'PreemptionWatcher'",
+    "State API may be temporarily unavailable",
+)
 
 
 def verbose() -> bool:
@@ -156,8 +172,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     # setup hook) already reaches every worker, and Ray refuses a driver runtime_env that sets the
     # same keys: pass none there.
     if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
-        kwargs["runtime_env"] = {"worker_process_setup_hook": WORKER_SETUP_HOOK,
-                                 **({"env_vars": env_vars} if env_vars else {})}
+        kwargs["runtime_env"] = {
+            "worker_process_setup_hook": WORKER_SETUP_HOOK,
+            **({"env_vars": env_vars} if env_vars else {}),
+        }
     try:
         if address:
             check_gcs_reachable(address)

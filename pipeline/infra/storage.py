@@ -30,8 +30,15 @@ from pipeline.infra.errors import UserError
 T = TypeVar("T")
 LOCAL_PROTOCOLS = ("file", "local")
 # The package that implements each common protocol (fsspec itself names it on import errors).
-PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs",
-            "abfss": "adlfs"}
+PACKAGES = {
+    "s3": "s3fs",
+    "s3a": "s3fs",
+    "gs": "gcsfs",
+    "gcs": "gcsfs",
+    "az": "adlfs",
+    "abfs": "adlfs",
+    "abfss": "adlfs",
+}
 
 
 def is_url(location: str | os.PathLike[str]) -> bool:
@@ -215,7 +222,9 @@ def publish(tmp: Path, location: str | os.PathLike[str]) -> None:
     try:
         fs.put_file(str(tmp), p)  # one PUT / multipart upload: the object appears only when complete
     except (OSError, ValueError) as exc:  # s3fs/gcsfs turn a missing bucket, a denied PUT into these
-        raise UserError(f"cannot write {location} ({exc}); check the bucket, the endpoint and the credentials") from None
+        raise UserError(
+            f"cannot write {location} ({exc}); check the bucket, the endpoint and the credentials"
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -275,4 +284,3 @@ def from_ray_path(location: str | os.PathLike[str], fs_path: str) -> str:
         return fs_path
     fs, _ = filesystem(location)
     return fs.unstrip_protocol(fs_path)
-

@@ -32,7 +32,7 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     """
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        rel = uri[len("sqlite:///"):]
+        rel = uri[len("sqlite:///") :]
         uri = "sqlite:///" + str((Path.cwd() / rel).resolve())
     elif "://" not in uri:
         uri = str(Path(uri).resolve())  # a plain directory: the file store
@@ -55,7 +55,7 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
                 f"MLflow tracking server {uri} is unreachable ({reason}); start it or fix --tracking-uri/MLFLOW_TRACKING_URI"
             ) from None
     elif uri.startswith("sqlite:///"):
-        parent = Path(uri[len("sqlite:///"):]).parent
+        parent = Path(uri[len("sqlite:///") :]).parent
         if not parent.is_dir() or not os.access(parent, os.W_OK):
             raise UserError(f"MLflow SQLite store {uri}: directory {parent} is missing or not writable")
 
@@ -89,8 +89,13 @@ def experiment_id(uri: str, name: str = EXPERIMENT_NAME) -> str:
     return exp.experiment_id
 
 
-def start_parent_run(uri: str, sweep_name: str, params: dict[str, Any], existing_run_id: str | None = None,
-                     description: str | None = None) -> str:
+def start_parent_run(
+    uri: str,
+    sweep_name: str,
+    params: dict[str, Any],
+    existing_run_id: str | None = None,
+    description: str | None = None,
+) -> str:
     """Create (or reopen, on ``--resume``) the parent run of a sweep; return its id.
 
     ``description`` becomes the run's description in the UI (the ``mlflow.note.content`` tag)."""
@@ -106,7 +111,9 @@ def start_parent_run(uri: str, sweep_name: str, params: dict[str, Any], existing
             return existing_run_id
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-                raise UserError(f"cannot reopen the sweep's parent run {existing_run_id} at {uri}: {exc.message}") from None
+                raise UserError(
+                    f"cannot reopen the sweep's parent run {existing_run_id} at {uri}: {exc.message}"
+                ) from None
             # the tracking store was replaced: start a fresh parent run
     tags = {TAG_SWEEP: sweep_name, **({"mlflow.note.content": description} if description else {})}
     run = c.create_run(experiment_id(uri), run_name=sweep_name, tags=tags)
@@ -150,7 +157,11 @@ def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int) -> 
 
     now = int(time.time() * 1000)
     # NaN is kept (MLflow stores it): e.g. redundancy is undefined while a latent has zero entropy.
-    batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    batch = [
+        Metric(k, float(v), now, step)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    ]
     if batch:
         client(uri).log_batch(run_id, metrics=batch)
 
@@ -192,9 +203,21 @@ def code_version() -> str:
             ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "--",
-             ":/dvcm", ":/pipeline", ":/pyproject.toml"],  # from the top of the repository
-            capture_output=True, text=True, timeout=10,
+            [
+                "git",
+                "-C",
+                str(here),
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ":/dvcm",
+                ":/pipeline",
+                ":/pyproject.toml",
+            ],  # from the top of the repository
+            capture_output=True,
+            text=True,
+            timeout=10,
         ).stdout.strip()
         return rev + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):

@@ -35,5 +35,7 @@ def yolo_files(weights: str | Path | None, cfg: str | Path | None) -> tuple[str 
         if cfg is not None and Path(cfg).expanduser().resolve() != mini_cfg.resolve():
             raise UserError(f"--yolo-weights {MINI_DETECTOR} brings its own cfg; leave out --yolo-cfg {cfg}")
         return str(mini_weights), str(mini_cfg)
-    return (checked_file("--yolo-weights", weights, "a Darknet yolov3.weights file"),
-            checked_file("--yolo-cfg", cfg, "a Darknet .cfg file of the YOLOv3 family (e.g. yolov3.cfg)"))
+    return (
+        checked_file("--yolo-weights", weights, "a Darknet yolov3.weights file"),
+        checked_file("--yolo-cfg", cfg, "a Darknet .cfg file of the YOLOv3 family (e.g. yolov3.cfg)"),
+    )

@@ -39,7 +39,8 @@ def wrap_ddp(model: nn.Module, aux_names: list[str], find_unused_parameters: boo
 
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, aux_names)
     return ray.train.torch.prepare_model(
-        model, parallel_strategy_kwargs={"find_unused_parameters": find_unused_parameters})
+        model, parallel_strategy_kwargs={"find_unused_parameters": find_unused_parameters}
+    )
 
 
 def param_checksum(model: nn.Module) -> torch.Tensor:

@@ -47,9 +47,11 @@ def from_env(sweep_dir: str, trial: str, lmbda: float) -> dict[str, Any] | None:
     nan_lambda = os.environ.get(NAN_ENV)
     if not kill_at and not nan_lambda:
         return None
-    return {"kill_at_epoch": int(kill_at) if kill_at else 0,
-            "kill_marker": _kill_marker(sweep_dir, trial) if kill_at else "",
-            "nan_loss": bool(nan_lambda) and math.isclose(float(nan_lambda), lmbda)}
+    return {
+        "kill_at_epoch": int(kill_at) if kill_at else 0,
+        "kill_marker": _kill_marker(sweep_dir, trial) if kill_at else "",
+        "nan_loss": bool(nan_lambda) and math.isclose(float(nan_lambda), lmbda),
+    }
 
 
 def _kill_marker(sweep_dir: str, trial: str) -> str:

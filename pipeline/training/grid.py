@@ -77,8 +77,9 @@ def build_grid(
     for model in check_models(models):
         cfgs = configs.get(model) if isinstance(configs, dict) else configs
         if isinstance(configs, dict) and not cfgs:
-            raise UserError(f"no configuration given for model {model!r}; add it to configs "
-                            f"({codec_spec(model).config_form})")
+            raise UserError(
+                f"no configuration given for model {model!r}; add it to configs ({codec_spec(model).config_form})"
+            )
         if not cfgs:
             try:
                 cfgs = list(codec_spec(model).defaults(preset))
@@ -87,8 +88,9 @@ def build_grid(
         for text in cfgs:
             config = model_config(model, text)
             for lam in lambdas:
-                grid.append({"trial_name": trial_name(model, config, lam), "model": model, "config": config,
-                             "lmbda": lam})
+                grid.append(
+                    {"trial_name": trial_name(model, config, lam), "model": model, "config": config, "lmbda": lam}
+                )
     names = [t["trial_name"] for t in grid]
     if len(set(names)) != len(names):
         raise UserError("the grid repeats a (model, configuration, lambda) trial; remove the duplicate")

@@ -25,7 +25,9 @@ def trial_notes(rows: dict[str, TrialRow]) -> list[str]:
     return [f"{r.name}: {r.note}" for r in rows.values() if r.note]
 
 
-def render_table(rows: dict[str, TrialRow], title: str, width: int | None = None, notes: bool = True):  # -> rich renderable
+def render_table(
+    rows: dict[str, TrialRow], title: str, width: int | None = None, notes: bool = True
+):  # -> rich renderable
     """A rich table of the trials, then (``notes``) one line per trial note, folded to the width.
 
     ``width``: the terminal's columns (default: the console's).
@@ -38,9 +40,18 @@ def render_table(rows: dict[str, TrialRow], title: str, width: int | None = None
     def fmt(v: float, spec: str) -> str:
         return "-" if v != v else format(v, spec)
 
-    cells = {r.name: {"trial": r.name, "state": r.state, "epoch": f"{r.epoch}/{r.epochs}", "loss": fmt(r.train_loss, ".4g"),
-                      "val loss": fmt(r.val_loss, ".4g"), "val bpp": fmt(r.bpp, ".3g"), "val PSNR": fmt(r.psnr, ".2f")}
-             for r in rows.values()}
+    cells = {
+        r.name: {
+            "trial": r.name,
+            "state": r.state,
+            "epoch": f"{r.epoch}/{r.epochs}",
+            "loss": fmt(r.train_loss, ".4g"),
+            "val loss": fmt(r.val_loss, ".4g"),
+            "val bpp": fmt(r.bpp, ".3g"),
+            "val PSNR": fmt(r.psnr, ".2f"),
+        }
+        for r in rows.values()
+    }
     columns = ["trial", "state", "epoch", "loss", "val loss", "val bpp", "val PSNR"]
     widths = {c: max([len(c), *(len(row[c]) for row in cells.values())]) for c in columns}
     # Nothing is ever cut: on a narrow terminal the least read columns are left out instead, in this order.

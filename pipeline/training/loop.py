@@ -54,8 +54,13 @@ def rng_state() -> dict[str, Any]:
     py_state = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": [str(np_state[0]), torch.from_numpy(np_state[1].astype("int64")), int(np_state[2]),
-                  int(np_state[3]), float(np_state[4])],
+        "numpy": [
+            str(np_state[0]),
+            torch.from_numpy(np_state[1].astype("int64")),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
         "python": [int(py_state[0]), list(py_state[1]), py_state[2]],
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -107,9 +112,20 @@ class Worker:
 
         t = self.trial.training
         return shard_reader.make_loader(
-            t.shards, split=split, crop=t.crop, batch_size=t.batch_size, num_workers=t.loader_workers,
-            shuffle_buffer=t.shuffle_buffer, seed=t.seed, epoch=epoch, rank=self.rank, world_size=self.world,
-            yolo_provenance=self.trial.yolo_provenance, repeat=repeat, pin_memory=self.device.type == "cuda")
+            t.shards,
+            split=split,
+            crop=t.crop,
+            batch_size=t.batch_size,
+            num_workers=t.loader_workers,
+            shuffle_buffer=t.shuffle_buffer,
+            seed=t.seed,
+            epoch=epoch,
+            rank=self.rank,
+            world_size=self.world,
+            yolo_provenance=self.trial.yolo_provenance,
+            repeat=repeat,
+            pin_memory=self.device.type == "cuda",
+        )
 
 
 def setup(trial: TrialConfig, rank: int, world: int, device: torch.device) -> Worker:
@@ -170,8 +186,10 @@ def warm_start(w: Worker, path: str) -> None:
         raise CheckpointError(f"init checkpoint {path} is not a file on this node")
     start, meta = load_checkpoint(local, w.trial.yolo_provenance)
     if (meta.get("model"), start.config) != (w.trial.model, w.model.config):
-        raise CheckpointError(f"init checkpoint {path} holds {meta.get('model')} {start.config}, not the trial's "
-                              f"{w.trial.model} {w.model.config}")
+        raise CheckpointError(
+            f"init checkpoint {path} holds {meta.get('model')} {start.config}, not the trial's "
+            f"{w.trial.model} {w.model.config}"
+        )
     w.model.load_state_dict(start.state_dict())
 
 
@@ -198,17 +216,29 @@ def train_epoch(w: Worker, epoch: int) -> tuple[dict[str, float], dict[str, floa
             break
         inputs = batch_on_device(x, s, w.device, w.model.front)
         try:
-            terms = train_step(w.model, w.forward, w.criterion, w.net_opt, w.aux_opt, inputs,
-                               clip_max_norm=t.clip_max_norm, aux_params=w.aux_params, world=w.world,
-                               use_amp=w.use_amp, poison=poison)
+            terms = train_step(
+                w.model,
+                w.forward,
+                w.criterion,
+                w.net_opt,
+                w.aux_opt,
+                inputs,
+                clip_max_norm=t.clip_max_norm,
+                aux_params=w.aux_params,
+                world=w.world,
+                use_amp=w.use_amp,
+                poison=poison,
+            )
         except FloatingPointError as exc:
             raise FloatingPointError(f"{exc} at epoch {epoch} step {step}") from None
         if first_loss is None:
             first_loss = terms["loss"]
         sums.add(terms)
     seconds = time.perf_counter() - t0
-    extra = {"first_step_loss": float(first_loss) if first_loss is not None else float("nan"),
-             "samples_per_s": sums.count * t.batch_size * w.world / max(seconds, 1e-9)}
+    extra = {
+        "first_step_loss": float(first_loss) if first_loss is not None else float("nan"),
+        "samples_per_s": sums.count * t.batch_size * w.world / max(seconds, 1e-9),
+    }
     return sums.mean(w.world), extra
 
 
@@ -232,7 +262,9 @@ def validate(w: Worker) -> tuple[dict[str, float], list[torch.Tensor]]:
     return val, images
 
 
-def batch_on_device(x: torch.Tensor, s: Any, device: torch.device, front: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_on_device(
+    x: torch.Tensor, s: Any, device: torch.device, front: nn.Module
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(x, s) on ``device``; from image-only shards (``prepare --features none``) s is computed here, by the
     model's frozen ``front`` on the whole frames, cut to each crop's window (:class:`FramesToFeaturize`)."""
     x = x.to(device, non_blocking=True)
@@ -259,12 +291,23 @@ def redundancy_hook(model: nn.Module, images: list[torch.Tensor]) -> dict[str, f
     return {"rdn_y1_given_y2": float(r["rdn_y1_given_y2"]), "rdn_y2_given_y1": float(r["rdn_y2_given_y1"])}
 
 
-def epoch_metrics(w: Worker, epoch: int, train: dict[str, float], extra: dict[str, float], val: dict[str, float],
-                  images: list[torch.Tensor], done: bool) -> dict[str, Any]:
+def epoch_metrics(
+    w: Worker,
+    epoch: int,
+    train: dict[str, float],
+    extra: dict[str, float],
+    val: dict[str, float],
+    images: list[torch.Tensor],
+    done: bool,
+) -> dict[str, Any]:
     """What an epoch reports to Ray Train (and the sweep logs to MLflow)."""
     t = w.trial
-    metrics: dict[str, Any] = {"epoch": epoch, "lr": w.net_opt.param_groups[0]["lr"], "lr_drops": w.lr_drops,
-                               "trial_done": int(done)}
+    metrics: dict[str, Any] = {
+        "epoch": epoch,
+        "lr": w.net_opt.param_groups[0]["lr"],
+        "lr_drops": w.lr_drops,
+        "trial_done": int(done),
+    }
     metrics.update({f"train/{k}": v for k, v in train.items()})
     metrics.update({f"val/{k}": v for k, v in val.items()})
     weight_s = w.criterion.gamma  # the weight on D_s as it entered the loss (0 for a codec without a feature term)
@@ -272,7 +315,9 @@ def epoch_metrics(w: Worker, epoch: int, train: dict[str, float], extra: dict[st
     metrics.update({f"val/{k}": v for k, v in loss_shares(val, t.lmbda, weight_s).items()})
     metrics.update({f"train/{k}": v for k, v in extra.items()})
     metrics.update({f"ddp/param_checksum_rank{i}": v for i, v in enumerate(rank_checksums(w.model, w.rank, w.world))})
-    if w.rank == 0 and t.training.redundancy and images and getattr(w.model, "layers", 2) == 2:  # Rdn(ŷ1|ŷ2): two latents
+    if (
+        w.rank == 0 and t.training.redundancy and images and getattr(w.model, "layers", 2) == 2
+    ):  # Rdn(ŷ1|ŷ2): two latents
         metrics.update({f"val/{k}": v for k, v in redundancy_hook(w.model, images).items()})
     if done:
         metrics["final_checkpoint"] = FINAL_NAME
@@ -289,15 +334,33 @@ def save_and_report(w: Worker, epoch: int, metrics: dict[str, Any], val_loss: fl
         checkpoint = None
         if w.rank == 0:
             if done:
-                save_checkpoint(Path(tmp) / FINAL_NAME, w.model, extra={
-                    "trial": w.trial.trial_name, "lmbda": w.trial.lmbda, "gamma": w.trial.training.gamma,
-                    "gamma_mode": w.trial.training.gamma_mode,
-                    "epochs": epoch, "val_loss": val_loss})
-            torch.save({"model": w.model.state_dict(), "net_opt": w.net_opt.state_dict(),
-                        "aux_opt": w.aux_opt.state_dict(), "sched": w.sched.state_dict(), "epoch": epoch,
-                        "lr_drops": w.lr_drops, "rng": rng_state(),
-                        "final_metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
-                        if done else {}}, Path(tmp) / STATE_NAME)
+                save_checkpoint(
+                    Path(tmp) / FINAL_NAME,
+                    w.model,
+                    extra={
+                        "trial": w.trial.trial_name,
+                        "lmbda": w.trial.lmbda,
+                        "gamma": w.trial.training.gamma,
+                        "gamma_mode": w.trial.training.gamma_mode,
+                        "epochs": epoch,
+                        "val_loss": val_loss,
+                    },
+                )
+            torch.save(
+                {
+                    "model": w.model.state_dict(),
+                    "net_opt": w.net_opt.state_dict(),
+                    "aux_opt": w.aux_opt.state_dict(),
+                    "sched": w.sched.state_dict(),
+                    "epoch": epoch,
+                    "lr_drops": w.lr_drops,
+                    "rng": rng_state(),
+                    "final_metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+                    if done
+                    else {},
+                },
+                Path(tmp) / STATE_NAME,
+            )
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint)
 
@@ -322,8 +385,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         restore(w, state)
         if state.get("final_metrics"):  # finished before the driver could record it: report it again
             with checkpoint.as_directory() as d:
-                ray.train.report(dict(state["final_metrics"]),
-                                 checkpoint=ray.train.Checkpoint.from_directory(d) if w.rank == 0 else None)
+                ray.train.report(
+                    dict(state["final_metrics"]),
+                    checkpoint=ray.train.Checkpoint.from_directory(d) if w.rank == 0 else None,
+                )
             return
     place(w, state)
 

@@ -170,12 +170,15 @@ def _cast(name: str, kind: str, value: Any) -> Any:
             return out
         return str(value)
     except (TypeError, ValueError):
-        raise UserError(f"--{name.replace('_', '-')} must be {'an integer' if base == 'int' else 'a ' + base}, "
-                        f"got {value!r}") from None
+        raise UserError(
+            f"--{name.replace('_', '-')} must be {'an integer' if base == 'int' else 'a ' + base}, got {value!r}"
+        ) from None
 
 
 def _build(cls: type, values: dict[str, Any]) -> Any:
-    return cls(**{f.name: _cast(f.name, str(f.type), values[f.name]) for f in dataclasses.fields(cls) if f.name in values})
+    return cls(
+        **{f.name: _cast(f.name, str(f.type), values[f.name]) for f in dataclasses.fields(cls) if f.name in values}
+    )
 
 
 def resolve(preset: str | None, spec: dict[str, Any], flags: dict[str, Any]) -> SweepSettings:
@@ -184,7 +187,10 @@ def resolve(preset: str | None, spec: dict[str, Any], flags: dict[str, Any]) -> 
     ``preset`` (a flag) wins over the spec's; the default preset is ``tiny``. Every value is cast
     and checked here; a bad one is refused in one line before anything starts.
     """
-    given = {**{k: v for k, v in spec.items() if k not in GRID_KEYS}, **{k: v for k, v in flags.items() if v is not None}}
+    given = {
+        **{k: v for k, v in spec.items() if k not in GRID_KEYS},
+        **{k: v for k, v in flags.items() if v is not None},
+    }
     name = preset or given.pop("preset", None) or "tiny"
     given.pop("preset", None)
     if name not in PRESETS:
@@ -219,7 +225,9 @@ def check(settings: SweepSettings) -> None:
     if r.workers_per_trial < 1:
         raise UserError(f"--workers-per-trial must be at least 1, got {r.workers_per_trial}")
     if t.crop < 128 or t.crop % 64:
-        raise UserError(f"--crop must be a multiple of 64 and at least 128 (small crops do not generalise), got {t.crop}")
+        raise UserError(
+            f"--crop must be a multiple of 64 and at least 128 (small crops do not generalise), got {t.crop}"
+        )
     if t.gamma < 0:
         raise UserError(f"--gamma must be >= 0, got {t.gamma}")
     from dvcm.loss import GAMMA_MODES
@@ -239,14 +247,19 @@ def check_gpu_layout(r: Resources) -> None:
         raise UserError(
             f"--workers-per-trial {r.workers_per_trial} with --gpus-per-worker {r.gpus_per_worker:g} could put two NCCL "
             "ranks on one GPU, which NCCL refuses; give each worker a whole GPU (--gpus-per-worker 1) or train "
-            "with --workers-per-trial 1 (fractional GPUs then share a GPU between trials)")
+            "with --workers-per-trial 1 (fractional GPUs then share a GPU between trials)"
+        )
 
 
 def resume_record(settings: SweepSettings, data: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a resumed sweep must not change: every ``resume`` field, plus ``data`` (the digests of the
     shards and of the YOLOv3 weights and cfg the trials were trained on)."""
-    out = {f.name: getattr(obj, f.name) for obj in (settings.training, settings.resources)
-           for f in dataclasses.fields(obj) if f.metadata.get("resume")}
+    out = {
+        f.name: getattr(obj, f.name)
+        for obj in (settings.training, settings.resources)
+        for f in dataclasses.fields(obj)
+        if f.metadata.get("resume")
+    }
     return {**out, **(data or {})}
 
 
@@ -268,7 +281,14 @@ def check_resume_settings(name: str, state: dict[str, Any], now: dict[str, Any])
         return
     before = {**LEGACY_SETTINGS, **before}  # records written before a setting existed had its old behaviour
     now = json.loads(json.dumps(now))
-    changed = [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in dict.fromkeys([*before, *now]) if before.get(k) != now.get(k)]
+    changed = [
+        f"{k} {before.get(k)!r} -> {now.get(k)!r}"
+        for k in dict.fromkeys([*before, *now])
+        if before.get(k) != now.get(k)
+    ]
     if changed:
-        raise SettingsChangedError(f"sweep {name!r} was started with other training settings ({'; '.join(changed)}); "
-                                   "resume it with the same settings, or pass --name for a new sweep", "; ".join(changed))
+        raise SettingsChangedError(
+            f"sweep {name!r} was started with other training settings ({'; '.join(changed)}); "
+            "resume it with the same settings, or pass --name for a new sweep",
+            "; ".join(changed),
+        )

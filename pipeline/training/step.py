@@ -19,8 +19,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-METRIC_KEYS = ("loss", "bpp", "bpp_y1", "bpp_z1", "bpp_y2", "bpp_z2", "bpp_z", "bpp_base", "bpp_enh",
-               "D_x", "D_s", "psnr")
+METRIC_KEYS = (
+    "loss",
+    "bpp",
+    "bpp_y1",
+    "bpp_z1",
+    "bpp_y2",
+    "bpp_z2",
+    "bpp_z",
+    "bpp_base",
+    "bpp_enh",
+    "D_x",
+    "D_s",
+    "psnr",
+)
 
 
 def to_float(out: Any) -> Any:
@@ -108,8 +120,9 @@ class MetricSums:
         The tensor lives on this rank's device (so NCCL can carry it on GPUs) and has the same
         shape on every rank, even one without batches.
         """
-        t = torch.cat([self.sums, self.present, torch.tensor([float(self.count)], dtype=torch.float64,
-                                                             device=self.device)])
+        t = torch.cat(
+            [self.sums, self.present, torch.tensor([float(self.count)], dtype=torch.float64, device=self.device)]
+        )
         if world > 1:
             import torch.distributed as dist
 

@@ -55,14 +55,18 @@ def check_shards(root: str, yolo_provenance: dict[str, Any]) -> dict[str, Any]:
     if not shards.is_dir():
         raise UserError(f"shard folder {shards} does not exist; run `dvcm-pipeline prepare ... --out {shards}` first")
     if not (shards / "dataset.json").is_file():
-        raise UserError(f"{shards} has no dataset.json; it is not a prepared shard folder (run `dvcm-pipeline prepare`)")
+        raise UserError(
+            f"{shards} has no dataset.json; it is not a prepared shard folder (run `dvcm-pipeline prepare`)"
+        )
     if not any(shards.rglob("*.tar")):
         raise UserError(f"{shards} holds no .tar shards; run `dvcm-pipeline prepare` again")
     info = shard_reader.read_dataset_info(root)
     shard_reader.check_provenance(info, yolo_provenance)
     for split in ("train", "val"):
         if not shard_reader.shard_urls(root, split):
-            raise UserError(f"split {split!r} of {root} holds no samples; prepare more frames (training needs train and val)")
+            raise UserError(
+                f"split {split!r} of {root} holds no samples; prepare more frames (training needs train and val)"
+            )
     return info
 
 
@@ -97,7 +101,9 @@ class SweepData:
 
     def digest(self) -> str:
         """The data a trial learns from: every shard's sha256 and the feature statistics (not the counts)."""
-        return tracking.text_digest(json.dumps({k: self.info.get(k) for k in ("splits", "s_mean", "s_std")}, sort_keys=True))
+        return tracking.text_digest(
+            json.dumps({k: self.info.get(k) for k in ("splits", "s_mean", "s_std")}, sort_keys=True)
+        )
 
 
 def check_data(settings: SweepSettings, storage_root: str | Path) -> SweepData:
@@ -116,12 +122,19 @@ def open_record(name: str, sweep_dir: str, resume: bool, settings: SweepSettings
     """The sweep record (``sweep.json``): a new one, or the one to resume with the same training settings."""
     state = read_state(sweep_dir)
     if state is not None and not resume:
-        raise UserError(f"sweep {name!r} already exists in {sweep_dir}; pass --resume to continue it or --name for a new one")
+        raise UserError(
+            f"sweep {name!r} already exists in {sweep_dir}; pass --resume to continue it or --name for a new one"
+        )
     if state is None:
         state = {"name": name, "trials": {}, "parent_run_id": None}
-    trained_on = resume_record(settings, {"shards_digest": data.digest(),
-                                          "yolo_weights_sha256": data.yolo_provenance.get("weights_sha256"),
-                                          "yolo_cfg_sha256": data.yolo_provenance.get("cfg_sha256")})
+    trained_on = resume_record(
+        settings,
+        {
+            "shards_digest": data.digest(),
+            "yolo_weights_sha256": data.yolo_provenance.get("weights_sha256"),
+            "yolo_cfg_sha256": data.yolo_provenance.get("cfg_sha256"),
+        },
+    )
     check_resume_settings(name, state, trained_on)
     state["training_settings"] = trained_on
     return state
@@ -133,46 +146,64 @@ def describe(name: str, grid: list[dict[str, Any]], settings: SweepSettings, dat
 
     detector = detector_name(data.yolo_provenance)
     trials = ", ".join(t["trial_name"] for t in grid)
-    return (f"Sweep {name}: {len(grid)} trials ({trials}), gamma {settings.training.gamma:g}, preset "
-            f"{settings.training.preset}, features from {detector}.\n\n"
-            "Per epoch (nested runs): val/loss, val/bpp (val/bpp_base, val/bpp_enh), val/psnr, val/D_x, val/D_s, "
-            "val/rdn_y1_given_y2, val/rdn_y2_given_y1, lr. After `dvcm-pipeline evaluate`: eval/kodak_bpp, "
-            "eval/kodak_psnr, eval/kodak_ms_ssim, eval/coco_bpp_base, eval/coco_map50, eval/coco_s_snr. "
-            "Compare the trials with the runs table (columns: metrics) or select them and press Compare.")
+    return (
+        f"Sweep {name}: {len(grid)} trials ({trials}), gamma {settings.training.gamma:g}, preset "
+        f"{settings.training.preset}, features from {detector}.\n\n"
+        "Per epoch (nested runs): val/loss, val/bpp (val/bpp_base, val/bpp_enh), val/psnr, val/D_x, val/D_s, "
+        "val/rdn_y1_given_y2, val/rdn_y2_given_y1, lr. After `dvcm-pipeline evaluate`: eval/kodak_bpp, "
+        "eval/kodak_psnr, eval/kodak_ms_ssim, eval/coco_bpp_base, eval/coco_map50, eval/coco_s_snr. "
+        "Compare the trials with the runs table (columns: metrics) or select them and press Compare."
+    )
 
 
-def start_tracking(uri: str, name: str, state: dict[str, Any], settings: SweepSettings, data: SweepData,
-                   grid: list[dict[str, Any]]) -> dict[str, Any]:
+def start_tracking(
+    uri: str, name: str, state: dict[str, Any], settings: SweepSettings, data: SweepData, grid: list[dict[str, Any]]
+) -> dict[str, Any]:
     """The sweep's MLflow parent run (resumed when it still exists); returns the params every trial shares."""
     prov = data.yolo_provenance
     common_params = {
-        "preset": settings.training.preset, "dataset_digest": tracking.text_digest(json.dumps(data.info, sort_keys=True)),
-        "yolo_weights_sha256": prov.get("weights_sha256"), "yolo_weights": prov.get("weights"),
-        "yolo_random_weights": prov.get("random_weights"), "yolo_cfg_sha256": prov.get("cfg_sha256"),
+        "preset": settings.training.preset,
+        "dataset_digest": tracking.text_digest(json.dumps(data.info, sort_keys=True)),
+        "yolo_weights_sha256": prov.get("weights_sha256"),
+        "yolo_weights": prov.get("weights"),
+        "yolo_random_weights": prov.get("random_weights"),
+        "yolo_cfg_sha256": prov.get("cfg_sha256"),
         "code_version": tracking.code_version(),
         "shards": str(data.shards),
     }
     state["parent_run_id"] = tracking.start_parent_run(
-        uri, name, {**common_params, "trials": len(grid), "gamma": settings.training.gamma}, state.get("parent_run_id"),
-        description=describe(name, grid, settings, data))
+        uri,
+        name,
+        {**common_params, "trials": len(grid), "gamma": settings.training.gamma},
+        state.get("parent_run_id"),
+        description=describe(name, grid, settings, data),
+    )
     state["tracking_uri"] = uri
     return common_params
 
 
-def plan_trials(grid: list[dict[str, Any]], ctx: SweepContext, settings: SweepSettings, data: SweepData) -> list[TrialConfig]:
+def plan_trials(
+    grid: list[dict[str, Any]], ctx: SweepContext, settings: SweepSettings, data: SweepData
+) -> list[TrialConfig]:
     """The trials still to train (a finished trial whose checkpoint exists is skipped); fills the table rows."""
     todo = []
     for t in grid:
         row = TrialRow(t["trial_name"], epochs=int(t.get("epochs", settings.training.epochs)))
         ctx.rows[t["trial_name"]] = row
         done = ctx.state["trials"].get(t["trial_name"], {})
-        if done.get("status") == "finished" and done.get("final_checkpoint") and storage.is_file(done["final_checkpoint"]):
+        if (
+            done.get("status") == "finished"
+            and done.get("final_checkpoint")
+            and storage.is_file(done["final_checkpoint"])
+        ):
             row.state, row.epoch, row.note = "FINISHED", int(done.get("epochs", 0)), "done earlier (skipped)"
             continue
         ctx.state["trials"].setdefault(t["trial_name"], {})["status"] = "pending"
         todo.append(t)
     injected = {t["trial_name"]: faults.from_env(ctx.sweep_dir, t["trial_name"], t["lmbda"]) for t in todo}
-    return trial_configs(todo, settings, data.shards, storage.join(ctx.sweep_dir, "train"), data.yolo_provenance, injected)
+    return trial_configs(
+        todo, settings, data.shards, storage.join(ctx.sweep_dir, "train"), data.yolo_provenance, injected
+    )
 
 
 def run_sweep(
@@ -211,7 +242,11 @@ def run_sweep(
     write_state(sweep_dir, state)
     if todo:
         _run_tune(todo, ctx, settings.resources, name, show)
-    status = "FAILED" if any(ctx.state["trials"].get(t["trial_name"], {}).get("status") != "finished" for t in grid) else "FINISHED"
+    status = (
+        "FAILED"
+        if any(ctx.state["trials"].get(t["trial_name"], {}).get("status") != "finished" for t in grid)
+        else "FINISHED"
+    )
     tracking.end_run(uri, state["parent_run_id"], status)
     if show:
         from rich.console import Console
@@ -265,9 +300,11 @@ def _run_tune(todo: list[TrialConfig], ctx: SweepContext, resources: Resources, 
     stop = threading.Event()
     # transient: the final table (with the sweep's outcome) is printed once the sweep ends
     with Live(render_table(ctx.rows, f"sweep {name}"), refresh_per_second=2, transient=True) as live:
+
         def refresh() -> None:
             while not stop.wait(0.5):
                 live.update(render_table(ctx.rows, f"sweep {name}"))
+
         th = threading.Thread(target=refresh, daemon=True)
         th.start()
         try:
@@ -282,5 +319,7 @@ def sweep_status_line(name: str, rows: dict[str, TrialRow], t0: float) -> str:
     done = sum(r.state in ("FINISHED", "FAILED") for r in rows.values())
     running = [f"{r.name} epoch {r.epoch}/{r.epochs}" for r in rows.values() if r.state == "RUNNING"]
     failed = sum(r.state == "FAILED" for r in rows.values())
-    return (f"sweep {name}: {done}/{len(rows)} trials done{f' ({failed} failed)' if failed else ''}"
-            f"{'; running ' + ', '.join(running) if running else ''}; {fmt_elapsed(time.perf_counter() - t0)}")
+    return (
+        f"sweep {name}: {done}/{len(rows)} trials done{f' ({failed} failed)' if failed else ''}"
+        f"{'; running ' + ', '.join(running) if running else ''}; {fmt_elapsed(time.perf_counter() - t0)}"
+    )

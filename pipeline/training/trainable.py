@@ -30,7 +30,9 @@ def trial_trainable(tune_config: dict[str, Any]) -> None:
         train_loop_per_worker,
         train_loop_config=config,
         torch_config=TorchConfig(backend=collective_backend(r.use_gpu)),
-        scaling_config=ScalingConfig(num_workers=r.workers_per_trial, use_gpu=r.use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(
+            num_workers=r.workers_per_trial, use_gpu=r.use_gpu, resources_per_worker=resources
+        ),
         run_config=RunConfig(
             name=trial.trial_name,
             storage_path=storage_path,

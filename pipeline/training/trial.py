@@ -32,35 +32,70 @@ class TrialConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The flat mapping that travels through Ray and is logged to MLflow."""
-        return {**dataclasses.asdict(self.training), **dataclasses.asdict(self.resources),
-                "trial_name": self.trial_name, "model": self.model, **self.config, "lmbda": self.lmbda, "storage_path": self.storage_path, "yolo_provenance": dict(self.yolo_provenance),
-                "faults": dataclasses.asdict(self.faults) if self.faults else None,
-                "init_checkpoint": self.init_checkpoint}
+        return {
+            **dataclasses.asdict(self.training),
+            **dataclasses.asdict(self.resources),
+            "trial_name": self.trial_name,
+            "model": self.model,
+            **self.config,
+            "lmbda": self.lmbda,
+            "storage_path": self.storage_path,
+            "yolo_provenance": dict(self.yolo_provenance),
+            "faults": dataclasses.asdict(self.faults) if self.faults else None,
+            "init_checkpoint": self.init_checkpoint,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrialConfig:
         """Inverse of :meth:`to_dict`."""
+
         def pick(kind: type) -> Any:
             return kind(**{f.name: d[f.name] for f in dataclasses.fields(kind) if f.name in d})
 
         from dvcm.registry import codec_spec
 
         config = {h.name: int(d[h.name]) for h in codec_spec(d["model"]).hyperparameters}
-        return cls(d["trial_name"], d["model"], config, float(d["lmbda"]),
-                   pick(TrainingSettings), pick(Resources), d["storage_path"], dict(d["yolo_provenance"]),
-                   Faults(**d["faults"]) if d.get("faults") else None, d.get("init_checkpoint"))
+        return cls(
+            d["trial_name"],
+            d["model"],
+            config,
+            float(d["lmbda"]),
+            pick(TrainingSettings),
+            pick(Resources),
+            d["storage_path"],
+            dict(d["yolo_provenance"]),
+            Faults(**d["faults"]) if d.get("faults") else None,
+            d.get("init_checkpoint"),
+        )
 
 
-def trial_configs(grid: list[dict[str, Any]], settings: SweepSettings, shards: str, storage_path: str,
-                  yolo_provenance: dict[str, Any], faults: dict[str, dict[str, Any] | None]) -> list[TrialConfig]:
+def trial_configs(
+    grid: list[dict[str, Any]],
+    settings: SweepSettings,
+    shards: str,
+    storage_path: str,
+    yolo_provenance: dict[str, Any],
+    faults: dict[str, dict[str, Any] | None],
+) -> list[TrialConfig]:
     """One :class:`TrialConfig` per grid entry (``shards`` resolved, ``faults`` by trial name).
 
     An entry may carry its own ``seed`` (several seeds in one sweep), ``epochs`` (its cap) and an
     ``init_checkpoint`` to start from."""
     training = dataclasses.replace(settings.training, shards=shards)
-    return [TrialConfig(t["trial_name"], t["model"], dict(t["config"]), t["lmbda"],
-                        dataclasses.replace(training, seed=int(t.get("seed", training.seed)),
-                                            epochs=int(t.get("epochs", training.epochs))), settings.resources,
-                        storage_path, yolo_provenance, Faults(**faults[t["trial_name"]]) if faults.get(t["trial_name"]) else None,
-                        t.get("init_checkpoint"))
-            for t in grid]
+    return [
+        TrialConfig(
+            t["trial_name"],
+            t["model"],
+            dict(t["config"]),
+            t["lmbda"],
+            dataclasses.replace(
+                training, seed=int(t.get("seed", training.seed)), epochs=int(t.get("epochs", training.epochs))
+            ),
+            settings.resources,
+            storage_path,
+            yolo_provenance,
+            Faults(**faults[t["trial_name"]]) if faults.get(t["trial_name"]) else None,
+            t.get("init_checkpoint"),
+        )
+        for t in grid
+    ]

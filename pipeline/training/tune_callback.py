@@ -47,16 +47,39 @@ def make_tune_callback(ctx: SweepContext):  # -> ray.tune.Callback
                 spec = codec_spec(cfg["model"])
                 hyper = [h.name for h in spec.hyperparameters]
                 weight_s = feature_weight(cfg["lmbda"], cfg["gamma"], cfg["gamma_mode"]) if spec.feature_loss else 0.0
-                params = {**ctx.common_params, **{k: cfg[k] for k in ("model", "N", *hyper, "lmbda", "gamma")},
-                          "gamma_mode": cfg["gamma_mode"], "feature_weight": weight_s,
-                          "config": spec.text(cfg), "trial": name,
-                          **{k: cfg.get(k) for k in ("crop", "batch_size", "epochs", "steps_per_epoch", "lr",
-                                                     "workers_per_trial", "precision", "preset", "seed",
-                                                     "init_checkpoint")}}
-                tags = {"model": cfg["model"], "config": spec.text(cfg),
-                        "lambda": f"{cfg['lmbda']:g}", "gamma": f"{cfg['gamma']:g}"}
+                params = {
+                    **ctx.common_params,
+                    **{k: cfg[k] for k in ("model", "N", *hyper, "lmbda", "gamma")},
+                    "gamma_mode": cfg["gamma_mode"],
+                    "feature_weight": weight_s,
+                    "config": spec.text(cfg),
+                    "trial": name,
+                    **{
+                        k: cfg.get(k)
+                        for k in (
+                            "crop",
+                            "batch_size",
+                            "epochs",
+                            "steps_per_epoch",
+                            "lr",
+                            "workers_per_trial",
+                            "precision",
+                            "preset",
+                            "seed",
+                            "init_checkpoint",
+                        )
+                    },
+                }
+                tags = {
+                    "model": cfg["model"],
+                    "config": spec.text(cfg),
+                    "lambda": f"{cfg['lmbda']:g}",
+                    "gamma": f"{cfg['gamma']:g}",
+                }
                 entry["run_id"] = tracking.start_trial_run(ctx.tracking_uri, ctx.parent_run_id, name, tags, params)
-                tracking.log_dict(ctx.tracking_uri, entry["run_id"], dict(trial.config["trial"]), "config/resolved_config.json")
+                tracking.log_dict(
+                    ctx.tracking_uri, entry["run_id"], dict(trial.config["trial"]), "config/resolved_config.json"
+                )
                 ctx.save()
             return entry["run_id"]
 
@@ -83,15 +106,24 @@ def make_tune_callback(ctx: SweepContext):  # -> ray.tune.Callback
             name = trial.config["trial"]["trial_name"]
             run_id = self._run_id(trial)
             ckpt_dir = result.get("checkpoint_path")  # a path on the Ray storage filesystem
-            final = (storage.join(storage.from_ray_path(ctx.sweep_dir, ckpt_dir), result["final_checkpoint"])
-                     if ckpt_dir else None)
+            final = (
+                storage.join(storage.from_ray_path(ctx.sweep_dir, ckpt_dir), result["final_checkpoint"])
+                if ckpt_dir
+                else None
+            )
             if final is None or not storage.is_file(final):
                 ctx.rows[name].note = "final checkpoint missing"
                 return
             _log_checkpoint(ctx.tracking_uri, run_id, final)
             entry = ctx.state["trials"][name]
-            entry.update({"status": "finished", "final_checkpoint": str(final), "epochs": int(result["epoch"]),
-                          "finished_at": time.time()})
+            entry.update(
+                {
+                    "status": "finished",
+                    "final_checkpoint": str(final),
+                    "epochs": int(result["epoch"]),
+                    "finished_at": time.time(),
+                }
+            )
             tracking.end_run(ctx.tracking_uri, run_id, "FINISHED")
             ctx.rows[name].state = "FINISHED"
             ctx.rows[name].note = str(final)

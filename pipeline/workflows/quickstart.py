@@ -142,21 +142,31 @@ def _points(res: dict[str, Any], dataset: str) -> list[dict[str, Any]]:
     return list((res.get("datasets", {}).get(dataset) or {}).get("points", []))
 
 
-def summarize_trials(state: dict[str, Any], eval_results: dict[str, dict], tracking_uri: str) -> tuple[list[TrialSummary], float]:
+def summarize_trials(
+    state: dict[str, Any], eval_results: dict[str, dict], tracking_uri: str
+) -> tuple[list[TrialSummary], float]:
     """Per-trial rows (real-bitstream rates, PSNR, relative mAP; D_s from the last validation) and the uncompressed mAP."""
     from pipeline.infra import tracking
 
-    unc = next((p.get("map50") for p in _points(eval_results.get("anchors", {}), "coco") if p["codec"] == "uncompressed"),
-               math.nan)
+    unc = next(
+        (p.get("map50") for p in _points(eval_results.get("anchors", {}), "coco") if p["codec"] == "uncompressed"),
+        math.nan,
+    )
     unc = float(unc) if _finite(unc) else math.nan
     c = tracking.client(tracking_uri)
     rows = []
     for name, entry in state["trials"].items():
         run_id = entry.get("run_id")
         res = eval_results.get(run_id or "", {})
-        row = TrialSummary(name, str(res.get("model") or name.split("-")[0]), float(res.get("lmbda") or math.nan), run_id)
+        row = TrialSummary(
+            name, str(res.get("model") or name.split("-")[0]), float(res.get("lmbda") or math.nan), run_id
+        )
         for p in _points(res, "kodak"):
-            row.bpp_base, row.bpp_enh, row.psnr = p.get("bpp_base", math.nan), p.get("bpp_enh", math.nan), p.get("psnr", math.nan)
+            row.bpp_base, row.bpp_enh, row.psnr = (
+                p.get("bpp_base", math.nan),
+                p.get("bpp_enh", math.nan),
+                p.get("psnr", math.nan),
+            )
         for p in _points(res, "coco"):
             row.bpp_coco_base, row.map50 = p.get("bpp_base", math.nan), p.get("map50", math.nan)
             row.s_psnr, row.s_snr = p.get("s_psnr", math.nan), p.get("s_snr", math.nan)
@@ -188,8 +198,10 @@ def sweep_name(settings: SweepSettings, lambdas: list[float]) -> str:
     from pipeline.infra.tracking import text_digest
 
     given = _training_key(settings, lambdas)
-    default = _training_key(resolve(TRAINING_PRESET, {}, {**default_training(), "shards": "-"}),
-                            [float(v) for v in DEFAULT_LAMBDAS.split(",")])
+    default = _training_key(
+        resolve(TRAINING_PRESET, {}, {**default_training(), "shards": "-"}),
+        [float(v) for v in DEFAULT_LAMBDAS.split(",")],
+    )
     if given == default:
         return SWEEP_NAME
     return f"{SWEEP_NAME}-{text_digest(json.dumps(given, sort_keys=True))[:8]}"
@@ -206,8 +218,11 @@ def base_layer_bd_rate(bd_rows: list[dict[str, Any]], metric: str = BASE_METRIC)
     Bjøntegaard figure when it is defined, else the one on monotone fits, and a note that says which."""
     from pipeline.evaluation.bdrate import FITTED, STRICT, pick_row
 
-    pair = [r for r in bd_rows
-            if r["metric"] == metric and r["reference"].startswith("choi2022") and r["test"].startswith("proposed")]
+    pair = [
+        r
+        for r in bd_rows
+        if r["metric"] == metric and r["reference"].startswith("choi2022") and r["test"].startswith("proposed")
+    ]
     row = pick_row(pair)
     if row is None:
         return math.nan, "no proposed/choi2022 pair in the BD table (a curve is missing)"
@@ -216,8 +231,10 @@ def base_layer_bd_rate(bd_rows: list[dict[str, Any]], metric: str = BASE_METRIC)
         return value, str(row.get("note") or "")
     if (row.get("method") or STRICT) == FITTED:
         strict = next((r for r in pair if r.get("method") == STRICT), {})
-        return value, (f"{FITTED}: on monotone fits of both curves; the strict {STRICT} figure is n/a: "
-                       f"{strict.get('note') or 'undefined'}")
+        return value, (
+            f"{FITTED}: on monotone fits of both curves; the strict {STRICT} figure is n/a: "
+            f"{strict.get('note') or 'undefined'}"
+        )
     return value, f"{STRICT}, strict" + (f"; {row['note']}" if row.get("note") else "")
 
 
@@ -227,14 +244,30 @@ def base_layer_dominance(rows: list[TrialSummary], quality: str, label: str) -> 
     from pipeline.evaluation.findings import dominance_text
 
     def pairs(model: str) -> list[tuple[float, float]]:
-        return [(t.bpp_coco_base, getattr(t, quality)) for t in rows
-                if t.model == model and _finite(t.bpp_coco_base) and _finite(getattr(t, quality))]
+        return [
+            (t.bpp_coco_base, getattr(t, quality))
+            for t in rows
+            if t.model == model and _finite(t.bpp_coco_base) and _finite(getattr(t, quality))
+        ]
 
     return dominance_text(pairs("proposed"), pairs("choi2022"), label)
 
 
-SUMMARY_COLUMNS = ("trial", "model", "lambda", "gamma", "bpp_base", "bpp_enh", "bpp", "psnr", "d_s_val",
-                   "coco_bpp_base", "s_snr", "map50", "relative_map")
+SUMMARY_COLUMNS = (
+    "trial",
+    "model",
+    "lambda",
+    "gamma",
+    "bpp_base",
+    "bpp_enh",
+    "bpp",
+    "psnr",
+    "d_s_val",
+    "coco_bpp_base",
+    "s_snr",
+    "map50",
+    "relative_map",
+)
 
 
 def write_summary_csv(result: QuickstartResult, path: Path) -> Path:
@@ -249,8 +282,23 @@ def write_summary_csv(result: QuickstartResult, path: Path) -> Path:
     w.writerow(SUMMARY_COLUMNS)
     for t in result.trials:
         total = t.bpp_base + t.bpp_enh if _finite(t.bpp_base) and _finite(t.bpp_enh) else math.nan
-        w.writerow([t.trial, t.model, t.lmbda, t.gamma, t.bpp_base, t.bpp_enh, total, t.psnr, t.d_s, t.bpp_coco_base,
-                    t.s_snr, t.map50, t.relative_map])
+        w.writerow(
+            [
+                t.trial,
+                t.model,
+                t.lmbda,
+                t.gamma,
+                t.bpp_base,
+                t.bpp_enh,
+                total,
+                t.psnr,
+                t.d_s,
+                t.bpp_coco_base,
+                t.s_snr,
+                t.map50,
+                t.relative_map,
+            ]
+        )
     atomic_write_text(path, buf.getvalue())
     return path
 
@@ -266,11 +314,18 @@ def print_summary(result: QuickstartResult) -> None:
 
     con = Console()
     seed = (result.sweep_state.get("training_settings") or {}).get("seed", 0)
-    gammas = sorted({f"{t.gamma:.3g}" + (" scaled by λ" if t.gamma_mode == "scaled" else "")
-                     for t in result.trials if _finite(t.gamma)})
+    gammas = sorted(
+        {
+            f"{t.gamma:.3g}" + (" scaled by λ" if t.gamma_mode == "scaled" else "")
+            for t in result.trials
+            if _finite(t.gamma)
+        }
+    )
     how = "fine-tuned from the zoo" if result.from_zoo else "trained from scratch"
-    con.print(f"quickstart: {len(result.trials)} trials {how} ({TRAINING_PRESET} preset, seed {seed}, γ {', '.join(gammas) or '-'}, "
-              f"sample data; detector: {result.detector})")
+    con.print(
+        f"quickstart: {len(result.trials)} trials {how} ({TRAINING_PRESET} preset, seed {seed}, γ {', '.join(gammas) or '-'}, "
+        f"sample data; detector: {result.detector})"
+    )
     human = Table(title="humans: both layers, Kodak-like images")
     for col in ("trial", "bpp base", "bpp enh", "bpp", "PSNR dB"):
         human.add_column(col, justify="left" if col == "trial" else "right", no_wrap=True)
@@ -280,27 +335,42 @@ def print_summary(result: QuickstartResult) -> None:
     for t in result.trials:
         total = t.bpp_base + t.bpp_enh if _finite(t.bpp_base) and _finite(t.bpp_enh) else math.nan
         human.add_row(t.trial, fmt(t.bpp_base, ".4f"), fmt(t.bpp_enh, ".4f"), fmt(total, ".4f"), fmt(t.psnr, ".2f"))
-        machine.add_row(t.trial, fmt(t.bpp_coco_base, ".4f"), fmt(t.d_s, ".3f"), fmt(t.s_snr, ".2f"),
-                        fmt(t.map50, ".3f"), fmt(t.relative_map, ".3f"))
+        machine.add_row(
+            t.trial,
+            fmt(t.bpp_coco_base, ".4f"),
+            fmt(t.d_s, ".3f"),
+            fmt(t.s_snr, ".2f"),
+            fmt(t.map50, ".3f"),
+            fmt(t.relative_map, ".3f"),
+        )
     con.print(human)
     con.print(machine)
-    scored = ("the world's ground truth" if result.map_reference == "gt"
-              else "the uncompressed image's detections (a random detector has no ground truth it could find)")
-    con.print("Rates from real bitstreams. D_s: last validation epoch (normalised s). ŝ SNR: feature SNR of the "
-              "decoded base layer against V_front(x), -10·log10(mean over channels of MSE_c/Var_c(s)) (0 dB: no better "
-              f"than each channel's mean; ŝ PSNR is in the report). mAP@.5 of {result.detector}, scored against "
-              f"{scored}; rel. mAP: base-layer mAP / mAP on the uncompressed images "
-              f"({fmt(result.uncompressed_map50, '.3f')}).")
+    scored = (
+        "the world's ground truth"
+        if result.map_reference == "gt"
+        else "the uncompressed image's detections (a random detector has no ground truth it could find)"
+    )
+    con.print(
+        "Rates from real bitstreams. D_s: last validation epoch (normalised s). ŝ SNR: feature SNR of the "
+        "decoded base layer against V_front(x), -10·log10(mean over channels of MSE_c/Var_c(s)) (0 dB: no better "
+        f"than each channel's mean; ŝ PSNR is in the report). mAP@.5 of {result.detector}, scored against "
+        f"{scored}; rel. mAP: base-layer mAP / mAP on the uncompressed images "
+        f"({fmt(result.uncompressed_map50, '.3f')})."
+    )
 
     def bd_text(value: float, note: str) -> str:
         if _finite(value):
             return f"{value:+.2f} %" + (f"  ({note})" if note else "")
         return f"n/a ({note or 'undefined'})"
 
-    con.print("BD-rate of proposed vs choi2022 on the base layer (base layer, quality = feature SNR of ŝ, "
-              f"base-layer bpp from real bitstreams): {bd_text(result.bd_rate_base, result.bd_note)}")
-    con.print(f"BD-rate of proposed vs choi2022 on the base layer (COCO mAP@0.5 vs base-layer bpp, {result.detector}): "
-              f"{bd_text(result.bd_rate_map, result.bd_note_map)}; the paper's (real YOLOv3, COCO 2014): {PAPER_BD_RATE}")
+    con.print(
+        "BD-rate of proposed vs choi2022 on the base layer (base layer, quality = feature SNR of ŝ, "
+        f"base-layer bpp from real bitstreams): {bd_text(result.bd_rate_base, result.bd_note)}"
+    )
+    con.print(
+        f"BD-rate of proposed vs choi2022 on the base layer (COCO mAP@0.5 vs base-layer bpp, {result.detector}): "
+        f"{bd_text(result.bd_rate_map, result.bd_note_map)}; the paper's (real YOLOv3, COCO 2014): {PAPER_BD_RATE}"
+    )
     # paths and commands are printed whole on one line each (never wrapped), so that they can be copied
     con.print(f"report: {result.report}", soft_wrap=True)
     con.print(f"every column: {write_summary_csv(result, result.eval_dir / 'summary.csv')}", soft_wrap=True)
@@ -311,8 +381,15 @@ def print_summary(result: QuickstartResult) -> None:
         con.print(f"then browse: {result.runs_url}", soft_wrap=True)
 
 
-def prepare_stage(out: Path, yolo_weights: str | None, address: str | None, num_cpus: int | None, progress: bool,
-                  con: Any, yolo_cfg: str | None = None) -> tuple[Any, Path]:
+def prepare_stage(
+    out: Path,
+    yolo_weights: str | None,
+    address: str | None,
+    num_cpus: int | None,
+    progress: bool,
+    con: Any,
+    yolo_cfg: str | None = None,
+) -> tuple[Any, Path]:
     """Step 1: the generated sample set, and its Vimeo-like clips into shards (Ray tasks)."""
     from pipeline.data.feature_encoding import DEFAULT_ENCODING
     from pipeline.data.prepare import recorded_encoding, run_prepare
@@ -324,9 +401,19 @@ def prepare_stage(out: Path, yolo_weights: str | None, address: str | None, num_
     sample = generate_sample(out / "data", train_sequences=SAMPLE_TRAIN_SEQUENCES, val_sequences=SAMPLE_VAL_SEQUENCES)
     init_ray(address, num_cpus)
     shards = out / "shards"
-    rep = run_prepare(list_source("sample", sample.vimeo_root, SAMPLE_FRAMES), shards, yolo_weights=yolo_weights,
-                      frames=SAMPLE_FRAMES, shard_size=8, use_ray=True, address=address, num_cpus=num_cpus, progress=progress,
-                      yolo_cfg=yolo_cfg, feature_encoding=recorded_encoding(shards) or DEFAULT_ENCODING)
+    rep = run_prepare(
+        list_source("sample", sample.vimeo_root, SAMPLE_FRAMES),
+        shards,
+        yolo_weights=yolo_weights,
+        frames=SAMPLE_FRAMES,
+        shard_size=8,
+        use_ray=True,
+        address=address,
+        num_cpus=num_cpus,
+        progress=progress,
+        yolo_cfg=yolo_cfg,
+        feature_encoding=recorded_encoding(shards) or DEFAULT_ENCODING,
+    )
     con.print(f"shards in {shards}: {rep.shards_written} written, {rep.shards_skipped} already finished")
     return sample, shards
 
@@ -376,8 +463,16 @@ def quickstart_grid(lams: list[float], from_zoo: bool = True) -> list[dict[str, 
     return grid
 
 
-def sweep_stage(out: Path, shards: Path, flags: dict[str, Any], lams: list[float], uri: str, address: str | None,
-                progress: bool, con: Any) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
+def sweep_stage(
+    out: Path,
+    shards: Path,
+    flags: dict[str, Any],
+    lams: list[float],
+    uri: str,
+    address: str | None,
+    progress: bool,
+    con: Any,
+) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
     """Step 2: proposed and choi2022 at every λ, in parallel (Ray Tune + Ray Train), each fine-tuning its zoo
     checkpoint; returns (name, grid, record)."""
     from dvcm.zoo import is_mini_detector
@@ -390,27 +485,50 @@ def sweep_stage(out: Path, shards: Path, flags: dict[str, Any], lams: list[float
     flags = {**flags, **{k: v for k, v in defaults.items() if flags.get(k) is None}}
     settings = resolve(TRAINING_PRESET, {}, {"shards": str(shards), **flags})
     grid = quickstart_grid(lams, from_zoo=from_zoo)
-    con.rule("2/5 sweep: proposed and choi2022 " + ("fine-tuned from the zoo" if from_zoo else "from scratch")
-             + " (Ray Tune + Ray Train)")
+    con.rule(
+        "2/5 sweep: proposed and choi2022 "
+        + ("fine-tuned from the zoo" if from_zoo else "from scratch")
+        + " (Ray Tune + Ray Train)"
+    )
     for entry in grid:
-        con.print(f"{entry['trial_name']}: " + (f"fine-tunes {entry['zoo']}" if entry.get("zoo") else
-                                                "trains from scratch (the zoo's codecs are for the mini YOLOv3's s)"))
+        con.print(
+            f"{entry['trial_name']}: "
+            + (
+                f"fine-tunes {entry['zoo']}"
+                if entry.get("zoo")
+                else "trains from scratch (the zoo's codecs are for the mini YOLOv3's s)"
+            )
+        )
     storage = out / "runs"
     name = sweep_name(settings, lams)
     resume = read_state(storage / name) is not None
     try:
         state = run_sweep(name, grid, settings, storage, uri, resume=resume, address=address, show=progress)
     except SettingsChangedError as e:  # the sweep's advice (--name) is not a quickstart option
-        raise UserError(f"{out} holds a quickstart trained otherwise (an earlier dvcm?): sweep {name!r} was "
-                        f"started with other training settings ({e.changes}); pass a new --out") from None
+        raise UserError(
+            f"{out} holds a quickstart trained otherwise (an earlier dvcm?): sweep {name!r} was "
+            f"started with other training settings ({e.changes}); pass a new --out"
+        ) from None
     failed = [n for n, t in state["trials"].items() if t.get("status") != "finished"]
     if failed:
-        raise UserError(f"trials {', '.join(failed)} did not finish; see {mlflow_ui_command(uri)}, then rerun quickstart")
+        raise UserError(
+            f"trials {', '.join(failed)} did not finish; see {mlflow_ui_command(uri)}, then rerun quickstart"
+        )
     return name, grid, state
 
 
-def evaluate_stage(eval_dir: Path, run_ids: list[str], sample: Any, yolo_weights: str | None, anchors: list[str] | None,
-                   uri: str, progress: bool, con: Any, yolo_cfg: str | None = None, reference: str = "gt") -> dict[str, Any]:
+def evaluate_stage(
+    eval_dir: Path,
+    run_ids: list[str],
+    sample: Any,
+    yolo_weights: str | None,
+    anchors: list[str] | None,
+    uri: str,
+    progress: bool,
+    con: Any,
+    yolo_cfg: str | None = None,
+    reference: str = "gt",
+) -> dict[str, Any]:
     """Step 3: every trial from real bitstreams, with the installed anchors (Ray tasks); returns the job's summary."""
     from pipeline.evaluation.job import Job, run_job
     from pipeline.evaluation.targets import coco_items, folder_items, resolve_targets
@@ -420,10 +538,17 @@ def evaluate_stage(eval_dir: Path, run_ids: list[str], sample: Any, yolo_weights
     targets = resolve_targets([], run_ids, None, False, uri, eval_dir / ".downloads")
     items, gt = coco_items(sample.coco_root, sample.coco_annotations, None)
     job = Job(
-        targets=targets, out=eval_dir, settings=Settings(yolo_weights=yolo_weights, yolo_seed=0, yolo_cfg=yolo_cfg),
-        coco=(items, gt, sample.coco_annotations), kodak=folder_items(sample.kodak_root),
-        reference=reference, anchors=list(anchors) if anchors is not None else ["jpeg", "webp", "avif", "hevc", "vvc"],
-        bd_reference="choi2022,bmshj2018", tracking_uri=uri, redundancy_images=2, redundancy_fibers=3072,
+        targets=targets,
+        out=eval_dir,
+        settings=Settings(yolo_weights=yolo_weights, yolo_seed=0, yolo_cfg=yolo_cfg),
+        coco=(items, gt, sample.coco_annotations),
+        kodak=folder_items(sample.kodak_root),
+        reference=reference,
+        anchors=list(anchors) if anchors is not None else ["jpeg", "webp", "avif", "hevc", "vvc"],
+        bd_reference="choi2022,bmshj2018",
+        tracking_uri=uri,
+        redundancy_images=2,
+        redundancy_fibers=3072,
     )
     summary = run_job(job, progress=progress)
     for line in summary["notices"]:
@@ -487,14 +612,18 @@ def run_quickstart(
     yolo_weights, yolo_cfg = yolo_files(yolo_weights, yolo_cfg)  # absolute: Ray workers build the YOLO
     reference = map_reference(yolo_weights, yolo_cfg)
     if yolo_weights is None:
-        con.print("[bold yellow]YOLOv3 runs with seeded random weights (seed 0)[/] (--yolo-weights random), so "
-                  "every detection and mAP below comes from a random-weight YOLOv3 and only shows that the path works.")
+        con.print(
+            "[bold yellow]YOLOv3 runs with seeded random weights (seed 0)[/] (--yolo-weights random), so "
+            "every detection and mAP below comes from a random-weight YOLOv3 and only shows that the path works."
+        )
     else:
         con.print(f"detector: {describe_detector(yolo_weights, yolo_cfg)}", soft_wrap=True)
         con.print(f"  weights {yolo_weights}", soft_wrap=True)
     if yolo_cfg is not None:
         con.print(f"  network {yolo_cfg}", soft_wrap=True)
-    uri = tracking.resolve_tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(out))
+    uri = tracking.resolve_tracking_uri(
+        tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(out)
+    )
     tracking.check_reachable(uri)
     lams = parse_lambdas(lambdas if lambdas is not None else parse_list(DEFAULT_LAMBDAS))
     if len(lams) < 2:
@@ -506,8 +635,17 @@ def run_quickstart(
     seconds["prepare"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    flags = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "val_steps": val_steps, "lr": lr, "gamma": gamma,
-             "gamma_mode": gamma_mode, "seed": seed, "yolo_weights": yolo_weights, "yolo_cfg": yolo_cfg}
+    flags = {
+        "epochs": epochs,
+        "steps_per_epoch": steps_per_epoch,
+        "val_steps": val_steps,
+        "lr": lr,
+        "gamma": gamma,
+        "gamma_mode": gamma_mode,
+        "seed": seed,
+        "yolo_weights": yolo_weights,
+        "yolo_cfg": yolo_cfg,
+    }
     name, grid, state = sweep_stage(out, shards, flags, lams, uri, address, progress, con)
     seconds["sweep"] = time.perf_counter() - t0
 
@@ -528,13 +666,24 @@ def run_quickstart(
         note = "; ".join(n for n in (base_layer_dominance(rows, "s_snr", "ŝ SNR"), note) if n)
     if not _finite(bd_map):
         note_map = "; ".join(n for n in (base_layer_dominance(rows, "map50", "mAP@0.5"), note_map) if n)
-    result = QuickstartResult(out, shards, eval_dir, report_path, uri, state, rows, unc, bd, note, bd_map, note_map,
-                              summary["results"]["anchors"].get("detector", "YOLOv3"), seconds,
-                              mlflow_runs_url(uri, tracking.experiment_id(uri)), reference,
-                              from_zoo=any(e.get("zoo") for e in grid))
+    result = QuickstartResult(
+        out,
+        shards,
+        eval_dir,
+        report_path,
+        uri,
+        state,
+        rows,
+        unc,
+        bd,
+        note,
+        bd_map,
+        note_map,
+        summary["results"]["anchors"].get("detector", "YOLOv3"),
+        seconds,
+        mlflow_runs_url(uri, tracking.experiment_id(uri)),
+        reference,
+        from_zoo=any(e.get("zoo") for e in grid),
+    )
     print_summary(result)
     return result
-
-
-
-

@@ -78,12 +78,19 @@ PRESETS: dict[str, StudyPreset] = {
     # base rate rises with λ for both models (pilot, λ 0.0018 -> 0.0932, seed 0: proposed 0.004 -> 0.015 bpp,
     # choi2022 0.047 -> 0.115 bpp on validation); γ 10 gives λ 0.0932 about the weight (0.93) of the fixed γ 1.
     # bmshj2018 (43): the single-layer codec of the same family with proposed's 43 latent channels, for finding (d).
-    "mini": StudyPreset("mini", {"proposed": "11,32,2", "choi2022": "21,11,1", "bmshj2018": "43"}, gamma=10.0,
-                        gamma_mode="scaled"),
+    "mini": StudyPreset(
+        "mini", {"proposed": "11,32,2", "choi2022": "21,11,1", "bmshj2018": "43"}, gamma=10.0, gamma_mode="scaled"
+    ),
     # The paper's study on the user's data and GPUs: its configurations at N = 192, Adam at 1e-4, every
     # trial to its plateau (3 drops, up to the paper training preset's 300 epochs), Vimeo-90K septuplets.
-    "paper": StudyPreset("paper", {"proposed": "64,192,2", "choi2022": "128,64,1", "bmshj2018": "192"}, lr=1e-4, frames=7,
-                         budget_minutes=None, world=False),
+    "paper": StudyPreset(
+        "paper",
+        {"proposed": "64,192,2", "choi2022": "128,64,1", "bmshj2018": "192"},
+        lr=1e-4,
+        frames=7,
+        budget_minutes=None,
+        world=False,
+    ),
 }
 
 
@@ -97,15 +104,18 @@ class RealData:
     kodak_root: Path
 
     @classmethod
-    def from_options(cls, vimeo: Path | None, coco: Path | None, coco_annotations: Path | None,
-                     kodak: Path | None) -> RealData:
+    def from_options(
+        cls, vimeo: Path | None, coco: Path | None, coco_annotations: Path | None, kodak: Path | None
+    ) -> RealData:
         """The four paths, each checked; one line naming what is missing."""
         given = {"--vimeo": vimeo, "--coco": coco, "--coco-annotations": coco_annotations, "--kodak": kodak}
         missing = [k for k, v in given.items() if v is None]
         if missing:
-            raise UserError(f"--preset paper trains and evaluates on your data: give {', '.join(missing)} "
-                            "(Vimeo-90K's vimeo_septuplet folder, COCO 2014's val2014 images and its "
-                            "instances_val2014.json, the Kodak folder)")
+            raise UserError(
+                f"--preset paper trains and evaluates on your data: give {', '.join(missing)} "
+                "(Vimeo-90K's vimeo_septuplet folder, COCO 2014's val2014 images and its "
+                "instances_val2014.json, the Kodak folder)"
+            )
         paths = {flag: Path(v).expanduser().resolve() for flag, v in given.items()}  # type: ignore[arg-type]
         for flag, path in paths.items():
             if not path.exists():
@@ -136,9 +146,17 @@ TRIAL_START_S = 20.0  # Ray Train's worker group, the model and the loader of on
 EPOCH_OVERHEAD_S = 2.0  # an epoch's checkpoint, report and redundancy estimate (measured: ~2 s here)
 
 
-def plan_rounds(preset: StudyPreset, lambdas: tuple[float, ...], seeds: tuple[int, ...], step_seconds: dict[str, float],
-                concurrency: int, steps_per_epoch: int, budget_minutes: float, overhead_seconds: float,
-                val_steps: int = 8) -> Plan:
+def plan_rounds(
+    preset: StudyPreset,
+    lambdas: tuple[float, ...],
+    seeds: tuple[int, ...],
+    step_seconds: dict[str, float],
+    concurrency: int,
+    steps_per_epoch: int,
+    budget_minutes: float,
+    overhead_seconds: float,
+    val_steps: int = 8,
+) -> Plan:
     """Share the training time of the budget between the rounds; the cap of a round is what fits its share.
 
     The first round (lowest λ, from scratch) gets ``first_round_share`` of the training time, the others
@@ -149,18 +167,33 @@ def plan_rounds(preset: StudyPreset, lambdas: tuple[float, ...], seeds: tuple[in
     models = tuple(preset.configs)
     train_seconds = budget_minutes * 60.0 - overhead_seconds
     rounds = len(order)
-    shares = [1.0] if rounds == 1 else [preset.first_round_share] + [(1 - preset.first_round_share) / (rounds - 1)] * (rounds - 1)
+    shares = (
+        [1.0]
+        if rounds == 1
+        else [preset.first_round_share] + [(1 - preset.first_round_share) / (rounds - 1)] * (rounds - 1)
+    )
     waves = math.ceil(len(models) * len(seeds) / max(1, concurrency))
     slowest = max(step_seconds.values())
     epoch_seconds = steps_per_epoch * slowest + 0.4 * val_steps * slowest + EPOCH_OVERHEAD_S
     caps = tuple(int((train_seconds * s / waves - TRIAL_START_S) // epoch_seconds) for s in shares)
     if min(caps) < 1:
         need = overhead_seconds + max(waves * (TRIAL_START_S + epoch_seconds) / s for s in shares)
-        raise UserError(f"--budget-minutes {budget_minutes:g} leaves too little time to train (one epoch of every round "
-                        f"needs about {need / 60:.1f} min here with data and evaluation); give more minutes")
+        raise UserError(
+            f"--budget-minutes {budget_minutes:g} leaves too little time to train (one epoch of every round "
+            f"needs about {need / 60:.1f} min here with data and evaluation); give more minutes"
+        )
     estimate = sum(waves * (TRIAL_START_S + cap * epoch_seconds) for cap in caps)
-    return Plan(preset, order, seeds, models, steps_per_epoch, caps, step_seconds, concurrency,
-                {"training (at most)": estimate, "data, evaluation, findings": overhead_seconds})
+    return Plan(
+        preset,
+        order,
+        seeds,
+        models,
+        steps_per_epoch,
+        caps,
+        step_seconds,
+        concurrency,
+        {"training (at most)": estimate, "data, evaluation, findings": overhead_seconds},
+    )
 
 
 def gamma_text(p: StudyPreset) -> str:
@@ -173,28 +206,38 @@ def gamma_text(p: StudyPreset) -> str:
 def describe_plan(plan: Plan, detector: str) -> list[str]:
     """The plan as lines to print before anything trains."""
     p = plan.preset
-    lines = [f"reproduce: {plan.trials} trials = {len(plan.models)} models x {len(plan.lambdas)} λ x {len(plan.seeds)} "
-             f"seeds, {gamma_text(p)}; detector: {detector}",
-             "  models: " + ", ".join(f"{m} ({p.configs[m]})" for m in plan.models)
-             + f"; training preset {p.training_preset}; {plan.concurrency} trials at a time",
-             "  rounds (lowest λ from scratch, each next λ warm-started from the one below):"]
+    lines = [
+        f"reproduce: {plan.trials} trials = {len(plan.models)} models x {len(plan.lambdas)} λ x {len(plan.seeds)} "
+        f"seeds, {gamma_text(p)}; detector: {detector}",
+        "  models: "
+        + ", ".join(f"{m} ({p.configs[m]})" for m in plan.models)
+        + f"; training preset {p.training_preset}; {plan.concurrency} trials at a time",
+        "  rounds (lowest λ from scratch, each next λ warm-started from the one below):",
+    ]
     for k, (lam, cap) in enumerate(zip(plan.lambdas, plan.epoch_caps)):
-        lines.append(f"    {k + 1}. λ {lam:g}: until the validation plateau, at most {cap} epochs of "
-                     f"{plan.steps_per_epoch} steps" + ("" if k == 0 else f" (from λ {plan.lambdas[k - 1]:g})"))
+        lines.append(
+            f"    {k + 1}. λ {lam:g}: until the validation plateau, at most {cap} epochs of "
+            f"{plan.steps_per_epoch} steps" + ("" if k == 0 else f" (from λ {plan.lambdas[k - 1]:g})")
+        )
     if not plan.step_seconds:  # no budget: nothing was probed
         lines.append("  no time budget: each trial trains until its third learning-rate drop (the paper's schedule)")
         return lines
     speed = ", ".join(f"{m} {1 / s:.1f} steps/s" for m, s in plan.step_seconds.items())
     total = sum(plan.seconds.values())
-    lines.append(f"  measured here: {speed}; estimate: {total / 60:.0f} min at most ("
-                 + ", ".join(f"{k} {v / 60:.0f} min" for k, v in plan.seconds.items()) + ")")
+    lines.append(
+        f"  measured here: {speed}; estimate: {total / 60:.0f} min at most ("
+        + ", ".join(f"{k} {v / 60:.0f} min" for k, v in plan.seconds.items())
+        + ")"
+    )
     return lines
 
 
 # --------------------------------------------------------------------------------------------
 # Measuring this machine
 # --------------------------------------------------------------------------------------------
-def _probe(configs: dict[str, str], training: Any, threads: int, lmbda: float, weight_s: float, steps: int) -> dict[str, float]:
+def _probe(
+    configs: dict[str, str], training: Any, threads: int, lmbda: float, weight_s: float, steps: int
+) -> dict[str, float]:
     """Seconds per training step of each model (the first step, which warms the allocator up, not counted)."""
     import torch
 
@@ -235,8 +278,17 @@ def probe_step_seconds(preset: StudyPreset, settings: Any, concurrency: int, ste
     r = settings.resources
     task = ray.remote(num_cpus=r.cpus_per_worker)(_probe)
     lmbda = max(preset.lambdas)
-    refs = [task.remote(preset.configs, settings.training, max(1, int(r.cpus_per_worker)), lmbda,
-                        feature_weight(lmbda, preset.gamma, preset.gamma_mode), steps) for _ in range(concurrency)]
+    refs = [
+        task.remote(
+            preset.configs,
+            settings.training,
+            max(1, int(r.cpus_per_worker)),
+            lmbda,
+            feature_weight(lmbda, preset.gamma, preset.gamma_mode),
+            steps,
+        )
+        for _ in range(concurrency)
+    ]
     results = ray.get(refs)
     return {m: max(res[m] for res in results) for m in preset.configs}
 
@@ -256,12 +308,22 @@ def detector_stage(out: Path, train: bool, tracking_uri: str, address: str | Non
 
     con.rule("detector: train-detector on the synthetic world (Ray Train)")
     prov = train_detector(out / "detector", DetectorSettings(), tracking_uri, address)
-    con.print(f"{prov['name']}: test mAP@0.5 {prov['test_map50']:.3f} (random weights {prov['random_weights_test_map50']:.3f})")
+    con.print(
+        f"{prov['name']}: test mAP@0.5 {prov['test_map50']:.3f} (random weights {prov['random_weights_test_map50']:.3f})"
+    )
     return str((out / "detector" / WEIGHTS_NAME).resolve()), str((out / "detector" / CFG_NAME).resolve())
 
 
-def data_stage(out: Path, preset: StudyPreset, weights: str | None, cfg: str | None, address: str | None,
-               progress: bool, con: Any, data: RealData | None = None) -> tuple[Any, Path]:
+def data_stage(
+    out: Path,
+    preset: StudyPreset,
+    weights: str | None,
+    cfg: str | None,
+    address: str | None,
+    progress: bool,
+    con: Any,
+    data: RealData | None = None,
+) -> tuple[Any, Path]:
     """Clips into shards with the detector's front: the world's train split (mini), or the user's Vimeo-90K
     (``data``); returns (where the evaluation images are, the shards)."""
     from pipeline.data.feature_encoding import DEFAULT_ENCODING
@@ -271,16 +333,29 @@ def data_stage(out: Path, preset: StudyPreset, weights: str | None, cfg: str | N
     shards = out / "shards"
     if data is None:
         con.rule("data: the synthetic world -> WebDataset shards (Ray)")
-        sample: Any = generate_sample(out / "data", train_sequences=preset.train_sequences,
-                                      val_sequences=preset.val_sequences, coco_images=preset.coco_images,
-                                      kodak_images=preset.kodak_images)
+        sample: Any = generate_sample(
+            out / "data",
+            train_sequences=preset.train_sequences,
+            val_sequences=preset.val_sequences,
+            coco_images=preset.coco_images,
+            kodak_images=preset.kodak_images,
+        )
         listing = list_source("sample", sample.vimeo_root, preset.frames)
     else:
         con.rule("data: Vimeo-90K -> WebDataset shards (Ray)")
         sample, listing = data, list_source("vimeo90k", data.vimeo_root, preset.frames)
-    rep = run_prepare(listing, shards, yolo_weights=weights, yolo_cfg=cfg,
-                      frames=preset.frames, shard_size=32 if data is None else 256, use_ray=True, address=address,
-                      progress=progress, feature_encoding=recorded_encoding(shards) or DEFAULT_ENCODING)
+    rep = run_prepare(
+        listing,
+        shards,
+        yolo_weights=weights,
+        yolo_cfg=cfg,
+        frames=preset.frames,
+        shard_size=32 if data is None else 256,
+        use_ray=True,
+        address=address,
+        progress=progress,
+        feature_encoding=recorded_encoding(shards) or DEFAULT_ENCODING,
+    )
     con.print(f"shards in {shards}: {rep.shards_written} written, {rep.shards_skipped} already finished")
     return sample, shards
 
@@ -294,8 +369,13 @@ def round_grid(plan: Plan, k: int, state: dict[str, Any]) -> list[dict[str, Any]
         config = model_config(model, plan.preset.configs[model])
         for seed in plan.seeds:
             entry: dict[str, Any] = {
-                "trial_name": trial_name(model, config, plan.lambdas[k], seed=seed), "model": model,
-                "config": config, "lmbda": plan.lambdas[k], "seed": seed, "epochs": plan.epoch_caps[k]}
+                "trial_name": trial_name(model, config, plan.lambdas[k], seed=seed),
+                "model": model,
+                "config": config,
+                "lmbda": plan.lambdas[k],
+                "seed": seed,
+                "epochs": plan.epoch_caps[k],
+            }
             if k > 0:
                 below = state["trials"][trial_name(model, config, plan.lambdas[k - 1], seed=seed)]
                 entry["init_checkpoint"] = below["final_checkpoint"]
@@ -303,8 +383,9 @@ def round_grid(plan: Plan, k: int, state: dict[str, Any]) -> list[dict[str, Any]
     return grid
 
 
-def train_stage(out: Path, plan: Plan, settings: Any, uri: str, address: str | None, progress: bool,
-                con: Any) -> dict[str, Any]:
+def train_stage(
+    out: Path, plan: Plan, settings: Any, uri: str, address: str | None, progress: bool, con: Any
+) -> dict[str, Any]:
     """Every round of the study as one sweep (``reproduce``): one MLflow parent run, a nested run per trial."""
     from pipeline.training.settings import SettingsChangedError
     from pipeline.training.sweep import run_sweep
@@ -316,20 +397,40 @@ def train_stage(out: Path, plan: Plan, settings: Any, uri: str, address: str | N
         con.rule(f"train: round {k + 1}/{len(plan.lambdas)}, λ {lam:g} (Ray Tune + Ray Train)")
         grid = round_grid(plan, k, state)
         try:
-            state = run_sweep(STUDY_NAME, grid, settings, storage, uri,
-                              resume=read_state(storage / STUDY_NAME) is not None, address=address, show=progress)
+            state = run_sweep(
+                STUDY_NAME,
+                grid,
+                settings,
+                storage,
+                uri,
+                resume=read_state(storage / STUDY_NAME) is not None,
+                address=address,
+                show=progress,
+            )
         except SettingsChangedError as e:  # the sweep's advice (--name) is no reproduce option
-            raise UserError(f"{out} holds a study trained otherwise ({e.changes}); rerun it with the options it was "
-                            "started with (e.g. --gamma 1 --gamma-mode fixed for a study of an earlier dvcm), or "
-                            "pass a new --out") from None
+            raise UserError(
+                f"{out} holds a study trained otherwise ({e.changes}); rerun it with the options it was "
+                "started with (e.g. --gamma 1 --gamma-mode fixed for a study of an earlier dvcm), or "
+                "pass a new --out"
+            ) from None
         failed = [t["trial_name"] for t in grid if state["trials"].get(t["trial_name"], {}).get("status") != "finished"]
         if failed:
             raise UserError(f"trials {', '.join(failed)} did not finish; rerun the same command to resume")
     return state
 
 
-def evaluate_stage(out: Path, plan: Plan, state: dict[str, Any], sample: Any, weights: str, cfg: str,
-                   anchors: list[str], uri: str, progress: bool, con: Any) -> dict[int, dict[str, Any]]:
+def evaluate_stage(
+    out: Path,
+    plan: Plan,
+    state: dict[str, Any],
+    sample: Any,
+    weights: str,
+    cfg: str,
+    anchors: list[str],
+    uri: str,
+    progress: bool,
+    con: Any,
+) -> dict[int, dict[str, Any]]:
     """Each seed's trials in ``out/eval/seed-<n>`` (anchors computed in the first and copied to the others)."""
     from pipeline.evaluation.job import Job, run_job
     from pipeline.evaluation.targets import coco_items, folder_items, resolve_targets
@@ -347,15 +448,27 @@ def evaluate_stage(out: Path, plan: Plan, state: dict[str, Any], sample: Any, we
             shutil.copytree(first / "anchors", eval_dir / "anchors")  # the same images: the same anchor points
         run_ids = [t["run_id"] for name, t in sorted(state["trials"].items()) if name.endswith(f"-s{seed}")]
         targets = resolve_targets([], run_ids, None, False, uri, eval_dir / ".downloads")
-        job = Job(targets=targets, out=eval_dir, settings=Settings(yolo_weights=weights, yolo_seed=0, yolo_cfg=cfg),
-                  coco=(items, gt, sample.coco_annotations), kodak=kodak, reference="gt", anchors=anchors,
-                  bd_reference="choi2022,bmshj2018", tracking_uri=uri, redundancy_images=4, redundancy_fibers=6144)
+        job = Job(
+            targets=targets,
+            out=eval_dir,
+            settings=Settings(yolo_weights=weights, yolo_seed=0, yolo_cfg=cfg),
+            coco=(items, gt, sample.coco_annotations),
+            kodak=kodak,
+            reference="gt",
+            anchors=anchors,
+            bd_reference="choi2022,bmshj2018",
+            tracking_uri=uri,
+            redundancy_images=4,
+            redundancy_fibers=6144,
+        )
         summaries[seed] = run_job(job, progress=progress)
         first = first or eval_dir
     return summaries
 
 
-def study_points(state: dict[str, Any], summaries: dict[int, dict[str, Any]]) -> tuple[list[Any], list[tuple[float, float]]]:
+def study_points(
+    state: dict[str, Any], summaries: dict[int, dict[str, Any]]
+) -> tuple[list[Any], list[tuple[float, float]]]:
     """The findings' points (every trial) and JPEG's Kodak curve (bpp, PSNR)."""
     from pipeline.evaluation.findings import points_from_results
 
@@ -367,13 +480,25 @@ def study_points(state: dict[str, Any], summaries: dict[int, dict[str, Any]]) ->
             trials[t["run_id"]] = {"model": res["model"], "lmbda": res["lmbda"], "seed": int(name.rsplit("-s", 1)[1])}
     anchors = next(iter(summaries.values()))["results"].get("anchors", {})
     kodak = ((anchors.get("datasets") or {}).get("kodak") or {}).get("points", [])
-    jpeg = [(float(p["bpp"]), float(p["psnr"])) for p in kodak if p.get("codec") == "jpeg"
-            and isinstance(p.get("bpp"), (int, float)) and isinstance(p.get("psnr"), (int, float))]
+    jpeg = [
+        (float(p["bpp"]), float(p["psnr"]))
+        for p in kodak
+        if p.get("codec") == "jpeg"
+        and isinstance(p.get("bpp"), (int, float))
+        and isinstance(p.get("psnr"), (int, float))
+    ]
     return points_from_results(results, trials), jpeg
 
 
-def findings_stage(out: Path, plan: Plan, state: dict[str, Any], summaries: dict[int, dict[str, Any]], detector: str,
-                   uri: str, command: str) -> tuple[list[Any], list[dict[str, Any]], Path]:
+def findings_stage(
+    out: Path,
+    plan: Plan,
+    state: dict[str, Any],
+    summaries: dict[int, dict[str, Any]],
+    detector: str,
+    uri: str,
+    command: str,
+) -> tuple[list[Any], list[dict[str, Any]], Path]:
     """``out/findings.md`` and ``.json``, the study's report (findings first), and the same in MLflow."""
     from pipeline.evaluation.findings import read_findings, write_findings
     from pipeline.evaluation.report import write_report
@@ -381,20 +506,38 @@ def findings_stage(out: Path, plan: Plan, state: dict[str, Any], summaries: dict
 
     points, jpeg = study_points(state, summaries)
     p = plan.preset
-    where = (f"the synthetic world's test split ({p.coco_images} COCO-like images at 512×512, {p.kodak_images} "
-             "Kodak-like)" if p.world else "COCO 2014 and Kodak")
+    where = (
+        f"the synthetic world's test split ({p.coco_images} COCO-like images at 512×512, {p.kodak_images} Kodak-like)"
+        if p.world
+        else "COCO 2014 and Kodak"
+    )
     title = "measured in miniature" if p.world else "measured on the paper's data"
-    header = (f"# The paper's findings, {title}\n\n{plan.trials} trials: "
-              + ", ".join(f"{m} ({p.configs[m]})" for m in plan.models)
-              + f" at λ {', '.join(f'{v:g}' for v in sorted(plan.lambdas))}, seeds {', '.join(map(str, plan.seeds))}, "
-              f"{gamma_text(p)}; detector: {detector}; evaluated on {where}. Command: `{command}`.")
-    summary = (f"{plan.trials} trials ({len(plan.seeds)} seeds), {gamma_text(p)}, detector: {detector}. "
-               "Each verdict is measured; a finding that does not hold is a result.")
-    findings, checks = write_findings(out, points, jpeg, header, {"summary": summary, "seeds": list(plan.seeds),
-                                                                   "lambdas": list(plan.lambdas), "gamma": p.gamma,
-                                                                   "gamma_mode": p.gamma_mode,
-                                                                   "configs": p.configs, "detector": detector,
-                                                                   "command": command})
+    header = (
+        f"# The paper's findings, {title}\n\n{plan.trials} trials: "
+        + ", ".join(f"{m} ({p.configs[m]})" for m in plan.models)
+        + f" at λ {', '.join(f'{v:g}' for v in sorted(plan.lambdas))}, seeds {', '.join(map(str, plan.seeds))}, "
+        f"{gamma_text(p)}; detector: {detector}; evaluated on {where}. Command: `{command}`."
+    )
+    summary = (
+        f"{plan.trials} trials ({len(plan.seeds)} seeds), {gamma_text(p)}, detector: {detector}. "
+        "Each verdict is measured; a finding that does not hold is a result."
+    )
+    findings, checks = write_findings(
+        out,
+        points,
+        jpeg,
+        header,
+        {
+            "summary": summary,
+            "seeds": list(plan.seeds),
+            "lambdas": list(plan.lambdas),
+            "gamma": p.gamma,
+            "gamma_mode": p.gamma_mode,
+            "configs": p.configs,
+            "detector": detector,
+            "command": command,
+        },
+    )
     data = read_findings(out)
     report = write_report(out / "eval" / f"seed-{plan.seeds[0]}", out / "report.html", findings=data)
     parent = state.get("parent_run_id")
@@ -455,14 +598,25 @@ def export_zoo(out: Path, plan: Plan, state: dict[str, Any], detector: dict[str,
             if half["psnr_change_db"] > FLOAT16_TOLERANCE_DB:  # not lossless enough: ship the float32 file
                 shutil.copyfile(trial["final_checkpoint"], zoo / f"{name}.pt")
             entries[name] = {
-                "float16": half["psnr_change_db"] <= FLOAT16_TOLERANCE_DB, "float16_effect": half,
-                "file": f"{name}.pt", "sha256": tracking.file_digest(zoo / f"{name}.pt"), "model": model,
-                "config": plan.preset.configs[model], "N": record.get("N"), "lmbda": lam, "gamma": plan.preset.gamma,
+                "float16": half["psnr_change_db"] <= FLOAT16_TOLERANCE_DB,
+                "float16_effect": half,
+                "file": f"{name}.pt",
+                "sha256": tracking.file_digest(zoo / f"{name}.pt"),
+                "model": model,
+                "config": plan.preset.configs[model],
+                "N": record.get("N"),
+                "lmbda": lam,
+                "gamma": plan.preset.gamma,
                 "gamma_mode": plan.preset.gamma_mode,
-                "seed": seed, "trial": trial_name(model, config, lam, seed=seed), "epochs": trial.get("epochs"),
-                "command": command, "mlflow_run_id": trial.get("run_id"),
+                "seed": seed,
+                "trial": trial_name(model, config, lam, seed=seed),
+                "epochs": trial.get("epochs"),
+                "command": command,
+                "mlflow_run_id": trial.get("run_id"),
                 "code_version": tracking.client(uri).get_run(trial["run_id"]).data.params.get("code_version"),
-                "data_digest": record.get("shards_digest"), "detector": detector}
+                "data_digest": record.get("shards_digest"),
+                "detector": detector,
+            }
     atomic_write_json(zoo / "zoo.json", {"schema": "dvcm-zoo/1", "checkpoints": entries})
     return zoo
 
@@ -471,19 +625,43 @@ def study_settings(preset: StudyPreset, shards: str, weights: str, cfg: str, fla
     """The sweep settings of every round (the training preset, the study's γ and lr, the detector's files)."""
     from pipeline.training.settings import resolve
 
-    return resolve(preset.training_preset, {}, {"shards": shards, "gamma": preset.gamma, "gamma_mode": preset.gamma_mode,
-                                                  "lr": preset.lr,
-                                                  "yolo_weights": weights, "yolo_cfg": cfg, **flags})
+    return resolve(
+        preset.training_preset,
+        {},
+        {
+            "shards": shards,
+            "gamma": preset.gamma,
+            "gamma_mode": preset.gamma_mode,
+            "lr": preset.lr,
+            "yolo_weights": weights,
+            "yolo_cfg": cfg,
+            **flags,
+        },
+    )
 
 
-def run_reproduce(out: Path, preset_name: str = "mini", budget_minutes: float | None = None,
-                  lambdas: list[float] | None = None, seeds: list[int] | None = None, gamma: float | None = None,
-                  gamma_mode: str | None = None, train_detector: bool = False, anchors: list[str] | None = None,
-                  tracking_uri: str | None = None, address: str | None = None, num_cpus: int | None = None,
-                  progress: bool = True, settings_flags: dict[str, Any] | None = None,
-                  command: str = "dvcm-pipeline reproduce", preset_overrides: dict[str, Any] | None = None,
-                  data: RealData | None = None, yolo_weights: str | None = None, yolo_cfg: str | None = None,
-                  plan_only: bool = False) -> dict[str, Any]:
+def run_reproduce(
+    out: Path,
+    preset_name: str = "mini",
+    budget_minutes: float | None = None,
+    lambdas: list[float] | None = None,
+    seeds: list[int] | None = None,
+    gamma: float | None = None,
+    gamma_mode: str | None = None,
+    train_detector: bool = False,
+    anchors: list[str] | None = None,
+    tracking_uri: str | None = None,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    progress: bool = True,
+    settings_flags: dict[str, Any] | None = None,
+    command: str = "dvcm-pipeline reproduce",
+    preset_overrides: dict[str, Any] | None = None,
+    data: RealData | None = None,
+    yolo_weights: str | None = None,
+    yolo_cfg: str | None = None,
+    plan_only: bool = False,
+) -> dict[str, Any]:
     """Run the study (module docstring); returns {"findings", "acceptance", "report", "seconds", "plan"}.
 
     ``preset_overrides`` replace fields of the :class:`StudyPreset` (a shrunk study: fewer clips and images).
@@ -501,20 +679,25 @@ def run_reproduce(out: Path, preset_name: str = "mini", budget_minutes: float | 
     preset = study_preset(preset_name, budget_minutes, lambdas, seeds, gamma, gamma_mode, preset_overrides)
     if preset.world:
         if data is not None or yolo_weights is not None or yolo_cfg is not None:
-            raise UserError(f"--preset {preset_name} studies the synthetic world with its own detector; your data "
-                            "and --yolo-weights go with --preset paper")
+            raise UserError(
+                f"--preset {preset_name} studies the synthetic world with its own detector; your data "
+                "and --yolo-weights go with --preset paper"
+            )
     else:
         if data is None:
             RealData.from_options(None, None, None, None)  # raises: which paths the preset needs
         if train_detector:
-            raise UserError("--train-detector trains the mini detector of the synthetic world; --preset paper "
-                            "takes your detector (--yolo-weights yolov3.weights)")
+            raise UserError(
+                "--train-detector trains the mini detector of the synthetic world; --preset paper "
+                "takes your detector (--yolo-weights yolov3.weights)"
+            )
         if yolo_weights is None:
             raise UserError("--preset paper needs --yolo-weights FILE (Darknet yolov3.weights, 80 COCO classes)")
     con = Console()
     out = Path(out).expanduser().resolve()
-    uri = tracking.resolve_tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-                                        or f"sqlite:///{out / 'mlflow.db'}")
+    uri = tracking.resolve_tracking_uri(
+        tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out / 'mlflow.db'}"
+    )
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     if preset.world and plan_only:  # the plan needs the detector's front only: the bundled one stands in
@@ -528,8 +711,11 @@ def run_reproduce(out: Path, preset_name: str = "mini", budget_minutes: float | 
     else:
         weights, cfg = yolo_files(yolo_weights, yolo_cfg)
         listing = list_source("vimeo90k", data.vimeo_root, preset.frames)  # type: ignore[union-attr]
-        con.print(f"data: {len(listing.items)} Vimeo-90K frames under {data.vimeo_root}; COCO 2014 "  # type: ignore[union-attr]
-                  f"{data.coco_root} with {data.coco_annotations.name}; Kodak {data.kodak_root}", soft_wrap=True)  # type: ignore[union-attr]
+        con.print(
+            f"data: {len(listing.items)} Vimeo-90K frames under {data.vimeo_root}; COCO 2014 "  # type: ignore[union-attr]
+            f"{data.coco_root} with {data.coco_annotations.name}; Kodak {data.kodak_root}",
+            soft_wrap=True,
+        )  # type: ignore[union-attr]
     yolo = build_yolov3(weights, cfg=cfg)
     detector = detector_name(yolo.provenance)
     init_ray(address, num_cpus)
@@ -537,7 +723,11 @@ def run_reproduce(out: Path, preset_name: str = "mini", budget_minutes: float | 
 
     settings = study_settings(preset, str(out / "shards"), weights, cfg, settings_flags or {})
     r = settings.resources
-    per_trial = ("GPU", r.gpus_per_worker * r.workers_per_trial) if r.use_gpu else ("CPU", r.cpus_per_worker * r.workers_per_trial)
+    per_trial = (
+        ("GPU", r.gpus_per_worker * r.workers_per_trial)
+        if r.use_gpu
+        else ("CPU", r.cpus_per_worker * r.workers_per_trial)
+    )
     concurrency = max(1, int(ray.cluster_resources().get(per_trial[0], 1) // max(per_trial[1], 1e-9)))
     plan = study_plan(preset, settings, concurrency)
     for line in describe_plan(plan, detector):
@@ -556,35 +746,76 @@ def run_reproduce(out: Path, preset_name: str = "mini", budget_minutes: float | 
     state = train_stage(out, plan, settings, uri, address, progress, con)
     seconds["training"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    summaries = evaluate_stage(out, plan, state, sample, weights, cfg,
-                               anchors if anchors is not None else ["jpeg", "webp", "avif", "hevc", "vvc"], uri, progress, con)
+    summaries = evaluate_stage(
+        out,
+        plan,
+        state,
+        sample,
+        weights,
+        cfg,
+        anchors if anchors is not None else ["jpeg", "webp", "avif", "hevc", "vvc"],
+        uri,
+        progress,
+        con,
+    )
     seconds["evaluation"] = time.perf_counter() - t0
     findings, checks, report = findings_stage(out, plan, state, summaries, detector, uri, command)
-    zoo = export_zoo(out, plan, state, {"name": detector, "weights_sha256": yolo.provenance.get("weights_sha256"),
-                                        "cfg_sha256": yolo.provenance.get("cfg_sha256")}, command, uri)
+    zoo = export_zoo(
+        out,
+        plan,
+        state,
+        {
+            "name": detector,
+            "weights_sha256": yolo.provenance.get("weights_sha256"),
+            "cfg_sha256": yolo.provenance.get("cfg_sha256"),
+        },
+        command,
+        uri,
+    )
     con.rule("findings")
     con.print((out / "findings.md").read_text(), soft_wrap=True, highlight=False, markup=False)
     con.print(f"report: {report}", soft_wrap=True)
     con.print(f"seed {plan.seeds[0]}'s checkpoints with their provenance (a zoo): {zoo}", soft_wrap=True)
     estimate = f" (estimate was {sum(plan.seconds.values()) / 60:.0f} min at most)" if plan.seconds else ""
     con.print("times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items()) + estimate, soft_wrap=True)
-    return {"findings": findings, "acceptance": checks, "report": report, "seconds": seconds, "plan": plan,
-            "state": state, "out": out}
+    return {
+        "findings": findings,
+        "acceptance": checks,
+        "report": report,
+        "seconds": seconds,
+        "plan": plan,
+        "state": state,
+        "out": out,
+    }
 
 
-def study_preset(name: str, budget_minutes: float | None, lambdas: list[float] | None, seeds: list[int] | None,
-                 gamma: float | None, gamma_mode: str | None, overrides: dict[str, Any] | None) -> StudyPreset:
+def study_preset(
+    name: str,
+    budget_minutes: float | None,
+    lambdas: list[float] | None,
+    seeds: list[int] | None,
+    gamma: float | None,
+    gamma_mode: str | None,
+    overrides: dict[str, Any] | None,
+) -> StudyPreset:
     """The preset ``name`` with the command's choices; a bad choice is refused in one line."""
     if name not in PRESETS:
         raise UserError(f"unknown --preset {name!r}; choose one of {', '.join(PRESETS)}")
     preset = PRESETS[name]
     if budget_minutes is not None and preset.budget_minutes is None:
-        raise UserError(f"--preset {name} trains every trial to its plateau on your GPUs; --budget-minutes "
-                        "is for the mini preset, whose epoch caps come from a probe of this machine")
+        raise UserError(
+            f"--preset {name} trains every trial to its plateau on your GPUs; --budget-minutes "
+            "is for the mini preset, whose epoch caps come from a probe of this machine"
+        )
     preset = dataclasses.replace(
-        preset, lambdas=tuple(lambdas or preset.lambdas), seeds=tuple(seeds if seeds is not None else preset.seeds),
-        gamma=preset.gamma if gamma is None else gamma, gamma_mode=gamma_mode or preset.gamma_mode,
-        budget_minutes=preset.budget_minutes if budget_minutes is None else budget_minutes, **(overrides or {}))
+        preset,
+        lambdas=tuple(lambdas or preset.lambdas),
+        seeds=tuple(seeds if seeds is not None else preset.seeds),
+        gamma=preset.gamma if gamma is None else gamma,
+        gamma_mode=gamma_mode or preset.gamma_mode,
+        budget_minutes=preset.budget_minutes if budget_minutes is None else budget_minutes,
+        **(overrides or {}),
+    )
     from dvcm.loss import GAMMA_MODES
 
     if preset.gamma_mode not in GAMMA_MODES:
@@ -602,12 +833,29 @@ def study_plan(preset: StudyPreset, settings: Any, concurrency: int) -> Plan:
     t = settings.training
     if preset.budget_minutes is None:
         order = tuple(sorted(preset.lambdas))
-        return Plan(preset, order, preset.seeds, tuple(preset.configs), t.steps_per_epoch, (t.epochs,) * len(order),
-                    {}, concurrency)
+        return Plan(
+            preset,
+            order,
+            preset.seeds,
+            tuple(preset.configs),
+            t.steps_per_epoch,
+            (t.epochs,) * len(order),
+            {},
+            concurrency,
+        )
     step_seconds = probe_step_seconds(preset, settings, concurrency)
     overhead = overhead_seconds(preset, step_seconds, concurrency)
-    return plan_rounds(preset, preset.lambdas, preset.seeds, step_seconds, concurrency, t.steps_per_epoch,
-                       preset.budget_minutes or 10**6, overhead, t.val_steps)
+    return plan_rounds(
+        preset,
+        preset.lambdas,
+        preset.seeds,
+        step_seconds,
+        concurrency,
+        t.steps_per_epoch,
+        preset.budget_minutes or 10**6,
+        overhead,
+        t.val_steps,
+    )
 
 
 def overhead_seconds(preset: StudyPreset, step_seconds: dict[str, float], concurrency: int) -> float:

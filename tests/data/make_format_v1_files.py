@@ -19,7 +19,10 @@ from dvcm.registry import build
 from dvcm.yolo import build_yolov3
 
 OUT = Path(__file__).with_name("format_v1_files.pt")
-CASES = {"proposed-H2": ("proposed", dict(N=4, M1=2, M2=4, H=2)), "choi2022-H1": ("choi2022", dict(N=4, M1=2, M2=4, H=1))}
+CASES = {
+    "proposed-H2": ("proposed", dict(N=4, M1=2, M2=4, H=2)),
+    "choi2022-H1": ("choi2022", dict(N=4, M1=2, M2=4, H=1)),
+}
 
 
 def _symbols(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -46,11 +49,18 @@ def main() -> None:
         model.update(force=True)
         model.eval()
         data = bitstream.compress(model, x)
-        state = {k: v.clone() for k, v in model.state_dict().items()
-                 if not k.startswith("front.") and ".gaussian_conditional." not in k}
+        state = {
+            k: v.clone()
+            for k, v in model.state_dict().items()
+            if not k.startswith("front.") and ".gaussian_conditional." not in k
+        }
         entries[key] = {
-            "model": name, "config": config, "state_dict_without_front": state, "file": data,
-            "symbols": _symbols(model, x), "x_hat": bitstream.decode(model, data),
+            "model": name,
+            "config": config,
+            "state_dict_without_front": state,
+            "file": data,
+            "symbols": _symbols(model, x),
+            "x_hat": bitstream.decode(model, data),
             "fingerprint": model.fingerprint,
         }
     torch.save(entries, OUT)
