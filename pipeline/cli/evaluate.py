@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from pipeline.cli.options import YoloCfgOpt, YoloWeightsOpt
-from pipeline.evaluation.anchors import parse_anchor_params
+from pipeline.evaluation.anchors import ANCHOR_LIST, parse_anchor_params
 from pipeline.evaluation.coco import DEFAULT_REFERENCE_SCORE
 from pipeline.evaluation.job import Job, run_job
 from pipeline.evaluation.targets import coco_items, folder_items, resolve_targets
@@ -52,9 +52,7 @@ def evaluate_command(
             help="Score from which uncompressed detections count as ground truth (darknet's display threshold)."
         ),
     ] = DEFAULT_REFERENCE_SCORE,
-    anchors: Annotated[
-        str, typer.Option(help="Comma-separated anchors (jpeg,webp,avif,hevc,vvc) or 'none'.")
-    ] = "jpeg,webp,avif,hevc,vvc",
+    anchors: Annotated[str, typer.Option(help=f"Comma-separated anchors ({ANCHOR_LIST}) or 'none'.")] = ANCHOR_LIST,
     anchor_params: Annotated[
         str | None, typer.Option(help="Override fixed parameters, e.g. 'jpeg=10,40;hevc=37,32'.")
     ] = None,

@@ -10,6 +10,7 @@ import typer
 
 from dvcm.zoo import MINI_DETECTOR
 from pipeline.cli.options import YOLO_WEIGHTS_HELP, YoloCfgOpt
+from pipeline.evaluation.anchors import ANCHOR_LIST
 from pipeline.training.grid import parse_list
 from pipeline.workflows.quickstart import DEFAULT_LAMBDAS, DEFAULT_OUT, run_quickstart
 
@@ -62,8 +63,8 @@ def quickstart_command(
         ),
     ] = None,
     anchors: Annotated[
-        str, typer.Option("--anchors", help="Anchors to evaluate where installed (jpeg,webp,avif,hevc,vvc) or 'none'.")
-    ] = "jpeg,webp,avif,hevc,vvc",
+        str, typer.Option("--anchors", help=f"Anchors to evaluate where installed ({ANCHOR_LIST}) or 'none'.")
+    ] = ANCHOR_LIST,
     tracking_uri: Annotated[
         str | None,
         typer.Option(

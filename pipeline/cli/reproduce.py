@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli.options import YoloCfgOpt
+from pipeline.evaluation.anchors import ANCHOR_LIST
 from pipeline.training.grid import parse_lambdas, parse_list
 from pipeline.workflows.reproduce import PRESETS, RealData, run_reproduce
 
@@ -74,8 +75,8 @@ def reproduce_command(
         bool, typer.Option("--train-detector", help="Train the mini YOLOv3 now instead of using the bundled one.")
     ] = False,
     anchors: Annotated[
-        str, typer.Option("--anchors", help="Anchors to evaluate where installed (jpeg,webp,avif,hevc,vvc) or 'none'.")
-    ] = "jpeg,webp,avif,hevc,vvc",
+        str, typer.Option("--anchors", help=f"Anchors to evaluate where installed ({ANCHOR_LIST}) or 'none'.")
+    ] = ANCHOR_LIST,
     steps_per_epoch: Annotated[
         int | None, typer.Option("--steps-per-epoch", help="Training steps per epoch (default: the preset's).")
     ] = None,

@@ -289,6 +289,10 @@ ANCHORS: dict[str, AnchorCodec] = {
 }
 
 
+DEFAULT_ANCHORS: tuple[str, ...] = tuple(ANCHORS)  # what evaluate, the quickstart and reproduce try by default
+ANCHOR_LIST = ",".join(DEFAULT_ANCHORS)  # the same, as a flag's value
+
+
 def available_anchors(names: Sequence[str] | None = None) -> tuple[list[AnchorCodec], list[str]]:
     """The requested anchors whose encoder is installed, and one notice line per skipped one."""
     chosen, notices = [], []

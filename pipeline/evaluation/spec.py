@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.evaluation.anchors import DEFAULT_ANCHORS
 from pipeline.evaluation.coco import DEFAULT_REFERENCE_SCORE
 from pipeline.evaluation.targets import ImageItem, Target
 from pipeline.evaluation.tasks import Settings
@@ -22,7 +23,7 @@ class Job:
     kodak: list[ImageItem] | None = None
     reference: str = "gt"
     reference_score: float = DEFAULT_REFERENCE_SCORE
-    anchors: list[str] = field(default_factory=lambda: ["jpeg", "webp", "avif", "hevc", "vvc"])
+    anchors: list[str] = field(default_factory=lambda: list(DEFAULT_ANCHORS))
     anchor_params: dict[str, tuple[int, ...]] = field(default_factory=dict)
     # models whose curves are BD references, comma separated (anchors always are): the baseline, and the single-layer
     # codec against which a scalable codec's BD-rate on PSNR is the cost of scalability

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from dvcm.zoo import MINI_DETECTOR
+from pipeline.evaluation.anchors import DEFAULT_ANCHORS
 from pipeline.infra.errors import UserError
 from pipeline.infra.yolo_files import yolo_files
 from pipeline.training.settings import LEGACY_SETTINGS, SettingsChangedError, SweepSettings, resolve, resume_record
@@ -544,7 +545,7 @@ def evaluate_stage(
         coco=(items, gt, sample.coco_annotations),
         kodak=folder_items(sample.kodak_root),
         reference=reference,
-        anchors=list(anchors) if anchors is not None else ["jpeg", "webp", "avif", "hevc", "vvc"],
+        anchors=list(anchors) if anchors is not None else list(DEFAULT_ANCHORS),
         bd_reference="choi2022,bmshj2018",
         tracking_uri=uri,
         redundancy_images=2,

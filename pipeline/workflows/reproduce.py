@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data.sources import list_source
+from pipeline.evaluation.anchors import DEFAULT_ANCHORS
 from pipeline.infra.errors import UserError
 from pipeline.infra.yolo_files import yolo_files
 
@@ -753,7 +754,7 @@ def run_reproduce(
         sample,
         weights,
         cfg,
-        anchors if anchors is not None else ["jpeg", "webp", "avif", "hevc", "vvc"],
+        anchors if anchors is not None else list(DEFAULT_ANCHORS),
         uri,
         progress,
         con,
