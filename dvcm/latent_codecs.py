@@ -158,6 +158,11 @@ class ScalableLatentCodec(nn.Module):
         """The base layer's strings and the enhancement layer's, for one latent pair (batch size 1)."""
         raise NotImplementedError
 
+    def scales(self, y1: Tensor, y2: Tensor) -> tuple[Tensor, Tensor]:
+        """(σ1, σ2): the scales the codec's own entropy model gives ŷ1 and ŷ2 (from the quantised ẑ, in eval
+        mode as when coding); what its zero-mean Gaussian conditionals code them with."""
+        raise NotImplementedError
+
     def decompress_base(self, strings: list[bytes], y_hw: tuple[int, int], z_hw: tuple[int, int]) -> BaseLatent:
         """ŷ1 from the base layer's strings alone."""
         raise NotImplementedError
@@ -200,6 +205,10 @@ class PerLatentHyperpriors(ScalableLatentCodec):
         h1, h2 = self.hyper1.compress(y1), self.hyper2.compress(y2)
         c1, c2 = self.coder1.compress(y1, h1["params"]), self.coder2.compress(y2, h2["params"])
         return [h1["strings"][0][0], c1["strings"][0][0]], [h2["strings"][0][0], c2["strings"][0][0]]
+
+    def scales(self, y1: Tensor, y2: Tensor) -> tuple[Tensor, Tensor]:
+        with _float32(y1):
+            return self.hyper1(y1.float())["params"], self.hyper2(y2.float())["params"]
 
     def decompress_base(self, strings: list[bytes], y_hw: tuple[int, int], z_hw: tuple[int, int]) -> BaseLatent:
         z1_str, y1_str = strings
@@ -245,6 +254,10 @@ class SharedHyperprior(ScalableLatentCodec):
         scales1, scales2 = self._split(hy["params"])
         c1, c2 = self.coder1.compress(y1, scales1), self.coder2.compress(y2, scales2)
         return [hy["strings"][0][0], c1["strings"][0][0]], [c2["strings"][0][0]]
+
+    def scales(self, y1: Tensor, y2: Tensor) -> tuple[Tensor, Tensor]:
+        with _float32(y1):
+            return self._split(self.hyper(torch.cat([y1.float(), y2.float()], dim=1))["params"])
 
     def decompress_base(self, strings: list[bytes], y_hw: tuple[int, int], z_hw: tuple[int, int]) -> BaseLatent:
         z_str, y1_str = strings

@@ -266,6 +266,16 @@ class ScalableCodec(CompressionModel):
         fh, fw = feature_size(*hw)
         return self.synthesize_features(y1_hat)[..., :fh, :fw]
 
+    @torch.no_grad()
+    def latents_and_scales(self, x: Tensor) -> dict[str, Tensor]:
+        """ŷ1, ŷ2 and the scales σ1, σ2 with which the codec's own entropy model codes them (call in eval mode:
+        the latents rounded and ẑ quantised, as when coding); what :mod:`dvcm.conditional_entropy` reads."""
+        x_pad, s_pad, _ = self._prepare(x, None)
+        y1, y2 = self.analysis(x_pad, self.normalize_features(s_pad))
+        y1_hat, y2_hat = self.latent_codec(y1, y2)["y_hat"]
+        sigma1, sigma2 = self.latent_codec.scales(y1, y2)
+        return {"y1_hat": y1_hat, "y2_hat": y2_hat, "sigma1": sigma1, "sigma2": sigma2}
+
     # -- entropy coding ------------------------------------------------------------------
     def compress(self, x: Tensor) -> dict[str, Any]:
         """Code one image into base strings (what the machine needs) and enhancement strings.

@@ -56,9 +56,11 @@ def fibers(y: Tensor) -> Tensor:
     return y.detach().permute(0, 2, 3, 1).reshape(-1, y.shape[1]).to(torch.float32)
 
 
-def _fit_bits(train: Tensor, train_mask: Tensor, test: Tensor, test_mask: Tensor, steps: int, seed: int) -> Tensor:
-    """Fit one EntropyBottleneck on ``train`` rows [n, C] (mask [n, C]) and return the bits of
-    each rounded ``test`` value [m, C] (0 where masked)."""
+def _fit_bits(
+    train: Tensor, train_mask: Tensor, test: Tensor, test_mask: Tensor, steps: int, seed: int
+) -> tuple[Tensor, Tensor]:
+    """Fit one EntropyBottleneck on ``train`` rows [n, C] (mask [n, C]) and return the bits of each rounded
+    ``test`` value [m, C] and of each ``train`` value (in-sample), 0 where masked."""
     with _few_threads(train.numel()):
         return _fit_bits_inner(train, train_mask, test, test_mask, steps, seed)
 
@@ -78,13 +80,15 @@ def _few_threads(numel: int) -> Iterator[None]:
 
 def _fit_bits_inner(
     train: Tensor, train_mask: Tensor, test: Tensor, test_mask: Tensor, steps: int, seed: int
-) -> Tensor:
+) -> tuple[Tensor, Tensor]:
     with torch.random.fork_rng(devices=[]):  # seeded here without touching the caller's RNG (training)
         torch.manual_seed(seed)
         return _fit_bits_seeded(train, train_mask, test, test_mask, steps)
 
 
-def _fit_bits_seeded(train: Tensor, train_mask: Tensor, test: Tensor, test_mask: Tensor, steps: int) -> Tensor:
+def _fit_bits_seeded(
+    train: Tensor, train_mask: Tensor, test: Tensor, test_mask: Tensor, steps: int
+) -> tuple[Tensor, Tensor]:
     eb = EntropyBottleneck(train.shape[1])
     params = [p for n, p in eb.named_parameters() if not n.endswith("quantiles")]
     opt = torch.optim.Adam(params, lr=2e-2)
@@ -96,10 +100,13 @@ def _fit_bits_seeded(train: Tensor, train_mask: Tensor, test: Tensor, test_mask:
         loss.backward()
         opt.step()
     with torch.no_grad():
-        # Likelihood of the integer values themselves (CompressAI's quantisation grid).
-        lik, _, _ = eb._likelihood(torch.round(test).t().unsqueeze(1))
-        lik = eb.likelihood_lower_bound(lik).squeeze(1).t()
-        return -torch.log2(lik) * test_mask
+
+        def bits(values: Tensor, mask: Tensor) -> Tensor:
+            # Likelihood of the integer values themselves (CompressAI's quantisation grid).
+            lik, _, _ = eb._likelihood(torch.round(values).t().unsqueeze(1))
+            return -torch.log2(eb.likelihood_lower_bound(lik).squeeze(1).t()) * mask
+
+        return bits(test, test_mask), bits(train, train_mask)
 
 
 def _split(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -135,7 +142,16 @@ def redundancy(
     K = min(K, n)
     if bool((torch.round(fi) == torch.round(fi[:1])).all()):
         # y_i takes one value everywhere: it carries no information, Rdn is undefined.
-        return {"rdn": math.nan, "H_i": 0.0, "H_i_given_j": 0.0, "K": K, "fibers": n}
+        return {
+            "rdn": math.nan,
+            "H_i": 0.0,
+            "H_i_given_j": 0.0,
+            "rdn_in_sample": math.nan,
+            "H_i_train": 0.0,
+            "H_i_given_j_train": 0.0,
+            "K": K,
+            "fibers": n,
+        }
     # k-means++ cannot seed more clusters than y_j has distinct fibers (a collapsed latent has one).
     K = min(K, int(torch.unique(fj, dim=0).shape[0]))
     with warnings.catch_warnings():
@@ -146,8 +162,9 @@ def redundancy(
 
     # H(y_i): one bottleneck over all fibers.
     ones_fit = torch.ones_like(fi[fit_idx])
-    bits = _fit_bits(fi[fit_idx], ones_fit, fi[test_idx], torch.ones_like(fi[test_idx]), steps, seed)
+    bits, bits_in = _fit_bits(fi[fit_idx], ones_fit, fi[test_idx], torch.ones_like(fi[test_idx]), steps, seed)
     h_i = float(bits.sum() / len(test_idx))
+    h_i_in = float(bits_in.sum() / len(fit_idx))
 
     # H(y_i | y_j): K bottlenecks side by side, one per cluster of y_j.
     M = fi.shape[1]
@@ -167,8 +184,9 @@ def redundancy(
 
     fit_data, fit_mask = stack(fi[fit_idx], fit_lab)
     test_data, test_mask = stack(fi[test_idx], test_lab)
-    cond_bits = _fit_bits(fit_data, fit_mask, test_data, test_mask, steps, seed + 1)
+    cond_bits, cond_bits_in = _fit_bits(fit_data, fit_mask, test_data, test_mask, steps, seed + 1)
     h_cond = float(cond_bits.sum() / len(test_idx))  # Σ_k p(k)·H(y_i | k) with p(k) = n_k / n
+    h_cond_in = float(cond_bits_in.sum() / len(fit_idx))  # in-sample: scored on the fibers it was fitted to
     # A latent that carries (almost) nothing, e.g. all zeros from an untrained codec, has no
     # redundancy to measure: report NaN rather than a meaningless ratio of two tiny numbers.
     rdn = 1.0 - h_cond / h_i if h_i > MIN_BITS else math.nan
@@ -185,12 +203,23 @@ def redundancy(
         "rdn": rdn,
         "H_i": h_i,
         "H_i_given_j": h_cond,
+        "rdn_in_sample": 1.0 - h_cond_in / h_i_in if h_i_in > MIN_BITS else math.nan,
+        "H_i_train": h_i_in,
+        "H_i_given_j_train": h_cond_in,
         "K": K,
         "fibers": n,
         "ci95": [low, high],
         "impossible": bool(low < 0),
         "biased": bool(high < 0),
     }
+
+
+def ceiling(K: int, h_i: float, h_j: float) -> float:
+    """The most the k-means estimator can read: a cluster index carries at most min(log2 K, H(y_j)) bits, so
+    Rdn(y_i | y_j) ≤ min(log2 K, H(y_j)) / H(y_i) (and ≤ 1)."""
+    if not (h_i > MIN_BITS):
+        return math.nan
+    return float(min(1.0, min(math.log2(max(K, 1)), max(h_j, 0.0)) / h_i))
 
 
 def bootstrap_interval(
@@ -241,8 +270,13 @@ def model_redundancy(
     r12 = redundancy(y1, y2, K=K, num_fibers=num_fibers, seed=seed, steps=steps)
     r21 = redundancy(y2, y1, K=K, num_fibers=num_fibers, seed=seed, steps=steps)
     return {
+        "estimator": "kmeans",
         "rdn_y1_given_y2": r12["rdn"],
         "rdn_y2_given_y1": r21["rdn"],
+        "rdn_y1_given_y2_in_sample": r12["rdn_in_sample"],
+        "rdn_y2_given_y1_in_sample": r21["rdn_in_sample"],
+        "rdn_y1_given_y2_ceiling": ceiling(r12["K"], r12["H_i"], r21["H_i"]),
+        "rdn_y2_given_y1_ceiling": ceiling(r21["K"], r21["H_i"], r12["H_i"]),
         "rdn_y1_given_y2_ci95": r12.get("ci95"),
         "rdn_y2_given_y1_ci95": r21.get("ci95"),
         "impossible": [name for name, r in (("rdn_y1_given_y2", r12), ("rdn_y2_given_y1", r21)) if r.get("impossible")],
@@ -252,3 +286,37 @@ def model_redundancy(
         "K": r12["K"],
         "fibers": r12["fibers"],
     }
+
+
+def sanity_checks(
+    y: Tensor, K: int = DEFAULT_K, num_fibers: int | None = DEFAULT_FIBERS, seed: int = 0, copied: float = 0.5
+) -> list[dict[str, Any]]:
+    """The k-means estimator on a latent whose answer is known (``y``: [1, M, n, 1], its fibers), with its ceiling:
+    Rdn(ŷ|ŷ) = 1, Rdn(ŷ|independent noise) = 0, and Rdn(ŷ|ŷ with the first ``copied`` of its channels and noise
+    elsewhere) ≥ those channels' share of the bits. It reports what it reads: it cannot read above its ceiling."""
+    g = torch.Generator().manual_seed(seed + 7)
+    spread = y.std(dim=2, keepdim=True).clamp_min(1.0)
+    noise = torch.round(torch.randn(y.shape, generator=g) * spread)
+    k = max(1, round(copied * y.shape[1]))
+    partial = torch.cat([y[:, :k], noise[:, k:]], dim=1)
+    alone = redundancy(y, y, K=1, num_fibers=num_fibers, seed=seed)  # K 1: H(ŷ) and, per channel, nothing else
+    rows = []
+    for check, given, truth in (
+        ("Rdn(ŷ|ŷ)", y, "1"),
+        ("Rdn(ŷ|noise)", noise, "0"),
+        (f"Rdn(ŷ|{k} of {y.shape[1]} channels of ŷ)", partial, None),
+    ):
+        r = redundancy(y, given, K=K, num_fibers=num_fibers, seed=seed)
+        if truth is None:
+            part = redundancy(y[:, :k], y[:, :k], K=1, num_fibers=num_fibers, seed=seed)["H_i"]
+            truth = f"≥ {part / max(alone['H_i'], 1e-12):.3f}"
+        rows.append(
+            {
+                "check": check,
+                "truth": truth,
+                "rdn": r["rdn"],
+                "ci95": r.get("ci95", [math.nan, math.nan]),
+                "ceiling": ceiling(r["K"], r["H_i"], r["H_i"] if given is y else math.inf),
+            }
+        )
+    return rows

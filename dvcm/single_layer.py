@@ -50,6 +50,10 @@ class SingleHyperprior(ScalableLatentCodec):
         c = self.coder.compress(y1, hy["params"])
         return [hy["strings"][0][0], c["strings"][0][0]], []
 
+    def scales(self, y1: Tensor, y2: Tensor) -> tuple[Tensor, Tensor]:
+        with _float32(y1):
+            return self.hyper(y1.float())["params"], y2
+
     def decompress_base(self, strings: list[bytes], y_hw: tuple[int, int], z_hw: tuple[int, int]) -> BaseLatent:
         z_str, y_str = strings
         scales = self.hyper.decompress(_safe(z_str, self.N, z_hw, "ẑ"), z_hw)["params"]

@@ -4,6 +4,7 @@ own local Ray, as a user runs it (``bench prepare`` shuts its Ray down)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -74,12 +75,32 @@ RATIO = r"\d+\.\d+x"
         ),
         (["evaluate", "--images", "2", "--N", "16"], ["bench evaluate", "coco", "kodak", RATIO]),
         (
-            ["redundancy", "--images", "1", "--clusters", "2,4", "--fibers", "128,256", "--threads", "1"],
             [
-                r"Rdn of zoo:proposed-l0\.0932",
+                "redundancy",
+                "--images",
+                "4",
+                "--clusters",
+                "2,4",
+                "--fibers",
+                "128,256",
+                "--threads",
+                "1",
+                "--learned-steps",
+                "20",
+                "--num-fibers",
+                "512",
+                "--json",
+                "bench.json",
+            ],
+            [
+                r"k-means Rdn of zoo:proposed-l0\.0932",
                 r"Rdn\(ŷ1\|ŷ2\) \[95 % CI\]",
                 r"(stable \(within 0\.02|no cell below)",
                 r"Rdn\(ŷ2\|ŷ1\) at the most fibers, K 2 -> 4: ",
+                r"k-means \(paper\), K 4 +│ +[+-]\d\.\d{3} \[",
+                r"learned, 20 steps",
+                r"learned +│ ŷ2 +│ Rdn\(ŷ\|noise\) +│ 0 ",
+                r"written: bench\.json",
             ],
         ),
         (
@@ -110,3 +131,10 @@ def test_bench_prints_its_table_and_ratios(args: list[str], expected: list[str],
     for pattern in expected:
         assert re.search(pattern, proc.stdout), f"{pattern!r} not in the output of bench {args[0]}:\n{proc.stdout}"
     assert "Traceback" not in proc.stderr
+    if args[0] == "redundancy":  # the --json schema the README documents
+        data = json.loads((tmp_path / "bench.json").read_text())
+        assert data["schema"] == "dvcm-bench-redundancy/1" and set(data["estimators"]) == {"kmeans", "learned"}
+        for e in data["estimators"].values():
+            assert {"rdn_y1_given_y2", "rdn_y2_given_y1", "rdn_y1_given_y2_ci95", "H_y1", "H_y2", "sanity"} <= set(e)
+            assert [len(rows) for rows in e["sanity"].values()] == [3, 3]
+        assert data["estimators"]["kmeans"]["rdn_y2_given_y1_ceiling"] <= 1

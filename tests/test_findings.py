@@ -155,3 +155,26 @@ def test_the_cost_of_scalability_is_each_scalable_codecs_bd_rate_against_the_sin
     assert d["d_choi2022"].verdict == HOLDS
     assert d["d_proposed"].ours == pytest.approx(0.0, abs=1e-9) and d["d_proposed"].verdict == DOES_NOT_HOLD
     assert not [f for f in study_findings(_study()) if f.key.startswith("d_")]
+
+
+def test_b_is_read_per_estimator_and_not_testable_where_a_bound_keeps_rdn_y2_given_y1_from_1() -> None:
+    """k-means with a ceiling of 0.9 on proposed's Rdn(ŷ2|ŷ1): the ordering decides; the learned estimator with a rate
+    split of 0.2: "near 1" cannot be read, so (b) by it is not testable, whatever its ordering."""
+    import dataclasses
+
+    pts = [
+        dataclasses.replace(
+            p,
+            kmeans_ceiling_y2_given_y1=0.9,
+            rate_split=0.2,
+            learned_rdn_y1_given_y2=0.01 if p.model == "proposed" else 0.3,
+            learned_rdn_y2_given_y1=0.15 if p.model == "proposed" else 0.02,
+        )
+        for p in _study()
+    ]
+    by_key = {f.key: f for f in study_findings(pts)}
+    assert by_key["b"].verdict == HOLDS
+    learned = by_key["b_learned"]
+    assert learned.verdict.startswith("not testable (proposed's Rdn(ŷ2|ŷ1) cannot exceed 0.20 here: the rate split")
+    assert "the ordering alone holds" in learned.verdict and learned.per_seed["0"] == pytest.approx(0.13)
+    assert "b_learned" not in {f.key for f in study_findings(_study())}  # no learned estimate: no row for it

@@ -92,3 +92,80 @@ def test_the_interval_brackets_the_estimate_and_flags_impossible_values(latents)
     noisy = bits * rng.uniform(0.0, 0.5, 400)
     low, high = bootstrap_interval(bits, noisy, seed=0)
     assert low < 1 - noisy.mean() / 10 < high and high - low > 0.01
+
+
+def test_the_ceiling_is_what_a_cluster_index_can_carry() -> None:
+    from dvcm.redundancy import ceiling
+
+    assert ceiling(4, 10.0, 40.0) == pytest.approx(0.2)  # log2 4 = 2 bits of 10
+    assert ceiling(64, 10.0, 3.0) == pytest.approx(0.3)  # y_j has only 3 bits to give
+    assert ceiling(1024, 5.0, 40.0) == 1.0 and math.isnan(ceiling(4, 0.0, 1.0))
+
+
+def test_the_paper_estimator_cannot_read_self_redundancy_above_its_ceiling() -> None:
+    """A latent of 10 independent channels (about 2 bits each): Rdn(ŷ|ŷ) is 1, K 4 reads at most 2/H(ŷ)."""
+    from dvcm.redundancy import ceiling, sanity_checks
+
+    g = torch.Generator().manual_seed(3)
+    y = _as_latent(torch.round(torch.randn(4096, 10, generator=g) * 1.5))
+    rows = {r["check"]: r for r in sanity_checks(y, K=4, num_fibers=4096)}
+    own = redundancy(y, y, K=4, num_fibers=4096)
+    top = ceiling(4, own["H_i"], own["H_i"])
+    assert own["H_i"] > 15 and top < 0.15
+    assert rows["Rdn(ŷ|ŷ)"]["rdn"] <= top + 0.02 and rows["Rdn(ŷ|ŷ)"]["ceiling"] == pytest.approx(top, rel=0.05)
+    assert abs(rows["Rdn(ŷ|noise)"]["rdn"]) < 0.05
+
+
+def _maps(seed: int, images: int = 48, channels: int = 6, size: int = 16) -> tuple[list, list, list]:
+    """Per image: ŷ (integers of spread 2), the scales of a codec that knows only the spread, and independent noise."""
+    g = torch.Generator().manual_seed(seed)
+    y = [torch.round(torch.randn(1, channels, size, size, generator=g) * 2) for _ in range(images)]
+    sigma = [torch.full_like(m, 2.0) for m in y]
+    noise = [torch.round(torch.randn(m.shape, generator=g) * 2) for m in y]
+    return y, sigma, noise
+
+
+@pytest.mark.slow
+def test_the_learned_estimator_reads_one_for_itself_and_zero_for_noise_on_held_out_images() -> None:
+    from dvcm.conditional_entropy import learned_redundancy
+
+    y, sigma, noise = _maps(0)
+    own = learned_redundancy(y, sigma, y, steps=200)
+    assert own["rdn"] >= 0.9 and own["ci95"][0] <= own["rdn"] <= own["ci95"][1]
+    assert own["train_images"] + own["test_images"] == 48 and own["H_i"] > 5
+    indep = learned_redundancy(y, sigma, noise, steps=200)
+    assert abs(indep["rdn"]) <= 0.05
+    # half the channels given: their share of the bits, here about half
+    half = learned_redundancy(y, sigma, [torch.cat([a[:, :3], b[:, 3:]], 1) for a, b in zip(y, noise)], steps=200)
+    share = sum(half["H_i_per_channel"][:3]) / sum(half["H_i_per_channel"])
+    assert half["rdn"] == pytest.approx(share, abs=0.08)
+
+
+def test_the_learned_estimator_refuses_what_it_cannot_measure() -> None:
+    from dvcm.conditional_entropy import learned_redundancy
+
+    y, sigma, _ = _maps(1, images=2)
+    with pytest.raises(DvcmError, match="two or more images"):
+        learned_redundancy(y[:1], sigma[:1], y[:1])
+    with pytest.raises(DvcmError, match="different grids"):
+        learned_redundancy(y, sigma, [m[..., :8] for m in y])
+
+
+@pytest.mark.slow
+def test_on_the_zoo_codecs_own_latents_the_learned_estimator_passes_its_two_checks() -> None:
+    """zoo:proposed-l0.0932 on 256 unseen world scenes at 512x512 (the paper's 256 images): Rdn(ŷ|ŷ) ≥ 0.9 and
+    |Rdn(ŷ|noise)| ≤ 0.05 on held-out images, for ŷ1 and ŷ2."""
+    from dvcm.checkpoint import load_checkpoint
+    from dvcm.conditional_entropy import codec_maps, independent_noise, learned_redundancy
+    from pipeline.data.world import render_world_scene, split_seed
+
+    model, _ = load_checkpoint("zoo:proposed-l0.0932")
+    world = split_seed(0, "test")
+    xs = [
+        torch.from_numpy(render_world_scene(world, 1_000_000 + n, (512, 512)).image).permute(2, 0, 1).float() / 255
+        for n in range(256)
+    ]
+    maps = codec_maps(model, xs)
+    for y, sigma in ((maps["y1_hat"], maps["sigma1"]), (maps["y2_hat"], maps["sigma2"])):
+        assert learned_redundancy(y, sigma, y)["rdn"] >= 0.9
+        assert abs(learned_redundancy(y, sigma, independent_noise(y, 7))["rdn"]) <= 0.05

@@ -131,13 +131,23 @@ def evaluate_command(
 @bench.command("redundancy")
 def redundancy_command(
     checkpoint: Annotated[str, typer.Option(help="Checkpoint file or zoo:NAME.")] = "zoo:proposed-l0.0932",
-    images: Annotated[int, typer.Option(help="Kodak-like test images of the synthetic world.")] = 4,
-    clusters: Annotated[str, typer.Option(help="K values, comma separated.")] = "4,8,16,32",
-    fibers: Annotated[str, typer.Option(help="Fiber counts, comma separated.")] = "512,2048,8192",
+    images: Annotated[
+        int, typer.Option(help="Unseen test scenes of the synthetic world at 512x512 (the paper: 256).")
+    ] = 256,
+    clusters: Annotated[str, typer.Option(help="K values of the k-means grid, comma separated.")] = "4,8,16,32",
+    fibers: Annotated[str, typer.Option(help="Fiber counts of the k-means grid, comma separated.")] = "512,2048,8192",
+    k: Annotated[int, typer.Option("--k", help="K of the k-means estimate and its sanity checks.")] = 4,
+    num_fibers: Annotated[
+        int, typer.Option("--num-fibers", help="Fibers of the k-means estimate and its checks.")
+    ] = 6144,
+    learned_steps: Annotated[int, typer.Option(help="Fitting steps of each model of the learned estimator.")] = 400,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Write every figure to this JSON file (README: schema).")
+    ] = None,
     threads: Annotated[int, typer.Option(help="torch threads (0: torch's default).")] = 0,
 ) -> None:
-    """Rdn(ŷ1|ŷ2) and Rdn(ŷ2|ŷ1) with their 95 % intervals over a grid of (K, fibers), side by side: the fiber
-    and cluster counts from which the estimate is stable on these images."""
+    """Both redundancy estimators on one checkpoint: the k-means one over a grid of (K, fibers), each one's Rdn(ŷ1|ŷ2)
+    and Rdn(ŷ2|ŷ1) with intervals, in-sample values, ceilings and entropies, and their sanity checks."""
 
     def ints(text: str, flag: str) -> tuple[int, ...]:
         try:
@@ -148,4 +158,16 @@ def redundancy_command(
             raise typer.BadParameter(f"{flag} {text!r}: give one or more positive integers")
         return values
 
-    run_redundancy_bench(checkpoint, images, ints(clusters, "--clusters"), ints(fibers, "--fibers"), threads)
+    if images < 2 or k < 1 or num_fibers < 1 or learned_steps < 1:
+        raise typer.BadParameter("--images needs at least 2, --k, --num-fibers and --learned-steps at least 1")
+    run_redundancy_bench(
+        checkpoint,
+        images,
+        ints(clusters, "--clusters"),
+        ints(fibers, "--fibers"),
+        threads,
+        k,
+        num_fibers,
+        learned_steps,
+        json_file,
+    )

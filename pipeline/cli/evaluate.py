@@ -64,9 +64,15 @@ def evaluate_command(
     yolo_seed: Annotated[int, typer.Option(help="Seed of the random-weight YOLOv3 when no weights are given.")] = 0,
     redundancy_k: Annotated[int, typer.Option(help="k-means clusters K for Rdn (see bench redundancy).")] = 4,
     redundancy_fibers: Annotated[
-        int, typer.Option(help="Fibers sampled for Rdn (at most; 6144: every fiber of 4 images of 768x512).")
+        int, typer.Option(help="Fibers the k-means Rdn estimator samples over the images (at most).")
     ] = 6144,
-    redundancy_images: Annotated[int, typer.Option(help="Images used for Rdn.")] = 4,
+    redundancy_images: Annotated[
+        int,
+        typer.Option(help="Images of both Rdn estimators: COCO's at 512x512 (Kodak's without COCO); the paper's 256."),
+    ] = 256,
+    redundancy_learned_steps: Annotated[
+        int, typer.Option(help="Fitting steps of each model of the learned Rdn estimator; 0 leaves it out.")
+    ] = 400,
     chunk_size: Annotated[int, typer.Option(help="Images per Ray task.")] = 16,
     overwrite: Annotated[bool, typer.Option(help="Redo finished (checkpoint, dataset) pairs.")] = False,
     address: Annotated[
@@ -113,6 +119,7 @@ def evaluate_command(
         redundancy_k=redundancy_k,
         redundancy_fibers=redundancy_fibers,
         redundancy_images=redundancy_images,
+        redundancy_learned_steps=redundancy_learned_steps,
         tracking_uri=uri,
     )
     from dvcm.checkpoint import read_checkpoint

@@ -51,8 +51,12 @@ class StudyPoint:
     kodak_bpp: float  # both layers, Kodak-like images
     psnr: float
     ms_ssim: float
-    rdn_y1_given_y2: float = math.nan
+    rdn_y1_given_y2: float = math.nan  # the paper's k-means estimator
     rdn_y2_given_y1: float = math.nan
+    kmeans_ceiling_y2_given_y1: float = math.nan  # the most it can read: min(log2 K, H(ŷ1)) / H(ŷ2)
+    learned_rdn_y1_given_y2: float = math.nan  # the learned estimator (dvcm.conditional_entropy)
+    learned_rdn_y2_given_y1: float = math.nan
+    rate_split: float = math.nan  # H(ŷ1) / H(ŷ2) by the learned reference: I(ŷ1;ŷ2)/H(ŷ2) cannot exceed it
 
 
 @dataclass
@@ -201,14 +205,34 @@ def _mean_over_lambdas(points: Sequence[StudyPoint], attr: str) -> float | None:
     return float(np.mean(values)) if values and all(_finite(v) for v in values) else None
 
 
-def redundancy_finding(points: Sequence[StudyPoint]) -> Finding:
-    """(b): Rdn(ŷ1|ŷ2) and Rdn(ŷ2|ŷ1) of both models, each averaged over λ, per seed."""
+ESTIMATORS = {  # (b)'s key, the estimator, its StudyPoint fields, the bound on proposed's Rdn(ŷ2|ŷ1) and why
+    "b": ("k-means (the paper's)", "", "kmeans_ceiling_y2_given_y1", "its ceiling min(log2 K, H(ŷ1)) / H(ŷ2)"),
+    "b_learned": ("learned", "learned_", "rate_split", "the rate split H(ŷ1) / H(ŷ2)"),
+}
+TESTABLE_BOUND = 0.5  # below it, "Rdn(ŷ2|ŷ1) near 1" cannot be read whatever the codec does
+
+
+def redundancy_findings(points: Sequence[StudyPoint]) -> list[Finding]:
+    """(b) once per estimator; the learned one only where the study computed it."""
+    out = [redundancy_finding(points, "b")]
+    if any(_finite(p.learned_rdn_y1_given_y2) for p in points):
+        out.append(redundancy_finding(points, "b_learned"))
+    return out
+
+
+def redundancy_finding(points: Sequence[StudyPoint], key: str = "b") -> Finding:
+    """(b) by one estimator: Rdn(ŷ1|ŷ2) and Rdn(ŷ2|ŷ1) of both models, each averaged over λ, per seed. Holds when
+    proposed's Rdn(ŷ1|ŷ2) is below choi2022's and its Rdn(ŷ2|ŷ1) above on every seed; "not testable" when what
+    bounds proposed's Rdn(ŷ2|ŷ1) (the k-means ceiling, or the rate split) is below 0.5: the paper's "near 1"
+    cannot be read, whatever the ordering says (given with the margin)."""
+    name, prefix, bound_field, bound_text = ESTIMATORS[key]
     table: dict[str, dict[str, float | None]] = {}
     gaps: dict[str, float | None] = {}  # proposed's margin on the weaker of the two orderings
     notes: dict[str, str] = {}
+    bounds = [getattr(p, bound_field) for p in points if p.model == PROPOSED and _finite(getattr(p, bound_field))]
     for seed in seeds_of(points):
         row = {
-            f"{m}_{attr}": _mean_over_lambdas(_by(points, m, seed), attr)
+            f"{m}_{attr}": _mean_over_lambdas(_by(points, m, seed), prefix + attr)
             for m in (PROPOSED, BASELINE)
             for attr in ("rdn_y1_given_y2", "rdn_y2_given_y1")
         }
@@ -221,16 +245,26 @@ def redundancy_finding(points: Sequence[StudyPoint]) -> Finding:
         above = row[f"{PROPOSED}_rdn_y2_given_y1"] - row[f"{BASELINE}_rdn_y2_given_y1"]  # type: ignore[operator]
         gaps[str(seed)] = float(min(below, above))
     verdict = _sign_verdict(gaps, notes, negative_holds=False)
+    bound = float(np.mean(bounds)) if bounds else None
+    if bound is not None and bound < TESTABLE_BOUND and not verdict.startswith("undefined"):
+        verdict = (
+            f"not testable (proposed's Rdn(ŷ2|ŷ1) cannot exceed {bound:.2f} here: {bound_text}; "
+            f"the ordering alone {verdict})"
+        )
     means = {k: _summary({s: r[k] for s, r in table.items()}) for k in next(iter(table.values()), {})}
     return Finding(
-        "b",
-        "proposed: Rdn(ŷ1|ŷ2) near 0, Rdn(ŷ2|ŷ1) near 1; choi2022: Rdn(ŷ1|ŷ2) larger, Rdn(ŷ2|ŷ1) near 0",
+        key,
+        f"by the {name} estimator: proposed: Rdn(ŷ1|ŷ2) near 0, Rdn(ŷ2|ŷ1) near 1; choi2022: Rdn(ŷ1|ŷ2) larger, "
+        "Rdn(ŷ2|ŷ1) near 0",
         "Fig. 5, no exact figures",
         "margin",
         *_summary(gaps),
         gaps,
         verdict,
         {
+            "estimator": name,
+            "bound_on_proposed_rdn_y2_given_y1": bound,
+            "bound": bound_text,
             "per_seed": table,
             "mean_and_spread": {k: list(v) for k, v in means.items()},
             "notes": notes,
@@ -289,7 +323,7 @@ def study_findings(points: Sequence[StudyPoint]) -> list[Finding]:
             0,
             "%",
         ),
-        redundancy_finding(points),
+        *redundancy_findings(points),
         _bd_finding(
             points,
             "c",
@@ -421,9 +455,16 @@ def findings_markdown(findings: Sequence[Finding], checks: Sequence[dict[str, An
         )
         spread = "–" if f.spread is None else f"{f.spread:.2f}"
         lines.append(f"| ({f.key}) {f.claim} | {f.paper} | {_fmt(f.ours, f.unit)} | {spread} | {seeds} | {f.verdict} |")
-    b = next((f for f in findings if f.key == "b"), None)
-    if b is not None and b.detail.get("mean_and_spread"):
-        lines += ["", "Redundancy, mean over λ and seeds (sd over seeds):", ""]
+    for b in (f for f in findings if f.key.startswith("b") and f.detail.get("mean_and_spread")):
+        bound = b.detail.get("bound_on_proposed_rdn_y2_given_y1")
+        lines += [
+            "",
+            f"Redundancy by the {b.detail.get('estimator', 'k-means')} estimator, mean over λ and seeds "
+            "(sd over seeds)"
+            + ("" if bound is None else f"; proposed's Rdn(ŷ2|ŷ1) ≤ {bound:.3f} ({b.detail['bound']})")
+            + ":",
+            "",
+        ]
         for k, (mean, sd) in b.detail["mean_and_spread"].items():
             lines.append(f"- {k}: {'–' if mean is None else f'{mean:.3f}'}" + ("" if sd is None else f" (sd {sd:.3f})"))
     lines += [
@@ -486,6 +527,8 @@ def points_from_results(results: dict[str, dict], trials: dict[str, dict[str, An
             continue
         coco, kodak = point(res, "coco"), point(res, "kodak")
         rdn = res.get("redundancy") or {}
+        learned = res.get("redundancy_learned") or {}
+        split = (num(learned.get("H_y1")) / num(learned.get("H_y2"))) if num(learned.get("H_y2")) > 0 else math.nan
         out.append(
             StudyPoint(
                 t["model"],
@@ -499,6 +542,10 @@ def points_from_results(results: dict[str, dict], trials: dict[str, dict[str, An
                 num(kodak.get("ms_ssim")),
                 num(rdn.get("rdn_y1_given_y2")),
                 num(rdn.get("rdn_y2_given_y1")),
+                num(rdn.get("rdn_y2_given_y1_ceiling")),
+                num(learned.get("rdn_y1_given_y2")),
+                num(learned.get("rdn_y2_given_y1")),
+                split,
             )
         )
     return out

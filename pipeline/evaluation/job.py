@@ -41,7 +41,11 @@ a checkpoint, ``anchors`` for the anchors)::
      "detector": "YOLOv3" | "random-weight YOLOv3",
      "datasets": {"coco"|"kodak": {"settings": {...}, "settings_digest", "images", "skipped",
                   "skipped_images": [...], "points": [point, ...]}},
-     "redundancy": {"rdn_y1_given_y2", "rdn_y2_given_y1", "K", "fibers", "images"} | null,
+     "redundancy": {"estimator": "kmeans", "rdn_y1_given_y2", "rdn_y2_given_y1", their "_ci95", "_in_sample" and
+                    "_ceiling", "H_y1", "H_y2", "K", "fibers", "images", "dataset", "requested"} | null,
+     "redundancy_learned": {"estimator": "learned", "rdn_y1_given_y2", "rdn_y2_given_y1", their "_ci95",
+                    "_in_sample" and "_vs_codec", "H_y1", "H_y2", "H_y1_codec", "H_y2_codec", "images",
+                    "train_images", "test_images", "steps", "dataset", "requested"} | null,
      "channel_rates": {"image", "y1": [{"channel", "bits", "map"}...], "y2": [...]} | null,
      "per_image": [row, ...]}
 
@@ -234,10 +238,16 @@ def _redundancy_current(res: dict[str, Any], job: Job) -> bool:
     """Whether a stored redundancy estimate was made with this job's K, fibers and images (estimates of an
     earlier dvcm, which did not record them, are made again)."""
     red = res.get("redundancy")
-    images = min(max(1, job.redundancy_images), len(job.kodak or job.coco[0]))
+    dataset, items = _redundancy_items(job)
     return red is not None and red.get("requested") == redundancy_request(
-        job.redundancy_k, job.redundancy_fibers, images
+        job.redundancy_k, job.redundancy_fibers, len(items), job.redundancy_learned_steps, dataset
     )
+
+
+def _redundancy_items(job: Job) -> tuple[str, list[Any]]:
+    """The images of the redundancy estimates: the COCO ones (at 512×512) when the job has them, else Kodak's."""
+    dataset, items = ("coco", job.coco[0]) if job.coco else ("kodak", job.kodak or [])
+    return dataset, list(items[: max(1, job.redundancy_images)])
 
 
 def submit(job: Job, p: Plan) -> dict[Any, tuple[str, str, str]]:
@@ -259,13 +269,23 @@ def submit(job: Job, p: Plan) -> dict[Any, tuple[str, str, str]]:
                     futures[anchor_task.remote(codec, d, chunk, s, params)] = (key, d, codec)
             else:
                 futures[codec_task.remote(str(by_key[key].checkpoint), d, chunk, s)] = (key, d, "model")
-    extra_items = (job.kodak or job.coco[0])[: max(1, job.redundancy_images)]
+    extra_dataset, extra_items = _redundancy_items(job)
     complexity_task = _remote(run_model_complexity).options(num_cpus=s.threads, num_gpus=gpus)
     for t in p.extras_todo:
         if _redundancy_current(p.results[t.key], job):  # results of an earlier dvcm: only the complexity is new
             futures[complexity_task.remote(str(t.checkpoint), s)] = (t.key, "extras", "model")
             continue
-        futures[extras_task.remote(str(t.checkpoint), extra_items, s, job.redundancy_k, job.redundancy_fibers)] = (
+        futures[
+            extras_task.remote(
+                str(t.checkpoint),
+                extra_items,
+                s,
+                job.redundancy_k,
+                job.redundancy_fibers,
+                job.redundancy_learned_steps,
+                extra_dataset,
+            )
+        ] = (
             t.key,
             "extras",
             "model",

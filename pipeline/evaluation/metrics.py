@@ -181,7 +181,8 @@ class Results(TypedDict, total=False):
     yolo: dict[str, Any]
     detector: str
     datasets: dict[str, DatasetResults]
-    redundancy: dict[str, Any] | None
+    redundancy: dict[str, Any] | None  # the paper's k-means estimator (dvcm.redundancy)
+    redundancy_learned: dict[str, Any] | None  # the learned conditional entropy estimator (dvcm.conditional_entropy)
     channel_rates: dict[str, Any] | None
     complexity: dict[str, Any] | None
     per_image: list[dict[str, Any]]

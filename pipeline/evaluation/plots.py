@@ -141,8 +141,10 @@ def plot_metric(results: list[dict], metric: str, path: Path, extra: Sequence[Cu
 def plot_redundancy(
     results: list[dict], histories: dict[str, list[tuple[int, float, float]]], path: Path
 ) -> Path | None:
-    """Rdn over epochs (training history) plus the value measured at evaluation (star at the last epoch)."""
+    """Rdn over epochs (training history, k-means) plus the values measured at evaluation by each estimator (markers
+    at the last epoch: k-means filled, learned hollow)."""
     evals = [(r["label"], r["redundancy"]) for r in results if r.get("kind") == "model" and r.get("redundancy")]
+    learned = {r["label"]: r["redundancy_learned"] for r in results if r.get("redundancy_learned")}
     if not histories and not evals:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -159,16 +161,41 @@ def plot_redundancy(
         ax.plot(
             [last], [red["rdn_y2_given_y1"]], "P", color=c, markersize=9, label=f"{label}: Rdn(ŷ2|ŷ1) at evaluation"
         )
+        if label in learned:
+            lr = learned[label]
+            ax.plot(
+                [last + 0.3],
+                [lr["rdn_y1_given_y2"]],
+                "*",
+                mfc="none",
+                color=c,
+                markersize=11,
+                label=f"{label}: Rdn(ŷ1|ŷ2), learned",
+            )
+            ax.plot(
+                [last + 0.3],
+                [lr["rdn_y2_given_y1"]],
+                "P",
+                mfc="none",
+                color=c,
+                markersize=9,
+                label=f"{label}: Rdn(ŷ2|ŷ1), learned",
+            )
     ax.set_xlabel("epoch")
     ax.set_ylabel("Rdn = 1 − H(y_i|y_j)/H(y_i)")
     low = min(0.0, ax.get_ylim()[0])
     if low < 0:  # no entropy gives Rdn < 0: there the estimate shows the estimator's bias at few fibers
         ax.axhspan(low, 0.0, color="0.92", zorder=0, label="below 0: impossible, the estimator's bias")
         ax.set_ylim(bottom=low)
-    at_eval = f"\nmarkers at evaluation: K {evals[0][1].get('K')}, {evals[0][1].get('fibers')} fibers" if evals else ""
+    at_eval = (
+        f"\nfilled markers at evaluation: k-means, K {evals[0][1].get('K')}, {evals[0][1].get('fibers')} fibers"
+        + (", hollow: the learned estimator" if learned else "")
+        if evals
+        else ""
+    )
     ax.set_title(
         "Redundancy between base and enhancement latents\n"
-        f"lines per epoch: K 4, ≤ 512 fibers of the validation crops (few: biased low){at_eval}",
+        f"lines per epoch: the k-means estimator, K 4, ≤ 512 fibers of the validation crops (few: biased low){at_eval}",
         fontsize=9,
     )
     return _finish(fig, ax, path)

@@ -171,16 +171,41 @@ def build_report(eval_dir: Path, findings: dict[str, Any] | None = None, curve_f
     parts += bd_summary_section(bd_rows, models)
     parts += per_class_section(results)
     parts += complexity_section(results)
-    red_rows = [redundancy_row(r) for r in sorted(results, key=lambda r: r.get("label", "")) if r.get("redundancy")]
+    red_rows = [
+        redundancy_row(r, key)
+        for r in sorted(results, key=lambda r: r.get("label", ""))
+        for key in ("redundancy", "redundancy_learned")
+        if r.get(key)
+    ]
     if red_rows:
         parts.append("<h2>Redundancy</h2>")
         parts.append(
-            "<p>Rdn = 1 − H(y_i|y_j)/H(y_i) with its 95 % interval (bootstrap over the held-out fibers). "
-            "An interval that reaches below 0 holds values no entropy can give: the estimate cannot be told "
-            "from 0. One that lies below 0 throughout is the estimator's bias at few fibers per cluster, "
-            "not information.</p>"
+            "<p>Rdn = 1 − H(y_i|y_j)/H(y_i) on held-out data with its 95 % interval, by two estimators. "
+            "<b>k-means</b> (the paper's): fibers of y_j in K clusters, entropy bottlenecks fitted on half the "
+            "fibers, the interval a bootstrap over the other half; a cluster index carries at most log2 K bits, "
+            "so it cannot read above its <i>ceiling</i> min(log2 K, H(y_j)) / H(y_i). <b>learned</b>: a conditional "
+            "entropy model of y_i given the neighbourhood of y_j, fitted on half the images and scored in bits on "
+            "the others (interval: bootstrap over those images); it reads 1 for Rdn(ŷ|ŷ) and 0 for independent "
+            "noise (bench redundancy). In-sample: scored on what it was fitted to. H in bits per fiber. "
+            "An interval that reaches below 0 cannot be told from 0.</p>"
         )
-        parts.append(_table(["model", "Rdn(ŷ1|ŷ2) [95 % CI]", "Rdn(ŷ2|ŷ1) [95 % CI]", "K", "fibers", "flag"], red_rows))
+        parts.append(
+            _table(
+                [
+                    "model",
+                    "estimator",
+                    "Rdn(ŷ1|ŷ2) [95 % CI]",
+                    "Rdn(ŷ2|ŷ1) [95 % CI]",
+                    "in-sample",
+                    "ceiling",
+                    "H(ŷ1), H(ŷ2)",
+                    "images",
+                    "settings",
+                    "flag",
+                ],
+                red_rows,
+            )
+        )
 
     rows = []
     for r in results:
@@ -268,9 +293,11 @@ def _curve_label(result: dict[str, Any]) -> str:
     return model_curve_label(result)
 
 
-def redundancy_row(result: dict[str, Any]) -> list[str]:
-    """One model's redundancies with their intervals, and which are flagged as impossible."""
-    red = result["redundancy"]
+def redundancy_row(result: dict[str, Any], estimate: str = "redundancy") -> list[str]:
+    """One model's redundancies by one estimator with their intervals, in-sample values, ceilings and entropies,
+    and which are flagged as impossible."""
+    red = result[estimate]
+    learned = estimate == "redundancy_learned"
 
     def value(key: str) -> str:
         ci = red.get(f"{key}_ci95")
@@ -284,13 +311,32 @@ def redundancy_row(result: dict[str, Any]) -> list[str]:
     flags = ([f"<b>below 0 throughout: the estimator's bias</b> ({names(biased)})"] if biased else []) + (
         [f"reaches below 0: not told from 0 ({names(below)})"] if below else []
     )
+    if not learned:
+        for key in ("rdn_y1_given_y2", "rdn_y2_given_y1"):
+            top = red.get(f"{key}_ceiling")
+            if isinstance(top, (int, float)) and isinstance(red.get(key), (int, float)) and red[key] > 0.9 * top:
+                flags.append(f"within 10 % of its ceiling: it cannot read more ({names([key])})")
     flag = "; ".join(flags)
+
+    def pair(suffix: str) -> str:
+        a, b = red.get(f"rdn_y1_given_y2{suffix}"), red.get(f"rdn_y2_given_y1{suffix}")
+        return "–" if a is None and b is None else f"{_fmt(a)} / {_fmt(b)}"
+
+    settings = (
+        f"{red.get('train_images')} fitted, {red.get('test_images')} scored, {red.get('steps')} steps"
+        if learned
+        else f"K {red.get('K')}, {red.get('fibers')} fibers"
+    )
     return [
         html.escape(result["label"]),
+        "learned" if learned else "k-means",
         value("rdn_y1_given_y2"),
         value("rdn_y2_given_y1"),
-        str(red.get("K")),
-        str(red.get("fibers")),
+        pair("_in_sample"),
+        "– (reads 1)" if learned else pair("_ceiling"),
+        f"{_fmt(red.get('H_y1'), 2)}, {_fmt(red.get('H_y2'), 2)}",
+        str(red.get("images", "–")) + (f" {red['dataset']}" if red.get("dataset") else ""),
+        settings,
         flag,
     ]
 

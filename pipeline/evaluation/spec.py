@@ -34,5 +34,7 @@ class Job:
     # K 4, 8 and 16, where 1024 fibers at K 16 fall below 0; K 4 takes a third of the time of K 16
     redundancy_k: int = 4
     redundancy_fibers: int = 6144  # every fiber of 4 images of 768x512 (1536 each)
-    redundancy_images: int = 4
+    redundancy_images: int = 256  # the paper's: fibers sampled over 256 images (COCO at 512x512; fewer when fewer)
+    # the learned estimator (dvcm.conditional_entropy): fitting steps of each of its models; 0 leaves it out
+    redundancy_learned_steps: int = 400
     tracking_uri: str | None = None

@@ -345,27 +345,48 @@ def run_model_complexity(checkpoint: str, s: Settings) -> dict:
     }
 
 
-def redundancy_request(K: int, fibers: int, images: int) -> dict[str, int]:
+def redundancy_request(K: int, fibers: int, images: int, learned_steps: int = 0, dataset: str = "kodak") -> dict:
     """The settings a redundancy estimate was asked for (stored with it, compared on reruns)."""
-    return {"K": int(K), "fibers": int(fibers), "images": int(images)}
+    request: dict[str, Any] = {"K": int(K), "fibers": int(fibers), "images": int(images)}
+    if learned_steps or dataset != "kodak":  # estimates made before the learned estimator asked for neither
+        request.update(learned_steps=int(learned_steps), dataset=dataset)
+    return request
 
 
-def run_model_extras(checkpoint: str, items: list[ImageItem], s: Settings, K: int, fibers: int) -> dict:
-    """Redundancy Rdn(ŷ1|ŷ2), Rdn(ŷ2|ŷ1) over ``items``, the top-8 channels by rate of the first image, and
-    the parameters and kMAC per pixel of each part of the codec (:mod:`dvcm.complexity`)."""
+def run_model_extras(
+    checkpoint: str,
+    items: list[ImageItem],
+    s: Settings,
+    K: int,
+    fibers: int,
+    learned_steps: int = 0,
+    dataset: str = "kodak",
+) -> dict:
+    """Redundancy Rdn(ŷ1|ŷ2), Rdn(ŷ2|ŷ1) over ``items`` (COCO ones at 512×512) by the paper's k-means estimator
+    (``redundancy``) and, with ``learned_steps``, by the learned one (``redundancy_learned``,
+    :mod:`dvcm.conditional_entropy`); the top-8 channels by rate of the first image; and the parameters and kMAC per
+    pixel of each part of the codec (:mod:`dvcm.complexity`)."""
     import torch
 
+    from dvcm.conditional_entropy import model_learned_redundancy
     from dvcm.redundancy import model_redundancy
 
     torch.set_num_threads(max(1, s.threads))
     model = _codec(checkpoint, s)
     complexity = run_model_complexity(checkpoint, s)["complexity"]
-    images = [_to_tensor(im) for im in (_load_rgb(i.path) for i in items) if im is not None]
+    pictures = (_load_rgb(i.path) for i in items)
+    if dataset == "coco":
+        pictures = (None if im is None else im.resize((COCO_SIZE, COCO_SIZE), _bilinear()) for im in pictures)
+    images = [_to_tensor(im) for im in pictures if im is not None]
     if not images or model.layers == 1:  # a single-layer codec has no (ŷ1, ŷ2) pair
-        return {"redundancy": None, "channel_rates": None, "complexity": complexity}
+        return {"redundancy": None, "redundancy_learned": None, "channel_rates": None, "complexity": complexity}
+    request = redundancy_request(K, fibers, len(items), learned_steps, dataset)  # a rerun with others: made again
     red = model_redundancy(model, images, K=K, num_fibers=fibers)
-    red["images"] = len(images)
-    red["requested"] = redundancy_request(K, fibers, len(items))  # a rerun with other settings computes it again
+    red.update(images=len(images), dataset=dataset, requested=request)
+    learned = None
+    if learned_steps and len(images) >= 2:
+        learned = model_learned_redundancy(model, images, steps=learned_steps)
+        learned.update(dataset=dataset, requested=request)
     with torch.no_grad():
         out = model(images[0])
     rates: dict[str, Any] = {"image": Path(items[0].path).name}
@@ -375,4 +396,4 @@ def run_model_extras(checkpoint: str, items: list[ImageItem], s: Settings, K: in
         rates[name] = [
             {"channel": int(c), "bits": float(bits[c]), "map": out[f"{name}_hat"][0, c].tolist()} for c in top
         ]
-    return {"redundancy": red, "channel_rates": rates, "complexity": complexity}
+    return {"redundancy": red, "redundancy_learned": learned, "channel_rates": rates, "complexity": complexity}
