@@ -154,10 +154,22 @@ def load_checkpoint(path: str | Path, yolo_provenance: dict[str, Any] | None = N
         check_entropy_tables(model)
     except BitstreamError as exc:
         raise CheckpointError(f"{path}: {exc}; the checkpoint is damaged or crafted") from None
+    check_values(model, path)
     model.yolo_provenance = saved or None
     model.eval()
     meta = {k: v for k, v in content.items() if k != "state_dict"}
     return model, meta
+
+
+def check_values(model: ScalableCodec, path: str | Path) -> None:
+    """Refuse weights that cannot code an image: a NaN or infinite value anywhere in the state (a flipped float16
+    weight makes every latent NaN, on which CompressAI's encoder never returns), or a feature scale s_std that is
+    not positive."""
+    for key, value in model.state_dict().items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{path}: {key} holds NaN or infinite values; the checkpoint is damaged")
+    if not bool((model.s_std > 0).all()):
+        raise CheckpointError(f"{path}: s_std holds values that are not positive; the checkpoint is damaged")
 
 
 def _load_failure(exc: Exception) -> str:

@@ -200,6 +200,23 @@ def padded_rans_string(string: bytes, symbols: int, what: str = "rANS string") -
     return string + bytes(rans_padding(len(string), symbols))
 
 
+# CompressAI's rANS coder turns each symbol minus its table's offset into an int32 and codes what falls outside a
+# table by shifting it until it is 0: a NaN, a huge latent or a huge offset makes that value negative, the shift never
+# reaches 0, and encode_with_indexes never returns. Latents and offsets are kept well inside int32.
+SYMBOL_LIMIT = 1 << 20
+
+
+def check_latent(y: torch.Tensor, name: str) -> None:
+    """Refuse, before rANS, a latent that would make the coder loop forever (NaN, infinite, or beyond ±2^20)."""
+    if not bool(torch.isfinite(y).all()):
+        raise BitstreamError(f"the codec's latent {name} is not finite: its checkpoint is damaged; use an intact one")
+    if y.numel() and float(y.abs().max()) > SYMBOL_LIMIT:
+        raise BitstreamError(
+            f"the codec's latent {name} reaches {float(y.abs().max()):.3g}, beyond what rANS codes (±{SYMBOL_LIMIT}): "
+            "its checkpoint is damaged or was not trained for such images"
+        )
+
+
 def check_entropy_tables(model: torch.nn.Module) -> None:
     """Refuse entropy tables that would let CompressAI's decoder read outside them or outside a string:
     each CDF must rise strictly from 0 to 2^16 within its row, and there must be a row for every index
@@ -217,6 +234,8 @@ def check_entropy_tables(model: torch.nn.Module) -> None:
             problem = f"{rows} CDF rows, {lengths.numel()} lengths and {offsets.numel()} offsets for {wanted} entries"
         elif bool(((lengths < 2) | (lengths > cdf.shape[1])).any()):
             problem = "a CDF length outside its row"
+        elif bool((offsets.abs() > SYMBOL_LIMIT).any()):
+            problem = f"an offset beyond ±{SYMBOL_LIMIT} (the coder would loop forever)"
         else:
             col = torch.arange(cdf.shape[1]).expand_as(cdf)
             inside = col < lengths[:, None]

@@ -41,6 +41,7 @@ from torch import Tensor
 
 from dvcm.errors import ConfigError
 from dvcm.latent_codecs import BaseLatent, ScalableLatentCodec, latent_codec
+from dvcm.limits import check_latent
 
 C_S = 256  # channels of standard YOLOv3's layer-12 output (s); a narrow front has 256·width
 PAD_MULTIPLE = 64  # total downsampling of the hyper-latents: 2**6
@@ -287,6 +288,8 @@ class ScalableCodec(CompressionModel):
         h, w = x.shape[-2:]
         x_pad, s_pad, _ = self._prepare(x, None)
         y1, y2 = self.analysis(x_pad, self.normalize_features(s_pad))
+        check_latent(y1, "y1")
+        check_latent(y2, "y2")
         base, enhancement = self.latent_codec.compress(y1, y2)
         return {"base": base, "enhancement": enhancement, "hw": (h, w), "padded_hw": x_pad.shape[-2:]}
 

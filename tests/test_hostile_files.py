@@ -432,3 +432,56 @@ def test_a_string_longer_than_any_coder_writes_for_its_symbols_is_refused(codecs
     data = craft("proposed", CONFIGS["proposed"], fp, (64, 64), [huge, ok], [ok, ok])
     with pytest.raises(BitstreamError, match="more than an rANS coder writes"):
         bitstream.decode_base(model, data)
+
+
+@pytest.mark.parametrize("damage", ["NaN float16 weight", "NaN s_std", "zero s_std", "offset -2^30"])
+def test_damaged_checkpoints_that_would_hang_the_encoder_are_refused_in_one_line(
+    damage: str,
+    yolo,
+    tmp_path: Path,  # noqa: ANN001
+) -> None:
+    """Issue 28, defect 1: each of these made CompressAI's encode_with_indexes loop forever; now refused at load."""
+    from dvcm.checkpoint import compact_checkpoint, load_checkpoint
+    from dvcm.errors import CheckpointError
+
+    torch.manual_seed(0)
+    model = build("proposed", front=yolo.front, yolo_provenance=yolo.provenance, **CONFIGS["proposed"])
+    save_checkpoint(tmp_path / "good.pt", model)
+    compact_checkpoint(tmp_path / "good.pt", tmp_path / "compact.pt")
+    src = tmp_path / ("compact.pt" if damage.startswith("NaN float16") else "good.pt")
+    load_checkpoint(src)  # the control
+    content = torch.load(src, weights_only=True)
+    sd = content["state_dict"]
+    if damage == "NaN float16 weight":
+        key = next(k for k in sd if k.startswith("g_a1.") and sd[k].dtype == torch.float16)
+        sd[key].view(-1)[0] = float("nan")
+    elif damage == "NaN s_std":
+        sd["s_std"][0, 0] = float("nan")
+    elif damage == "zero s_std":
+        sd["s_std"][0, 3] = 0.0
+    else:
+        key = next(k for k in sd if k.endswith("hyper1.entropy_bottleneck._offset"))
+        sd[key][0] = -(1 << 30)
+    torch.save(content, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path / "bad.pt")
+    assert "\n" not in str(info.value) and "damaged" in str(info.value)
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(image)
+    res = cli(
+        "compress", str(image), "-o", str(tmp_path / "x.dvcm"), "--checkpoint", str(tmp_path / "bad.pt"), timeout=120
+    )
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr, res.stderr
+
+
+def test_a_latent_the_coder_cannot_code_is_refused_before_rans(yolo) -> None:  # noqa: ANN001
+    """A model whose weights went NaN after loading: compress refuses instead of looping in rANS."""
+    torch.manual_seed(0)
+    model = build("proposed", front=yolo.front, yolo_provenance=yolo.provenance, **CONFIGS["proposed"])
+    model.update(force=True)
+    with torch.no_grad():
+        model.g_a2[0].weight.view(-1)[0] = float("nan")
+    from dvcm.errors import BitstreamError
+
+    with pytest.raises(BitstreamError, match="latent y2 is not finite"):
+        bitstream.compress(model, torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2)))

@@ -32,8 +32,8 @@ def run_redundancy_bench(
     clusters: tuple[int, ...] = (4, 8, 16, 32),
     fibers: tuple[int, ...] = (512, 2048, 8192),
     threads: int = 0,
-    K: int = 4,
-    num_fibers: int = 6144,
+    K: int = 16,
+    num_fibers: int = 8192,
     learned_steps: int = 400,
     json_path: Path | None = None,
 ) -> dict[str, Any]:
@@ -277,4 +277,20 @@ def _grid_table(
             + " / ".join(f"{v:+.3f}" for v in values)
             + f" ({verdict})"
         )
+    settled = next(
+        (
+            k
+            for i, k in enumerate(clusters[:-1])
+            if all(
+                max(r[d]["rdn"] for r in at_most[i:]) - min(r[d]["rdn"] for r in at_most[i:]) <= TOLERANCE
+                for d in ("r12", "r21")
+            )
+        ),
+        None,
+    )
+    console.print(
+        f"at the most fibers both directions stop moving (within {TOLERANCE} for every larger K) from K {settled}"
+        if settled is not None
+        else "at the most fibers the estimate still moves between the two largest K: try larger K and more fibers"
+    )
     return rows

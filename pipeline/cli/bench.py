@@ -136,10 +136,10 @@ def redundancy_command(
     ] = 256,
     clusters: Annotated[str, typer.Option(help="K values of the k-means grid, comma separated.")] = "4,8,16,32",
     fibers: Annotated[str, typer.Option(help="Fiber counts of the k-means grid, comma separated.")] = "512,2048,8192",
-    k: Annotated[int, typer.Option("--k", help="K of the k-means estimate and its sanity checks.")] = 4,
+    k: Annotated[int, typer.Option("--k", help="K of the k-means estimate and its sanity checks.")] = 16,
     num_fibers: Annotated[
         int, typer.Option("--num-fibers", help="Fibers of the k-means estimate and its checks.")
-    ] = 6144,
+    ] = 8192,
     learned_steps: Annotated[int, typer.Option(help="Fitting steps of each model of the learned estimator.")] = 400,
     json_file: Annotated[
         Path | None, typer.Option("--json", help="Write every figure to this JSON file (README: schema).")

@@ -62,10 +62,12 @@ def evaluate_command(
     yolo_weights: YoloWeightsOpt = None,
     yolo_cfg: YoloCfgOpt = None,
     yolo_seed: Annotated[int, typer.Option(help="Seed of the random-weight YOLOv3 when no weights are given.")] = 0,
-    redundancy_k: Annotated[int, typer.Option(help="k-means clusters K for Rdn (see bench redundancy).")] = 4,
+    redundancy_k: Annotated[
+        int, typer.Option(help="k-means clusters K for Rdn (16: where bench redundancy finds it stops moving).")
+    ] = 16,
     redundancy_fibers: Annotated[
         int, typer.Option(help="Fibers the k-means Rdn estimator samples over the images (at most).")
-    ] = 6144,
+    ] = 8192,
     redundancy_images: Annotated[
         int,
         typer.Option(help="Images of both Rdn estimators: COCO's at 512x512 (Kodak's without COCO); the paper's 256."),

@@ -390,6 +390,14 @@ def plots_section(eval_dir: Path, plots_dir: Path | None = None) -> list[str]:
 MIN_SUMMARY_OVERLAP = 50.0  # %: the strongest other codec is chosen among pairs sharing this much quality range
 
 
+def _reference_role(label: str) -> str:
+    """What a model curve is as a BD reference: the single-layer codec's is the cost of scalability."""
+    from dvcm.registry import CODECS
+
+    spec = CODECS.get(label.split(" (")[0])
+    return "single-layer: the cost of scalability" if spec is not None and spec.layers == 1 else "baseline"
+
+
 def bd_summary_section(bd_rows: list[dict[str, str]], models: list[str]) -> list[str]:
     """Per metric, each learned model against the baseline model and against the strongest other codec (an
     anchor or an overlaid curve: the one it saves least against, among those whose curves share at least
@@ -409,7 +417,7 @@ def bd_summary_section(bd_rows: list[dict[str, str]], models: list[str]) -> list
                     pairs.setdefault(r["reference"], []).append(r)
             shown = {ref: pick_row(rows) for ref, rows in pairs.items()}
             for ref in sorted(baselines & set(shown)):
-                out.append((metric, model, ref, "baseline", shown[ref]))
+                out.append((metric, model, ref, _reference_role(ref), shown[ref]))
             anchors = {
                 ref: row
                 for ref, row in shown.items()

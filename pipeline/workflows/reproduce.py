@@ -44,7 +44,6 @@ from pipeline.infra.yolo_files import yolo_files
 
 STUDY_NAME = "reproduce"
 REDUNDANCY_IMAGES = 256  # the paper samples its fibers over 256 images; a study with fewer COCO images uses them all
-LEARNED_STEPS = 400  # fitting steps of each model of the learned redundancy estimator (dvcm.conditional_entropy)
 PAPER_LAMBDAS = (0.0018, 0.0067, 0.025, 0.0932)
 
 
@@ -67,6 +66,14 @@ class StudyPreset:
     first_round_share: float = 0.4  # of the training time, for the lowest λ trained from scratch
     budget_minutes: float | None = 60.0  # None: every trial trains to its plateau (the training preset's epochs cap)
     world: bool = True  # the synthetic world and the mini detector; False: the user's Vimeo-90K, COCO, Kodak, YOLOv3
+    learned_steps: int = 400  # fitting steps of each model of the learned redundancy estimator (0: left out)
+
+
+def study_configs(training_preset: str) -> dict[str, str]:
+    """Each registered codec's first default configuration of ``training_preset``."""
+    from dvcm.registry import CODECS
+
+    return {name: spec.defaults(training_preset)[0] for name, spec in CODECS.items()}
 
 
 PRESETS: dict[str, StudyPreset] = {
@@ -80,15 +87,14 @@ PRESETS: dict[str, StudyPreset] = {
     # curve shared no mAP range with choi2022's (0.59-0.67) and no base-layer BD-rate existed. Scaled, the
     # base rate rises with λ for both models (pilot, λ 0.0018 -> 0.0932, seed 0: proposed 0.004 -> 0.015 bpp,
     # choi2022 0.047 -> 0.115 bpp on validation); γ 10 gives λ 0.0932 about the weight (0.93) of the fixed γ 1.
-    # bmshj2018 (43): the single-layer codec of the same family with proposed's 43 latent channels, for finding (d).
-    "mini": StudyPreset(
-        "mini", {"proposed": "11,32,2", "choi2022": "21,11,1", "bmshj2018": "43"}, gamma=10.0, gamma_mode="scaled"
-    ),
+    # Every registered codec at its first configuration of the training preset (dvcm.registry): proposed (11,32,2),
+    # choi2022 (21,11,1), and bmshj2018 (43), the single-layer codec with proposed's 43 latent channels (finding d).
+    "mini": StudyPreset("mini", study_configs("mini"), gamma=10.0, gamma_mode="scaled"),
     # The paper's study on the user's data and GPUs: its configurations at N = 192, Adam at 1e-4, every
     # trial to its plateau (3 drops, up to the paper training preset's 300 epochs), Vimeo-90K septuplets.
     "paper": StudyPreset(
         "paper",
-        {"proposed": "64,192,2", "choi2022": "128,64,1", "bmshj2018": "192"},
+        study_configs("paper"),  # proposed (64,192,2), choi2022 (128,64,1), bmshj2018 (192)
         lr=1e-4,
         frames=7,
         budget_minutes=None,
@@ -462,8 +468,9 @@ def evaluate_stage(
             bd_reference="choi2022,bmshj2018",
             tracking_uri=uri,
             redundancy_images=REDUNDANCY_IMAGES,  # the paper's 256 where the study has them
-            redundancy_fibers=6144,
-            redundancy_learned_steps=LEARNED_STEPS,
+            redundancy_k=16,  # where bench redundancy finds the k-means estimate stops moving with K
+            redundancy_fibers=8192,
+            redundancy_learned_steps=plan.preset.learned_steps,
         )
         summaries[seed] = run_job(job, progress=progress)
         first = first or eval_dir
@@ -869,5 +876,5 @@ def overhead_seconds(preset: StudyPreset, step_seconds: dict[str, float], concur
     frames = (preset.train_sequences + preset.val_sequences) * preset.frames
     images = preset.coco_images + preset.kodak_images
     trials = len(preset.configs) * len(preset.lambdas) * len(preset.seeds)
-    coding = trials * (images * 4 * max(step_seconds.values()) + 10 + 70 * LEARNED_STEPS / 400) + 3.0 * images
+    coding = trials * (images * 4 * max(step_seconds.values()) + 10 + 70 * preset.learned_steps / 400) + 3.0 * images
     return 30 + 0.1 * frames + coding / max(1, concurrency)
