@@ -133,6 +133,9 @@ def empty_shards(tiny_shards: Path, tmp_path: Path) -> Path:
         (["--yolo-seed", "1"], "YOLO weights sha256"),
         (["--precision", "amp"], "--precision amp needs GPUs"),
         (["--crop", "64"], "at least 128"),
+        # issue 28, defect 2: these waited forever for a batch the loader could never form
+        (["--crop", "4096"], "no frame of split 'train' in"),
+        (["--batch-size", "64"], "frames that hold a 128x128 crop, fewer than --batch-size 64"),
         (["--tracking-uri", "http://127.0.0.1:{port}"], "unreachable"),
         (["--workers-per-trial", "3"], "Ray cluster has 2"),
     ],

@@ -185,6 +185,40 @@ def read_dataset_info(root: str) -> dict:
     return info
 
 
+def check_frames_fit(root: str, crop: int, batch_size: int) -> None:
+    """Refuse, before training, a crop that no frame of a split can hold, or a batch larger than the frames that can
+    (the loader skips frames smaller than the crop, and would wait forever for a batch); from ``manifest.parquet``'s
+    frame sizes. A folder without a manifest is not checked here."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    url = storage.join(root, "manifest.parquet")
+    try:
+        table = pq.read_table(io.BytesIO(storage.read_bytes(url)), columns=["split", "width", "height"])
+    except FileNotFoundError:
+        return
+    except Exception as exc:  # noqa: BLE001 - a damaged manifest: one line
+        raise UserError(f"cannot read {url} ({type(exc).__name__}); rerun prepare with --overwrite") from None
+    rows = table.to_pylist()
+    for split in ("train", "val"):
+        frames = [(r["width"], r["height"]) for r in rows if r["split"] == split]
+        if not frames:
+            continue
+        fit = sum(1 for w, h in frames if w >= crop and h >= crop)
+        if fit == 0:
+            w, h = max(frames, key=lambda f: min(f))
+            raise UserError(
+                f"no frame of split {split!r} in {root} holds a {crop}x{crop} crop (the largest is {w}x{h}); "
+                f"lower --crop to {max(128, min(w, h) // 64 * 64)} or less"
+            )
+        if fit < batch_size:
+            raise UserError(
+                f"split {split!r} in {root} has {fit} frames that hold a {crop}x{crop} crop, fewer than --batch-size "
+                f"{batch_size}; lower --batch-size or prepare more frames"
+            )
+
+
 def check_provenance(info: dict, yolo_provenance: dict) -> None:
     """Refuse features computed by another YOLO front than the one in use (its channels C_s first:
     a ``dataset.json`` that does not record them was prepared with standard YOLOv3, 256)."""

@@ -43,14 +43,16 @@ from pipeline.training.tune_callback import SweepContext, make_tune_callback
 # --------------------------------------------------------------------------------------------
 # Checks before training
 # --------------------------------------------------------------------------------------------
-def check_shards(root: str, yolo_provenance: dict[str, Any]) -> dict[str, Any]:
-    """``dataset.json`` must exist, list samples in train and val, and match the YOLO front; returns it."""
+def check_shards(root: str, yolo_provenance: dict[str, Any], crop: int = 0, batch_size: int = 1) -> dict[str, Any]:
+    """``dataset.json`` must exist, list samples in train and val, and match the YOLO front; the frames of each split
+    must hold the crop and a batch of them; returns it."""
     from pipeline.data import shards as shard_reader
 
     shards = storage.local_path(root)
     if shards is None:  # remote storage: the reader itself says what is missing
         info = shard_reader.read_dataset_info(root)
         shard_reader.check_provenance(info, yolo_provenance)
+        shard_reader.check_frames_fit(root, crop, batch_size)
         return info
     if not shards.is_dir():
         raise UserError(f"shard folder {shards} does not exist; run `dvcm-pipeline prepare ... --out {shards}` first")
@@ -67,6 +69,7 @@ def check_shards(root: str, yolo_provenance: dict[str, Any]) -> dict[str, Any]:
             raise UserError(
                 f"split {split!r} of {root} holds no samples; prepare more frames (training needs train and val)"
             )
+    shard_reader.check_frames_fit(root, crop, batch_size)
     return info
 
 
@@ -115,7 +118,7 @@ def check_data(settings: SweepSettings, storage_root: str | Path) -> SweepData:
     storage.check(storage_root)
     shards = storage.resolve(t.shards)
     provenance = dict(build_yolov3(t.yolo_weights, seed=t.yolo_seed, cfg=t.yolo_cfg).provenance)
-    return SweepData(shards, check_shards(shards, provenance), provenance)
+    return SweepData(shards, check_shards(shards, provenance, t.crop, t.batch_size), provenance)
 
 
 def open_record(name: str, sweep_dir: str, resume: bool, settings: SweepSettings, data: SweepData) -> dict[str, Any]:
