@@ -357,3 +357,18 @@ def test_error_inside_a_ray_task_is_one_line(sample, tiny_ckpt: Path, tmp_path: 
         ray_address,
     )
     _assert_one_line_error(res, "YOLO weights")
+
+
+@pytest.mark.parametrize("flag", ["--conf-thres", "--nms-iou"])
+@pytest.mark.parametrize("value", ["nan", "-inf", "2"])
+def test_thresholds_outside_0_1_are_refused_before_anything_starts(flag: str, value: str, tmp_path: Path) -> None:
+    """Issue 28, defect 12: --conf-thres -inf gave 300 detections per image; NaN and 2 were accepted."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    result = CliRunner().invoke(
+        app, ["evaluate", "--checkpoint", "zoo:proposed-l0.0932", flag, value, "--out", str(tmp_path / "eval")]
+    )
+    assert result.exit_code == 2 and f"{flag} must be a number between 0 and 1" in result.output
+    assert not (tmp_path / "eval").exists()

@@ -96,6 +96,29 @@ def test_grid_entries_may_carry_their_own_seed_and_warm_start() -> None:
     assert TrialConfig.from_dict(seeded.to_dict()) == seeded  # what travels through Ray comes back whole
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"max_concurrent_trials": 0}, "--max-concurrent-trials must be at least 1"),
+        ({"lr": 0}, "--lr must be > 0"),
+        ({"lr_factor": 1.5}, "--lr-factor must be between 0 and 1"),
+        ({"cpus_per_worker": 0}, "--cpus-per-worker must be > 0"),
+    ],
+)
+def test_settings_that_could_never_train_are_refused_before_anything_starts(flags: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        resolve("tiny", {}, {"shards": "s", **flags})
+
+
+def test_names_that_would_leave_the_storage_folder_are_refused() -> None:
+    from pipeline.training.grid import check_name
+
+    for bad in ("../../x", "/etc/x", "a/b", ".hidden", "", "x" * 200, "a..b"):
+        with pytest.raises(UserError, match="is not a plain name"):
+            check_name(bad)
+    assert check_name("quickstart-1a2b.v2_x") == "quickstart-1a2b.v2_x"
+
+
 @pytest.mark.parametrize("lambdas", [["0"], ["-1"], ["nan"], ["abc"], []])
 def test_bad_lambdas_are_refused(lambdas: list[str]) -> None:
     with pytest.raises(UserError):

@@ -136,6 +136,12 @@ def empty_shards(tiny_shards: Path, tmp_path: Path) -> Path:
         # issue 28, defect 2: these waited forever for a batch the loader could never form
         (["--crop", "4096"], "no frame of split 'train' in"),
         (["--batch-size", "64"], "frames that hold a 128x128 crop, fewer than --batch-size 64"),
+        # issue 28, defect 12: accepted before
+        (["--lr", "-1"], "--lr must be > 0"),
+        (["--N", "0"], "--N must be at least 1"),
+        (["--seed", "-1"], "--seed must be 0 or more"),
+        (["--loader-workers", "-1"], "--loader-workers must be 0 or more"),
+        (["--name", "../../x"], "is not a plain name"),
         (["--tracking-uri", "http://127.0.0.1:{port}"], "unreachable"),
         (["--workers-per-trial", "3"], "Ray cluster has 2"),
     ],

@@ -15,6 +15,7 @@ from pipeline.codec.files import (
     decompress_file,
     run_demo,
 )
+from pipeline.infra.errors import check_unit_interval
 
 MaxPixels = Annotated[
     int | None,
@@ -64,6 +65,8 @@ def decompress_command(
 ) -> None:
     """Decode a file: the image (both layers), or with --base-only ŝ (.npy) and detections (.json)."""
     if base_only:
+        check_unit_interval("--conf-thres", conf_thres)
+        check_unit_interval("--nms-iou", nms_iou)
         typer.echo(
             decompress_base_file(file, output, checkpoint, yolo_weights, conf_thres, nms_iou, max_pixels, yolo_cfg)
         )

@@ -14,7 +14,7 @@ from pipeline.evaluation.coco import DEFAULT_REFERENCE_SCORE
 from pipeline.evaluation.job import Job, run_job
 from pipeline.evaluation.targets import coco_items, folder_items, resolve_targets
 from pipeline.evaluation.tasks import Settings
-from pipeline.infra.errors import UserError
+from pipeline.infra.errors import UserError, check_unit_interval
 from pipeline.infra.yolo_files import yolo_files
 
 
@@ -92,6 +92,8 @@ def evaluate_command(
 
     if device not in ("cpu", "cuda"):
         raise UserError(f"--device must be cpu or cuda, got {device!r}")
+    check_unit_interval("--conf-thres", conf_thres)
+    check_unit_interval("--nms-iou", nms_iou)
     if reference_detections not in ("gt", "uncompressed"):
         raise UserError(f"--reference-detections must be gt or uncompressed, got {reference_detections!r}")
     weights, cfg = yolo_files(yolo_weights, yolo_cfg)  # absolute: Ray tasks build the YOLO

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,19 @@ def model_config(model: str, text: str) -> dict[str, int]:
         return codec_spec(model).parse(str(text))
     except DvcmError as exc:
         raise UserError(str(exc)) from None
+
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_name(name: str, what: str = "--name") -> str:
+    """A sweep's or a run's name is a folder under --storage: letters, digits, '.', '_' and '-', no path."""
+    if not NAME_PATTERN.fullmatch(str(name)) or ".." in str(name):
+        raise UserError(
+            f"{what} {name!r} is not a plain name (letters, digits, '.', '_' and '-', starting with a letter or a "
+            "digit, at most 128): it names a folder under --storage and may not leave it"
+        )
+    return name
 
 
 def parse_list(text: str | None, sep: str = ",") -> list[str]:

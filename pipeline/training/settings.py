@@ -219,11 +219,25 @@ def check(settings: SweepSettings) -> None:
         raise UserError(f"--precision must be fp32 or amp, got {t.precision!r}")
     if t.precision == "amp" and not r.use_gpu:
         raise UserError("--precision amp needs GPUs (autocast on CUDA); pass --use-gpu or use --precision fp32")
-    for key in ("epochs", "steps_per_epoch", "val_steps", "batch_size", "max_lr_drops"):
+    for key in ("epochs", "steps_per_epoch", "val_steps", "batch_size", "max_lr_drops", "N", "shuffle_buffer"):
         if getattr(t, key) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(t, key)}")
+    for key in ("seed", "yolo_seed", "loader_workers", "lr_patience"):
+        if getattr(t, key) < 0:
+            raise UserError(f"--{key.replace('_', '-')} must be 0 or more, got {getattr(t, key)}")
+    for key in ("lr", "aux_lr", "clip_max_norm"):
+        if not getattr(t, key) > 0:
+            raise UserError(f"--{key.replace('_', '-')} must be > 0, got {getattr(t, key):g}")
+    if not 0 < t.lr_factor < 1:
+        raise UserError(f"--lr-factor must be between 0 and 1, got {t.lr_factor:g}")
     if r.workers_per_trial < 1:
         raise UserError(f"--workers-per-trial must be at least 1, got {r.workers_per_trial}")
+    if r.max_concurrent_trials is not None and r.max_concurrent_trials < 1:
+        raise UserError(f"--max-concurrent-trials must be at least 1, got {r.max_concurrent_trials}")
+    if not r.cpus_per_worker > 0 or r.max_failures < 0:
+        raise UserError(
+            f"--cpus-per-worker must be > 0 and --max-failures 0 or more, got {r.cpus_per_worker:g} and {r.max_failures}"
+        )
     if t.crop < 128 or t.crop % 64:
         raise UserError(
             f"--crop must be a multiple of 64 and at least 128 (small crops do not generalise), got {t.crop}"

@@ -226,7 +226,9 @@ def run_sweep(
     (see :mod:`pipeline.infra.storage`).
     """
     from pipeline.infra.ray_runtime import init_ray
+    from pipeline.training.grid import check_name
 
+    check_name(name)
     data = check_data(settings, storage_root)
     uri = tracking.resolve_tracking_uri(tracking_uri)
     tracking.check_reachable(uri)
