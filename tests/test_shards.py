@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -148,6 +149,9 @@ def test_feature_stats_and_info_errors(prepared: Path, tmp_path: Path) -> None:
     (tmp_path / "dataset.json").write_text("{")
     with pytest.raises(UserError, match="not valid JSON"):
         read_dataset_info(str(tmp_path))
+    (tmp_path / "dataset.json").write_text("[1, 2]")
+    with pytest.raises(UserError, match="not a JSON object"):
+        read_dataset_info(str(tmp_path))
     with pytest.raises(UserError, match="no split 'test'"):
         shard_urls(str(prepared), "test")
     with pytest.raises(UserError, match="multiple of 8"):
@@ -169,3 +173,72 @@ def test_channel_stats_merge_is_exact() -> None:
     assert left.n == flat.shape[1]
     restored = ChannelStats.from_dict(json.loads(json.dumps(left.to_dict())))
     assert np.array_equal(restored.mean, left.mean) and np.array_equal(restored.m2, left.m2)
+
+
+# ------------------------------------------------------------------ damaged shards (issue 28, defects 3 and 5)
+def _copy(prepared: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(prepared, tmp_path / "copy"))
+
+
+def test_every_shard_is_checked_against_the_size_and_sha256_dataset_json_records(
+    prepared: Path, tmp_path: Path
+) -> None:
+    from pipeline.data.shards import check_shard_files
+
+    info = read_dataset_info(str(prepared))
+    assert check_shard_files(str(prepared), info).endswith("checked by size and sha256")
+    copy = _copy(prepared, tmp_path)
+    shard = copy / "train" / "shard-000000.tar"
+    data = bytearray(shard.read_bytes())
+    data[2000] ^= 0xFF  # one flipped byte, same size
+    shard.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"shard train/shard-000000\.tar does not have the sha256"):
+        check_shard_files(str(copy), info)
+    assert "size (too large to hash)" in check_shard_files(str(copy), info, verify=False)  # sizes alone: same size
+    shard.write_bytes(bytes(data[:-1024]))  # truncated at a tar block
+    with pytest.raises(UserError, match=r"shard train/shard-000000\.tar is \d+ bytes, dataset.json records"):
+        check_shard_files(str(copy), info, verify=False)
+    shard.unlink()
+    with pytest.raises(UserError, match="is missing"):
+        check_shard_files(str(copy), info)
+
+
+@pytest.mark.parametrize("damage", [{"s_std": 0.0}, {"s_std": float("nan")}, {"s_mean": None}])
+def test_feature_statistics_that_would_blow_up_the_loss_are_refused(prepared: Path, damage: dict) -> None:
+    info = read_dataset_info(str(prepared))
+    key, value = next(iter(damage.items()))
+    info[key] = None if value is None else [value] + info[key][1:]
+    with pytest.raises(UserError, match="s_mean and s_std"):
+        feature_stats(info)
+
+
+def test_a_damaged_sample_is_one_line_that_names_its_shard() -> None:
+    from pipeline.data.shards import _decode_sample
+
+    def npy(a: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        np.save(buf, a)
+        return buf.getvalue()
+
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(png, format="PNG")
+    s8 = np.zeros((4, 8, 8), np.uint8)
+    good_range = np.tile(np.array([[0.0, 1.0]], np.float32), (4, 1))
+    base = {"__key__": "k1", "__url__": "train/shard-000003.tar", "png": png.getvalue(), "s.npy": npy(s8)}
+    rng = __import__("random").Random(0)
+    x, s = _decode_sample({**base, "s_range.npy": npy(good_range)}, None, rng)  # the control
+    assert s.shape == (4, 8, 8) and np.isfinite(s).all()
+    cases = {
+        "lacks its s_range.npy member": base,
+        "s_range.npy is damaged": {**base, "s_range.npy": npy(np.full((4, 2), np.nan, np.float32))},
+        "lacks its png member": {k: v for k, v in base.items() if k != "png"},
+        "its png does not decode": {**base, "png": png.getvalue()[:40], "s_range.npy": npy(good_range)},
+        "the image needs (8, 8)": {**base, "s.npy": npy(np.zeros((4, 5, 8), np.float16))},
+        "not finite": {**base, "s.npy": npy(np.full((4, 8, 8), np.inf, np.float16))},
+    }
+    for message, sample in cases.items():
+        with pytest.raises(UserError, match=re.escape(message)) as info:
+            _decode_sample(sample, None, rng)
+        assert "shard-000003.tar" in str(info.value) and "\n" not in str(info.value)

@@ -88,14 +88,29 @@ def decode_features(sample: dict[str, Any], window: tuple[int, int, int] | None 
             f"shard sample {sample.get('__key__', '?')!r} holds no features (members: "
             f"{', '.join(sorted(k for k in sample if not k.startswith('__')))}); prepare it again"
         )
-    arr = np.load(io.BytesIO(npy), allow_pickle=False)
+    where = f"sample {sample.get('__key__', '?')!r} of shard {sample.get('__url__', '?')}"
+    try:
+        arr = np.load(io.BytesIO(npy), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise UserError(f"{where}: its features do not decode ({exc}); prepare again (--overwrite)") from None
+    if arr.ndim != 3:
+        raise UserError(f"{where}: its features have shape {arr.shape}, not [C, h, w]; prepare again (--overwrite)")
     if window is not None:
         top, left, size = window
         arr = arr[:, top : top + size, left : left + size]
     s_range = sample.get("s_range.npy")
     if s_range is None:
+        if arr.dtype == np.uint8:  # 8-bit features mean nothing without their per-channel range
+            raise UserError(
+                f"{where} lacks its s_range.npy member (8-bit features need it); prepare again (--overwrite)"
+            )
         return arr.astype(np.float32)
-    rng = np.load(io.BytesIO(s_range), allow_pickle=False).astype(np.float32)
+    try:
+        rng = np.load(io.BytesIO(s_range), allow_pickle=False).astype(np.float32)
+    except (ValueError, OSError, EOFError) as exc:
+        raise UserError(f"{where}: its s_range.npy does not decode ({exc}); prepare again (--overwrite)") from None
+    if rng.shape != (arr.shape[0], 2) or not bool(np.isfinite(rng).all()):
+        raise UserError(f"{where}: its s_range.npy is damaged (shape {rng.shape} or not finite); prepare again")
     lo, hi = rng[:, 0][:, None, None], rng[:, 1][:, None, None]
     return (lo + arr.astype(np.float32) * ((hi - lo) / np.float32(255.0))).astype(np.float32)
 

@@ -174,6 +174,8 @@ def read_dataset_info(root: str) -> dict:
         raise UserError(f"{url} is not valid JSON ({exc}); rerun prepare with --overwrite") from None
     except OSError as exc:
         raise UserError(f"cannot read {url} ({exc}); check the path, the storage endpoint and credentials") from None
+    if not isinstance(info, dict):
+        raise UserError(f"{url} is not a JSON object (it holds a {type(info).__name__}); rerun prepare with --overwrite")
     if info.get("format") not in READABLE_FORMATS:
         raise UserError(
             f"{url} has format {info.get('format')!r}, which this dvcm cannot read (it reads "
@@ -241,10 +243,51 @@ def check_provenance(info: dict, yolo_provenance: dict) -> None:
 
 
 def feature_stats(info: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, std) of s per channel over the whole prepared set, each [C_s] float32 (256 for standard YOLOv3)."""
-    mean = torch.tensor(info["s_mean"], dtype=torch.float32)
-    std = torch.tensor(info["s_std"], dtype=torch.float32)
+    """(mean, std) of s per channel over the whole prepared set, each [C_s] float32 (256 for standard YOLOv3);
+    refused in one line unless both are finite, of one length, and every std is above 0 (a std of 0 would divide
+    every normalised feature by zero: issue 28 measured a validation loss of 1e11 from it)."""
+    try:
+        mean = torch.tensor(info["s_mean"], dtype=torch.float32)
+        std = torch.tensor(info["s_std"], dtype=torch.float32)
+    except (KeyError, TypeError, ValueError):
+        raise UserError("dataset.json's s_mean and s_std are missing or not lists of numbers; prepare again") from None
+    if mean.dim() != 1 or mean.shape != std.shape or mean.numel() == 0:
+        raise UserError(f"dataset.json's s_mean and s_std have {mean.numel()} and {std.numel()} values; prepare again")
+    if not bool(torch.isfinite(mean).all() and torch.isfinite(std).all()) or not bool((std > 0).all()):
+        raise UserError("dataset.json's s_mean and s_std must be finite and every s_std above 0; prepare again")
     return mean, std
+
+
+VERIFY_BYTES = 2 << 30  # shards up to this size in all are hashed before training; larger ones are checked by size
+
+
+def check_shard_files(root: str, info: dict, verify: bool | None = None) -> str:
+    """Every shard ``dataset.json`` lists must be the file it records: its size, and its sha256 when the shards
+    total at most :data:`VERIFY_BYTES` (or ``verify``). A damaged, truncated or replaced shard is refused in one
+    line that names it. Returns what was checked, in words. Remote shards are checked by the reader only."""
+    local = storage.local_path(root)
+    if local is None:
+        return "remote shards: not checked before training"
+    listed = [(split, s) for split, entry in (info.get("splits") or {}).items() for s in entry.get("shards", [])]
+    total = sum(int(s.get("bytes") or 0) for _, s in listed)
+    hashed = verify if verify is not None else total <= VERIFY_BYTES
+    for split, s in listed:
+        path = local / split / s["name"]
+        if not path.is_file():
+            if s.get("samples", 0) > 0:
+                raise UserError(f"shard {split}/{s['name']} listed in {root}/dataset.json is missing; prepare again")
+            continue
+        if s.get("bytes") is not None and path.stat().st_size != int(s["bytes"]):
+            raise UserError(
+                f"shard {split}/{s['name']} is {path.stat().st_size} bytes, dataset.json records {s['bytes']}: it is "
+                "damaged or was replaced; prepare again (--overwrite)"
+            )
+        if hashed and s.get("sha256") and file_sha256(path) != s["sha256"]:
+            raise UserError(
+                f"shard {split}/{s['name']} does not have the sha256 dataset.json records: it is damaged; "
+                "prepare again (--overwrite)"
+            )
+    return f"{len(listed)} shards checked by " + ("size and sha256" if hashed else "size (too large to hash)")
 
 
 def shard_urls(root: str, split: str) -> list[str]:
@@ -296,8 +339,14 @@ def _decode_sample(
     """
     from PIL import Image
 
-    with Image.open(io.BytesIO(sample["png"])) as im:
-        frame = np.asarray(im.convert("RGB"))
+    where = f"sample {sample.get('__key__', '?')!r} of shard {sample.get('__url__', '?')}"
+    if "png" not in sample:
+        raise UserError(f"{where} lacks its png member; the shard is damaged: prepare again (--overwrite)")
+    try:
+        with Image.open(io.BytesIO(sample["png"])) as im:
+            frame = np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for a damaged PNG
+        raise UserError(f"{where}: its png does not decode ({exc}); prepare again (--overwrite)") from None
     img, window = frame, None
     h, w = frame.shape[:2]
     if crop is not None:
@@ -308,11 +357,15 @@ def _decode_sample(
         img = frame[top : top + crop, left : left + crop]
         window = (top // FEATURE_STRIDE, left // FEATURE_STRIDE, crop // FEATURE_STRIDE)
     x = img.transpose(2, 0, 1).astype(np.float32) * np.float32(1.0 / 255.0)  # numpy: no thread-pool start-up
-    if not image_only:  # the dataset's encoding stores s: a sample without it is refused in one line
-        return x, decode_features(sample, window)
     top, left, size = window or (0, 0, None)
     cells = (size, size) if size else (-(-h // FEATURE_STRIDE), -(-w // FEATURE_STRIDE))
-    return x, (frame, (top, left, *cells))
+    if image_only:
+        return x, (frame, (top, left, *cells))
+    s = decode_features(sample, window)  # the dataset's encoding stores s: a sample without it is refused
+    if s.shape[1:] != cells or not bool(np.isfinite(s).all()):
+        problem = "not finite" if s.shape[1:] == cells else f"{s.shape[1]}x{s.shape[2]} cells, the image needs {cells}"
+        raise UserError(f"{where}: its features are {problem}; the shard is damaged: prepare again (--overwrite)")
+    return x, s
 
 
 def _crop_stage(

@@ -70,6 +70,8 @@ def check_shards(root: str, yolo_provenance: dict[str, Any], crop: int = 0, batc
                 f"split {split!r} of {root} holds no samples; prepare more frames (training needs train and val)"
             )
     shard_reader.check_frames_fit(root, crop, batch_size)
+    shard_reader.check_shard_files(root, info)
+    shard_reader.feature_stats(info)
     return info
 
 
