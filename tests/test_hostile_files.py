@@ -110,9 +110,13 @@ def codecs(tmp_path_factory: pytest.TempPathFactory, yolo) -> dict[str, tuple[Pa
 def decode_both_ways(tmp_path: Path, checkpoint: Path, data: bytes) -> list[subprocess.CompletedProcess]:
     f = tmp_path / "crafted.dvcm"
     f.write_bytes(data)
+    return decode_both_ways_from(f, tmp_path, checkpoint)
+
+
+def decode_both_ways_from(path: Path, tmp_path: Path, checkpoint: Path) -> list[subprocess.CompletedProcess]:
     return [
-        cli("decompress", str(f), "-o", str(tmp_path / "x.png"), "-c", str(checkpoint)),
-        cli("decompress", str(f), "--base-only", "-o", str(tmp_path / "machine"), "-c", str(checkpoint)),
+        cli("decompress", str(path), "-o", str(tmp_path / "x.png"), "-c", str(checkpoint)),
+        cli("decompress", str(path), "--base-only", "-o", str(tmp_path / "machine"), "-c", str(checkpoint)),
     ]
 
 
@@ -485,3 +489,22 @@ def test_a_latent_the_coder_cannot_code_is_refused_before_rans(yolo) -> None:  #
 
     with pytest.raises(BitstreamError, match="latent y2 is not finite"):
         bitstream.compress(model, torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2)))
+
+
+def test_a_file_is_read_only_as_far_as_its_header_declares(codecs: dict, tmp_path: Path) -> None:
+    """Issue 28, defect 6: a valid file followed by 256 MiB (it was read whole: 3.66 GB RSS at 12 GiB), and a link to
+    /dev/zero, are refused in one line under the test's memory cap."""
+    ckpt, _ = codecs["proposed"]
+    from dvcm.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint(ckpt)
+    data = bitstream.compress(model, torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3)))
+    padded = tmp_path / "padded.dvcm"
+    with open(padded, "wb") as f:
+        f.write(data)
+        f.truncate(len(data) + (256 << 20))  # a sparse tail of zeros
+    zero = tmp_path / "zero.dvcm"
+    zero.symlink_to("/dev/zero")
+    for path, message in ((padded, "longer than the"), (zero, "not a dvcm file")):
+        for res in decode_both_ways_from(path, tmp_path, ckpt):
+            assert res.returncode == 2 and message in res.stderr and res.stderr.count("\n") == 1, res.stderr

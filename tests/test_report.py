@@ -287,6 +287,14 @@ def test_curves_in_compressai_format_go_out_and_come_back_in(tmp_path: Path) -> 
         ),
         ('{"results": {"bpp": [0.1, 0.2, 0.3, 0.4], "lpips": [1, 2, 3, 4]}}', "no quality list next to 'bpp'"),
         ("{not json", "not a JSON file"),
+        # issue 28, defect 10: a hang, a RecursionError and a ValueError traceback before
+        (
+            '{"name": "' + "n" * 1_000_000 + '", "results": {"bpp": [0.1, 0.2, 0.3, 0.4], "psnr": [1, 2, 3, 4]}}',
+            "the curve's name is 1000000 characters",
+        ),
+        ("[" * 200_000 + "]" * 200_000, "nested too deep"),
+        ('{"results": {"bpp": [0.1, 0.2, 0.3, 1e308], "psnr": [1, 2, 3, 4]}}', "'bpp' must lie in (0, 64]"),
+        ('{"results": {"bpp": [0.1, 0.2, 0.3, 0.4], "psnr": [1, 2, 3, 1e308]}}', "within ±1e+06"),
     ],
 )
 def test_a_bad_curves_file_is_one_line(tmp_path: Path, content: str, message: str) -> None:
@@ -320,3 +328,12 @@ def test_the_summary_picks_the_strongest_other_codec_among_curves_that_overlap()
     assert "jpeg (strongest other codec)" in html_both and "webp (strongest other codec)" not in html_both
     html_alone = "".join(bd_summary_section([sliver], ["proposed"]))
     assert "webp" not in html_alone and "no other codec&#x27;s curve shares 50 %" in html_alone
+
+
+def test_a_curves_file_is_read_only_up_to_its_limit(tmp_path: Path) -> None:
+    """A link to /dev/zero (or any huge file) is refused after 16 MiB, not read whole."""
+    out = _results(tmp_path)
+    link = tmp_path / "zero.json"
+    link.symlink_to("/dev/zero")
+    res = CliRunner().invoke(app, ["report", "--eval-dir", str(out), "--curves", str(link)])
+    assert isinstance(res.exception, UserError) and "larger than 16 MiB" in str(res.exception)

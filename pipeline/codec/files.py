@@ -100,10 +100,27 @@ def compress_file(image: Path, output: Path, checkpoint: Path, max_pixels: int |
 
 
 def read_stream(path: Path) -> bytes:
-    """The bytes of a ``.dvcm`` file; a one-line error when it is missing."""
-    if not path.is_file():
+    """The bytes of a ``.dvcm`` file, reading no more than its header declares: a file longer than that (a valid
+    file with gigabytes appended, a link to /dev/zero) is refused before the rest is read; a one-line error when
+    it is missing."""
+    from dvcm import bitstream
+
+    if not path.exists():
         raise UserError(f"bitstream not found: {path}")
-    return path.read_bytes()
+    try:
+        with open(path, "rb") as f:
+            head = f.read(bitstream.HEADER_SIZE)
+            total = bitstream.read_header(head).total_length if len(head) == bitstream.HEADER_SIZE else len(head)
+            data = head + f.read(max(0, total - len(head)))
+            if f.read(1):
+                raise UserError(
+                    f"{path} is longer than the {total} bytes its header declares: not one dvcm file (trailing data)"
+                )
+    except IsADirectoryError:
+        raise UserError(f"bitstream not found: {path} is a folder") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path} ({exc.strerror or exc})") from None
+    return data
 
 
 def decompress_file(file: Path, output: Path, checkpoint: Path, max_pixels: int | None = None) -> str:

@@ -175,7 +175,9 @@ def read_dataset_info(root: str) -> dict:
     except OSError as exc:
         raise UserError(f"cannot read {url} ({exc}); check the path, the storage endpoint and credentials") from None
     if not isinstance(info, dict):
-        raise UserError(f"{url} is not a JSON object (it holds a {type(info).__name__}); rerun prepare with --overwrite")
+        raise UserError(
+            f"{url} is not a JSON object (it holds a {type(info).__name__}); rerun prepare with --overwrite"
+        )
     if info.get("format") not in READABLE_FORMATS:
         raise UserError(
             f"{url} has format {info.get('format')!r}, which this dvcm cannot read (it reads "

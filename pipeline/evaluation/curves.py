@@ -25,7 +25,13 @@ from pipeline.infra.errors import UserError
 
 # Our metric -> the keys a CompressAI-style file may use for it (the first is what we write).
 FILE_KEYS: dict[str, tuple[str, ...]] = {key: m.file_keys for key, m in METRICS.items()}
-BD_MIN_POINTS = 4  # a Bjøntegaard figure on fewer points is an extrapolation of a guess
+BD_MIN_POINTS = 4
+MAX_CURVES_BYTES = 16 << 20  # CompressAI's curve files are a few kB
+MAX_NAME = 200  # characters of a curve's name (a legend entry)
+MAX_BPP, MAX_QUALITY = (
+    64.0,
+    1e6,
+)  # rates beyond 64 bpp or qualities beyond ±10^6 are not an image codec's  # a Bjøntegaard figure on fewer points is an extrapolation of a guess
 
 
 def _slug(label: str) -> str:
@@ -99,7 +105,13 @@ def load_curves(paths: list[Path], taken: set[str] | None = None) -> dict[str, l
     owners: dict[str, Path] = {name: Path() for name in taken or ()}
     for path in paths:
         try:
-            data = json.loads(Path(path).read_text())
+            with open(path, "rb") as f:  # bounded: a link to /dev/zero or a huge file is refused, not read whole
+                raw = f.read(MAX_CURVES_BYTES + 1)
+            if len(raw) > MAX_CURVES_BYTES:
+                raise UserError(f"--curves {path}: larger than {MAX_CURVES_BYTES >> 20} MiB; a curves file is small")
+            data = json.loads(raw.decode("utf-8"))
+        except RecursionError:
+            raise UserError(f"--curves {path}: nested too deep to be a curves file") from None
         except FileNotFoundError:
             raise UserError(f"--curves {path}: no such file") from None
         except (OSError, ValueError) as e:
@@ -108,6 +120,8 @@ def load_curves(paths: list[Path], taken: set[str] | None = None) -> dict[str, l
             raise UserError(f"--curves {path}: expected a JSON object with 'results' (CompressAI's eval_model format)")
         values = data.get("results", data)
         name = str(data.get("name") or Path(path).stem)
+        if len(name) > MAX_NAME:
+            raise UserError(f"--curves {path}: the curve's name is {len(name)} characters; give at most {MAX_NAME}")
         if owners.setdefault(name, Path(path)) != Path(path):
             name = f"{name} ({Path(path).name})"
         if not isinstance(values, dict) or not isinstance(values.get("bpp"), list):
@@ -127,6 +141,10 @@ def load_curves(paths: list[Path], taken: set[str] | None = None) -> dict[str, l
                 raise UserError(f"--curves {path}: '{key}' must be a list as long as 'bpp' ({len(bpp)} points)")
             if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in [*bpp, *quality]):
                 raise UserError(f"--curves {path}: 'bpp' and '{key}' must hold finite numbers only")
+            if not all(0 < v <= MAX_BPP for v in bpp) or not all(abs(v) <= MAX_QUALITY for v in quality):
+                raise UserError(
+                    f"--curves {path}: 'bpp' must lie in (0, {MAX_BPP:g}] and '{key}' within ±{MAX_QUALITY:g}"
+                )
             if not bpp:
                 raise UserError(f"--curves {path}: the curve {name!r} is empty")
             if len(bpp) < BD_MIN_POINTS:
