@@ -406,3 +406,24 @@ def test_trial_table_never_cuts_a_cell(width: int) -> None:
         assert name in text
     assert "val bpp" in text and "0.0927" in text and "1.09" in text and "21.35" in text
     assert ("47.06" in text) == (width >= 160)  # the training loss is left out when it does not fit
+
+
+def test_artifacts_of_a_local_store_land_beside_it_and_nothing_in_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 28: the quickstart left 19 MB of ./mlruns in the folder it ran in (MLflow's default artifact root)."""
+    from pipeline.infra import tracking
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    (tmp_path / "out").mkdir()
+    uri = tracking.resolve_tracking_uri(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
+    c = tracking.client(uri)
+    run = c.create_run(tracking.experiment_id(uri))
+    artifact = tmp_path / "a.txt"
+    artifact.write_text("x")
+    tracking.log_artifact(uri, run.info.run_id, artifact, "files")
+    stored = list((tmp_path / "out" / "mlartifacts").rglob("a.txt"))
+    assert len(stored) == 1 and stored[0].read_text() == "x"
+    assert list(cwd.iterdir()) == []

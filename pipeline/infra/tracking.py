@@ -72,13 +72,23 @@ def client(uri: str):  # -> mlflow.MlflowClient
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a SQLite store (``<its folder>/mlartifacts``), so that
+    nothing lands in the current folder (MLflow's default there is ``./mlruns``); the store's own default else."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
 def experiment_id(uri: str, name: str = EXPERIMENT_NAME) -> str:
     """Get or create the experiment that holds every sweep, marked as a model-training experiment."""
     c = client(uri)
     exp = c.get_experiment_by_name(name)
     if exp is None:
         try:
-            c.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            c.create_experiment(
+                name, artifact_location=artifact_location(uri), tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            )
         except Exception:  # created concurrently by another process
             pass
         exp = c.get_experiment_by_name(name)
