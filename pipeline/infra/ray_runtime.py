@@ -38,6 +38,20 @@ def quiet_warnings() -> None:
     )
 
 
+def pin_own_cluster() -> None:
+    """Point this worker's Ray clients at the cluster it belongs to: with two local Ray instances on one machine
+    (two dvcm jobs at once), Ray Train's PlacementGroupCleaner otherwise asks which one and fails with
+    "Found multiple active Ray instances" (issue 28)."""
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    try:
+        import ray
+
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    except Exception:  # noqa: BLE001 - outside a Ray worker there is nothing to pin
+        pass
+
+
 def quiet_worker() -> None:
     """Setup hook of every worker: the CLI driver has already said what these would repeat per process.
 
@@ -47,6 +61,7 @@ def quiet_worker() -> None:
     - Ray Train's PlacementGroupCleaner polling the State API, which needs the dashboard that a
       local instance here runs without (``include_dashboard=False``): it would log every few seconds.
     """
+    pin_own_cluster()
     if os.environ.get("DVCM_VERBOSE", "") not in ("", "0"):
         return
     quiet_warnings()
@@ -181,6 +196,30 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             check_gcs_reachable(address)
             ray.init(address=address, **kwargs)
         else:
-            ray.init(num_cpus=num_cpus, **kwargs)
+            start_local_ray(num_cpus, kwargs)
     except ConnectionError as exc:
         raise UserError(f"cannot reach the Ray cluster at {address!r} ({exc}); check --address / RAY_ADDRESS") from None
+
+
+STARTUP_TRIES = 2
+
+
+def start_local_ray(num_cpus: int | None, kwargs: dict) -> None:
+    """A local Ray instance, tried again once when it does not start in time: on a busy machine (issue 28 measured
+    a load of 13) its raylet can miss the 30 s Ray waits for it. When both tries fail, one line says what to do."""
+    import ray
+
+    for attempt in range(1, STARTUP_TRIES + 1):
+        try:
+            ray.init(num_cpus=num_cpus, **kwargs)
+            return
+        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception when the node times out
+            if "timed out during startup" not in str(exc):
+                raise
+            ray.shutdown()
+            if attempt == STARTUP_TRIES:
+                load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+                raise UserError(
+                    f"a local Ray did not start in time, twice (the machine's load is {load:.1f}); run again when "
+                    "it is less busy, give fewer CPUs (--num-cpus), or join a running cluster (RAY_ADDRESS)"
+                ) from None
