@@ -13,7 +13,9 @@ from pipeline.codec.files import (
     compress_file,
     decompress_base_file,
     decompress_file,
+    make_out_folder,
     run_demo,
+    run_trained_demo,
 )
 from pipeline.infra.errors import check_unit_interval
 
@@ -76,8 +78,14 @@ def decompress_command(
 
 def demo_command(
     out: Annotated[Path, typer.Option(help="Folder for the demo's files.")] = Path("dvcm-demo"),
+    untrained: Annotated[
+        bool, typer.Option("--untrained", help="The file format only: every codec untrained, a random YOLOv3.")
+    ] = False,
 ) -> None:
-    """Round trip on an embedded image with an untrained codec: compress, base-only decode, full decode."""
-    typer.echo(DEMO_NOTICE)
-    for line in run_demo(out):
+    """A trained codec and detector on an unseen scene: bpp per layer, PSNR, detections from the base layer alone
+    beside those on the original, and both images with their boxes (--untrained: the format-only round trip)."""
+    if untrained:
+        typer.echo(DEMO_NOTICE)
+    make_out_folder(out)
+    for line in run_demo(out) if untrained else run_trained_demo(out):
         typer.echo(line)
