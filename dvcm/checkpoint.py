@@ -107,7 +107,38 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     for key in ("config", "state_dict"):
         if not isinstance(content.get(key), dict):
             raise CheckpointError(f"{path} has no valid '{key}' entry")
+    check_fields(content, path)
     return content
+
+
+MAX_CHANNELS = 4096  # N, C_s and latent channels beyond this are no codec's: refused before anything is allocated
+
+
+def check_fields(content: dict[str, Any], path: str | Path) -> None:
+    """Every field a checkpoint feeds the codec, by type and range (issue 28: a crafted config, a key that is not a
+    string or a tensor of strings gave TypeError and allocator tracebacks)."""
+    from dvcm.registry import codec_spec
+
+    spec = codec_spec(content["model"])
+    allowed = {"N", "C_s", *(h.name for h in spec.hyperparameters)}
+    for key, value in content["config"].items():
+        if key not in allowed:
+            raise CheckpointError(
+                f"{path}: config key {key!r} is not one of {content['model']}'s ({', '.join(sorted(allowed))})"
+            )
+        if type(value) is not int or not 1 <= value <= MAX_CHANNELS:
+            raise CheckpointError(f"{path}: config {key} = {value!r} is not an integer in 1..{MAX_CHANNELS}")
+        hyper = next((h for h in spec.hyperparameters if h.name == key), None)
+        if hyper is not None and hyper.choices is not None and value not in hyper.choices:
+            raise CheckpointError(f"{path}: config {key} = {value} is not one of {hyper.choices}")
+    for key, value in content["state_dict"].items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"{path}: its state holds {key!r}: {type(value).__name__}; only named tensors belong there"
+            )
+    for key in ("yolo", "extra"):
+        if content.get(key) is not None and not isinstance(content[key], dict):
+            raise CheckpointError(f"{path}: its {key!r} entry is a {type(content[key]).__name__}, not a mapping")
 
 
 def load_checkpoint(path: str | Path, yolo_provenance: dict[str, Any] | None = None) -> tuple[ScalableCodec, dict]:

@@ -6,6 +6,7 @@ stderr and exit code 2; a crash, a hang or a traceback fails the test.
 
 from __future__ import annotations
 
+import re
 import resource
 import struct
 import subprocess
@@ -508,3 +509,40 @@ def test_a_file_is_read_only_as_far_as_its_header_declares(codecs: dict, tmp_pat
     for path, message in ((padded, "longer than the"), (zero, "not a dvcm file")):
         for res in decode_both_ways_from(path, tmp_path, ckpt):
             assert res.returncode == 2 and message in res.stderr and res.stderr.count("\n") == 1, res.stderr
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("N", "8", "is not an integer in 1..4096"),
+        ("N", 8.0, "is not an integer in 1..4096"),
+        ("N", 200_000, "is not an integer in 1..4096"),
+        ("M1", 10**7, "is not an integer in 1..4096"),
+        ("H", 3, "is not one of (1, 2)"),
+        ("M", 8, "is not one of proposed's"),
+        ("state key", 7, "only named tensors belong there"),
+        ("string tensor", ["a", "b"], "only named tensors belong there"),
+        ("yolo", ["a list"], "entry is a list, not a mapping"),
+    ],
+)
+def test_crafted_checkpoint_fields_are_refused_at_load_in_one_line(
+    field: str, value: object, message: str, codecs: dict, tmp_path: Path
+) -> None:
+    """Issue 28, defect 8: 19 such cases gave TypeError and allocator tracebacks."""
+    from dvcm.checkpoint import load_checkpoint
+    from dvcm.errors import CheckpointError
+
+    ckpt, _ = codecs["proposed"]
+    content = torch.load(ckpt, weights_only=True)
+    if field == "state key":
+        content["state_dict"][value] = torch.zeros(1)
+    elif field == "string tensor":
+        content["state_dict"]["g_a1.0.weight"] = value
+    elif field == "yolo":
+        content["yolo"] = value
+    else:
+        content["config"][field] = value
+    torch.save(content, tmp_path / "crafted.pt")
+    with pytest.raises(CheckpointError, match=re.escape(message)) as info:
+        load_checkpoint(tmp_path / "crafted.pt")
+    assert "\n" not in str(info.value)
