@@ -546,3 +546,28 @@ def test_crafted_checkpoint_fields_are_refused_at_load_in_one_line(
     with pytest.raises(CheckpointError, match=re.escape(message)) as info:
         load_checkpoint(tmp_path / "crafted.pt")
     assert "\n" not in str(info.value)
+
+
+def test_output_paths_the_file_system_refuses_are_one_line_and_leave_no_half_output(
+    codecs: dict, tmp_path: Path
+) -> None:
+    """Issue 28, defect 9: OSError tracebacks, and the .npy left behind when the detections could not be written."""
+    ckpt, _ = codecs["proposed"]
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(image)
+    cases = [
+        (("compress", str(image), "-o", str(tmp_path / ("a" * 300 + ".dvcm")), "-c", str(ckpt)), "File name too long"),
+        (("prepare", "--dataset", "sample", "--out", "/proc/x"), "--out /proc/x: cannot make the folder"),
+        (("prepare", "--dataset", "sample", "--out", "/etc/hostname"), "--out /etc/hostname: cannot make the folder"),
+        (("report", "--eval-dir", str(tmp_path), "--out", str(tmp_path)), "is a folder; give a file name"),
+        (("demo", "--out", str(image)), "is a file; give a folder"),
+    ]
+    for args, message in cases:
+        res = cli(*args, timeout=120)
+        assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, (args, res.stderr)
+    data = tmp_path / "x.dvcm"
+    assert cli("compress", str(image), "-o", str(data), "-c", str(ckpt)).returncode == 0
+    (tmp_path / "out.detections.json").mkdir()  # the second output cannot be written
+    res = cli("decompress", str(data), "--base-only", "-o", str(tmp_path / "out"), "-c", str(ckpt))
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert not (tmp_path / "out.npy").exists()  # both outputs or neither

@@ -69,6 +69,10 @@ def main() -> None:
     except DvcmError as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         sys.exit(2)
+    except OSError as exc:  # the last net: what the file system refused, in one line, never a traceback
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        typer.secho(f"error: {exc.strerror or exc}{where}; check the paths you gave", err=True, fg=typer.colors.RED)
+        sys.exit(2)
     except KeyboardInterrupt:
         typer.secho("interrupted; rerun the same command to resume", err=True)
         sys.exit(130)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from pipeline.codec.files import check_output
 from pipeline.evaluation.report import write_report
 
 
@@ -23,4 +24,6 @@ def report_command(
     ] = None,
 ) -> None:
     """Write one self-contained HTML page with the plots and the BD-rate table."""
+    if out is not None:
+        check_output(out, "--out", "report.html")
     typer.echo(f"report written to {write_report(eval_dir, out, curve_files=list(curves or []))}")

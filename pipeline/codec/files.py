@@ -54,15 +54,22 @@ def resolve_yolo(provenance: dict[str, Any], weights: Path | None, cfg: Path | N
     return yolo
 
 
-def check_output(path: Path) -> Path:
-    """Refuse, before any work, an output path that names a folder or lies in a folder that cannot be written."""
-    if path.is_dir():
-        raise UserError(f"-o {path} is a folder; give a file name, e.g. {path / 'out.dvcm'}")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise UserError(f"-o {path}: folder {parent} does not exist; create it or choose another -o")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"-o {path}: folder {parent} is not writable; choose another -o")
+def check_output(path: Path, flag: str = "-o", example: str = "out.dvcm") -> Path:
+    """Refuse, before any work, an output path that names a folder, lies in a folder that cannot be written, or whose
+    name the file system refuses (too long)."""
+    try:
+        if path.is_dir():
+            raise UserError(f"{flag} {path} is a folder; give a file name, e.g. {path / example}")
+        parent = path.parent if str(path.parent) else Path(".")
+        if not parent.is_dir():
+            raise UserError(f"{flag} {path}: folder {parent} does not exist; create it or choose another {flag}")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise UserError(f"{flag} {path}: folder {parent} is not writable; choose another {flag}")
+        limit = os.pathconf(parent, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+    except OSError as exc:
+        raise UserError(f"{flag} {path}: {exc.strerror or exc}; choose another {flag}") from None
+    if len(os.fsencode(path.name)) + len(".tmp.XXXXXXXX.tmp") > limit:  # the temp file's name must fit too
+        raise UserError(f"{flag} {path}: its name is longer than this file system allows ({limit} bytes); shorten it")
     return path
 
 
@@ -197,13 +204,18 @@ def decompress_base_file(
     ]  # fmt: skip
     random = bool(yolo.provenance.get("random_weights"))
     name = detector_name(yolo.provenance)
-    write_output(det_path, (json.dumps({
+    report = json.dumps({
         "image_hw": list(header.hw),
         "base_layer_bytes": bitstream.HEADER_SIZE + header.base_length,
         "yolo": {**yolo.provenance, "name": name,
                  "note": f"{name}: detections are meaningless" if random else ""},
         "detections": detections,
-    }, indent=2) + "\n").encode())  # fmt: skip
+    }, indent=2) + "\n"  # fmt: skip
+    try:
+        write_output(det_path, report.encode())
+    except UserError:
+        npy.unlink(missing_ok=True)  # both outputs or neither (issue 28: the .npy was left behind)
+        raise
     return f"{npy}: ŝ {tuple(s_hat.shape[1:])}; {det_path}: {len(detections)} detections ({name})"
 
 

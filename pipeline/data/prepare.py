@@ -408,7 +408,10 @@ def claim_out_dir(out: str, fingerprint: dict, overwrite: bool) -> None:
             f"--out {out} already holds shards that this tool did not plan (no {PLAN_FILE}); "
             "choose another --out or pass --overwrite to replace them"
         )
-    storage.makedirs(out)
+    try:
+        storage.makedirs(out)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot make the folder ({exc.strerror or exc}); choose another --out") from None
     remove_stale_temp_files(out)
     atomic_write_json(plan_path, fingerprint)
 
