@@ -363,3 +363,23 @@ def test_unknown_protocol_or_missing_package_is_one_line(tmp_path: Path) -> None
         lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
         assert len(lines) == 1 and needle in lines[0] and "Traceback" not in res.stderr
         assert not (tmp_path / "s").exists()  # refused before any work
+
+
+def test_a_store_that_refuses_access_and_an_unknown_tracking_store_are_one_line(tmp_path: Path) -> None:
+    """Issue 28, defect 11: a NoCredentialsError traceback and an MLflow traceback. No network: the instance
+    metadata service is switched off, so botocore looks for credentials in the environment and files only."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        "HOME": str(home),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": str(home / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(home / "none"),
+    }
+    res = _cli(["sweep", "--shards", "s3://nobucket/x", "--lambdas", "0.01", "--storage", str(tmp_path / "r")], env)
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert res.returncode == 2 and len(lines) == 1 and "the storage refused access" in lines[0], res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    res = _cli(["evaluate", "--tracking-uri", "bogus://x", "--checkpoint", "zoo:proposed-l0.0932"], {})
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert res.returncode == 2 and len(lines) == 1 and "MLflow tracking store bogus://x cannot be used" in lines[0]

@@ -123,7 +123,26 @@ def _either(location: str | os.PathLike[str], local: Callable[[Path], T], remote
     if path is not None:
         return local(path)
     fs, p = filesystem(location)
-    return getattr(fs, remote)(p)
+    try:
+        return getattr(fs, remote)(p)
+    except (FileNotFoundError, IsADirectoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the object store's own errors: credentials first
+        if _is_access_failure(exc):
+            first = (str(exc).splitlines() or [""])[0]
+            raise UserError(
+                f"{location}: the storage refused access ({type(exc).__name__}: {first}); give it credentials "
+                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an AWS profile for s3://, GOOGLE_APPLICATION_CREDENTIALS "
+                "for gs://) or check the URL"
+            ) from None
+        raise
+
+
+def _is_access_failure(exc: BaseException) -> bool:
+    """Whether an object store's error says the credentials are missing or refused."""
+    names = {type(e).__name__ for e in (exc, exc.__cause__, exc.__context__) if e is not None}
+    credentials = {"NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError", "RefreshError"}
+    return bool(names & credentials) or isinstance(exc, PermissionError) or "credential" in str(exc).lower()
 
 
 def exists(location: str | os.PathLike[str]) -> bool:

@@ -58,6 +58,15 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         parent = Path(uri[len("sqlite:///") :]).parent
         if not parent.is_dir() or not os.access(parent, os.W_OK):
             raise UserError(f"MLflow SQLite store {uri}: directory {parent} is missing or not writable")
+    elif "://" in uri and not uri.startswith("file://"):  # another store: MLflow must know its scheme
+        try:
+            client(uri).search_experiments(max_results=1)
+        except Exception as exc:  # noqa: BLE001 - MLflow's errors for an unknown or unreachable store
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise UserError(
+                f"MLflow tracking store {uri} cannot be used ({first[:200]}); fix --tracking-uri/MLFLOW_TRACKING_URI "
+                "(sqlite:///FILE, http://HOST:PORT, or a folder)"
+            ) from None
 
 
 def client(uri: str):  # -> mlflow.MlflowClient
