@@ -403,3 +403,36 @@ def test_cli_sample_dataset_is_generated_then_listed(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "dry run: 6 frames (train 4, val 2) in 2 shards" in result.output
     assert (tmp_path / "sample" / "vimeo_septuplet" / "sep_trainlist.txt").is_file() and not (tmp_path / "o").exists()
+
+
+def test_a_second_prepare_into_the_same_folder_is_refused_while_the_first_holds_it(tmp_path: Path) -> None:
+    """Issue 28, defect 4: the second run deleted the first one's open temp shard (a FileNotFoundError traceback).
+    Here another process holds the folder's lock: prepare is refused in one line, and the temp file the holder is
+    writing survives; the lock is free again once its holder is killed."""
+    import fcntl
+
+    out = tmp_path / "shards"
+    out.mkdir()
+    theirs = out / "train"
+    theirs.mkdir()
+    (theirs / ".shard-000000.tar.abc.tmp").write_bytes(b"being written")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(out / ".prepare.lock")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "prepare", "--dataset", "sample", "--root", str(tmp_path / "s"),
+             "--out", str(out), "--yolo-weights", "mini"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+        assert res.returncode == 2 and len(lines) == 1 and "another prepare is writing into --out" in lines[0]
+        assert "Traceback" not in res.stderr and (theirs / ".shard-000000.tar.abc.tmp").is_file()
+    finally:
+        holder.kill()
+        holder.wait()
+    with open(out / ".prepare.lock", "a+") as f:  # released with its holder
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -17,7 +17,9 @@ and ``dataset.json`` are written last.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import hashlib
 import io
 import json
@@ -383,6 +385,35 @@ def recorded_encoding(out: str | Path) -> str | None:
     return old.get("feature_encoding") or old.get("feature_dtype")
 
 
+@contextlib.contextmanager
+def out_dir_lock(out: str) -> Iterator[None]:
+    """Hold ``<out>/.prepare.lock`` (an exclusive ``flock``, released by the kernel even on kill -9) while preparing:
+    a second prepare into the same local folder is refused in one line instead of deleting the first one's open
+    temp files (issue 28). Object stores have no lock: one writer per prefix."""
+    path = storage.local_path(out)
+    if path is None:
+        yield
+        return
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        handle = open(path / ".prepare.lock", "a+")  # noqa: SIM115 - held open for the whole preparation
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot make the folder ({exc.strerror or exc}); choose another --out") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UserError(
+            f"another prepare is writing into --out {out}; wait for it to finish (a rerun then resumes) or choose "
+            "another --out"
+        ) from None
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
 def claim_out_dir(out: str, fingerprint: dict, overwrite: bool) -> None:
     """Refuse a folder (or URL prefix) holding another plan's shards; with ``overwrite`` clear our files first."""
     plan_path = storage.join(out, PLAN_FILE)
@@ -645,39 +676,40 @@ def run_prepare(
         use_gpu=num_gpus_per_worker > 0,
         out_dir_plan=None if overwrite else read_out_dir_plan(out),
     )
-    claim_out_dir(out, plan.fingerprint, overwrite)
-    done = {(t.split, t.index): r for t in plan.tasks if (r := _finished(t)) is not None}
-    todo = [t for t in plan.tasks if (t.split, t.index) not in done]
-    t0 = time.perf_counter()
-    timings: Counter = Counter()
-    total = sum(len(t.refs) for t in plan.tasks)
-    with StepProgress(
-        f"prepare {listing.dataset}",
-        total,
-        "frames",
-        enabled=progress,
-        transient=False,
-        completed=sum(len(r.rows) + len(r.skipped) for r in done.values()),
-    ) as bar:
+    with out_dir_lock(out):  # a second prepare into the same --out is refused, not allowed to delete our files
+        claim_out_dir(out, plan.fingerprint, overwrite)
+        done = {(t.split, t.index): r for t in plan.tasks if (r := _finished(t)) is not None}
+        todo = [t for t in plan.tasks if (t.split, t.index) not in done]
+        t0 = time.perf_counter()
+        timings: Counter = Counter()
+        total = sum(len(t.refs) for t in plan.tasks)
+        with StepProgress(
+            f"prepare {listing.dataset}",
+            total,
+            "frames",
+            enabled=progress,
+            transient=False,
+            completed=sum(len(r.rows) + len(r.skipped) for r in done.values()),
+        ) as bar:
 
-        def on_done(result: ShardResult) -> None:
-            timings.update(result.timings)
-            bar.advance(len(result.rows) + len(result.skipped))
+            def on_done(result: ShardResult) -> None:
+                timings.update(result.timings)
+                bar.advance(len(result.rows) + len(result.skipped))
 
-        try:
-            if use_ray and todo:
-                from pipeline.infra.ray_runtime import init_ray
+            try:
+                if use_ray and todo:
+                    from pipeline.infra.ray_runtime import init_ray
 
-                init_ray(address, num_cpus)
-                new = _run_tasks_ray(todo, front, num_gpus_per_worker, on_done)
-            else:
-                new = _run_tasks_local(todo, front, on_done)
-        except DiskFullError as exc:
-            remove_stale_temp_files(out)
-            raise UserError(
-                f"disk full while writing shards under {out} ({exc.strerror}); free space or choose another --out, "
-                "then rerun: finished shards are kept and the rest resumes"
-            ) from None
+                    init_ray(address, num_cpus)
+                    new = _run_tasks_ray(todo, front, num_gpus_per_worker, on_done)
+                else:
+                    new = _run_tasks_local(todo, front, on_done)
+            except DiskFullError as exc:
+                remove_stale_temp_files(out)
+                raise UserError(
+                    f"disk full while writing shards under {out} ({exc.strerror}); free space or choose another --out, "
+                    "then rerun: finished shards are kept and the rest resumes"
+                ) from None
     seconds = time.perf_counter() - t0
     info = finalize(plan, list(done.values()) + new, yolo_provenance, feature_encoding)
     return PrepareReport(info, len(new), len(done), sum(len(r.rows) for r in new), seconds, dict(timings))
