@@ -171,83 +171,8 @@ def build_report(eval_dir: Path, findings: dict[str, Any] | None = None, curve_f
     parts += bd_summary_section(bd_rows, models)
     parts += per_class_section(results)
     parts += complexity_section(results)
-    red_rows = [
-        redundancy_row(r, key)
-        for r in sorted(results, key=lambda r: r.get("label", ""))
-        for key in ("redundancy", "redundancy_learned")
-        if r.get(key)
-    ]
-    if red_rows:
-        parts.append("<h2>Redundancy</h2>")
-        parts.append(
-            "<p>Rdn = 1 − H(y_i|y_j)/H(y_i) on held-out data with its 95 % interval, by two estimators. "
-            "<b>k-means</b> (the paper's): fibers of y_j in K clusters, entropy bottlenecks fitted on half the "
-            "fibers, the interval a bootstrap over the other half; a cluster index carries at most log2 K bits, "
-            "so it cannot read above its <i>ceiling</i> min(log2 K, H(y_j)) / H(y_i). <b>learned</b>: a conditional "
-            "entropy model of y_i given the neighbourhood of y_j, fitted on half the images and scored in bits on "
-            "the others (interval: bootstrap over those images); it reads 1 for Rdn(ŷ|ŷ) and 0 for independent "
-            "noise (bench redundancy). In-sample: scored on what it was fitted to. H in bits per fiber. "
-            "An interval that reaches below 0 cannot be told from 0.</p>"
-        )
-        parts.append(
-            _table(
-                [
-                    "model",
-                    "estimator",
-                    "Rdn(ŷ1|ŷ2) [95 % CI]",
-                    "Rdn(ŷ2|ŷ1) [95 % CI]",
-                    "in-sample",
-                    "ceiling",
-                    "H(ŷ1), H(ŷ2)",
-                    "images",
-                    "settings",
-                    "flag",
-                ],
-                red_rows,
-            )
-        )
-
-    rows = []
-    for r in results:
-        for d, entry in sorted(r.get("datasets", {}).items()):
-            for p in entry.get("points", []):
-                rows.append(
-                    [
-                        html.escape(p["label"]),
-                        d,
-                        _fmt(p.get("bpp"), 4),
-                        _fmt(p.get("bpp_base"), 4),
-                        _fmt(p.get("bpp_enh"), 4),
-                        _fmt(p.get("container_bpp"), 4),
-                        *(
-                            _fmt(p.get(m.quality), 2 if "dB" in m.label else 4 if "SSIM" in m.label else 3)
-                            for m in METRICS.values()
-                        ),
-                        str(p.get("images")),
-                        str(entry.get("skipped", 0)),
-                    ]
-                )
-    rows.sort(key=lambda row: (row[1], row[0]))  # by dataset, then codec and its rate point
-    parts.append(
-        _fold(
-            f"Operating points ({len(rows)})",
-            _table(
-                [
-                    "codec",
-                    "dataset",
-                    "bpp",
-                    "bpp base",
-                    "bpp enh",
-                    "container bpp",
-                    *(f"{m.label} ({detector})" if m.detection else html.escape(m.label) for m in METRICS.values()),
-                    "images",
-                    "skipped",
-                ],
-                rows,
-                left=2,
-            ),
-        )
-    )
+    parts += redundancy_section(results)
+    parts += operating_points_section(results, detector)
     if bd_rows:
         parts.append(
             _fold(
@@ -291,6 +216,94 @@ def _curve_label(result: dict[str, Any]) -> str:
     from pipeline.evaluation.plots import model_curve_label
 
     return model_curve_label(result)
+
+
+def redundancy_section(results: list[dict[str, Any]]) -> list[str]:
+    """The redundancy table: one row per model and estimator, with how to read it."""
+    parts: list[str] = []
+    red_rows = [
+        redundancy_row(r, key)
+        for r in sorted(results, key=lambda r: r.get("label", ""))
+        for key in ("redundancy", "redundancy_learned")
+        if r.get(key)
+    ]
+    if red_rows:
+        parts.append("<h2>Redundancy</h2>")
+        parts.append(
+            "<p>Rdn = 1 − H(y_i|y_j)/H(y_i) on held-out data with its 95 % interval, by two estimators. "
+            "<b>k-means</b> (the paper's): fibers of y_j in K clusters, entropy bottlenecks fitted on half the "
+            "fibers, the interval a bootstrap over the other half; a cluster index carries at most log2 K bits, "
+            "so it cannot read above its <i>ceiling</i> min(log2 K, H(y_j)) / H(y_i). <b>learned</b>: a conditional "
+            "entropy model of y_i given the neighbourhood of y_j, fitted on half the images and scored in bits on "
+            "the others (interval: bootstrap over those images); it reads 1 for Rdn(ŷ|ŷ) and 0 for independent "
+            "noise (bench redundancy). In-sample: scored on what it was fitted to. H in bits per fiber. "
+            "An interval that reaches below 0 cannot be told from 0.</p>"
+        )
+        parts.append(
+            _table(
+                [
+                    "model",
+                    "estimator",
+                    "Rdn(ŷ1|ŷ2) [95 % CI]",
+                    "Rdn(ŷ2|ŷ1) [95 % CI]",
+                    "in-sample",
+                    "ceiling",
+                    "H(ŷ1), H(ŷ2)",
+                    "images",
+                    "settings",
+                    "flag",
+                ],
+                red_rows,
+            )
+        )
+    return parts
+
+
+def operating_points_section(results: list[dict[str, Any]], detector: str) -> list[str]:
+    """Every operating point of every codec, folded away: its rates and each metric's quality."""
+    parts: list[str] = []
+    rows = []
+    for r in results:
+        for d, entry in sorted(r.get("datasets", {}).items()):
+            for p in entry.get("points", []):
+                rows.append(
+                    [
+                        html.escape(p["label"]),
+                        d,
+                        _fmt(p.get("bpp"), 4),
+                        _fmt(p.get("bpp_base"), 4),
+                        _fmt(p.get("bpp_enh"), 4),
+                        _fmt(p.get("container_bpp"), 4),
+                        *(
+                            _fmt(p.get(m.quality), 2 if "dB" in m.label else 4 if "SSIM" in m.label else 3)
+                            for m in METRICS.values()
+                        ),
+                        str(p.get("images")),
+                        str(entry.get("skipped", 0)),
+                    ]
+                )
+    rows.sort(key=lambda row: (row[1], row[0]))  # by dataset, then codec and its rate point
+    parts.append(
+        _fold(
+            f"Operating points ({len(rows)})",
+            _table(
+                [
+                    "codec",
+                    "dataset",
+                    "bpp",
+                    "bpp base",
+                    "bpp enh",
+                    "container bpp",
+                    *(f"{m.label} ({detector})" if m.detection else html.escape(m.label) for m in METRICS.values()),
+                    "images",
+                    "skipped",
+                ],
+                rows,
+                left=2,
+            ),
+        )
+    )
+    return parts
 
 
 def redundancy_row(result: dict[str, Any], estimate: str = "redundancy") -> list[str]:
