@@ -109,7 +109,9 @@ def test_end_to_end_into_mlflow(sample, tiny_ckpt: Path, tmp_path: Path, ray_loc
         "--redundancy-fibers",
         "256",
         "--redundancy-images",
-        "1",
+        "2",
+        "--redundancy-learned-steps",
+        "20",
         "--chunk-size",
         "1",
     ]
@@ -200,7 +202,8 @@ def test_end_to_end_into_mlflow(sample, tiny_ckpt: Path, tmp_path: Path, ray_loc
         anchors=["jpeg"],
         anchor_params={"jpeg": (10, 60)},
         redundancy_fibers=256,
-        redundancy_images=1,
+        redundancy_images=2,
+        redundancy_learned_steps=20,
     )
     again = run_job(job, progress=False)
     assert again["computed"] == [] and again["extras_computed"] == []
@@ -208,8 +211,20 @@ def test_end_to_end_into_mlflow(sample, tiny_ckpt: Path, tmp_path: Path, ray_loc
     # other redundancy settings: the estimate is made again (and only it), and says what it was asked for
     other = run_job(dataclasses.replace(job, redundancy_k=2), progress=False)
     assert other["computed"] == [] and other["extras_computed"] == [rid]
-    red = json.loads((out / rid / "results.json").read_text())["redundancy"]
-    assert red["requested"] == {"K": 2, "fibers": 256, "images": 1}
+    res = json.loads((out / rid / "results.json").read_text())
+    assert res["redundancy"]["requested"] == {
+        "K": 2,
+        "fibers": 256,
+        "images": 2,
+        "learned_steps": 20,
+        "dataset": "coco",
+    }
+    # both estimators on the same 2 COCO images at 512x512, each saying what it is
+    learned = res["redundancy_learned"]
+    assert learned["estimator"] == "learned" and learned["images"] == 2 and learned["dataset"] == "coco"
+    assert learned["train_images"] == 1 and learned["test_images"] == 1 and math.isfinite(learned["H_y2"])
+    kmeans = res["redundancy"]
+    assert kmeans["estimator"] == "kmeans" and 0 < kmeans["rdn_y2_given_y1_ceiling"] <= 1
 
 
 def gt_categories(sample) -> list[dict]:
@@ -366,9 +381,12 @@ def test_thresholds_outside_0_1_are_refused_before_anything_starts(flag: str, va
     from typer.testing import CliRunner
 
     from pipeline.cli import app
+    from pipeline.infra.errors import UserError
 
     result = CliRunner().invoke(
         app, ["evaluate", "--checkpoint", "zoo:proposed-l0.0932", flag, value, "--out", str(tmp_path / "eval")]
     )
-    assert result.exit_code == 2 and f"{flag} must be a number between 0 and 1" in result.output
+    assert isinstance(result.exception, UserError) and f"{flag} must be a number between 0 and 1" in str(
+        result.exception
+    )
     assert not (tmp_path / "eval").exists()
