@@ -69,17 +69,18 @@ def test_every_output_names_the_detector_from_its_provenance() -> None:
 
 def test_every_zoo_checkpoint_carries_its_provenance_and_loads_by_name() -> None:
     from dvcm.checkpoint import load_checkpoint
+    from dvcm.registry import config_text
     from dvcm.zoo import codec_zoo, codec_zoo_dir
 
     entries = codec_zoo()
     models = {e["model"] for e in entries.values()}
-    assert models == {"proposed", "choi2022"} and len({e["lmbda"] for e in entries.values()}) >= 4
+    assert models == {"proposed", "choi2022", "bmshj2018"} and len({e["lmbda"] for e in entries.values()}) >= 4
     for name, e in entries.items():
         for key in ("command", "seed", "data_digest", "code_version", "sha256", "lmbda", "gamma", "detector"):
             assert e.get(key) is not None, (name, key)
         assert e["seed"] == 0 and e["detector"]["weights_sha256"] == mini_detector()[2]["weights_sha256"]
         model, meta = load_checkpoint(f"zoo:{name}")
-        assert meta["model"] == e["model"] and ",".join(str(model.config[k]) for k in ("M1", "M2", "H")) == e["config"]
+        assert meta["model"] == e["model"] and config_text(e["model"], model.config) == e["config"]
     shipped = sum(p.stat().st_size for p in codec_zoo_dir().iterdir()) + sum(
         p.stat().st_size for p in mini_detector_dir().iterdir()
     )
