@@ -40,13 +40,22 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
         "proposed-11-32-2-l0.0932",
         "choi2022-21-11-1-l0.0018",
         "choi2022-21-11-1-l0.0932",
+        "bmshj2018-43-l0.0018",
+        "bmshj2018-43-l0.0932",
     ]
     for name in trials:
         assert name in text
     # every trial fine-tunes the zoo's checkpoint of its model and λ, and says so
-    for model, lam in (("proposed", "0.0018"), ("proposed", "0.0932"), ("choi2022", "0.0018"), ("choi2022", "0.0932")):
-        assert f"fine-tunes zoo:{model}-l{lam}" in text
+    for model in ("proposed", "choi2022", "bmshj2018"):
+        for lam in ("0.0018", "0.0932"):
+            assert f"fine-tunes zoo:{model}-l{lam}" in text
     assert "BD-rate of proposed vs choi2022 on the base layer" in text
+    for model in ("proposed", "choi2022"):  # the third codec's row: the cost of scalability
+        assert re.search(
+            rf"the cost of scalability: BD-rate of {model} vs the single-layer bmshj2018 on Kodak PSNR \(total bpp\): "
+            r"([+-]?\d+\.\d+ %|n/a \()",
+            " ".join(text.split()),
+        )
     # the base-layer BD-rate on feature SNR of ŝ (real bitstreams), printed as the BD table has it: a number
     # with its method and the BD library's notes (e.g. of little curve overlap), or "n/a (reason)". With the
     # zoo's loss (γ scaled by λ) both base layers move with λ, and the figure is finite (asserted below).
@@ -79,7 +88,8 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
         assert res["detector"] == mini
         kodak = res["datasets"]["kodak"]["points"][0]
         human.setdefault(res["model"], {})[res["lmbda"]] = (kodak["bpp"], kodak["psnr"])
-        assert kodak["bpp_base"] > 0 and kodak["bpp_enh"] > 0 and math.isfinite(kodak["psnr"])
+        assert kodak["bpp_base"] > 0 and math.isfinite(kodak["psnr"])
+        assert (kodak["bpp_enh"] == 0) == (res["model"] == "bmshj2018")  # one layer: all of it in the base layer
         coco = res["datasets"]["coco"]["points"][0]
         assert coco["bpp_base"] > 0 and math.isfinite(coco["s_psnr"]) and math.isfinite(coco["s_snr"])
         machine.setdefault(res["model"], {})[res["lmbda"]] = (coco["bpp_base"], coco["map50"], coco["s_snr"])
@@ -93,6 +103,7 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
         assert high_bpp > low_bpp and high_map > low_map and high_snr > low_snr, (model, points)
     bd = (eval_dir / "bd_table.csv").read_text()
     assert "coco_map50" in bd and "choi2022 (21,11,1)" in bd and "proposed (11,32,2)" in bd
+    assert "kodak_psnr,pchip,bmshj2018 (43),proposed (11,32,2)," in bd  # the cost of scalability's BD row
     pair = [
         r
         for r in csv.DictReader(bd.splitlines())
@@ -118,14 +129,18 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
     assert list((eval_dir / "plots").glob("*.png"))
     assert "<img" in (eval_dir / "report.html").read_text()
 
-    # MLflow: a parent run, 4 nested trial runs tagged by model/config/λ with checkpoint and evaluation artifacts
+    # MLflow: a parent run, 6 nested trial runs tagged by model/config/λ with checkpoint and evaluation artifacts
     c = MlflowClient(uri)
     parent = c.get_run(state["parent_run_id"])
     assert parent.info.run_name == sweep_dir.name and parent.info.status == "FINISHED"
     kids = c.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(r.info.run_name for r in kids) == sorted(trials)
     for r in kids:
-        assert (r.data.tags["model"], r.data.tags["config"]) in (("proposed", "11,32,2"), ("choi2022", "21,11,1"))
+        assert (r.data.tags["model"], r.data.tags["config"]) in (
+            ("proposed", "11,32,2"),
+            ("choi2022", "21,11,1"),
+            ("bmshj2018", "43"),
+        )
         assert r.data.tags["lambda"] in ("0.0018", "0.0932")
         assert {a.path for a in c.list_artifacts(r.info.run_id, "checkpoint")} == {"checkpoint/final.pt"}
         assert {"evaluation/results.json", "evaluation/results.csv"} <= {

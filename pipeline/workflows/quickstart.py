@@ -61,7 +61,7 @@ FROM_SCRATCH_TRAINING: dict[str, Any] = {"epochs": 4, "steps_per_epoch": 200, "l
 # The sample set: many short scenes rather than a few long ones (the same prepare time; measured:
 # ŝ SNR on unseen images 1.7 dB with 24 scenes x 2 frames against 0.3 dB with 4 scenes x 7 frames).
 SAMPLE_TRAIN_SEQUENCES, SAMPLE_VAL_SEQUENCES, SAMPLE_FRAMES = 24, 4, 2
-MODELS = ("proposed", "choi2022")
+MODELS = ("proposed", "choi2022", "bmshj2018")  # bmshj2018: the single-layer codec, for the cost of scalability
 SWEEP_NAME = "quickstart"
 PAPER_BD_RATE = "-40.6 %"  # the paper's base-layer BD-rate of proposed against Choi & Bajić on mAP@0.5 (Sec. 4.2)
 BASE_METRIC = "coco_s_snr"  # the base layer: COCO path, base-layer bpp vs feature SNR of ŝ (normalised per channel)
@@ -110,6 +110,8 @@ class QuickstartResult:
     runs_url: str = ""
     map_reference: str = "gt"  # what mAP is scored against: "gt" (the world's annotations) or "uncompressed"
     from_zoo: bool = False  # the trials fine-tuned the zoo's checkpoints (else they trained from scratch)
+    # BD-rate on Kodak PSNR of each scalable codec against bmshj2018, with its note: the cost of scalability
+    scalability_cost: dict[str, tuple[float, str]] = field(default_factory=dict)
 
 
 def _finite(v: Any) -> bool:
@@ -214,19 +216,22 @@ def eval_folder(out: Path, name: str) -> Path:
     return out / "eval" if name == SWEEP_NAME else out / f"eval-{name}"
 
 
-def base_layer_bd_rate(bd_rows: list[dict[str, Any]], metric: str = BASE_METRIC) -> tuple[float, str]:
-    """BD-rate (%) of ``proposed`` against ``choi2022`` on the base layer (``metric`` vs base bpp): the strict
-    Bjøntegaard figure when it is defined, else the one on monotone fits, and a note that says which."""
+def base_layer_bd_rate(
+    bd_rows: list[dict[str, Any]], metric: str = BASE_METRIC, test: str = "proposed", reference: str = "choi2022"
+) -> tuple[float, str]:
+    """BD-rate (%) of ``test`` against ``reference`` on ``metric`` (by default proposed against choi2022 on the base
+    layer): the strict Bjøntegaard figure when it is defined, else the one on monotone fits, and a note that says
+    which."""
     from pipeline.evaluation.bdrate import FITTED, STRICT, pick_row
 
     pair = [
         r
         for r in bd_rows
-        if r["metric"] == metric and r["reference"].startswith("choi2022") and r["test"].startswith("proposed")
+        if r["metric"] == metric and r["reference"].startswith(reference + " (") and r["test"].startswith(test + " (")
     ]
     row = pick_row(pair)
     if row is None:
-        return math.nan, "no proposed/choi2022 pair in the BD table (a curve is missing)"
+        return math.nan, f"no {test}/{reference} pair in the BD table (a curve is missing)"
     value = float(row["bd_rate_percent"])
     if not _finite(value):
         return value, str(row.get("note") or "")
@@ -372,6 +377,11 @@ def print_summary(result: QuickstartResult) -> None:
         f"BD-rate of proposed vs choi2022 on the base layer (COCO mAP@0.5 vs base-layer bpp, {result.detector}): "
         f"{bd_text(result.bd_rate_map, result.bd_note_map)}; the paper's (real YOLOv3, COCO 2014): {PAPER_BD_RATE}"
     )
+    for model, (value, note) in result.scalability_cost.items():
+        con.print(
+            f"the cost of scalability: BD-rate of {model} vs the single-layer bmshj2018 on Kodak PSNR (total bpp): "
+            f"{bd_text(value, note)}"
+        )
     # paths and commands are printed whole on one line each (never wrapped), so that they can be copied
     con.print(f"report: {result.report}", soft_wrap=True)
     con.print(f"every column: {write_summary_csv(result, result.eval_dir / 'summary.csv')}", soft_wrap=True)
@@ -448,7 +458,7 @@ def zoo_loss() -> dict[str, Any]:
 
 
 def quickstart_grid(lams: list[float], from_zoo: bool = True) -> list[dict[str, Any]]:
-    """proposed and choi2022 at every λ in the study's configurations, each from its zoo checkpoint when
+    """Every model of :data:`MODELS` at every λ in the study's configurations, each from its zoo checkpoint when
     ``from_zoo`` (the zoo's codecs take s from the bundled mini YOLOv3: another detector trains from scratch)."""
     from dvcm.zoo import ZOO_PREFIX, zoo_checkpoint
     from pipeline.training.grid import build_grid
@@ -474,7 +484,7 @@ def sweep_stage(
     progress: bool,
     con: Any,
 ) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
-    """Step 2: proposed and choi2022 at every λ, in parallel (Ray Tune + Ray Train), each fine-tuning its zoo
+    """Step 2: every model of :data:`MODELS` at every λ, in parallel (Ray Tune + Ray Train), each fine-tuning its zoo
     checkpoint; returns (name, grid, record)."""
     from dvcm.zoo import is_mini_detector
     from pipeline.data.shards import read_dataset_info
@@ -487,7 +497,7 @@ def sweep_stage(
     settings = resolve(TRAINING_PRESET, {}, {"shards": str(shards), **flags})
     grid = quickstart_grid(lams, from_zoo=from_zoo)
     con.rule(
-        "2/5 sweep: proposed and choi2022 "
+        f"2/5 sweep: {', '.join(MODELS)} "
         + ("fine-tuned from the zoo" if from_zoo else "from scratch")
         + " (Ray Tune + Ray Train)"
     )
@@ -551,6 +561,7 @@ def evaluate_stage(
         # the k-means estimator on every fiber of the sample's 6 COCO images (the paper's: 256 images); the learned
         # one (about a minute a trial here) is left out of the 5-minute quickstart: evaluate and reproduce run it
         redundancy_images=6,
+        redundancy_k=4,  # K 16 (evaluate's) needs more fibers than 6 images have (bench redundancy)
         redundancy_fibers=6144,
         redundancy_learned_steps=0,
     )
@@ -688,6 +699,11 @@ def run_quickstart(
         mlflow_runs_url(uri, tracking.experiment_id(uri)),
         reference,
         from_zoo=any(e.get("zoo") for e in grid),
+        scalability_cost={
+            m: base_layer_bd_rate(summary["bd_rows"], "kodak_psnr", m, "bmshj2018")
+            for m in ("proposed", "choi2022")
+            if "bmshj2018" in MODELS
+        },
     )
     print_summary(result)
     return result
