@@ -224,7 +224,8 @@ def test_end_to_end_into_mlflow(sample, tiny_ckpt: Path, tmp_path: Path, ray_loc
     assert learned["estimator"] == "learned" and learned["images"] == 2 and learned["dataset"] == "coco"
     assert learned["train_images"] == 1 and learned["test_images"] == 1 and math.isfinite(learned["H_y2"])
     kmeans = res["redundancy"]
-    assert kmeans["estimator"] == "kmeans" and 0 < kmeans["rdn_y2_given_y1_ceiling"] <= 1
+    top = kmeans["rdn_y2_given_y1_ceiling"]  # null where this untrained codec's ŷ2 carries (almost) nothing
+    assert kmeans["estimator"] == "kmeans" and (top is None or 0 < top <= 1)
 
 
 def gt_categories(sample) -> list[dict]:
