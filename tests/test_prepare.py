@@ -436,3 +436,30 @@ def test_a_second_prepare_into_the_same_folder_is_refused_while_the_first_holds_
         holder.wait()
     with open(out / ".prepare.lock", "a+") as f:  # released with its holder
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+@pytest.mark.slow
+def test_a_frame_too_large_for_memory_is_skipped_and_listed_not_a_crash(tmp_path: Path) -> None:
+    """Issue 28, defect 7: a 12000x12000 PNG in a folder tree made V_front ask for 18 GB (a RuntimeError traceback),
+    in --dry-run too; now it is skipped from its header, with its reason."""
+    from PIL import Image
+
+    root = tmp_path / "tree"
+    root.mkdir()
+    Image.new("RGB", (12000, 12000), (90, 120, 150)).save(root / "huge.png")
+    for i in range(4):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (256, 320, 3), dtype=np.uint8)).save(
+            root / f"{i}.png"
+        )
+    dry = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "prepare", "--dataset", "folder", "--root", str(root), "--out",
+         str(tmp_path / "dry"), "--dry-run"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert dry.returncode == 0 and "Traceback" not in dry.stderr, dry.stderr[-2000:]
+    out = tmp_path / "shards"
+    report = run_prepare(list_source("folder", str(root), "all", val_fraction=0.25), out, use_ray=False, progress=False)
+    info = json.loads((out / "dataset.json").read_text())
+    skipped = [s for s in info["skipped"] if s["input"].endswith("huge.png")]
+    assert len(skipped) == 1 and skipped[0]["reason"].startswith("too large for this machine's memory (12000x12000")
+    assert report.info["counts"]["written"] == 4

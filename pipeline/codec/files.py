@@ -104,6 +104,8 @@ def compress_file(image: Path, output: Path, checkpoint: Path, max_pixels: int |
     check_output(output)
     model, _ = load_checkpoint(checkpoint)
     hw = image_size(image, max_pixels)
+    if max(hw) > bitstream.MAX_SIDE:  # the format's limit, from the header, before any pixel is decoded
+        raise UserError(f"{image} is {hw[1]}x{hw[0]}; a dvcm file holds at most {bitstream.MAX_SIDE} pixels a side")
     check_coding_size(hw, encode_bytes(hw, model.N), str(image), max_pixels)
     x = load_image(image, max_pixels)
     data = bitstream.compress(model, x, max_pixels)

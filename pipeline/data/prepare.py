@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from dvcm.limits import MEMORY_SHARE, available_memory
 from pipeline.data.feature_encoding import (
     DEFAULT_ENCODING,
     NO_FEATURES,
@@ -113,6 +114,12 @@ class DiskFullError(OSError):
 # ---------------------------------------------------------------- one shard
 
 
+def front_bytes(hw: tuple[int, int]) -> int:
+    """Estimated peak bytes of V_front on a frame of ``hw``: 18 GB were asked for a 12000x12000 frame (issue 28),
+    125 bytes a pixel; 160 is the model (the decoded frame, its float copy and the front's largest activations)."""
+    return 160 * hw[0] * hw[1]
+
+
 def _decode(ref: FrameRef) -> tuple[np.ndarray, bytes] | str:
     """(RGB uint8 HxWx3, lossless PNG bytes) or the reason the frame is unusable."""
     from PIL import Image
@@ -125,6 +132,10 @@ def _decode(ref: FrameRef) -> tuple[np.ndarray, bytes] | str:
         return "zero-byte file"
     try:
         with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size  # from the header, before a pixel is decoded
+            if (need := front_bytes((h, w))) > (room := int(available_memory() * MEMORY_SHARE)):
+                return (f"too large for this machine's memory ({w}x{h}: V_front would need about {need >> 20} MiB, "
+                        f"{room >> 20} MiB are free)")  # fmt: skip
             im.load()
             fmt, mode = im.format, im.mode
             rgb, _ = to_rgb8(im, Path(ref.path).name)  # alpha is dropped, as in every reader
