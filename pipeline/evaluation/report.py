@@ -327,7 +327,11 @@ def redundancy_row(result: dict[str, Any], estimate: str = "redundancy") -> list
     if not learned:
         for key in ("rdn_y1_given_y2", "rdn_y2_given_y1"):
             top = red.get(f"{key}_ceiling")
-            if isinstance(top, (int, float)) and isinstance(red.get(key), (int, float)) and red[key] > 0.9 * top:
+            if not (isinstance(top, (int, float)) and isinstance(red.get(key), (int, float))):
+                continue
+            if red[key] > top:
+                flags.append(f"<b>above its ceiling</b>: no information can give it, an artefact ({names([key])})")
+            elif red[key] > 0.9 * top:
                 flags.append(f"within 10 % of its ceiling: it cannot read more ({names([key])})")
     flag = "; ".join(flags)
 
