@@ -337,3 +337,14 @@ def test_a_curves_file_is_read_only_up_to_its_limit(tmp_path: Path) -> None:
     link.symlink_to("/dev/zero")
     res = CliRunner().invoke(app, ["report", "--eval-dir", str(out), "--curves", str(link)])
     assert isinstance(res.exception, UserError) and "larger than 16 MiB" in str(res.exception)
+
+
+def test_a_kmeans_reading_above_its_ceiling_is_flagged_as_an_artefact() -> None:
+    from pipeline.evaluation.report import redundancy_row
+
+    red = {"rdn_y1_given_y2": 0.1, "rdn_y2_given_y1": 0.13, "rdn_y1_given_y2_ceiling": 0.105,
+           "rdn_y2_given_y1_ceiling": 0.09, "K": 16, "fibers": 8192}  # fmt: skip
+    flag = redundancy_row({"label": "proposed (11,32,2)", "redundancy": red})[-1]
+    assert "above its ceiling" in flag and "(y2|y1)" in flag and "within 10 % of its ceiling" in flag
+    learned = redundancy_row({"label": "p", "redundancy_learned": {"rdn_y1_given_y2": 0.9}}, "redundancy_learned")
+    assert learned[1] == "learned" and "ceiling" not in learned[-1]
