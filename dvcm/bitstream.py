@@ -42,10 +42,11 @@ from torch import Tensor
 from dvcm.errors import BitstreamError
 from dvcm.limits import check_coding_size, decode_base_bytes, decode_bytes, encode_bytes
 from dvcm.models import ScalableCodec, padded_size
-from dvcm.registry import codec_spec, spec_by_bitstream_id
+from dvcm.registry import CODECS, codec_spec, spec_by_bitstream_id
 
 MAGIC = b"DVCM"
 FORMAT_VERSION = 1
+MODEL_IDS = {name: spec.bitstream_id for name, spec in CODECS.items()}  # the header's model ids (dvcm.registry)
 MAX_SIDE = 16384
 _HEADER = struct.Struct(">4sBBBB8s" + "H" * 10 + "IIII")
 _CRC = struct.Struct(">I")
@@ -217,7 +218,7 @@ def decode_base(model: ScalableCodec, data: bytes, max_pixels: int | None = None
     need = (
         decode_base_bytes(header.hw, model.N, model.M1)
         if model.layers == 2  # one layer: x̂, then V_front
-        else decode_bytes(header.hw, model.N, model.M1, model.M2)
+        else max(decode_bytes(header.hw, model.N, model.M1, model.M2), encode_bytes(header.hw, model.N))
     )
     check_coding_size(header.hw, need, "the file's image", max_pixels)
     with _eval_mode(model):

@@ -185,12 +185,12 @@ def learned_redundancy(
             fibers += y_i[k].shape[-1] * y_i[k].shape[-2]
         return np.array(own), np.array(alone), np.array(cond), fibers
 
-    def ratio(cond_bits: float, bits: float) -> float:
-        return float(1.0 - cond_bits / bits) if bits > MIN_BITS * y_i[0].shape[1] else math.nan
+    def ratio(cond_bits: float, bits: float, n: int) -> float:
+        return float(1.0 - cond_bits / bits) if bits > MIN_BITS * y_i[0].shape[1] * n else math.nan
 
     own, alone, cond, fibers = score(test)
     own_in, alone_in, cond_in, fibers_in = score(train)
-    rdn = ratio(cond.sum(), alone.sum())
+    rdn = ratio(cond.sum(), alone.sum(), fibers)
     low, high = image_interval(alone, cond, seed) if math.isfinite(rdn) and len(test) > 1 else (math.nan, math.nan)
     return {
         "rdn": rdn,
@@ -198,8 +198,8 @@ def learned_redundancy(
         "H_i": float(alone.sum() / fibers),
         "H_i_given_j": float(cond.sum() / fibers),
         "H_i_codec": float(own.sum() / fibers),
-        "rdn_vs_codec": ratio(cond.sum(), own.sum()),
-        "rdn_in_sample": ratio(cond_in.sum(), alone_in.sum()),
+        "rdn_vs_codec": ratio(cond.sum(), own.sum(), fibers),
+        "rdn_in_sample": ratio(cond_in.sum(), alone_in.sum(), fibers_in),
         "H_i_per_channel": (per_channel / fibers).tolist(),  # the reference's held-out bits per fiber, by channel
         "H_i_train": float(alone_in.sum() / fibers_in),
         "H_i_given_j_train": float(cond_in.sum() / fibers_in),

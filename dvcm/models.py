@@ -415,3 +415,20 @@ class Choi2022Codec(ScalableCodec):
     def analysis(self, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         y = self.g_a(x)
         return y[:, : self.M1], y[:, self.M1 :]
+
+
+def __getattr__(name: str) -> Any:
+    """``build`` and ``MODEL_NAMES``, which this module had before the codec registry (:mod:`dvcm.registry`)."""
+    if name in ("build", "MODEL_NAMES"):
+        from dvcm import registry
+
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def parse_config(text: str) -> tuple[int, int, int]:
+    """``64,192,2`` -> (M1, M2, H) of a scalable codec (before the registry; ``codec_spec(name).parse`` now)."""
+    from dvcm.registry import codec_spec
+
+    c = codec_spec("proposed").parse(text)
+    return c["M1"], c["M2"], c["H"]

@@ -23,8 +23,6 @@ from dvcm.errors import ConfigError
 if TYPE_CHECKING:  # the classes are imported when first built: reading the registry needs no torch or CompressAI
     import torch.nn as nn
 
-    from dvcm.models import ScalableCodec
-
 
 @dataclass(frozen=True)
 class Hyperparameter:
@@ -60,7 +58,7 @@ class CodecSpec:
     example: str = field(default="")  # a configuration for error messages and help
 
     @property
-    def cls(self) -> type[ScalableCodec]:
+    def cls(self) -> type[nn.Module]:  # a dvcm.models.ScalableCodec
         module, _, name = self.class_path.partition(":")
         return getattr(importlib.import_module(module), name)
 
@@ -166,7 +164,7 @@ def spec_by_bitstream_id(model_id: int) -> CodecSpec | None:
 
 def build(
     name: str, front: nn.Module | None = None, yolo_provenance: dict[str, Any] | None = None, **config: int
-) -> ScalableCodec:
+) -> nn.Module:  # a dvcm.models.ScalableCodec
     """Build a codec by name with its config keys: N, C_s, and its hyperparameters (M1, M2, H or M).
 
     ``front`` is the frozen V_front (``YOLOv3.front``), whose output channels are C_s; without it

@@ -441,7 +441,7 @@ def test_a_second_prepare_into_the_same_folder_is_refused_while_the_first_holds_
 @pytest.mark.slow
 def test_a_frame_too_large_for_memory_is_skipped_and_listed_not_a_crash(tmp_path: Path) -> None:
     """Issue 28, defect 7: a 12000x12000 PNG in a folder tree made V_front ask for 18 GB (a RuntimeError traceback),
-    in --dry-run too; now it is skipped from its header, with its reason."""
+    in --dry-run too; now it is skipped from its header (more than 48 Mpixels), with its reason."""
     from PIL import Image
 
     root = tmp_path / "tree"
@@ -461,5 +461,5 @@ def test_a_frame_too_large_for_memory_is_skipped_and_listed_not_a_crash(tmp_path
     report = run_prepare(list_source("folder", str(root), "all", val_fraction=0.25), out, use_ray=False, progress=False)
     info = json.loads((out / "dataset.json").read_text())
     skipped = [s for s in info["skipped"] if s["input"].endswith("huge.png")]
-    assert len(skipped) == 1 and skipped[0]["reason"].startswith("too large for this machine's memory (12000x12000")
+    assert len(skipped) == 1 and skipped[0]["reason"].startswith("too large for prepare (12000x12000")
     assert report.info["counts"]["written"] == 4

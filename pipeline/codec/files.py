@@ -81,7 +81,7 @@ def make_out_folder(out: Path) -> Path:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"--out {out}: cannot make the folder ({exc.strerror or exc}); choose another --out") from None
-    return check_output(out / "x").parent
+    return check_output(out / "x", "--out").parent
 
 
 def write_output(path: Path, data: bytes) -> None:

@@ -25,6 +25,7 @@ import io
 import json
 import os
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -33,7 +34,6 @@ from typing import Any
 
 import numpy as np
 
-from dvcm.limits import MEMORY_SHARE, available_memory
 from pipeline.data.feature_encoding import (
     DEFAULT_ENCODING,
     NO_FEATURES,
@@ -114,6 +114,11 @@ class DiskFullError(OSError):
 # ---------------------------------------------------------------- one shard
 
 
+MAX_FRAME_PIXELS = (
+    48 << 20
+)  # V_front would need about 8 GiB there; a fixed limit, so that a rerun skips the same frames
+
+
 def front_bytes(hw: tuple[int, int]) -> int:
     """Estimated peak bytes of V_front on a frame of ``hw``: 18 GB were asked for a 12000x12000 frame (issue 28),
     125 bytes a pixel; 160 is the model (the decoded frame, its float copy and the front's largest activations)."""
@@ -133,9 +138,9 @@ def _decode(ref: FrameRef) -> tuple[np.ndarray, bytes] | str:
     try:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size  # from the header, before a pixel is decoded
-            if (need := front_bytes((h, w))) > (room := int(available_memory() * MEMORY_SHARE)):
-                return (f"too large for this machine's memory ({w}x{h}: V_front would need about {need >> 20} MiB, "
-                        f"{room >> 20} MiB are free)")  # fmt: skip
+            if w * h > MAX_FRAME_PIXELS:
+                return (f"too large for prepare ({w}x{h}: more than {MAX_FRAME_PIXELS >> 20} Mpixels, for which V_front "
+                        f"would need about {front_bytes((h, w)) >> 30} GiB)")  # fmt: skip
             im.load()
             fmt, mode = im.format, im.mode
             rgb, _ = to_rgb8(im, Path(ref.path).name)  # alpha is dropped, as in every reader
@@ -418,6 +423,13 @@ def out_dir_lock(out: str) -> Iterator[None]:
             f"another prepare is writing into --out {out}; wait for it to finish (a rerun then resumes) or choose "
             "another --out"
         ) from None
+    except OSError as exc:  # a file system without locks (some NFS or FUSE mounts): go on, unguarded
+        handle.close()
+        warnings.warn(
+            f"--out {out}: no lock on this file system ({exc.strerror}); run one prepare at a time there", stacklevel=2
+        )
+        yield
+        return
     try:
         yield
     finally:
@@ -721,8 +733,8 @@ def run_prepare(
                     f"disk full while writing shards under {out} ({exc.strerror}); free space or choose another --out, "
                     "then rerun: finished shards are kept and the rest resumes"
                 ) from None
-    seconds = time.perf_counter() - t0
-    info = finalize(plan, list(done.values()) + new, yolo_provenance, feature_encoding)
+        seconds = time.perf_counter() - t0
+        info = finalize(plan, list(done.values()) + new, yolo_provenance, feature_encoding)
     return PrepareReport(info, len(new), len(done), sum(len(r.rows) for r in new), seconds, dict(timings))
 
 

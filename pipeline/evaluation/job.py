@@ -237,6 +237,11 @@ def plan(job: Job) -> Plan:
 def _redundancy_current(res: dict[str, Any], job: Job) -> bool:
     """Whether a stored redundancy estimate was made with this job's K, fibers and images (estimates of an
     earlier dvcm, which did not record them, are made again)."""
+    from dvcm.registry import CODECS
+
+    spec = CODECS.get(str(res.get("model")))
+    if spec is not None and spec.layers == 1:  # no (ŷ1, ŷ2) pair: nothing to estimate, ever
+        return True
     red = res.get("redundancy")
     dataset, items = _redundancy_items(job)
     return red is not None and red.get("requested") == redundancy_request(

@@ -201,25 +201,19 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         raise UserError(f"cannot reach the Ray cluster at {address!r} ({exc}); check --address / RAY_ADDRESS") from None
 
 
-STARTUP_TRIES = 2
-
-
 def start_local_ray(num_cpus: int | None, kwargs: dict) -> None:
-    """A local Ray instance, tried again once when it does not start in time: on a busy machine (issue 28 measured
-    a load of 13) its raylet can miss the 30 s Ray waits for it. When both tries fail, one line says what to do."""
+    """A local Ray instance; when its raylet misses the 30 s Ray waits for it (a busy machine: issue 28 measured a load
+    of 13), one line says what to do. No second try: the first one's processes keep running after Ray gives up on
+    them, and ``ray.shutdown()`` does not stop them, so a retry would start a second instance beside them."""
     import ray
 
-    for attempt in range(1, STARTUP_TRIES + 1):
-        try:
-            ray.init(num_cpus=num_cpus, **kwargs)
-            return
-        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception when the node times out
-            if "timed out during startup" not in str(exc):
-                raise
-            ray.shutdown()
-            if attempt == STARTUP_TRIES:
-                load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-                raise UserError(
-                    f"a local Ray did not start in time, twice (the machine's load is {load:.1f}); run again when "
-                    "it is less busy, give fewer CPUs (--num-cpus), or join a running cluster (RAY_ADDRESS)"
-                ) from None
+    try:
+        ray.init(num_cpus=num_cpus, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception when the node times out
+        if "timed out during startup" not in str(exc):
+            raise
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        raise UserError(
+            f"a local Ray did not start in time (the machine's load is {load:.1f}); run again when it is less busy, "
+            "give fewer CPUs (--num-cpus), or join a running cluster (RAY_ADDRESS)"
+        ) from None

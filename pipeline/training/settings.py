@@ -219,10 +219,10 @@ def check(settings: SweepSettings) -> None:
         raise UserError(f"--precision must be fp32 or amp, got {t.precision!r}")
     if t.precision == "amp" and not r.use_gpu:
         raise UserError("--precision amp needs GPUs (autocast on CUDA); pass --use-gpu or use --precision fp32")
-    for key in ("epochs", "steps_per_epoch", "val_steps", "batch_size", "max_lr_drops", "N", "shuffle_buffer"):
+    for key in ("epochs", "steps_per_epoch", "val_steps", "batch_size", "max_lr_drops", "N"):
         if getattr(t, key) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(t, key)}")
-    for key in ("seed", "yolo_seed", "loader_workers", "lr_patience"):
+    for key in ("seed", "yolo_seed", "loader_workers", "lr_patience", "shuffle_buffer"):  # buffer 0 or 1: no shuffle
         if getattr(t, key) < 0:
             raise UserError(f"--{key.replace('_', '-')} must be 0 or more, got {getattr(t, key)}")
     for key in ("lr", "aux_lr", "clip_max_norm"):
