@@ -159,14 +159,9 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
     assert written and int(written.group(1)) > 0, flat[:3000]
     assert f"0 written, {written.group(1)} already finished" in " ".join(again.output.split())
     assert ckpt.stat().st_mtime_ns == mtime
-    assert (
-        len(
-            c.search_runs(
-                [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
-            )
-        )
-        == len(trials)
-    )
+    assert len(
+        c.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    ) == len(trials)
 
     # a folder whose sweep was trained otherwise (as by an earlier dvcm under the same name) is refused in one
     # line that says what to do with the quickstart's own options
