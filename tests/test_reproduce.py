@@ -4,6 +4,7 @@ finding holds: the study reports the science, the test checks the machinery."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -28,7 +29,7 @@ SHRUNK = {
 def test_the_budget_is_shared_between_rounds_and_refused_when_it_cannot_train() -> None:
     from pipeline.workflows.reproduce import EPOCH_OVERHEAD_S, TRIAL_START_S
 
-    preset = PRESETS["mini"]
+    preset = dataclasses.replace(PRESETS["mini"], configs={"proposed": "11,32,2", "choi2022": "21,11,1"})
     plan = plan_rounds(preset, (0.0018, 0.0932, 0.025), (0, 1), {"proposed": 0.1, "choi2022": 0.2}, 2, 100, 60, 600, 5)
     assert plan.lambdas == (0.0018, 0.025, 0.0932)  # lowest first: it trains from scratch
     # 3000 s of training in shares 0.4, 0.3, 0.3; 2 waves of 2 trials; an epoch of the slowest model: 100 steps
@@ -170,7 +171,8 @@ def test_the_paper_preset_plans_the_papers_study_on_your_data(tmp_path: Path, ra
     text = " ".join(result.output.split())
     frames = 4 * 7  # the sample's clips are Vimeo-90K septuplets
     assert f"data: {frames} Vimeo-90K frames under" in text
-    assert "16 trials = 2 models x 4 λ x 2 seeds" in text and "proposed (64,192,2), choi2022 (128,64,1)" in text
+    assert "24 trials = 3 models x 4 λ x 2 seeds" in text
+    assert "proposed (64,192,2), choi2022 (128,64,1), bmshj2018 (192)" in text
     assert "training preset paper" in text and "at most 300 epochs of 5000 steps" in text
     assert "no time budget" in text
     assert not out.exists()  # a plan writes nothing
