@@ -47,12 +47,12 @@ def test_a_shrunk_study_writes_findings_for_each_claim(tmp_path: Path, ray_local
     from pipeline.workflows.reproduce import run_reproduce
 
     out = tmp_path / "study"
-    # four trials at a time (half a CPU each) in two rounds of 6 trials (3 models x 2 seeds); 3 minutes leave each
-    # round an epoch or more here
+    # four trials at a time (half a CPU each) in two rounds of 6 trials (3 models x 2 seeds); 5 minutes leave each
+    # round an epoch or more here, on a busy machine too
     result = run_reproduce(
         out,
         "mini",
-        budget_minutes=3.0,
+        budget_minutes=5.0,
         lambdas=[0.0067, 0.0932],
         seeds=[0, 1],
         anchors=["jpeg"],
