@@ -439,6 +439,7 @@ def test_a_string_longer_than_any_coder_writes_for_its_symbols_is_refused(codecs
         bitstream.decode_base(model, data)
 
 
+@pytest.mark.slow  # CLI subprocesses
 @pytest.mark.parametrize("damage", ["NaN float16 weight", "NaN s_std", "zero s_std", "offset -2^30"])
 def test_damaged_checkpoints_that_would_hang_the_encoder_are_refused_in_one_line(
     damage: str,
@@ -492,6 +493,7 @@ def test_a_latent_the_coder_cannot_code_is_refused_before_rans(yolo) -> None:  #
         bitstream.compress(model, torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2)))
 
 
+@pytest.mark.slow  # CLI subprocesses
 def test_a_file_is_read_only_as_far_as_its_header_declares(codecs: dict, tmp_path: Path) -> None:
     """Issue 28, defect 6: a valid file followed by 256 MiB (it was read whole: 3.66 GB RSS at 12 GiB), and a link to
     /dev/zero, are refused in one line under the test's memory cap."""
@@ -548,6 +550,7 @@ def test_crafted_checkpoint_fields_are_refused_at_load_in_one_line(
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow  # CLI subprocesses
 def test_output_paths_the_file_system_refuses_are_one_line_and_leave_no_half_output(
     codecs: dict, tmp_path: Path
 ) -> None:

@@ -102,6 +102,7 @@ def test_the_ceiling_is_what_a_cluster_index_can_carry() -> None:
     assert ceiling(1024, 5.0, 40.0) == 1.0 and math.isnan(ceiling(4, 0.0, 1.0))
 
 
+@pytest.mark.slow  # 15 s: 4096 fibers, K 4, six fits
 def test_the_paper_estimator_cannot_read_self_redundancy_above_its_ceiling() -> None:
     """A latent of 10 independent channels (about 2 bits each): Rdn(ŷ|ŷ) is 1, K 4 reads at most 2/H(ŷ)."""
     from dvcm.redundancy import ceiling, sanity_checks
