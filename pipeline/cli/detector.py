@@ -22,6 +22,12 @@ def train_detector_command(
     test_world_seed: Annotated[
         int, typer.Option(help="Seed of the unseen world whose test split gives the final mAP.")
     ] = _DEFAULTS.test_world_seed,
+    world_style: Annotated[
+        str,
+        typer.Option(
+            help="How the world's backgrounds look: plain, or photographic (they cost what photos cost to code)."
+        ),
+    ] = _DEFAULTS.world_style,
     width: Annotated[
         float, typer.Option(help="Width multiplier of YOLOv3's filters (C_s = 256 x width).")
     ] = _DEFAULTS.width,
@@ -48,6 +54,7 @@ def train_detector_command(
     settings = DetectorSettings(
         world_seed=world_seed,
         test_world_seed=test_world_seed,
+        world_style=world_style,
         width=width,
         steps=steps,
         batch_size=batch_size,

@@ -31,6 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data.world import (
+    DEFAULT_WORLD_STYLE,
+    WorldScene,
+    check_style,
     coco_annotations,
     coco_dataset,
     encode_image,
@@ -56,25 +59,25 @@ class SampleData:
     kodak_root: Path
 
 
-def _write_vimeo(root: Path, seed: int, train: int, val: int, size: tuple[int, int]) -> None:
+def _write_vimeo(root: Path, seed: int, train: int, val: int, size: tuple[int, int], style: str) -> None:
     names = []
     world = split_seed(seed, "train")
     for n in range(train + val):
         seq = f"{n // 3 + 1:05d}/{n % 3 + 1:04d}"
         names.append(seq)
-        for t, frame in enumerate(render_world_clip(world, n, size, 7)):
+        for t, frame in enumerate(render_world_clip(world, n, size, 7, style)):
             atomic_write_bytes(root / "sequences" / seq / f"im{t + 1}.png", encode_image(frame.image))
     atomic_write_bytes(root / "sep_trainlist.txt", ("\n".join(names[:train]) + "\n").encode())
     atomic_write_bytes(root / "sep_testlist.txt", ("\n".join(names[train:]) + "\n").encode())
 
 
-def _write_coco(root: Path, seed: int, count: int) -> Path:
+def _write_coco(root: Path, seed: int, count: int, style: str) -> Path:
     images, annotations = [], []
     world = split_seed(seed, "test")
     for n in range(count):
         size = (640, 480) if n % 3 else (480, 640)
         image_id = 100 + 37 * n
-        scene = render_world_scene(world, n, size)
+        scene = render_world_scene(world, n, size, style)
         name = f"COCO_val2014_{image_id:012d}.jpg"
         atomic_write_bytes(root / "val2014" / name, encode_image(scene.image, "jpg", quality=92))
         images.append({"id": image_id, "file_name": name, "width": size[0], "height": size[1]})
@@ -84,12 +87,15 @@ def _write_coco(root: Path, seed: int, count: int) -> Path:
     return ann_path
 
 
-def _write_kodak(root: Path, seed: int, count: int) -> None:
-    world = split_seed(seed, "test")
+def kodak_scene(seed: int, n: int, style: str = DEFAULT_WORLD_STYLE) -> WorldScene:
+    """Kodak-like image ``n`` (from 0) of world ``seed``: a test-split scene at 768×512 (every fourth one 512×768)."""
+    size = (512, 768) if n % 4 == 3 else (768, 512)
+    return render_world_scene(split_seed(seed, "test"), _KODAK_FIRST_INDEX + n, size, style)
+
+
+def _write_kodak(root: Path, seed: int, count: int, style: str) -> None:
     for n in range(count):
-        size = (512, 768) if n % 4 == 3 else (768, 512)
-        scene = render_world_scene(world, _KODAK_FIRST_INDEX + n, size)
-        atomic_write_bytes(root / f"kodim{n + 1:02d}.png", encode_image(scene.image))
+        atomic_write_bytes(root / f"kodim{n + 1:02d}.png", encode_image(kodak_scene(seed, n, style).image))
 
 
 def generate_sample(
@@ -100,8 +106,10 @@ def generate_sample(
     frame_size: tuple[int, int] = (448, 256),
     coco_images: int = 6,
     kodak_images: int = 4,
+    style: str = DEFAULT_WORLD_STYLE,
 ) -> SampleData:
-    """Write the sample dataset of world ``seed`` under ``root`` (reused when already complete) and return its parts.
+    """Write the sample dataset of world ``seed`` in ``style`` under ``root`` (reused when already complete) and
+    return its parts.
 
     ``frame_size`` is (width, height); Vimeo-90K frames are 448×256. Every file is written
     atomically and the marker last, so an interrupted generation is redone on the next call.
@@ -115,6 +123,7 @@ def generate_sample(
         "frame_size": list(frame_size),
         "coco_images": coco_images,
         "kodak_images": kodak_images,
+        **({} if style == DEFAULT_WORLD_STYLE else {"style": check_style(style)}),
     }
     parts = SampleData(
         root=root,
@@ -130,9 +139,9 @@ def generate_sample(
                 return parts
         except ValueError:
             pass
-    _write_vimeo(parts.vimeo_root, seed, train_sequences, val_sequences, frame_size)
-    _write_coco(parts.coco_root, seed, coco_images)
-    _write_kodak(parts.kodak_root, seed, kodak_images)
+    _write_vimeo(parts.vimeo_root, seed, train_sequences, val_sequences, frame_size, style)
+    _write_coco(parts.coco_root, seed, coco_images, style)
+    _write_kodak(parts.kodak_root, seed, kodak_images, style)
     atomic_write_json(marker, params)
     return parts
 

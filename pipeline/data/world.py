@@ -438,33 +438,154 @@ def _compose(
     return WorldScene(to_uint8(img), tuple(objects))
 
 
-def _world_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """:func:`natural_background` at 40 % saturation, so that no background passes for an object's colour."""
+def power_law_noise(rng: np.random.Generator, h: int, w: int, beta: float) -> np.ndarray:
+    """Gaussian noise with a 1/f^``beta`` power spectrum (random phases), H×W float32 with unit std.
+
+    Natural images' spectra fall off about as 1/f² (``beta`` ≈ 2): this is the fine texture of
+    photographed surfaces (foliage, fabric, stone) that makes them cost bits at every scale.
+    """
+    fy = np.fft.fftfreq(h).astype(np.float32)[:, None]
+    fx = np.fft.rfftfreq(w).astype(np.float32)[None, :]
+    f = np.sqrt(fx * fx + fy * fy)
+    f[0, 0] = 1.0
+    amp = f ** np.float32(-beta / 2)
+    amp[0, 0] = 0.0
+    spec = amp * (gaussian_bytes(rng, amp.shape) + 1j * gaussian_bytes(rng, amp.shape))
+    out = np.fft.irfft2(spec, s=(h, w)).astype(np.float32)
+    out *= np.float32(1.0 / (float(out.std()) + 1e-12))
+    return out
+
+
+# The photographic background (see :func:`photographic_background`).
+PATCH_LEVELS = 5  # each of the two patch fields is cut into this many levels: up to 25 kinds of surface
+PATCH_SATURATION = 0.3  # surface colours are pulled this far from grey (objects' are 0.45 and more)
+TEXTURE_BETA = 2.3
+TEXTURE_CONTRAST = (2.0, 24.0)  # grey levels: the range of the fine texture's std, one value per kind of surface
+CLUTTER_PER_PIXEL = 1 / 6000  # elongated clutter shapes per pixel
+CLUTTER_RADIUS = (4.0, 0.2)  # px, fraction of the short side: the range of a clutter shape's long half-axis
+CLUTTER_ASPECT = (0.15, 0.6)  # short/long axis: elongated, so that no clutter shape passes for a disc or a ring
+
+
+def _surface_map(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """An H×W int map of irregular patches: two value-noise fields, each cut at random levels, combined."""
+    octaves = _octaves(max(h, w), 6)
+    ids = np.zeros((h, w), np.int64)
+    for _ in range(2):
+        field = noise_texture(rng, h, w, octaves)
+        cuts = np.sort(rng.uniform(-0.6, 0.6, PATCH_LEVELS - 1)).astype(np.float32)
+        ids = ids * PATCH_LEVELS + np.searchsorted(cuts, field)
+    return ids
+
+
+def _clutter(rng: np.random.Generator, img: np.ndarray, contrast: np.ndarray) -> None:
+    """Draw elongated ellipses (sizes ∝ r⁻² between the :data:`CLUTTER_RADIUS` bounds) into ``img`` and ``contrast``."""
+    _, h, w = img.shape
+    n = int(h * w * CLUTTER_PER_PIXEL)
+    rmin, rmax = CLUTTER_RADIUS[0], max(CLUTTER_RADIUS[1] * min(h, w), CLUTTER_RADIUS[0] + 1)
+    radius = 1 / (rng.uniform(0, 1, n) * (1 / rmin - 1 / rmax) + 1 / rmax)  # density ∝ r^-2 on [rmin, rmax]
+    p = rng.uniform(0, 1, (n, 6))
+    xs = np.arange(w, dtype=np.float32) + np.float32(0.5)
+    ys = np.arange(h, dtype=np.float32) + np.float32(0.5)
+    for k in range(n):
+        r, cx, cy = float(radius[k]), p[k, 0] * w, p[k, 1] * h
+        aspect = CLUTTER_ASPECT[0] + p[k, 2] * (CLUTTER_ASPECT[1] - CLUTTER_ASPECT[0])
+        x0, x1 = max(int(cx - r) - 1, 0), min(int(cx + r) + 2, w)
+        y0, y1 = max(int(cy - r) - 1, 0), min(int(cy + r) + 2, h)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        u, v = xs[None, x0:x1] - np.float32(cx), ys[y0:y1, None] - np.float32(cy)
+        c, s = np.float32(math.cos(np.pi * p[k, 3])), np.float32(math.sin(np.pi * p[k, 3]))
+        a, b = (c * u + s * v) * np.float32(1 / r), (c * v - s * u) * np.float32(1 / (aspect * r))
+        alpha = np.clip((1 - np.sqrt(a * a + b * b)) * np.float32(aspect * r) + np.float32(0.5), 0, 1)
+        grey = 20 + 215 * p[k, 4]
+        colour = grey + PATCH_SATURATION * (rng.uniform(20, 235, 3) - grey)
+        patch = img[:, y0:y1, x0:x1]
+        for ch in range(3):
+            patch[ch] += alpha * (np.float32(colour[ch]) - patch[ch])
+        cw = contrast[y0:y1, x0:x1]
+        cw += alpha * (np.float32(TEXTURE_CONTRAST[0] + p[k, 5] * (TEXTURE_CONTRAST[1] - TEXTURE_CONTRAST[0])) - cw)
+
+
+def photographic_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A background that costs about what photos cost to code, 3×H×W float32 RGB in about [0, 255].
+
+    A patchwork of surfaces (:func:`_surface_map`: irregular patches with sharp borders, each its own
+    desaturated colour over :func:`natural_background`'s light and shade), a sprinkling of elongated
+    clutter (no clutter shape passes for a disc or a ring), and on every surface its own contrast of
+    one 1/f^2.3 luminance texture (:func:`power_law_noise`): smooth surfaces beside rough ones, as in
+    photos. Colour detail stays coarse, as in photos, so 4:2:0 codecs lose little of it.
+    """
+    shade = natural_background(rng, h, w, saturation=0.4)
+    ids = _surface_map(rng, h, w)
+    kinds = PATCH_LEVELS * PATCH_LEVELS
+    grey = rng.uniform(30, 220, kinds)
+    colours = (grey[:, None] + PATCH_SATURATION * (rng.uniform(30, 220, (kinds, 3)) - grey[:, None])).astype(np.float32)
+    contrasts = np.exp(rng.uniform(*np.log(TEXTURE_CONTRAST), kinds)).astype(np.float32)
+    img = np.empty((3, h, w), np.float32)
+    for c in range(3):  # half the surface colour, half the light and shade of the plain world's background
+        img[c] = np.float32(0.5) * (colours[ids, c] + shade[c])
+    contrast = contrasts[ids]
+    _clutter(rng, img, contrast)
+    img += (contrast * power_law_noise(rng, h, w, TEXTURE_BETA))[None]
+    return img
+
+
+# The world's styles: how its backgrounds look (the objects and the ground truth are the same in all).
+WORLD_STYLES: dict[str, str] = {
+    "plain": "smooth gradient and value-noise backgrounds (JPEG and HEVC code them for a small fraction of a photo's bits)",
+    "photographic": "backgrounds of textured clutter that cost about what natural photos cost to code",
+}
+DEFAULT_WORLD_STYLE = "plain"  # the bundled detector and zoo were trained on it
+
+
+def check_style(style: str) -> str:
+    """``style`` if it is one of :data:`WORLD_STYLES`, else a ValueError naming them."""
+    if style not in WORLD_STYLES:
+        raise ValueError(f"unknown world style {style!r}: one of {', '.join(WORLD_STYLES)}")
+    return style
+
+
+def _world_background(rng: np.random.Generator, h: int, w: int, style: str = DEFAULT_WORLD_STYLE) -> np.ndarray:
+    """The background of ``style``: :func:`natural_background` at 40 % saturation (so that no background passes
+    for an object's colour), or :func:`photographic_background`."""
+    if check_style(style) == "photographic":
+        return photographic_background(rng, h, w)
     return natural_background(rng, h, w, saturation=0.4)
 
 
 # ---------------------------------------------------------------- public rendering
 
 
-def render_world_scene(seed: int, index: int, size: tuple[int, int]) -> WorldScene:
-    """Scene ``index`` of the world seeded ``seed`` at ``size`` = (width, height); deterministic in all three.
+def render_world_scene(seed: int, index: int, size: tuple[int, int], style: str = DEFAULT_WORLD_STYLE) -> WorldScene:
+    """Scene ``index`` of the world seeded ``seed`` at ``size`` = (width, height) in ``style``; deterministic in all.
 
     For a split's scenes pass ``split_seed(world_seed, split)`` as ``seed``.
     """
-    bg, objs, noise = _scene_parts(seed, index, size)
+    bg, objs, noise = _scene_parts(seed, index, size, style)
     return _compose(bg, objs, 0, (0.0, 0.0), noise)
 
 
-def _scene_parts(seed: int, index: int, size: tuple[int, int]) -> tuple[np.ndarray, list[_Obj], np.random.Generator]:
-    """What :func:`render_world_scene` composes: background, objects (back to front), sensor-noise stream."""
+def _scene_parts(
+    seed: int, index: int, size: tuple[int, int], style: str = DEFAULT_WORLD_STYLE
+) -> tuple[np.ndarray, list[_Obj], np.random.Generator]:
+    """What :func:`render_world_scene` composes: background, objects (back to front), sensor-noise stream.
+
+    In styles other than ``plain`` the objects come from a stream of their own, so that the layout
+    does not depend on how much randomness the background draws (the plain world keeps its streams).
+    """
     w, h = size
     rng = np.random.default_rng([seed, index, _SCENE])
-    bg = _world_background(rng, h, w)
-    return bg, _layout(rng, h, w), np.random.default_rng([seed, index, _SCENE, 1])
+    if style == DEFAULT_WORLD_STYLE:  # the plain world's streams, as they always were
+        bg = _world_background(rng, h, w, style)
+        return bg, _layout(rng, h, w), np.random.default_rng([seed, index, _SCENE, 1])
+    objs = _layout(np.random.default_rng([seed, index, _SCENE, 2]), h, w)
+    return _world_background(rng, h, w, style), objs, np.random.default_rng([seed, index, _SCENE, 1])
 
 
-def render_world_clip(seed: int, index: int, size: tuple[int, int], frames: int) -> list[WorldScene]:
-    """Clip ``index``: ``frames`` frames at ``size`` = (width, height) of one scene as a panning camera sees it.
+def render_world_clip(
+    seed: int, index: int, size: tuple[int, int], frames: int, style: str = DEFAULT_WORLD_STYLE
+) -> list[WorldScene]:
+    """Clip ``index``: ``frames`` frames at ``size`` = (width, height) of one scene in ``style`` as a camera sees it.
 
     The camera pans 0-3 px right and 0-1 px down per frame (a window moving over a larger
     background, so the whole scene moves by the opposite); each object moves on top of that with
@@ -474,7 +595,7 @@ def render_world_clip(seed: int, index: int, size: tuple[int, int], frames: int)
     w, h = size
     rng = np.random.default_rng([seed, index, _CLIP])
     pan = (int(rng.integers(0, 4)), int(rng.integers(0, 2)))
-    bg = _world_background(rng, h + pan[1] * frames + 1, w + pan[0] * frames + 1)
+    bg = _world_background(rng, h + pan[1] * frames + 1, w + pan[0] * frames + 1, style)
     objs = _layout(rng, h, w)
     out = []
     for t in range(frames):

@@ -67,7 +67,7 @@ def train_detector_loop(config: dict[str, Any]) -> None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, seconds = int(state["step"]), float(state["seconds"])
-    val = held_out_scenes(config["world_seed"], "val", config["val_images"])
+    val = held_out_scenes(config["world_seed"], "val", config["val_images"], config["world_style"])
     uri, run_id = config["tracking_uri"], config["run_id"]
     net = ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model  # DDP on gloo
     model.train()
@@ -76,7 +76,9 @@ def train_detector_loop(config: dict[str, Any]) -> None:
         t0 = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
-        x, targets = training_batch(config["world_seed"], step * world + rank, config["batch_size"], config["sizes"])
+        x, targets = training_batch(
+            config["world_seed"], step * world + rank, config["batch_size"], config["sizes"], config["world_style"]
+        )
         out = yolov3_loss(net(x), targets, model.anchors, tuple(x.shape[-2:]))
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()

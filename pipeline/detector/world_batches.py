@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from pipeline.data.world import (
+    DEFAULT_WORLD_STYLE,
     WORLD_CLASSES,
     WorldScene,
     coco_annotations,
@@ -42,31 +43,34 @@ def to_tensor(images: Sequence[np.ndarray]) -> Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def training_batch(world_seed: int, step: int, batch: int, sizes: Sequence[int]) -> tuple[Tensor, list[Tensor]]:
+def training_batch(
+    world_seed: int, step: int, batch: int, sizes: Sequence[int], style: str = DEFAULT_WORLD_STYLE
+) -> tuple[Tensor, list[Tensor]]:
     """Batch ``step`` of the world's train split: scenes step·B .. step·B + B − 1 at one size."""
     seed, size = split_seed(world_seed, "train"), training_size(step, sizes)
-    scenes = [render_world_scene(seed, step * batch + i, (size, size)) for i in range(batch)]
+    scenes = [render_world_scene(seed, step * batch + i, (size, size), style) for i in range(batch)]
     return to_tensor([s.image for s in scenes]), [scene_targets(s) for s in scenes]
 
 
-def training_box_sizes(world_seed: int, scenes: int, sizes: Sequence[int]) -> Tensor:
+def training_box_sizes(world_seed: int, scenes: int, sizes: Sequence[int], style: str = DEFAULT_WORLD_STYLE) -> Tensor:
     """(w, h) of every box of ``scenes`` training scenes at the training sizes: what the anchors are fitted to."""
     seed = split_seed(world_seed, "train")
-    wh = [render_world_scene(seed, 10**8 + n, (sizes[n % len(sizes)],) * 2).boxes[:, 2:] for n in range(scenes)]
+    wh = [render_world_scene(seed, 10**8 + n, (sizes[n % len(sizes)],) * 2, style).boxes[:, 2:] for n in range(scenes)]
     return torch.from_numpy(np.concatenate(wh).astype(np.float32))
 
 
-def held_out_scenes(world_seed: int, split: str, count: int) -> list[WorldScene]:
+def held_out_scenes(world_seed: int, split: str, count: int, style: str = DEFAULT_WORLD_STYLE) -> list[WorldScene]:
     """Scenes 0..count-1 of ``split`` at the COCO-like sizes."""
     seed = split_seed(world_seed, split)
-    return [render_world_scene(seed, n, EVAL_SIZES[n % len(EVAL_SIZES)]) for n in range(count)]
+    return [render_world_scene(seed, n, EVAL_SIZES[n % len(EVAL_SIZES)], style) for n in range(count)]
 
 
-def world_digest(world_seed: int, count: int = 8) -> str:
+def world_digest(world_seed: int, count: int = 8, style: str = DEFAULT_WORLD_STYLE) -> str:
     """sha256 over the first ``count`` scenes of each split (pixels and boxes): names the data a detector saw."""
-    h = hashlib.sha256(f"world:{world_seed}".encode())
+    key = f"world:{world_seed}" if style == DEFAULT_WORLD_STYLE else f"world:{world_seed}:{style}"
+    h = hashlib.sha256(key.encode())
     for split in ("train", "val", "test"):
-        for scene in held_out_scenes(world_seed, split, count):
+        for scene in held_out_scenes(world_seed, split, count, style):
             h.update(scene.image.tobytes())
             h.update(scene.boxes.tobytes())
     return h.hexdigest()
