@@ -14,8 +14,11 @@ from pipeline.evaluation.bdrate import (
     bd_quality,
     bd_rate,
     bd_table,
+    bit_savings,
     monotone_fit,
     pick_row,
+    rate_at_quality,
+    rate_overlap_percent,
     table_csv,
     table_markdown,
     write_table,
@@ -97,7 +100,7 @@ def test_disjoint_quality_ranges_say_so_in_our_words() -> None:
     assert math.isnan(rate)
     assert note == (
         "the quality ranges do not overlap (low: -0.02 to 0.07, high: 0.76 to 1.06); "
-        "BD-quality: the curves overlap over 23.12 % of their range (the package asks for 75.00 %)"
+        "BD-quality: the curves overlap over 23.12 % of their range (the package asks for 75.00 %): n/a below that"
     )
 
 
@@ -106,9 +109,9 @@ def test_each_warning_is_said_of_the_figure_it_concerns() -> None:
     choi = Curve("choi", (0.046, 0.06, 0.08, 0.107), (1.83, 2.1, 2.5, 2.83))
     proposed = Curve("prop", (0.0027, 0.005, 0.01, 0.023), (1.91, 3.0, 4.0, 5.4))
     rate, quality, note = bd_delta(choi, proposed)
-    assert math.isfinite(rate) and math.isnan(quality)
+    assert math.isnan(rate) and math.isnan(quality)  # 26 % of shared quality is too little for a BD-rate
     assert note == (
-        "BD-rate: the curves overlap over 25.77 % of their range (the package asks for 75.00 %); "
+        "BD-rate: the curves overlap over 25.77 % of their range (the package asks for 75.00 %): n/a below that; "
         "BD-quality: the rate ranges do not overlap (choi: 0.046 to 0.107, prop: 0.0027 to 0.023)"
     )
 
@@ -136,7 +139,9 @@ def test_a_saturating_curve_with_a_dip_has_a_fitted_figure_only() -> None:
     ref = Curve("ref", (0.15, 0.3, 0.5, 0.9, 1.6), (0.55, 0.75, 0.84, 0.87, 0.883))
     strict, fitted = bd_delta(ref, SATURATING), bd_delta(ref, SATURATING, fit=True)
     assert math.isnan(strict[0]) and "not strictly increasing" in strict[2]
-    assert math.isfinite(fitted[0]) and math.isfinite(fitted[1])
+    assert math.isfinite(fitted[0])
+    # the fitted curve stops at 1.1 bpp: its rate range shares too little with ref's for a BD-quality
+    assert math.isnan(fitted[1]) and "BD-quality: the curves overlap over" in fitted[2]
     # the fit pools the dip into one level at the lower rate: (1.1, 0.8831); the point at 2.0 bpp goes
     fit = monotone_fit(SATURATING)
     assert fit.rates == (0.2, 0.35, 0.6, 1.1)
@@ -165,3 +170,29 @@ def test_the_shown_figure_is_strict_when_defined_else_fitted() -> None:
     assert pick_row([r for r in rows if r["test"] == "jpeg"])["method"] == FITTED
     legacy = [{"metric": "map50", "reference": "ref", "test": "x", "bd_rate_percent": "nan", "note": "why"}]
     assert pick_row(legacy) is legacy[0] and pick_row([]) is None
+
+
+def test_bd_needs_three_quarters_of_shared_range() -> None:
+    """Shifted copies of one curve: a BD-rate where they share at least 75 % of their joint quality range (the
+    package's measure: the shared range over the union of both), n/a below."""
+    base = Curve("base", (0.1, 0.2, 0.4, 0.8), (30.0, 32.0, 34.0, 36.0))
+    near = Curve("near", (0.1, 0.2, 0.4, 0.8), (30.5, 32.5, 34.5, 36.5))  # shares 5.5 of 6.5 dB: 85 %
+    far = Curve("far", (0.1, 0.2, 0.4, 0.8), (33.0, 35.0, 37.0, 39.0))  # shares 3 of 9 dB: 33 %
+    assert math.isfinite(bd_rate(base, near)) and bd_rate(base, near) < 0
+    rate, _, note = bd_delta(base, far)
+    assert math.isnan(rate) and "overlap over 33.33 %" in note and rate_overlap_percent({"note": note}) == 33.33
+
+
+def test_rate_at_quality_and_bit_savings() -> None:
+    c = Curve("c", (0.1, 0.2, 0.4), (0.5, 0.7, 0.9))
+    assert rate_at_quality(c, 0.7) == (0.2, "")
+    r, note = rate_at_quality(c, 0.8)  # halfway in quality: halfway in log-rate
+    assert note == "" and r == pytest.approx(math.sqrt(0.2 * 0.4))
+    assert math.isnan(rate_at_quality(c, 0.95)[0]) and "reaches at most 0.9" in rate_at_quality(c, 0.95)[1]
+    assert math.isnan(rate_at_quality(c, 0.4)[0]) and "cheapest point" in rate_at_quality(c, 0.4)[1]
+    half = Curve("half", (0.05, 0.1, 0.2), (0.5, 0.7, 0.9))
+    saving, note = bit_savings(c, half, 0.8)
+    assert saving == pytest.approx(50.0) and note.startswith("half ")
+    assert math.isnan(bit_savings(c, half, 0.95)[0])
+    wobbly = Curve("w", (0.1, 0.2, 0.3, 0.4), (0.5, 0.72, 0.71, 0.9))  # read on its monotone fit
+    assert math.isfinite(rate_at_quality(wobbly, 0.715)[0])

@@ -41,6 +41,7 @@ def _points(model: str, seed: int, base_scale: float, psnr_shift: float, rdn: tu
                 30.0 + 2 * i + psnr_shift,
                 0.9 + 0.01 * i,
                 *rdn,
+                uncompressed_map50=0.8 / 0.98,  # 2 % mAP loss: the level 0.8 that every curve reaches
             )
         )
     return out
@@ -55,18 +56,22 @@ def _study(proposed_scale: float = 0.5, proposed_psnr: float = -1.0) -> list[Stu
 
 
 def test_a_proposed_base_layer_at_half_the_rate_is_a_minus_fifty_percent_bd_rate() -> None:
-    a_map, a_snr, b, c = study_findings(_study())
+    a_map, savings, a_snr, b, c = study_findings(_study())
     # same qualities at half the rate: the BD-rate is -50 % exactly, on both axes, on every seed
     for f in (a_map, a_snr):
         assert f.per_seed == {"0": pytest.approx(-50.0), "1": pytest.approx(-50.0)}
         assert f.ours == pytest.approx(-50.0) and f.spread == pytest.approx(0.0, abs=1e-9) and f.verdict == HOLDS
+    # and half the bits at 2 % mAP loss: 50 % saved (proposed 0.015 bpp against choi2022's 0.03 at mAP 0.8)
+    assert savings.key == "a_savings" and savings.ours == pytest.approx(50.0) and savings.verdict == HOLDS
+    assert "proposed 0.015 vs choi2022 0.03" in savings.detail["notes"]["0"]
     assert b.verdict == HOLDS and b.per_seed["0"] == pytest.approx(min(0.4 - 0.05, 0.9 - 0.05))
     assert c.per_seed["0"] == pytest.approx(-1.0) and c.verdict == HOLDS  # 1 dB below at equal bpp
 
 
 def test_findings_that_do_not_hold_are_reported_as_measured() -> None:
-    a_map, _, _, c = study_findings(_study(proposed_scale=2.0, proposed_psnr=+0.5))
+    a_map, savings, _, _, c = study_findings(_study(proposed_scale=2.0, proposed_psnr=+0.5))
     assert a_map.ours == pytest.approx(100.0) and a_map.verdict == DOES_NOT_HOLD
+    assert savings.ours == pytest.approx(-100.0) and savings.verdict == DOES_NOT_HOLD
     assert c.ours == pytest.approx(0.5) and c.verdict == DOES_NOT_HOLD
 
 
@@ -128,9 +133,13 @@ def test_curves_that_share_no_quality_range_say_which_model_dominates() -> None:
 def test_files_hold_a_value_or_a_reason_for_each_finding(tmp_path: Path) -> None:
     findings, _ = write_findings(tmp_path, _study(), [(0.05, 28.0), (0.5, 40.0)], "# study", {"seeds": [0, 1]})
     data = json.loads((tmp_path / "findings.json").read_text())
-    assert [f["key"] for f in data["findings"]] == ["a_map50", "a_s_snr", "b", "c"] and data["seeds"] == [0, 1]
+    assert [f["key"] for f in data["findings"]] == ["a_map50", "a_savings", "a_s_snr", "b", "c"]
+    assert data["seeds"] == [0, 1]
     md = (tmp_path / "findings.md").read_text()
     assert "| (a_map50)" in md and "−40.6 %" in md and "-50.00 %" in md and "PSNR vs total bpp" in md
+    assert "| (a_savings)" in md and "55 % (0.30 vs 0.58 bpp)" in md and "+50.00 %" in md
+    # each curve's mAP runs from 0.6 to 0.9 of 0.816: 73.5 % to 110.2 %, so it spans the paper's region
+    assert "73.5% to 110.2%: spans it" in md
     assert all(f.verdict in (HOLDS, DOES_NOT_HOLD) or f.verdict.startswith("undefined (") for f in findings)
     assert not any(isinstance(v, float) and math.isnan(v) for f in data["findings"] for v in f["per_seed"].values())
 

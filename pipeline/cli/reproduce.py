@@ -74,6 +74,13 @@ def reproduce_command(
     train_detector: Annotated[
         bool, typer.Option("--train-detector", help="Train the mini YOLOv3 now instead of using the bundled one.")
     ] = False,
+    world_style: Annotated[
+        str | None,
+        typer.Option(
+            "--world-style",
+            help="How the synthetic world looks: plain, or photographic (images that cost what photos cost to code; needs --train-detector).",
+        ),
+    ] = None,
     anchors: Annotated[
         str, typer.Option("--anchors", help=f"Anchors to evaluate where installed ({ANCHOR_LIST}) or 'none'.")
     ] = ANCHOR_LIST,
@@ -158,7 +165,7 @@ def reproduce_command(
         address,
         num_cpus,
         settings_flags={k: v for k, v in flags.items() if v is not None},
-        preset_overrides=_models(preset, models),
+        preset_overrides={**(_models(preset, models) or {}), **({"world_style": world_style} if world_style else {})},
         command=_command_line(ctx),
         data=data,
         yolo_weights=str(yolo_weights) if yolo_weights else None,

@@ -34,6 +34,7 @@ import numpy as np
 
 from pipeline.infra.atomic import atomic_write_text
 
+MIN_OVERLAP_PERCENT = 75.0  # the share of their range two curves must share for a BD figure (the package's minimum)
 METHOD = "pchip"
 STRICT = "pchip"
 FITTED = "pchip-isotonic"
@@ -112,6 +113,12 @@ def bd_delta(reference: Curve, test: Curve, method: str = METHOD, fit: bool = Fa
     with warnings.catch_warnings(record=True) as quality_warnings:
         warnings.simplefilter("always")
         qual = float(bjontegaard.bd_psnr(r0, q0, r1, q1, method=method, require_matching_points=False))
+    # a figure over too small a shared range is extrapolation: the Bjøntegaard package warns and still returns one;
+    # it is n/a here, with the overlap in its note
+    if any(_overlap_warning(w.message) for w in rate_warnings):
+        rate = math.nan
+    if any(_overlap_warning(w.message) for w in quality_warnings):
+        qual = math.nan
     if not math.isfinite(rate) and any("do not overlap" in str(w.message) for w in rate_warnings):
         note = (
             f"the quality ranges do not overlap ({reference.label}: {q0.min():.4g} to {q0.max():.4g}, "
@@ -129,13 +136,53 @@ def bd_delta(reference: Curve, test: Curve, method: str = METHOD, fit: bool = Fa
     return rate, qual, "; ".join(n for n in (note, words) if n)
 
 
+def _overlap_warning(message: Warning | str) -> bool:
+    """True for the package's warning that two curves share less than :data:`MIN_OVERLAP_PERCENT` of their range."""
+    m = re.match(r"Insufficient curve overlap: '([\d.]+)'", str(message))
+    return bool(m) and float(m.group(1)) < MIN_OVERLAP_PERCENT
+
+
 def _package_words(message: Warning | str) -> str:
     """A ``bjontegaard`` warning, less its advice to callers of the package; its overlap in plain words."""
     text = str(message).split(" You can silence")[0]
     m = re.match(r"Insufficient curve overlap: '([\d.]+)'\. Minimum overlap: '([\d.]+)'\.", text)
     if m:
-        return f"the curves overlap over {m.group(1)} % of their range (the package asks for {m.group(2)} %)"
+        return (
+            f"the curves overlap over {m.group(1)} % of their range (the package asks for {m.group(2)} %): "
+            "n/a below that"
+        )
     return text
+
+
+def rate_at_quality(curve: Curve, level: float) -> tuple[float, str]:
+    """The rate at which ``curve`` reaches quality ``level``, and an empty note; ``nan`` and the reason when it
+    does not reach it, or when its cheapest point already lies above it (no extrapolation either way).
+
+    On :func:`monotone_fit` of the curve, log-rate is interpolated linearly in quality between the two points that
+    bracket ``level`` (bit savings at a fixed mAP loss, as the feature-coding literature reads them off a curve).
+    """
+    if len(curve.sorted()[0]) < 1:
+        return math.nan, f"{curve.label}: no point"
+    r, q = monotone_fit(curve).sorted() if len(curve.sorted()[0]) >= 2 else curve.sorted()
+    if level > q.max():
+        return math.nan, f"{curve.label} reaches at most {q.max():.4g} (the level is {level:.4g})"
+    if level < q.min():
+        return math.nan, f"{curve.label}'s cheapest point ({r[0]:.4g}) already reaches {q.min():.4g} > {level:.4g}"
+    k = int(np.searchsorted(q, level))  # q[k - 1] < level <= q[k]
+    if k == 0 or q[k] == level:
+        return float(r[k]), ""
+    t = (level - q[k - 1]) / (q[k] - q[k - 1])
+    return float(np.exp(np.log(r[k - 1]) + t * (np.log(r[k]) - np.log(r[k - 1])))), ""
+
+
+def bit_savings(reference: Curve, test: Curve, level: float) -> tuple[float, str]:
+    """How many percent fewer bits ``test`` needs than ``reference`` to reach ``level`` (negative: more), and a
+    note; ``nan`` and the reason when either curve does not reach it (:func:`rate_at_quality`)."""
+    r_ref, why_ref = rate_at_quality(reference, level)
+    r_test, why_test = rate_at_quality(test, level)
+    if not (math.isfinite(r_ref) and math.isfinite(r_test)):
+        return math.nan, "; ".join(w for w in (why_ref, why_test) if w)
+    return 100.0 * (1.0 - r_test / r_ref), f"{test.label} {r_test:.4g} vs {reference.label} {r_ref:.4g}"
 
 
 def bd_rate(reference: Curve, test: Curve, method: str = METHOD) -> float:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data.sources import list_source
+from pipeline.data.world import DEFAULT_WORLD_STYLE, WORLD_STYLES
 from pipeline.evaluation.anchors import DEFAULT_ANCHORS
 from pipeline.infra.errors import UserError
 from pipeline.infra.yolo_files import yolo_files
@@ -66,6 +67,7 @@ class StudyPreset:
     first_round_share: float = 0.4  # of the training time, for the lowest λ trained from scratch
     budget_minutes: float | None = 60.0  # None: every trial trains to its plateau (the training preset's epochs cap)
     world: bool = True  # the synthetic world and the mini detector; False: the user's Vimeo-90K, COCO, Kodak, YOLOv3
+    world_style: str = DEFAULT_WORLD_STYLE  # how the world's backgrounds look (pipeline.data.world.WORLD_STYLES)
     learned_steps: int = 400  # fitting steps of each model of the learned redundancy estimator (0: left out)
 
 
@@ -241,6 +243,26 @@ def describe_plan(plan: Plan, detector: str) -> list[str]:
     return lines
 
 
+COST_IMAGES = 8  # Kodak-like world images measured against the photos in the plan (about 40 s)
+
+
+def world_cost_lines(style: str, images: int = COST_IMAGES) -> list[str]:
+    """The plan's check of the study's first condition: the world's images (Kodak-like test scenes of ``style``)
+    against natural photos, JPEG's and HEVC-intra's bpp at equal PSNR (:mod:`pipeline.evaluation.image_cost`)."""
+    from PIL import Image
+
+    from pipeline.data.sample_data import kodak_scene
+    from pipeline.evaluation.image_cost import MAX_COST_RATIO, cost_against_photos
+
+    try:
+        cost = cost_against_photos([Image.fromarray(kodak_scene(0, n, style).image) for n in range(images)])
+    except UserError as e:
+        return [f"  images against photos: not measured ({e})"]
+    verdict = "holds" if cost.holds() else f"does not hold: outside a factor {MAX_COST_RATIO:g}"
+    lines = [f"  images against natural photos ({style} world, {images} Kodak-like scenes; the condition {verdict}):"]
+    return lines + [f"    {line}" for line in cost.lines("world")]
+
+
 # --------------------------------------------------------------------------------------------
 # Measuring this machine
 # --------------------------------------------------------------------------------------------
@@ -305,8 +327,11 @@ def probe_step_seconds(preset: StudyPreset, settings: Any, concurrency: int, ste
 # --------------------------------------------------------------------------------------------
 # Stages
 # --------------------------------------------------------------------------------------------
-def detector_stage(out: Path, train: bool, tracking_uri: str, address: str | None, con: Any) -> tuple[str, str]:
-    """(weights, cfg) of the study's detector: the bundled mini YOLOv3, or one trained into ``out/detector``."""
+def detector_stage(
+    out: Path, train: bool, tracking_uri: str, address: str | None, con: Any, style: str = DEFAULT_WORLD_STYLE
+) -> tuple[str, str]:
+    """(weights, cfg) of the study's detector: the bundled mini YOLOv3, or one trained into ``out/detector`` on the
+    world of ``style``."""
     from dvcm.zoo import MINI_DETECTOR
     from pipeline.infra.yolo_files import yolo_files
 
@@ -315,8 +340,8 @@ def detector_stage(out: Path, train: bool, tracking_uri: str, address: str | Non
         return str(weights), str(cfg)
     from pipeline.detector.job import CFG_NAME, WEIGHTS_NAME, DetectorSettings, train_detector
 
-    con.rule("detector: train-detector on the synthetic world (Ray Train)")
-    prov = train_detector(out / "detector", DetectorSettings(), tracking_uri, address)
+    con.rule(f"detector: train-detector on the synthetic world, {style} (Ray Train)")
+    prov = train_detector(out / "detector", DetectorSettings(world_style=style), tracking_uri, address)
     con.print(
         f"{prov['name']}: test mAP@0.5 {prov['test_map50']:.3f} (random weights {prov['random_weights_test_map50']:.3f})"
     )
@@ -341,9 +366,10 @@ def data_stage(
 
     shards = out / "shards"
     if data is None:
-        con.rule("data: the synthetic world -> WebDataset shards (Ray)")
+        con.rule(f"data: the synthetic world ({preset.world_style}) -> WebDataset shards (Ray)")
         sample: Any = generate_sample(
             out / "data",
+            style=preset.world_style,
             train_sequences=preset.train_sequences,
             val_sequences=preset.val_sequences,
             coco_images=preset.coco_images,
@@ -498,7 +524,13 @@ def study_points(
         and isinstance(p.get("bpp"), (int, float))
         and isinstance(p.get("psnr"), (int, float))
     ]
-    return points_from_results(results, trials), jpeg
+    unc = [p.get("map50") for p in coco_points(anchors) if p.get("codec") == "uncompressed"]
+    return points_from_results(results, trials, unc[0] if unc and isinstance(unc[0], (int, float)) else math.nan), jpeg
+
+
+def coco_points(anchors: dict[str, Any]) -> list[dict[str, Any]]:
+    """The anchors' points on the COCO-like images (the uncompressed one among them)."""
+    return ((anchors.get("datasets") or {}).get("coco") or {}).get("points", [])
 
 
 def findings_stage(
@@ -694,6 +726,11 @@ def run_reproduce(
                 f"--preset {preset_name} studies the synthetic world with its own detector; your data "
                 "and --yolo-weights go with --preset paper"
             )
+        if preset.world_style != DEFAULT_WORLD_STYLE and not train_detector:
+            raise UserError(
+                f"the bundled mini detector was trained on the {DEFAULT_WORLD_STYLE} world: add --train-detector "
+                f"to train one on the {preset.world_style} world first"
+            )
     else:
         if data is None:
             RealData.from_options(None, None, None, None)  # raises: which paths the preset needs
@@ -718,7 +755,7 @@ def run_reproduce(
     elif preset.world:
         out.mkdir(parents=True, exist_ok=True)
         tracking.check_reachable(uri)
-        weights, cfg = detector_stage(out, train_detector, uri, address, con)
+        weights, cfg = detector_stage(out, train_detector, uri, address, con, preset.world_style)
     else:
         weights, cfg = yolo_files(yolo_weights, yolo_cfg)
         listing = list_source("vimeo90k", data.vimeo_root, preset.frames)  # type: ignore[union-attr]
@@ -743,6 +780,9 @@ def run_reproduce(
     plan = study_plan(preset, settings, concurrency)
     for line in describe_plan(plan, detector):
         con.print(line, soft_wrap=True, highlight=False)
+    if preset.world:
+        for line in world_cost_lines(preset.world_style):
+            con.print(line, soft_wrap=True, highlight=False)
     seconds["plan"] = time.perf_counter() - t0
     if plan_only:
         return {"plan": plan, "seconds": seconds, "out": out}
@@ -835,6 +875,8 @@ def study_preset(
         raise UserError("--lambdas needs two or more different values for rate curves")
     if not preset.seeds:
         raise UserError("--seeds needs at least one seed")
+    if preset.world_style not in WORLD_STYLES:
+        raise UserError(f"--world-style {preset.world_style!r}: one of {', '.join(WORLD_STYLES)}")
     return preset
 
 
