@@ -128,6 +128,27 @@ def evaluate_command(
     run_evaluate_bench(images=images, n=n, data=data, address=address)
 
 
+@bench.command("loss-balance")
+def loss_balance_command(
+    checkpoint: Annotated[str, typer.Option(help="A two-layer checkpoint file or zoo:NAME.")] = "zoo:proposed-l0.0932",
+    images: Annotated[int, typer.Option(help="Unseen test scenes of the synthetic world at 512x512.")] = 8,
+    lambdas: Annotated[str, typer.Option(help="λ values, comma separated.")] = "0.0018,0.0067,0.025,0.0932",
+    gamma: Annotated[float, typer.Option(help="γ, the weight on D_s.")] = 1.0,
+    gamma_mode: Annotated[str, typer.Option(help="fixed (the paper's Eq. 2) or scaled (λ·γ).")] = "fixed",
+) -> None:
+    """Why a base layer follows λ or not: what g_s2 takes from ŷ1 (an ablation), and the pull of R, λ·D_x and γ·D_s
+    on ŷ1 and ŷ2 (RMS gradients) at each λ."""
+    from dvcm.loss import GAMMA_MODES
+    from pipeline.bench.loss_balance import run_loss_balance
+    from pipeline.training.grid import parse_lambdas, parse_list
+
+    if images < 1 or gamma < 0 or gamma_mode not in GAMMA_MODES:
+        raise typer.BadParameter(
+            f"--images at least 1, --gamma at least 0, --gamma-mode one of {', '.join(GAMMA_MODES)}"
+        )
+    run_loss_balance(checkpoint, images, tuple(parse_lambdas(parse_list(lambdas))), gamma, gamma_mode)
+
+
 @bench.command("redundancy")
 def redundancy_command(
     checkpoint: Annotated[str, typer.Option(help="Checkpoint file or zoo:NAME.")] = "zoo:proposed-l0.0932",
