@@ -71,3 +71,25 @@ def test_photographic_world_costs_what_photos_cost_and_the_plain_one_does_not() 
         held[style] = CostComparison(35.0, image_cost(scenes), photos)
     assert held["photographic"].holds(), held["photographic"].lines("world")
     assert not held["plain"].holds() and held["plain"].ratio("hevc") > 10, held["plain"].lines("world")
+
+
+def test_the_study_takes_a_known_world_style_only() -> None:
+    from pipeline.infra.errors import UserError
+    from pipeline.workflows.reproduce import study_preset
+
+    assert study_preset("mini", None, None, None, None, None, {"world_style": "photographic"}).world_style == (
+        "photographic"
+    )
+    with pytest.raises(UserError, match="--world-style 'glossy': one of plain, photographic"):
+        study_preset("mini", None, None, None, None, None, {"world_style": "glossy"})
+
+
+@pytest.mark.slow
+def test_the_plan_prints_the_world_against_photos() -> None:
+    from pipeline.workflows.reproduce import world_cost_lines
+
+    lines = world_cost_lines("photographic", images=1)
+    assert lines[0].startswith(
+        "  images against natural photos (photographic world, 1 Kodak-like scenes; the condition "
+    )
+    assert any("JPEG (Pillow) at 35 dB: world " in line for line in lines[1:])

@@ -78,7 +78,7 @@ def reproduce_command(
         str | None,
         typer.Option(
             "--world-style",
-            help="How the synthetic world looks: plain, or photographic (images that cost what photos cost to code; needs --train-detector).",
+            help="How the synthetic world looks: plain, or photographic (images that cost what photos cost to code; its study trains its detector first).",
         ),
     ] = None,
     anchors: Annotated[

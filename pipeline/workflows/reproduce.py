@@ -726,11 +726,8 @@ def run_reproduce(
                 f"--preset {preset_name} studies the synthetic world with its own detector; your data "
                 "and --yolo-weights go with --preset paper"
             )
-        if preset.world_style != DEFAULT_WORLD_STYLE and not train_detector:
-            raise UserError(
-                f"the bundled mini detector was trained on the {DEFAULT_WORLD_STYLE} world: add --train-detector "
-                f"to train one on the {preset.world_style} world first"
-            )
+        # the bundled mini detector saw the plain world only: another style's study trains its own first
+        train_detector = train_detector or preset.world_style != DEFAULT_WORLD_STYLE
     else:
         if data is None:
             RealData.from_options(None, None, None, None)  # raises: which paths the preset needs
