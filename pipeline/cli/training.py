@@ -15,7 +15,7 @@ from pipeline.cli.options import YoloCfgOpt, YoloWeightsOpt
 from pipeline.infra.errors import UserError
 from pipeline.training.grid import build_grid, load_spec, parse_lambdas, parse_list
 from pipeline.training.settings import DEFAULT_GAMMA, resolve
-from pipeline.training.sweep import run_sweep
+from pipeline.training.sweep import failure_summary, run_sweep
 
 MODEL_HELP = ", ".join(CODECS)
 CONFIG_HELP = "; ".join(f"{name}: {spec.config_form}" for name, spec in CODECS.items())
@@ -263,6 +263,10 @@ def sweep_command(
     )
     failed = [n_ for n_, t in state["trials"].items() if t.get("status") != "finished"]
     if failed:
+        why = failure_summary(state, failed)
+        if why.startswith("trial "):  # a clear error of ours: fix it first, resuming alone cannot help
+            raise UserError(f"{len(failed)} of {len(grid)} trials did not finish; {why}")
         raise UserError(
-            f"{len(failed)} of {len(grid)} trials did not finish ({', '.join(failed)}); see MLflow, then rerun with --resume"
+            f"{len(failed)} of {len(grid)} trials did not finish ({', '.join(failed)}); {why}see MLflow, then rerun "
+            "with --resume"
         )

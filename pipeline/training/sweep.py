@@ -265,6 +265,22 @@ def run_sweep(
     return ctx.state
 
 
+USER_ERROR_PREFIXES = ("pipeline.infra.errors.UserError: ", "UserError: ")
+
+
+def failure_summary(state: dict[str, Any], failed: list[str]) -> str:
+    """Why the ``failed`` trials failed, in one line: a clear error of ours (a damaged shard, say) that one of them
+    met is what the user has to fix, so it leads, without the suggestion to resume (which cannot help); otherwise
+    the first trial's reason."""
+    reasons = {n: str(state["trials"].get(n, {}).get("reason") or "") for n in failed}
+    for name, reason in reasons.items():
+        for prefix in USER_ERROR_PREFIXES:
+            if prefix in reason:
+                return f"trial {name} stopped: {reason.split(prefix, 1)[1]}"
+    first = next((f"{n}: {r}" for n, r in reasons.items() if r), "")
+    return f"the first failure: {first}; " if first else ""
+
+
 def _run_tune(todo: list[TrialConfig], ctx: SweepContext, resources: Resources, name: str, show: bool) -> None:
     """Run the trials with Ray Tune under a live table."""
     import ray

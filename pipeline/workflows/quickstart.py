@@ -576,8 +576,13 @@ def sweep_stage(
         ) from None
     failed = [n for n, t in state["trials"].items() if t.get("status") != "finished"]
     if failed:
+        from pipeline.training.sweep import failure_summary
+
+        why = failure_summary(state, failed)
+        if why.startswith("trial "):
+            raise UserError(f"trials {', '.join(failed)} did not finish; {why}")
         raise UserError(
-            f"trials {', '.join(failed)} did not finish; see {mlflow_ui_command(uri)}, then rerun quickstart"
+            f"trials {', '.join(failed)} did not finish; {why}see {mlflow_ui_command(uri)}, then rerun quickstart"
         )
     return name, grid, state
 

@@ -450,7 +450,12 @@ def train_stage(
             ) from None
         failed = [t["trial_name"] for t in grid if state["trials"].get(t["trial_name"], {}).get("status") != "finished"]
         if failed:
-            raise UserError(f"trials {', '.join(failed)} did not finish; rerun the same command to resume")
+            from pipeline.training.sweep import failure_summary
+
+            why = failure_summary(state, failed)
+            if why.startswith("trial "):
+                raise UserError(f"trials {', '.join(failed)} did not finish; {why}")
+            raise UserError(f"trials {', '.join(failed)} did not finish; {why}rerun the same command to resume")
     return state
 
 
