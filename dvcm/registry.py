@@ -56,6 +56,7 @@ class CodecSpec:
     feature_loss: bool  # whether γ·D_s is a term of its loss (else L = R + λ·D_x)
     summary: str
     example: str = field(default="")  # a configuration for error messages and help
+    ablation: bool = False  # an ablation row: trained when named (reproduce --models), not in the default study
 
     @property
     def cls(self) -> type[nn.Module]:  # a dvcm.models.ScalableCodec
@@ -129,6 +130,18 @@ CODECS: dict[str, CodecSpec] = {
             feature_loss=True,
             summary="Choi & Bajić 2022 latent-space scalability on the same base: y = g_a(x) split into (y1, y2)",
             example="128,64,1",
+        ),
+        CodecSpec(
+            "choi2022rlst",
+            "dvcm.residual_lst:Choi2022ResidualLSTCodec",
+            4,
+            (_M1, _M2, _H),
+            presets={"tiny": ("16,32,2",), "mini": ("21,11,1",), "paper": ("128,64,1",)},
+            base_layer="ŝ = residual LST(ŷ1), YOLOv3 layer-13 features",
+            feature_loss=True,
+            summary="choi2022 whose latent-space transform has residual blocks, the capacity of proposed's g_a1 + g_s1",
+            example="128,64,1",
+            ablation=True,
         ),
         CodecSpec(
             "bmshj2018",

@@ -25,6 +25,7 @@ from dvcm.train_utils import configure_optimizers
 from tests.synthetic import natural_image
 
 SMALL = {"proposed": dict(N=32, M1=16, M2=32), "choi2022": dict(N=32, M1=32, M2=16), "bmshj2018": dict(N=32, M=48)}
+SMALL["choi2022rlst"] = SMALL["choi2022"]
 # Every registered codec, with each value of H it has (a single-layer codec has no H): the tests below run on each.
 CASES = [
     (name, H)

@@ -187,3 +187,14 @@ def test_b_is_read_per_estimator_and_not_testable_where_a_bound_keeps_rdn_y2_giv
     assert learned.verdict.startswith("not testable (proposed's Rdn(ŷ2|ŷ1) cannot exceed 0.20 here: the rate split")
     assert "the ordering alone holds" in learned.verdict and learned.per_seed["0"] == pytest.approx(0.13)
     assert "b_learned" not in {f.key for f in study_findings(_study())}  # no learned estimate: no row for it
+
+
+def test_the_residual_lst_ablation_gets_its_own_row() -> None:
+    """A study that trained choi2022rlst (the baseline with a residual LST) reports (a) against it as well."""
+    pts = _study() + [
+        p for seed in (0, 1) for p in _points("choi2022rlst", seed, 0.8, 0.0, (0.3, 0.05))
+    ]  # rlst at 0.8x choi2022's base rate: proposed at 0.5x is 37.5 % below it
+    rows = {f.key: f for f in study_findings(pts)}
+    assert "a_map50_rlst" not in {f.key for f in study_findings(_study())}
+    assert rows["a_map50_rlst"].ours == pytest.approx(-37.5) and rows["a_map50_rlst"].verdict == HOLDS
+    assert {c["model"] for c in acceptance(pts, [])} == {"proposed", "choi2022", "choi2022rlst"}

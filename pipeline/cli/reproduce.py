@@ -22,10 +22,14 @@ def _seeds(text: str) -> list[int]:
 
 
 def _models(preset: str, text: str | None) -> dict[str, dict[str, str]] | None:
-    """``--models``: the preset's configurations of the models named, as a preset override."""
+    """``--models``: the configurations of the models named (the study's, or an ablation row's), as a preset
+    override."""
     if text is None or preset not in PRESETS:
         return None
-    known = PRESETS[preset].configs
+    from dvcm.registry import CODECS
+
+    training = PRESETS[preset].training_preset  # every codec, ablation rows included, at its preset default
+    known = {name: spec.defaults(training)[0] for name, spec in CODECS.items() if training in spec.presets}
     chosen = parse_list(text)
     unknown = [m for m in chosen if m not in known]
     if unknown or not chosen:

@@ -35,6 +35,7 @@ from pipeline.evaluation.bdrate import FITTED, STRICT, Curve, bd_delta, bit_savi
 from pipeline.infra.atomic import atomic_write_json, atomic_write_text
 
 PROPOSED, BASELINE, SINGLE_LAYER = "proposed", "choi2022", "bmshj2018"
+RESIDUAL_LST = "choi2022rlst"  # the baseline with a residual LST of proposed's feature-path capacity (an ablation)
 HOLDS, DOES_NOT_HOLD = "holds", "does not hold"
 
 
@@ -338,6 +339,27 @@ def bit_savings_finding(points: Sequence[StudyPoint], loss: float = MAP_LOSS) ->
     )
 
 
+def residual_lst_findings(points: Sequence[StudyPoint]) -> list[Finding]:
+    """(a) again against choi2022 with a residual LST (:mod:`dvcm.residual_lst`): is the gap of (a) the LST's
+    capacity? Empty when the study did not train that ablation."""
+    if not any(p.model == RESIDUAL_LST for p in points):
+        return []
+    return [
+        _bd_finding(
+            points,
+            "a_map50_rlst",
+            f"base-layer BD-rate of proposed vs {RESIDUAL_LST} (choi2022 with a residual LST of proposed's "
+            "feature-path capacity) on mAP@0.5",
+            "not in the paper (an ablation)",
+            "coco_bpp_base",
+            "map50",
+            0,
+            "%",
+            ref_model=RESIDUAL_LST,
+        )
+    ]
+
+
 def study_findings(points: Sequence[StudyPoint]) -> list[Finding]:
     """(a) on mAP@0.5, the bit savings at 2 % mAP loss and (a) on ŝ SNR, (b), (c), and (d) when the study trained the
     single-layer codec."""
@@ -375,6 +397,7 @@ def study_findings(points: Sequence[StudyPoint]) -> list[Finding]:
             "dB",
         ),
         *scalability_cost_findings(points),
+        *residual_lst_findings(points),
     ]
 
 
@@ -473,7 +496,7 @@ def span_text(check: dict[str, Any]) -> str:
 def acceptance(points: Sequence[StudyPoint], jpeg: Sequence[tuple[float, float]]) -> list[dict[str, Any]]:
     """Per (model, seed): which axes rise with rate, and the highest λ's PSNR against JPEG (:func:`jpeg_comparison`)."""
     rows = []
-    for model in (PROPOSED, BASELINE, SINGLE_LAYER):
+    for model in (PROPOSED, BASELINE, SINGLE_LAYER, RESIDUAL_LST):
         for seed in seeds_of(points):
             pts = _by(points, model, seed)
             if not pts:

@@ -72,10 +72,10 @@ class StudyPreset:
 
 
 def study_configs(training_preset: str) -> dict[str, str]:
-    """Each registered codec's first default configuration of ``training_preset``."""
+    """Each registered codec's first default configuration of ``training_preset`` (ablation rows left out)."""
     from dvcm.registry import CODECS
 
-    return {name: spec.defaults(training_preset)[0] for name, spec in CODECS.items()}
+    return {name: spec.defaults(training_preset)[0] for name, spec in CODECS.items() if not spec.ablation}
 
 
 PRESETS: dict[str, StudyPreset] = {
