@@ -21,6 +21,14 @@ def _seeds(text: str) -> list[int]:
         raise typer.BadParameter(f"--seeds {text!r}: write integers such as 0,1") from None
 
 
+def _gammas(text: str) -> list[float]:
+    """``--gammas 0.3,1,3`` as numbers (checked by the study: distinct, >= 0)."""
+    try:
+        return [float(v) for v in parse_list(text)]
+    except ValueError:
+        raise typer.BadParameter(f"--gammas {text!r}: write numbers such as 0.3,1,3") from None
+
+
 def _models(preset: str, text: str | None) -> dict[str, dict[str, str]] | None:
     """``--models``: the configurations of the models named (the study's, or an ablation row's), as a preset
     override."""
@@ -67,6 +75,13 @@ def reproduce_command(
     gamma: Annotated[
         float | None,
         typer.Option("--gamma", help="Weight γ of the feature distortion D_s (one per study, as in the paper)."),
+    ] = None,
+    gammas: Annotated[
+        str | None,
+        typer.Option(
+            "--gammas",
+            help="A γ grid, comma separated (e.g. 0.3,1,3): every λ trains each γ, and each model's curve is the upper hull of its (λ, γ) points (the paper-faithful curve under Eq. 2).",
+        ),
     ] = None,
     gamma_mode: Annotated[
         str | None,
@@ -169,7 +184,11 @@ def reproduce_command(
         address,
         num_cpus,
         settings_flags={k: v for k, v in flags.items() if v is not None},
-        preset_overrides={**(_models(preset, models) or {}), **({"world_style": world_style} if world_style else {})},
+        preset_overrides={
+            **(_models(preset, models) or {}),
+            **({"world_style": world_style} if world_style else {}),
+            **({"gammas": tuple(_gammas(gammas))} if gammas else {}),
+        },
         command=_command_line(ctx),
         data=data,
         yolo_weights=str(yolo_weights) if yolo_weights else None,

@@ -154,6 +154,30 @@ def _package_words(message: Warning | str) -> str:
     return text
 
 
+def upper_hull(curve: Curve) -> Curve:
+    """The operational rate–quality curve of a cloud of points (a γ grid at every λ, say): the upper concave hull
+    of (rate, quality), from the cheapest point to the best one, so that quality rises with rate along it. A point
+    below the hull is one that another mix of settings beats (the lower convex hull in rate–distortion terms)."""
+    r, q = curve.sorted()
+    hull: list[tuple[float, float]] = []
+    for point in zip(r.tolist(), q.tolist()):
+        while len(hull) >= 2:
+            (r0, q0), (r1, q1) = hull[-2], hull[-1]
+            # drop the middle point when it lies on or below the chord from hull[-2] to the new point
+            if (q1 - q0) * (point[0] - r0) <= (point[1] - q0) * (r1 - r0):
+                hull.pop()
+            else:
+                break
+        if hull and point[0] == hull[-1][0]:  # two points at one rate: the better one
+            if point[1] > hull[-1][1]:
+                hull[-1] = point
+            continue
+        hull.append(point)
+    best = max(range(len(hull)), key=lambda i: hull[i][1]) if hull else -1
+    hull = hull[: best + 1]
+    return Curve(curve.label, tuple(p[0] for p in hull), tuple(p[1] for p in hull), dict(curve.meta))
+
+
 def rate_at_quality(curve: Curve, level: float) -> tuple[float, str]:
     """The rate at which ``curve`` reaches quality ``level``, and an empty note; ``nan`` and the reason when it
     does not reach it, or when its cheapest point already lies above it (no extrapolation either way).

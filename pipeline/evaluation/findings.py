@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.evaluation.bdrate import FITTED, STRICT, Curve, bd_delta, bit_savings
+from pipeline.evaluation.bdrate import FITTED, STRICT, Curve, bd_delta, bit_savings, upper_hull
 from pipeline.infra.atomic import atomic_write_json, atomic_write_text
 
 PROPOSED, BASELINE, SINGLE_LAYER = "proposed", "choi2022", "bmshj2018"
@@ -59,6 +59,7 @@ class StudyPoint:
     learned_rdn_y2_given_y1: float = math.nan
     rate_split: float = math.nan  # H(ŷ1) / H(ŷ2) by the learned reference: I(ŷ1;ŷ2)/H(ŷ2) cannot exceed it
     uncompressed_map50: float = math.nan  # the detector's mAP@0.5 on the uncompressed images (the same for all)
+    gamma: float = math.nan  # the trial's own γ in a study with a γ grid (nan: the study's one γ)
 
 
 @dataclass
@@ -81,7 +82,12 @@ def _finite(v: Any) -> bool:
 
 
 def _curve(points: Sequence[StudyPoint], label: str, rate: str, quality: str) -> Curve:
-    return Curve(label, tuple(getattr(p, rate) for p in points), tuple(getattr(p, quality) for p in points))
+    """The curve of ``points``; with a γ grid (points of several γ) the upper hull of the cloud, as the paper's
+    λ-only sweep cannot trace a base layer that ignores λ (README, "Why proposed's base layer ignores λ")."""
+    curve = Curve(label, tuple(getattr(p, rate) for p in points), tuple(getattr(p, quality) for p in points))
+    if len({p.gamma for p in points if _finite(p.gamma)}) > 1:
+        return upper_hull(curve)
+    return curve
 
 
 def _by(points: Sequence[StudyPoint], model: str, seed: int) -> list[StudyPoint]:
@@ -413,8 +419,9 @@ AXES: tuple[tuple[str, str, str], ...] = (
 
 
 def rises_with_rate(points: Sequence[StudyPoint], rate: str, quality: str) -> bool:
-    """Quality strictly increases with rate (points ordered by rate)."""
-    pairs = sorted((getattr(p, rate), getattr(p, quality)) for p in points)
+    """Quality strictly increases with rate (points ordered by rate; with a γ grid, along the points' upper hull)."""
+    r, q = _curve(points, "", rate, quality).sorted()
+    pairs = list(zip(r.tolist(), q.tolist()))
     return len(pairs) >= 2 and all(r1 > r0 and q1 > q0 for (r0, q0), (r1, q1) in zip(pairs, pairs[1:]))
 
 
@@ -640,6 +647,7 @@ def points_from_results(
                 num(learned.get("rdn_y2_given_y1")),
                 split,
                 num(uncompressed_map50),
+                num(t.get("gamma")),
             )
         )
     return out

@@ -70,13 +70,20 @@ def check_models(models: list[str]) -> list[str]:
     return models
 
 
-def trial_name(model: str, config: Mapping[str, int], lmbda: float, seed: int | None = None) -> str:
+def trial_name(
+    model: str, config: Mapping[str, int], lmbda: float, seed: int | None = None, gamma: float | None = None
+) -> str:
     """``proposed-64-192-2-l0.0067``: model, configuration (its hyperparameters in order) and λ, as in MLflow and
-    Ray storage; ``-s1`` ends the name of a trial with its own seed (a sweep over seeds)."""
+    Ray storage; ``-g3`` names a trial's own γ (a γ grid) and ``-s1`` ends the name of a trial with its own seed (a
+    sweep over seeds)."""
     from dvcm.registry import codec_spec
 
     values = "-".join(str(config[h.name]) for h in codec_spec(model).hyperparameters)
-    return f"{model}-{values}-l{lmbda:g}" + (f"-s{seed}" if seed is not None else "")
+    return (
+        f"{model}-{values}-l{lmbda:g}"
+        + (f"-g{gamma:g}" if gamma is not None else "")
+        + (f"-s{seed}" if seed is not None else "")
+    )
 
 
 def build_grid(

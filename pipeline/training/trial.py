@@ -79,8 +79,8 @@ def trial_configs(
 ) -> list[TrialConfig]:
     """One :class:`TrialConfig` per grid entry (``shards`` resolved, ``faults`` by trial name).
 
-    An entry may carry its own ``seed`` (several seeds in one sweep), ``epochs`` (its cap) and an
-    ``init_checkpoint`` to start from."""
+    An entry may carry its own ``seed`` (several seeds in one sweep), ``epochs`` (its cap), ``gamma`` (a γ grid)
+    and an ``init_checkpoint`` to start from."""
     training = dataclasses.replace(settings.training, shards=shards)
     return [
         TrialConfig(
@@ -89,7 +89,10 @@ def trial_configs(
             dict(t["config"]),
             t["lmbda"],
             dataclasses.replace(
-                training, seed=int(t.get("seed", training.seed)), epochs=int(t.get("epochs", training.epochs))
+                training,
+                seed=int(t.get("seed", training.seed)),
+                epochs=int(t.get("epochs", training.epochs)),
+                gamma=float(t.get("gamma", training.gamma)),
             ),
             settings.resources,
             storage_path,

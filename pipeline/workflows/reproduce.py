@@ -58,6 +58,7 @@ class StudyPreset:
     seeds: tuple[int, ...] = (0, 1)
     gamma: float = 1.0
     gamma_mode: str = "fixed"  # dvcm.loss.feature_weight
+    gammas: tuple[float, ...] = ()  # a γ grid: every (λ, γ) is a trial, each curve its points' upper hull; () = (γ,)
     lr: float = 1e-3
     train_sequences: int = 96
     val_sequences: int = 8
@@ -105,6 +106,11 @@ PRESETS: dict[str, StudyPreset] = {
 }
 
 
+def gamma_grid(p: StudyPreset) -> tuple[float, ...]:
+    """The γ values the study trains: its grid, or its one γ."""
+    return p.gammas or (p.gamma,)
+
+
 @dataclass(frozen=True)
 class RealData:
     """Where the user keeps the paper's data (``--preset paper``); the attribute names are the sample's."""
@@ -150,7 +156,7 @@ class Plan:
 
     @property
     def trials(self) -> int:
-        return len(self.lambdas) * len(self.seeds) * len(self.models)
+        return len(self.lambdas) * len(self.seeds) * len(self.models) * len(gamma_grid(self.preset))
 
 
 TRIAL_START_S = 20.0  # Ray Train's worker group, the model and the loader of one trial (measured: 13-20 s here)
@@ -183,7 +189,7 @@ def plan_rounds(
         if rounds == 1
         else [preset.first_round_share] + [(1 - preset.first_round_share) / (rounds - 1)] * (rounds - 1)
     )
-    waves = math.ceil(len(models) * len(seeds) / max(1, concurrency))
+    waves = math.ceil(len(models) * len(seeds) * len(gamma_grid(preset)) / max(1, concurrency))
     slowest = max(step_seconds.values())
     epoch_seconds = steps_per_epoch * slowest + 0.4 * val_steps * slowest + EPOCH_OVERHEAD_S
     caps = tuple(int((train_seconds * s / waves - TRIAL_START_S) // epoch_seconds) for s in shares)
@@ -209,6 +215,12 @@ def plan_rounds(
 
 def gamma_text(p: StudyPreset) -> str:
     """How the study weighs D_s, in words (the plan, the findings)."""
+    if p.gammas:
+        weight = "λ·γ" if p.gamma_mode == "scaled" else "γ"
+        return (
+            f"a γ grid {', '.join(f'{g:g}' for g in p.gammas)} at every λ (D_s weighed by {weight}; each curve the "
+            "upper hull of its (λ, γ) points)"
+        )
     if p.gamma_mode == "scaled":
         return f"γ {p.gamma:g} scaled by λ (L = R + λ·(D_x + γ·D_s))"
     return f"γ {p.gamma:g} for every trial (L = R + λ·D_x + γ·D_s, the paper's Eq. 2)"
@@ -219,7 +231,7 @@ def describe_plan(plan: Plan, detector: str) -> list[str]:
     p = plan.preset
     lines = [
         f"reproduce: {plan.trials} trials = {len(plan.models)} models x {len(plan.lambdas)} λ x {len(plan.seeds)} "
-        f"seeds, {gamma_text(p)}; detector: {detector}",
+        f"seeds" + (f" x {len(p.gammas)} γ" if p.gammas else "") + f", {gamma_text(p)}; detector: {detector}",
         "  models: "
         + ", ".join(f"{m} ({p.configs[m]})" for m in plan.models)
         + f"; training preset {p.training_preset}; {plan.concurrency} trials at a time",
@@ -396,25 +408,29 @@ def data_stage(
 
 
 def round_grid(plan: Plan, k: int, state: dict[str, Any]) -> list[dict[str, Any]]:
-    """The trials of round ``k``: every (model, seed) at λ_k, warm-started from round k−1's checkpoint (the λ below)."""
+    """The trials of round ``k``: every (model, seed) at λ_k (and every γ of a γ grid), warm-started from round
+    k−1's checkpoint of the same (model, seed, γ) (the λ below)."""
     from pipeline.training.grid import model_config, trial_name
 
     grid = []
+    gammas: tuple[float | None, ...] = plan.preset.gammas or (None,)
     for model in plan.models:
         config = model_config(model, plan.preset.configs[model])
         for seed in plan.seeds:
-            entry: dict[str, Any] = {
-                "trial_name": trial_name(model, config, plan.lambdas[k], seed=seed),
-                "model": model,
-                "config": config,
-                "lmbda": plan.lambdas[k],
-                "seed": seed,
-                "epochs": plan.epoch_caps[k],
-            }
-            if k > 0:
-                below = state["trials"][trial_name(model, config, plan.lambdas[k - 1], seed=seed)]
-                entry["init_checkpoint"] = below["final_checkpoint"]
-            grid.append(entry)
+            for gamma in gammas:
+                entry: dict[str, Any] = {
+                    "trial_name": trial_name(model, config, plan.lambdas[k], seed=seed, gamma=gamma),
+                    "model": model,
+                    "config": config,
+                    "lmbda": plan.lambdas[k],
+                    "seed": seed,
+                    "epochs": plan.epoch_caps[k],
+                    **({} if gamma is None else {"gamma": gamma}),
+                }
+                if k > 0:
+                    below = state["trials"][trial_name(model, config, plan.lambdas[k - 1], seed=seed, gamma=gamma)]
+                    entry["init_checkpoint"] = below["final_checkpoint"]
+                grid.append(entry)
     return grid
 
 
@@ -519,7 +535,12 @@ def study_points(
     for name, t in state["trials"].items():
         res = results.get(t.get("run_id") or "")
         if res:
-            trials[t["run_id"]] = {"model": res["model"], "lmbda": res["lmbda"], "seed": int(name.rsplit("-s", 1)[1])}
+            trials[t["run_id"]] = {
+                "model": res["model"],
+                "lmbda": res["lmbda"],
+                "seed": int(name.rsplit("-s", 1)[1]),
+                "gamma": float(name.rsplit("-g", 1)[1].split("-s")[0]) if "-g" in name else math.nan,
+            }
     anchors = next(iter(summaries.values()))["results"].get("anchors", {})
     kodak = ((anchors.get("datasets") or {}).get("kodak") or {}).get("points", [])
     jpeg = [
@@ -877,6 +898,8 @@ def study_preset(
         raise UserError("--lambdas needs two or more different values for rate curves")
     if not preset.seeds:
         raise UserError("--seeds needs at least one seed")
+    if any(not math.isfinite(g) or g < 0 for g in preset.gammas) or len(set(preset.gammas)) != len(preset.gammas):
+        raise UserError("--gammas needs distinct values >= 0, such as 0.3,1,3")
     if preset.world_style not in WORLD_STYLES:
         raise UserError(f"--world-style {preset.world_style!r}: one of {', '.join(WORLD_STYLES)}")
     return preset

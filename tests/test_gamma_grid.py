@@ -1,0 +1,80 @@
+"""A γ grid at every λ (the paper-faithful curve under Eq. 2 when a base layer ignores λ): the upper hull of a
+cloud of points, the study's trials and their warm starts, per-trial γ, and findings read off the hulls."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+from pipeline.evaluation.bdrate import Curve, upper_hull
+from pipeline.evaluation.findings import StudyPoint, study_findings
+from pipeline.workflows.reproduce import PRESETS, gamma_grid, plan_rounds, round_grid
+
+
+def test_the_upper_hull_keeps_the_frontier_that_rises() -> None:
+    cloud = Curve(
+        "c",
+        (0.1, 0.2, 0.2, 0.3, 0.4, 0.5, 0.6),
+        (0.50, 0.60, 0.70, 0.66, 0.85, 0.84, 0.80),  # (0.2, 0.6) loses to (0.2, 0.7); 0.3 lies under the chord
+    )
+    hull = upper_hull(cloud)
+    assert hull.rates == (0.1, 0.2, 0.4) and hull.quality == (0.5, 0.7, 0.85)  # stops at the best point
+    line = Curve("line", (0.1, 0.2, 0.3), (1.0, 2.0, 3.0))  # collinear: the middle point adds nothing
+    assert upper_hull(line).rates == (0.1, 0.3)
+
+
+def _plan(gammas: tuple[float, ...]):
+    preset = dataclasses.replace(
+        PRESETS["mini"], configs={"proposed": "11,32,2"}, gammas=gammas, gamma_mode="fixed", seeds=(0,)
+    )
+    return plan_rounds(preset, (0.0018, 0.0932), (0,), {"proposed": 0.1}, 2, 10, 60, 60, 1)
+
+
+def test_every_lambda_trains_each_gamma_warm_started_from_the_same_gamma_below() -> None:
+    plan = _plan((0.3, 3.0))
+    assert plan.trials == 4 and gamma_grid(plan.preset) == (0.3, 3.0)
+    first = round_grid(plan, 0, {"trials": {}})
+    assert [(t["trial_name"], t["gamma"]) for t in first] == [
+        ("proposed-11-32-2-l0.0018-g0.3-s0", 0.3),
+        ("proposed-11-32-2-l0.0018-g3-s0", 3.0),
+    ]
+    state = {"trials": {t["trial_name"]: {"final_checkpoint": f"/ck/{t['trial_name']}.pt"} for t in first}}
+    second = round_grid(plan, 1, state)
+    assert [t["init_checkpoint"] for t in second] == [
+        "/ck/proposed-11-32-2-l0.0018-g0.3-s0.pt",
+        "/ck/proposed-11-32-2-l0.0018-g3-s0.pt",
+    ]
+    # a study with its one γ names its trials as before
+    assert [t["trial_name"] for t in round_grid(_plan(()), 0, {"trials": {}})] == ["proposed-11-32-2-l0.0018-s0"]
+
+
+def test_each_trial_trains_with_its_own_gamma() -> None:
+    from pipeline.training.settings import resolve
+    from pipeline.training.trial import trial_configs
+
+    settings = resolve("tiny", {}, {"gamma": 1.0, "shards": "/shards"})
+    grid = [
+        {"trial_name": "a", "model": "proposed", "config": {"M1": 16, "M2": 32, "H": 2}, "lmbda": 0.01, "gamma": 0.3},
+        {"trial_name": "b", "model": "proposed", "config": {"M1": 16, "M2": 32, "H": 2}, "lmbda": 0.01},
+    ]
+    a, b = trial_configs(grid, settings, "/shards", "/store", {}, {})
+    assert a.training.gamma == 0.3 and b.training.gamma == 1.0 and a.to_dict()["gamma"] == 0.3
+
+
+def test_findings_read_the_hull_of_a_gamma_grid() -> None:
+    """proposed's base layer ignores λ and follows γ: its points lie on one curve only when read across γ."""
+
+    def pt(model: str, lam: float, gamma: float, bpp: float, map50: float) -> StudyPoint:
+        return StudyPoint(model, 0, lam, bpp, map50, 10 * map50, 0.1, 30.0, 0.9, gamma=gamma, uncompressed_map50=0.9)
+
+    points = [
+        # proposed: λ moves nothing, γ moves the base layer along one curve
+        *(pt("proposed", lam, g, 0.01 * g, 0.6 + 0.1 * g) for lam in (0.0018, 0.0932) for g in (1.0, 2.0, 3.0)),
+        # choi2022: twice the rate for the same mAP, spread over λ and γ, with a dominated point
+        *(pt("choi2022", 0.0018, g, 0.02 * g, 0.6 + 0.1 * g) for g in (1.0, 2.0, 3.0)),
+        pt("choi2022", 0.0932, 2.0, 0.07, 0.75),
+    ]
+    a_map = study_findings(points)[0]
+    assert a_map.key == "a_map50" and a_map.ours == pytest.approx(-50.0) and math.isfinite(a_map.ours)
