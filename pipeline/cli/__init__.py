@@ -14,7 +14,7 @@ import warnings
 import typer
 
 from dvcm.errors import DvcmError
-from pipeline.cli import codec, detector, evaluate, prepare, quickstart, report, reproduce, training
+from pipeline.cli import codec, detector, doctor, evaluate, prepare, quickstart, report, reproduce, training
 from pipeline.cli.bench import bench
 from pipeline.infra.ray_runtime import VERBOSE_ENV, quiet_warnings
 
@@ -50,6 +50,7 @@ app.command("train-detector")(detector.train_detector_command)
 app.command("quickstart")(quickstart.quickstart_command)
 app.command("reproduce")(reproduce.reproduce_command)
 app.add_typer(bench, name="bench")
+app.command("doctor")(doctor.doctor_command)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
