@@ -384,6 +384,7 @@ def test_dry_run_sizes_are_what_prepare_writes(clean_tree: Path, yolo, tmp_path:
     assert est.per_frame["none"] < est.per_frame["uint8-zstd"]
 
 
+@pytest.mark.slow  # over 5 s: a subprocess or a real job (the fast tier stays near a minute)
 def test_cli_sample_dataset_is_generated_then_listed(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         _app(),
@@ -405,6 +406,7 @@ def test_cli_sample_dataset_is_generated_then_listed(tmp_path: Path) -> None:
     assert (tmp_path / "sample" / "vimeo_septuplet" / "sep_trainlist.txt").is_file() and not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow  # over 5 s: a subprocess or a real job (the fast tier stays near a minute)
 def test_a_second_prepare_into_the_same_folder_is_refused_while_the_first_holds_it(tmp_path: Path) -> None:
     """Issue 28, defect 4: the second run deleted the first one's open temp shard (a FileNotFoundError traceback).
     Here another process holds the folder's lock: prepare is refused in one line, and the temp file the holder is

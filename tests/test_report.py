@@ -16,8 +16,24 @@ from pipeline.evaluation.plots import plot_all
 from pipeline.evaluation.report import build_report
 from pipeline.infra.errors import UserError
 
+_TEMPLATE: Path | None = None  # _build_results's folder, made once per module (its plots take seconds)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _template(tmp_path_factory: pytest.TempPathFactory):
+    global _TEMPLATE
+    _TEMPLATE = _build_results(tmp_path_factory.mktemp("report-template"))
+    yield
+    _TEMPLATE = None
+
 
 def _results(tmp: Path) -> Path:
+    """A copy, under ``tmp``, of a small evaluate output folder (see :func:`_build_results`)."""
+    assert _TEMPLATE is not None
+    return Path(shutil.copytree(_TEMPLATE, tmp / "eval"))
+
+
+def _build_results(tmp: Path) -> Path:
     """A small evaluate output folder: two model configurations over two λ, one anchor, a BD table."""
     out = tmp / "eval"
     models = []

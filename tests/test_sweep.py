@@ -408,6 +408,7 @@ def test_trial_table_never_cuts_a_cell(width: int) -> None:
     assert ("47.06" in text) == (width >= 160)  # the training loss is left out when it does not fit
 
 
+@pytest.mark.slow  # over 5 s: a subprocess or a real job (the fast tier stays near a minute)
 def test_artifacts_of_a_local_store_land_beside_it_and_nothing_in_the_current_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -169,6 +169,7 @@ def test_bad_input_is_one_line_before_training(
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("train_state.pt"))
 
 
+@pytest.mark.slow  # over 5 s: a subprocess or a real job (the fast tier stays near a minute)
 def test_cli_prints_user_error_as_one_line_exit_2(tmp_path: Path) -> None:
     exe = shutil.which("dvcm-pipeline", path=str(Path(sys.executable).parent))
     assert exe, "dvcm-pipeline is not installed in this environment"

@@ -187,6 +187,7 @@ def test_seeded_build_warns_and_records_provenance(built: Built) -> None:
     assert not built.model.training
 
 
+@pytest.mark.slow  # over 5 s: a subprocess or a real job (the fast tier stays near a minute)
 def test_seeded_build_is_deterministic_across_processes(yolo: YOLOv3) -> None:
     code = (
         "import warnings; warnings.simplefilter('ignore');"
@@ -203,6 +204,7 @@ def test_seeded_build_is_deterministic_across_processes(yolo: YOLOv3) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # over 5 s: a subprocess or a real job (the fast tier stays near a minute)
 def test_darknet_round_trip_both_header_variants(yolo: YOLOv3, tmp_path: Path) -> None:
     x = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
     s_ref, heads_ref = _outputs(yolo, x)

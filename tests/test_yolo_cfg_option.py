@@ -274,6 +274,7 @@ def test_evaluate_and_decompress_build_the_network_of_the_cfg(narrow: tuple[Path
 # ---------------------------------------------------------------- a missing cfg: one line
 
 
+@pytest.mark.slow  # over 5 s: a subprocess or a real job (the fast tier stays near a minute)
 def test_a_missing_cfg_exits_non_zero_with_one_line(tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("dvcm-pipeline")
     proc = subprocess.run(

@@ -67,6 +67,7 @@ def test_every_output_names_the_detector_from_its_provenance() -> None:
     )
 
 
+@pytest.mark.slow  # over 5 s: a subprocess or a real job (the fast tier stays near a minute)
 def test_every_zoo_checkpoint_carries_its_provenance_and_loads_by_name() -> None:
     from dvcm.checkpoint import load_checkpoint
     from dvcm.registry import config_text
