@@ -709,6 +709,35 @@ def study_settings(preset: StudyPreset, shards: str, weights: str, cfg: str, fla
     )
 
 
+def check_study_inputs(
+    preset: StudyPreset,
+    preset_name: str,
+    train_detector: bool,
+    data: RealData | None,
+    yolo_weights: str | None,
+    yolo_cfg: str | None,
+) -> bool:
+    """Refuse, in one line, inputs that do not go with the preset; returns whether the study trains its detector
+    (the bundled mini detector saw the plain world only: another style's study trains its own first)."""
+    if preset.world:
+        if data is not None or yolo_weights is not None or yolo_cfg is not None:
+            raise UserError(
+                f"--preset {preset_name} studies the synthetic world with its own detector; your data "
+                "and --yolo-weights go with --preset paper"
+            )
+        return train_detector or preset.world_style != DEFAULT_WORLD_STYLE
+    if data is None:
+        RealData.from_options(None, None, None, None)  # raises: which paths the preset needs
+    if train_detector:
+        raise UserError(
+            "--train-detector trains the mini detector of the synthetic world; --preset paper "
+            "takes your detector (--yolo-weights yolov3.weights)"
+        )
+    if yolo_weights is None:
+        raise UserError("--preset paper needs --yolo-weights FILE (Darknet yolov3.weights, 80 COCO classes)")
+    return False
+
+
 def run_reproduce(
     out: Path,
     preset_name: str = "mini",
@@ -746,24 +775,7 @@ def run_reproduce(
     from pipeline.infra.ray_runtime import init_ray
 
     preset = study_preset(preset_name, budget_minutes, lambdas, seeds, gamma, gamma_mode, preset_overrides)
-    if preset.world:
-        if data is not None or yolo_weights is not None or yolo_cfg is not None:
-            raise UserError(
-                f"--preset {preset_name} studies the synthetic world with its own detector; your data "
-                "and --yolo-weights go with --preset paper"
-            )
-        # the bundled mini detector saw the plain world only: another style's study trains its own first
-        train_detector = train_detector or preset.world_style != DEFAULT_WORLD_STYLE
-    else:
-        if data is None:
-            RealData.from_options(None, None, None, None)  # raises: which paths the preset needs
-        if train_detector:
-            raise UserError(
-                "--train-detector trains the mini detector of the synthetic world; --preset paper "
-                "takes your detector (--yolo-weights yolov3.weights)"
-            )
-        if yolo_weights is None:
-            raise UserError("--preset paper needs --yolo-weights FILE (Darknet yolov3.weights, 80 COCO classes)")
+    train_detector = check_study_inputs(preset, preset_name, train_detector, data, yolo_weights, yolo_cfg)
     con = Console()
     out = Path(out).expanduser().resolve()
     uri = tracking.resolve_tracking_uri(
