@@ -24,6 +24,7 @@ from pipeline.bench.doctor import (
     check_ray_cluster,
     check_step,
     check_torch,
+    check_zoo,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,6 +64,7 @@ def test_doctor_on_cpu_passes_and_writes_its_table(tmp_path: Path) -> None:
         assert f"codec cpu ({threads} threads) -> cpu (1 thread)" in rows
     assert status["torch"] == PASS and rows["torch"]["values"]["torch"] == torch.__version__
     assert status["compressai"] == PASS and status["bf16"] == PASS and status["all-reduce (gloo)"] == PASS
+    assert status["zoo checkpoint"] == PASS  # the bundled checkpoints fit this compressai
     fp32 = rows["train step fp32"]
     assert fp32["status"] == PASS and fp32["values"]["steps_per_s"] > 0 and fp32["values"]["peak_memory_gib"] > 0
     assert set(fp32["values"]["rates"]) == {"bpp_y1", "bpp_z1", "bpp_y2", "bpp_z2"}
@@ -72,7 +74,7 @@ def test_doctor_on_cpu_passes_and_writes_its_table(tmp_path: Path) -> None:
     # one printed line per check, with its status first
     printed = [ln for ln in result.stdout.splitlines() if ln[:4] in (PASS, FAIL, SKIP)]
     assert [ln.split()[0] for ln in printed] == [c["status"] for c in table["checks"]]
-    assert table["seconds"] < 120, f"the doctor took {table['seconds']} s"
+    assert table["seconds"] > 0  # its time is reported, not asserted (tests never assert timings)
 
 
 def test_cuda_asked_for_without_cuda_is_a_fail_line_and_exit_1(tmp_path: Path) -> None:
@@ -132,6 +134,11 @@ def test_on_a_box_without_ray_mlflow_webdataset_and_typer_the_doctor_imports_and
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [SKIP, SKIP, SKIP]
+
+
+def test_a_zoo_checkpoint_this_install_lacks_is_a_skip() -> None:
+    check = check_zoo("no-such-checkpoint")
+    assert check.status == SKIP and "no zoo:no-such-checkpoint" in check.figure
 
 
 def test_version_outside_the_declared_range_is_named() -> None:

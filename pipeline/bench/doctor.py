@@ -70,7 +70,7 @@ class Check:
     seconds: float = 0.0
 
     def line(self) -> str:
-        return f"{self.status:<4}  {self.name:<26} {self.figure}"
+        return f"{self.status:<4}  {self.name:<40} {self.figure}"
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -235,6 +235,31 @@ def check_package(package: str, required: bool, available: Mapping[str, bool], r
     except metadata.PackageNotFoundError:
         version = getattr(__import__(package), "__version__", "unknown")
     return Check(package, PASS, f"{package} {version}{_version_note(package, version, ranges)}", {"version": version})
+
+
+def check_zoo(name: str = "proposed-l0.0932") -> Check:
+    """A bundled codec checkpoint loads: its entropy models' tensors must fit this compressai (1.2.6 names them
+    otherwise)."""
+    from importlib import metadata
+
+    from dvcm.checkpoint import load_checkpoint
+    from dvcm.errors import CheckpointError
+    from dvcm.zoo import codec_zoo, zoo_checkpoint
+
+    if name not in codec_zoo():
+        return Check("zoo checkpoint", SKIP, f"this install ships no zoo:{name}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            load_checkpoint(zoo_checkpoint(name))
+    except CheckpointError as exc:
+        return Check(
+            "zoo checkpoint",
+            FAIL,
+            f"zoo:{name} does not load with compressai {metadata.version('compressai')} ({str(exc)[:160]}...); "
+            "pip install 'compressai>=1.2.7'",
+        )
+    return Check("zoo checkpoint", PASS, f"zoo:{name} loads with compressai {metadata.version('compressai')}")
 
 
 # -- the codec across devices ----------------------------------------------------------------------------------
@@ -588,6 +613,7 @@ def run_doctor(
                 lambda: check_bf16(ctx) if ctx.cuda_ok else Check("bf16", SKIP, "needs CUDA (see the torch line)"),
             ),
             ("compressai", lambda: check_package("compressai", True, avail, ranges)),
+            ("zoo checkpoint", check_zoo),
             *((pkg, lambda pkg=pkg: check_package(pkg, False, avail, ranges)) for pkg in ("ray", "mlflow")),
             (f"codec {device} -> cpu", lambda: check_codec(ctx, "device", tmp)),
             (f"codec cpu -> {device}", lambda: check_codec(ctx, "cpu", tmp)),
