@@ -25,6 +25,7 @@ import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from tokenize import TokenError
 from typing import Any
 
 import numpy as np
@@ -363,7 +364,17 @@ def _decode_sample(
     cells = (size, size) if size else (-(-h // FEATURE_STRIDE), -(-w // FEATURE_STRIDE))
     if image_only:
         return x, (frame, (top, left, *cells))
-    s = decode_features(sample, window)  # the dataset's encoding stores s: a sample without it is refused
+    try:
+        s = decode_features(sample, window)  # the dataset's encoding stores s: a sample without it is refused
+    except UserError as exc:
+        raise UserError(f"shard {sample.get('__url__', '?')}: {exc}") from None
+    except (ValueError, TypeError, OSError, EOFError, IndexError, KeyError, SyntaxError, TokenError) as exc:
+        # numpy's errors for a damaged .npy (its header is parsed as a Python literal: a flipped byte there is a
+        # SyntaxError or a TokenError)
+        raise UserError(
+            f"{where}: its features do not decode ({type(exc).__name__}: {exc}); the shard is damaged: prepare "
+            "again (--overwrite)"
+        ) from None
     if s.shape[1:] != cells or not bool(np.isfinite(s).all()):
         problem = "not finite" if s.shape[1:] == cells else f"{s.shape[1]}x{s.shape[2]} cells, the image needs {cells}"
         raise UserError(f"{where}: its features are {problem}; the shard is damaged: prepare again (--overwrite)")
