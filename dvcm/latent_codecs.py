@@ -43,7 +43,7 @@ from compressai.models.utils import conv, deconv
 from torch import Tensor
 
 from dvcm.errors import ConfigError
-from dvcm.limits import padded_rans_string
+from dvcm.limits import check_latent, padded_rans_string
 
 
 class Lambda(nn.Module):
@@ -144,6 +144,17 @@ class BaseLatent(NamedTuple):
     enhancement_scales: Tensor | None = None
 
 
+def compress_hyper(hyper: HyperLatentCodec, y: Tensor, name: str) -> dict[str, Any]:
+    """``hyper.compress(y)``, after refusing a hyper-latent the entropy bottleneck could not code: z = h_a(y) less
+    its medians must be finite and within ±2^20 (damaged h_a weights give finite but huge z, on which CompressAI's
+    bypass coder never returns)."""
+    with torch.no_grad():
+        z = hyper.h_a(y)
+        medians = hyper.entropy_bottleneck._get_medians().detach().reshape(1, -1, 1, 1)
+        check_latent(z - medians, name)
+    return hyper.compress(y)
+
+
 class ScalableLatentCodec(nn.Module):
     """The common interface of the two layouts (see the module docstring)."""
 
@@ -202,7 +213,7 @@ class PerLatentHyperpriors(ScalableLatentCodec):
         return {"y_hat": (c1["y_hat"], c2["y_hat"]), "likelihoods": likelihoods}
 
     def compress(self, y1: Tensor, y2: Tensor) -> tuple[list[bytes], list[bytes]]:
-        h1, h2 = self.hyper1.compress(y1), self.hyper2.compress(y2)
+        h1, h2 = compress_hyper(self.hyper1, y1, "z1"), compress_hyper(self.hyper2, y2, "z2")
         c1, c2 = self.coder1.compress(y1, h1["params"]), self.coder2.compress(y2, h2["params"])
         return [h1["strings"][0][0], c1["strings"][0][0]], [h2["strings"][0][0], c2["strings"][0][0]]
 
@@ -250,7 +261,7 @@ class SharedHyperprior(ScalableLatentCodec):
         return {"y_hat": (c1["y_hat"], c2["y_hat"]), "likelihoods": likelihoods}
 
     def compress(self, y1: Tensor, y2: Tensor) -> tuple[list[bytes], list[bytes]]:
-        hy = self.hyper.compress(torch.cat([y1, y2], dim=1))
+        hy = compress_hyper(self.hyper, torch.cat([y1, y2], dim=1), "z")
         scales1, scales2 = self._split(hy["params"])
         c1, c2 = self.coder1.compress(y1, scales1), self.coder2.compress(y2, scales2)
         return [hy["strings"][0][0], c1["strings"][0][0]], [c2["strings"][0][0]]

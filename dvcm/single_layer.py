@@ -22,7 +22,15 @@ import torch.nn as nn
 from compressai.registry import register_model
 from torch import Tensor
 
-from dvcm.latent_codecs import BaseLatent, ScalableLatentCodec, _float32, _safe, hyperprior, scale_coder
+from dvcm.latent_codecs import (
+    BaseLatent,
+    ScalableLatentCodec,
+    _float32,
+    _safe,
+    compress_hyper,
+    hyperprior,
+    scale_coder,
+)
 from dvcm.models import C_S, ScalableCodec, image_analysis, pixel_synthesis
 
 
@@ -46,7 +54,7 @@ class SingleHyperprior(ScalableLatentCodec):
         return {"y_hat": (c["y_hat"], y2), "likelihoods": {"y": c["likelihoods"]["y"], "z": hy["likelihoods"]["z"]}}
 
     def compress(self, y1: Tensor, y2: Tensor) -> tuple[list[bytes], list[bytes]]:
-        hy = self.hyper.compress(y1)
+        hy = compress_hyper(self.hyper, y1, "z")
         c = self.coder.compress(y1, hy["params"])
         return [hy["strings"][0][0], c["strings"][0][0]], []
 

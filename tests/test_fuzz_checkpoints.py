@@ -94,3 +94,17 @@ def test_a_damaged_checkpoint_codes_an_image_or_is_one_line(content: dict, edits
         return
     out = model.decompress(coded["base"], coded["enhancement"], coded["hw"], coded["padded_hw"])
     assert out["x_hat"].shape == (1, 3, 64, 64)
+
+
+def test_a_hyper_latent_beyond_what_rans_codes_is_refused_before_the_coder(yolo) -> None:  # noqa: ANN001
+    """The case the fuzzer found hanging CompressAI's entropy bottleneck: damaged h_a weights that leave z finite
+    but huge (the bypass coder then never returns). Refused in one line before any rANS call."""
+    torch.manual_seed(0)
+    model = build("proposed", front=yolo.front, yolo_provenance=yolo.provenance, **CONFIG).eval()
+    model.update(force=True)
+    last = [m for m in model.latent_codec.hyper1.h_a.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        last.weight.fill_(1e9)
+    with pytest.raises(BitstreamError, match="latent z1 reaches") as info:
+        model.compress(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+    assert "\n" not in str(info.value)
