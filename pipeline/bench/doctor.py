@@ -17,6 +17,7 @@ import contextlib
 import copy
 import importlib.util
 import math
+import os
 import sys
 import tempfile
 import time
@@ -55,7 +56,7 @@ class Workload:
 
 WORKLOADS = {
     "cuda": Workload(crop=256, batch=16, warmup=2, steps=5),
-    "cpu": Workload(crop=128, batch=2, warmup=1, steps=1),
+    "cpu": Workload(crop=128, batch=2, warmup=0, steps=1),
 }
 
 
@@ -404,11 +405,14 @@ def check_step(ctx: DoctorContext, precision: str) -> Check:
         "peak_memory_kind": kind,
         "batch": w.batch,
         "crop": w.crop,
+        "warmup_steps": w.warmup,
+        "timed_steps": w.steps,
         "rates": rates,
     }
+    timed = f"{w.steps} step{'s' if w.steps > 1 else ''} after {w.warmup} warm-up" if w.warmup else "the first step"
     figure = (
         f"{steps_per_s:.2f} steps/s ({samples_per_s:.1f} samples/s, batch {w.batch} of {w.crop}x{w.crop}, "
-        f"N=192), {kind} {peak:.2f} GiB"
+        f"N=192; {timed}), {kind} {peak:.2f} GiB"
     )
     if precision == "fp32":
         ctx.fp32_rates = rates
@@ -564,6 +568,13 @@ def check_loader(ctx: DoctorContext, shards: str | None) -> Check:
 # -- the whole check ---------------------------------------------------------------------------------------------
 
 
+def machine_line(device: str) -> str:
+    """What the figures depend on: the device, the cores and how busy they are."""
+    cores = os.cpu_count() or 1
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    return f"device {device}; {cores} CPU cores{load}"
+
+
 def resolve_device(device: str | None) -> str:
     """``cuda`` or ``cpu``; None picks cuda where torch sees a GPU. Anything else is refused in one line."""
     if device is None:
@@ -641,5 +652,6 @@ def doctor_table(checks: list[Check], device: str, seconds: float) -> dict[str, 
         "counts": counts,
         "exit_code": 1 if counts[FAIL] else 0,
         "python": sys.version.split()[0],
+        "machine": machine_line(device),
         "checks": [c.as_json() for c in checks],
     }

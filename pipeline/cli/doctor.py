@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.bench.doctor import FAIL, PASS, SKIP, Check, doctor_table, resolve_device, run_doctor
+from pipeline.bench.doctor import FAIL, PASS, SKIP, Check, doctor_table, machine_line, resolve_device, run_doctor
 from pipeline.codec.files import check_output
 from pipeline.infra.atomic import atomic_write_json
 
@@ -44,7 +44,7 @@ def doctor_command(
     device = resolve_device(device)
     if json_file is not None:
         check_output(json_file, "--json", "doctor.json")
-    typer.echo(f"dvcm doctor: device {device}")
+    typer.echo(f"dvcm doctor: {machine_line(device)}")
     t0 = time.perf_counter()
     checks = run_doctor(device, address=address, shards=shards, report=_print)
     table = doctor_table(checks, device, time.perf_counter() - t0)
