@@ -68,6 +68,7 @@ def _apply(c: dict, edit: tuple) -> None:
 
 
 @pytest.mark.filterwarnings("ignore")
+@pytest.mark.timeout(600)  # a hang fails with the case drawn so far, not a stalled CI
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(EDITS, min_size=1, max_size=3))
 def test_a_damaged_checkpoint_codes_an_image_or_is_one_line(content: dict, edits: list[tuple]) -> None:

@@ -83,6 +83,7 @@ def _apply(sample: dict, edit: tuple) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # casts of inf / nan in the drawn arrays
+@pytest.mark.timeout(600)  # a hang fails with the case drawn so far, not a stalled CI
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(EDITS, min_size=1, max_size=3))
 def test_a_damaged_sample_trains_correctly_or_is_one_line_naming_its_shard(edits: list[tuple]) -> None:

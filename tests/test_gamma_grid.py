@@ -78,3 +78,44 @@ def test_findings_read_the_hull_of_a_gamma_grid() -> None:
     ]
     a_map = study_findings(points)[0]
     assert a_map.key == "a_map50" and a_map.ours == pytest.approx(-50.0) and math.isfinite(a_map.ours)
+
+
+def test_a_codec_that_ignores_gamma_trains_once_per_lambda() -> None:
+    preset = dataclasses.replace(
+        PRESETS["mini"], configs={"proposed": "11,32,2", "bmshj2018": "43"}, gammas=(0.3, 3.0), seeds=(0,)
+    )
+    plan = plan_rounds(preset, (0.0018, 0.0932), (0,), {"proposed": 0.1, "bmshj2018": 0.1}, 2, 10, 60, 60, 1)
+    names = [t["trial_name"] for t in round_grid(plan, 0, {"trials": {}})]
+    assert names == ["proposed-11-32-2-l0.0018-g0.3-s0", "proposed-11-32-2-l0.0018-g3-s0", "bmshj2018-43-l0.0018-s0"]
+    assert plan.trials == 6  # (2 γ + 1) x 2 λ
+
+
+def test_acceptance_checks_each_gamma_along_lambda() -> None:
+    from pipeline.evaluation.findings import rises_with_rate
+
+    def pt(lam: float, gamma: float, bpp: float, map50: float) -> StudyPoint:
+        return StudyPoint("proposed", 0, lam, bpp, map50, 1.0, 0.1, 30.0, 0.9, gamma=gamma)
+
+    rising = [pt(0.01, 1, 0.01, 0.5), pt(0.1, 1, 0.02, 0.6), pt(0.01, 3, 0.03, 0.7), pt(0.1, 3, 0.04, 0.8)]
+    assert rises_with_rate(rising, "coco_bpp_base", "map50")
+    falling = rising[:3] + [pt(0.1, 3, 0.04, 0.65)]  # at γ 3 the higher λ loses mAP: the hull alone would not see it
+    assert not rises_with_rate(falling, "coco_bpp_base", "map50")
+
+
+def test_a_detector_folder_from_before_world_styles_resumes(tmp_path) -> None:  # noqa: ANN001
+    import json
+
+    from pipeline.detector.job import DetectorSettings, _check_or_record, _settings_file
+
+    old = {k: v for k, v in dataclasses.asdict(DetectorSettings()).items() if k != "world_style"}
+    _settings_file(tmp_path).write_text(json.dumps({"settings": old, "run_id": "r1"}))
+    assert _check_or_record(tmp_path, DetectorSettings(), None) == "r1"
+    with pytest.raises(Exception, match="other settings \\(world_style\\)"):
+        _check_or_record(tmp_path, DetectorSettings(world_style="photographic"), None)
+
+
+def test_a_set_that_never_reaches_the_psnr_says_so() -> None:
+    from pipeline.evaluation.image_cost import CostComparison
+
+    c = CostComparison(35.0, {"jpeg": math.inf}, {"jpeg": 1.8})
+    assert not c.holds() and c.lines("world") == ["JPEG (Pillow) at 35 dB: world or the photos never reach it"]

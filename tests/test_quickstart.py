@@ -117,10 +117,14 @@ def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local
     # overlap, and the rates each model needs at levels both reach instead (when they share any)
     from pipeline.evaluation.bdrate import MIN_OVERLAP_PERCENT, rate_overlap_percent
 
-    assert math.isfinite(value) == (rate_overlap_percent(row) >= MIN_OVERLAP_PERCENT), row
+    if "overlap over" in str(row.get("note")):  # the package measured the overlap: the figure exists iff >= 75 %
+        assert math.isfinite(value) == (rate_overlap_percent(row) >= MIN_OVERLAP_PERCENT), row
     if not math.isfinite(value) and "do not overlap" not in row["note"] and "dominates" not in m.group(0):
         assert "instead, the base-layer rate each needs where both reach: ŝ SNR dB" in flat
-    assert "bits proposed saves against choi2022 at 2 % mAP loss (the paper: 55 %, 0.30 vs 0.58 bpp): " in flat
+    assert (
+        "bits proposed saves against choi2022 at 2 % mAP loss (the paper: about 55 %, at about 0.30 vs 0.58 bpp): "
+        in flat
+    )
     if math.isfinite(value):
         assert m.group(1) == f"{value:+.2f} %"
         method = "pchip, strict" if row is pair[0] else "pchip-isotonic: on monotone fits of both curves"

@@ -86,7 +86,7 @@ def test_a_shrunk_study_writes_findings_for_each_claim(tmp_path: Path, ray_local
             assert all(isinstance(v, float) and math.isfinite(v) for v in f["per_seed"].values()), f
     assert len(data["acceptance"]) == 6 and len(data["points"]) == 12
     md = (out / "findings.md").read_text()
-    assert "−40.6 %" in md and "Acceptance of the training" in md and "55 % (0.30 vs 0.58 bpp)" in md
+    assert "−40.6 %" in md and "Acceptance of the training" in md and "about 55 % (at about 0.30 vs 0.58 bpp)" in md
     assert all(c["relative_map_high"] is not None for c in data["acceptance"])  # the curve's mAP range is reported
     page = (out / "report.html").read_text()
     assert page.index("Findings, side by side with the paper") < page.index("Operating points")

@@ -139,6 +139,7 @@ def generate_sample(
                 return parts
         except ValueError:
             pass
+    marker.unlink(missing_ok=True)  # an interrupted rewrite must not pass for the sample another marker described
     _write_vimeo(parts.vimeo_root, seed, train_sequences, val_sequences, frame_size, style)
     _write_coco(parts.coco_root, seed, coco_images, style)
     _write_kodak(parts.kodak_root, seed, kodak_images, style)

@@ -95,6 +95,7 @@ def _check_or_record(out: Path, settings: DetectorSettings, run_id: str | None) 
     path = _settings_file(out)
     if path.is_file():
         saved = json.loads(path.read_text())
+        saved["settings"] = {"world_style": DEFAULT_WORLD_STYLE, **saved["settings"]}  # saved before world styles
         if saved["settings"] != json.loads(json.dumps(asdict(settings))):
             diff = sorted(
                 k for k, v in asdict(settings).items() if json.loads(json.dumps(v)) != saved["settings"].get(k)

@@ -128,8 +128,10 @@ class CostComparison:
     photos: dict[str, float]
 
     def ratio(self, codec: str) -> float:
-        """Photos' bpp over the images': how many times cheaper the images are (1 = as costly as photos)."""
-        return self.photos[codec] / self.images[codec]
+        """Photos' bpp over the images': how many times cheaper the images are (1 = as costly as photos); nan when
+        either set does not reach the PSNR at all (an infinite cost)."""
+        a, b = self.photos[codec], self.images[codec]
+        return a / b if math.isfinite(a) and math.isfinite(b) and b > 0 else math.nan
 
     def holds(self) -> bool:
         """True when every codec measured on both sets is within :data:`MAX_COST_RATIO` of the photos' cost."""
@@ -140,7 +142,9 @@ class CostComparison:
         """One line per codec, for a plan or a log."""
         out = []
         for c in self.images:
-            if c in self.photos:
+            if c in self.photos and not math.isfinite(self.ratio(c)):
+                out.append(f"{ANCHORS[c].label} at {self.target_db:g} dB: {what} or the photos never reach it")
+            elif c in self.photos:
                 r = self.ratio(c)
                 rel = f"{r:.1f}× cheaper" if r >= 1 else f"{1 / r:.1f}× costlier"
                 ok = "within" if 1 / MAX_COST_RATIO <= r <= MAX_COST_RATIO else "outside"

@@ -111,6 +111,14 @@ def gamma_grid(p: StudyPreset) -> tuple[float, ...]:
     return p.gammas or (p.gamma,)
 
 
+def model_gammas(p: StudyPreset, model: str) -> tuple[float | None, ...]:
+    """The γ values of ``model``'s trials: the grid's for a codec whose loss weighs D_s; (None,) (the study's one γ,
+    no ``-g`` in its trial names) without a grid or for a codec that ignores γ (the single-layer bmshj2018)."""
+    from dvcm.registry import codec_spec
+
+    return p.gammas if p.gammas and codec_spec(model).feature_loss else (None,)
+
+
 @dataclass(frozen=True)
 class RealData:
     """Where the user keeps the paper's data (``--preset paper``); the attribute names are the sample's."""
@@ -156,7 +164,7 @@ class Plan:
 
     @property
     def trials(self) -> int:
-        return len(self.lambdas) * len(self.seeds) * len(self.models) * len(gamma_grid(self.preset))
+        return len(self.lambdas) * len(self.seeds) * sum(len(model_gammas(self.preset, m)) for m in self.models)
 
 
 TRIAL_START_S = 20.0  # Ray Train's worker group, the model and the loader of one trial (measured: 13-20 s here)
@@ -189,7 +197,7 @@ def plan_rounds(
         if rounds == 1
         else [preset.first_round_share] + [(1 - preset.first_round_share) / (rounds - 1)] * (rounds - 1)
     )
-    waves = math.ceil(len(models) * len(seeds) * len(gamma_grid(preset)) / max(1, concurrency))
+    waves = math.ceil(len(seeds) * sum(len(model_gammas(preset, m)) for m in models) / max(1, concurrency))
     slowest = max(step_seconds.values())
     epoch_seconds = steps_per_epoch * slowest + 0.4 * val_steps * slowest + EPOCH_OVERHEAD_S
     caps = tuple(int((train_seconds * s / waves - TRIAL_START_S) // epoch_seconds) for s in shares)
@@ -413,11 +421,10 @@ def round_grid(plan: Plan, k: int, state: dict[str, Any]) -> list[dict[str, Any]
     from pipeline.training.grid import model_config, trial_name
 
     grid = []
-    gammas: tuple[float | None, ...] = plan.preset.gammas or (None,)
     for model in plan.models:
         config = model_config(model, plan.preset.configs[model])
         for seed in plan.seeds:
-            for gamma in gammas:
+            for gamma in model_gammas(plan.preset, model):
                 entry: dict[str, Any] = {
                     "trial_name": trial_name(model, config, plan.lambdas[k], seed=seed, gamma=gamma),
                     "model": model,
@@ -658,34 +665,36 @@ def export_zoo(out: Path, plan: Plan, state: dict[str, Any], detector: dict[str,
     seed = plan.seeds[0]
     record = state.get("training_settings") or {}
     entries = {}
-    for model in plan.models:
+    for model, lam, gamma in (
+        (m, lam, g) for m in plan.models for lam in sorted(plan.lambdas) for g in model_gammas(plan.preset, m)
+    ):
         config = model_config(model, plan.preset.configs[model])
-        for lam in sorted(plan.lambdas):
-            trial = state["trials"][trial_name(model, config, lam, seed=seed)]
-            name = f"{model}-l{lam:g}"
-            half = float16_effect(trial["final_checkpoint"], zoo / f"{name}.pt", images)
-            if half["psnr_change_db"] > FLOAT16_TOLERANCE_DB:  # not lossless enough: ship the float32 file
-                shutil.copyfile(trial["final_checkpoint"], zoo / f"{name}.pt")
-            entries[name] = {
-                "float16": half["psnr_change_db"] <= FLOAT16_TOLERANCE_DB,
-                "float16_effect": half,
-                "file": f"{name}.pt",
-                "sha256": tracking.file_digest(zoo / f"{name}.pt"),
-                "model": model,
-                "config": plan.preset.configs[model],
-                "N": record.get("N"),
-                "lmbda": lam,
-                "gamma": plan.preset.gamma,
-                "gamma_mode": plan.preset.gamma_mode,
-                "seed": seed,
-                "trial": trial_name(model, config, lam, seed=seed),
-                "epochs": trial.get("epochs"),
-                "command": command,
-                "mlflow_run_id": trial.get("run_id"),
-                "code_version": tracking.client(uri).get_run(trial["run_id"]).data.params.get("code_version"),
-                "data_digest": record.get("shards_digest"),
-                "detector": detector,
-            }
+        # one zoo entry per trial of the first seed (per γ too, in a study with a γ grid)
+        trial = state["trials"][trial_name(model, config, lam, seed=seed, gamma=gamma)]
+        name = f"{model}-l{lam:g}" + ("" if gamma is None else f"-g{gamma:g}")
+        half = float16_effect(trial["final_checkpoint"], zoo / f"{name}.pt", images)
+        if half["psnr_change_db"] > FLOAT16_TOLERANCE_DB:  # not lossless enough: ship the float32 file
+            shutil.copyfile(trial["final_checkpoint"], zoo / f"{name}.pt")
+        entries[name] = {
+            "float16": half["psnr_change_db"] <= FLOAT16_TOLERANCE_DB,
+            "float16_effect": half,
+            "file": f"{name}.pt",
+            "sha256": tracking.file_digest(zoo / f"{name}.pt"),
+            "model": model,
+            "config": plan.preset.configs[model],
+            "N": record.get("N"),
+            "lmbda": lam,
+            "gamma": plan.preset.gamma if gamma is None else gamma,
+            "gamma_mode": plan.preset.gamma_mode,
+            "seed": seed,
+            "trial": trial_name(model, config, lam, seed=seed, gamma=gamma),
+            "epochs": trial.get("epochs"),
+            "command": command,
+            "mlflow_run_id": trial.get("run_id"),
+            "code_version": tracking.client(uri).get_run(trial["run_id"]).data.params.get("code_version"),
+            "data_digest": record.get("shards_digest"),
+            "detector": detector,
+        }
     atomic_write_json(zoo / "zoo.json", {"schema": "dvcm-zoo/1", "checkpoints": entries})
     return zoo
 
