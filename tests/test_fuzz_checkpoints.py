@@ -21,6 +21,7 @@ from dvcm.checkpoint import load_checkpoint, save_checkpoint
 from dvcm.errors import BitstreamError, CheckpointError
 from dvcm.registry import build
 
+pytestmark = pytest.mark.slow  # each case builds, saves, loads and codes a codec: about 30 s a run
 EXAMPLES = int(os.environ.get("DVCM_FUZZ_EXAMPLES", "40"))
 CONFIG = dict(N=8, M1=4, M2=8, H=2)
 
