@@ -409,8 +409,13 @@ class Choi2022Codec(ScalableCodec):
     ) -> None:
         super().__init__(N=N, M1=M1, M2=M2, H=H, front=front, C_s=C_s)
         self.g_a = image_analysis(M1 + M2, N)
-        self.g_s1 = feature_synthesis(M1, N, self.C_s)  # the latent-space transform (LST)
+        self.g_s1 = self.latent_space_transform(M1, N, self.C_s)
         self.g_s2 = pixel_synthesis(M1 + M2, N)
+
+    @staticmethod
+    def latent_space_transform(M1: int, N: int, C_s: int) -> nn.Module:
+        """The LST ŷ1 -> ŝ: g_s1's layer plan (Table 1); a subclass may give another (dvcm.residual_lst)."""
+        return feature_synthesis(M1, N, C_s)
 
     def analysis(self, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         y = self.g_a(x)

@@ -39,14 +39,6 @@ class Choi2022ResidualLSTCodec(Choi2022Codec):
 
     name = "choi2022rlst"
 
-    def __init__(
-        self,
-        N: int = 192,
-        M1: int = 128,
-        M2: int = 64,
-        H: int = 1,
-        front: nn.Module | None = None,
-        C_s: int | None = None,
-    ) -> None:
-        super().__init__(N=N, M1=M1, M2=M2, H=H, front=front, C_s=C_s)
-        self.g_s1 = residual_lst(M1, N, self.C_s)
+    @staticmethod
+    def latent_space_transform(M1: int, N: int, C_s: int) -> nn.Module:
+        return residual_lst(M1, N, C_s)
