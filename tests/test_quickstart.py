@@ -219,11 +219,15 @@ def test_sweep_name_is_the_default_only_for_the_default_training_settings() -> N
     ).name.startswith("eval-")
 
 
-def test_a_base_layer_that_dominates_is_said_when_no_bd_rate_exists() -> None:
-    from pipeline.workflows.quickstart import TrialSummary, base_layer_dominance
+def row(model: str, lam: float, bpp: float, map50: float):  # -> TrialSummary
+    """One trial's base-layer point, for the summary's helpers."""
+    from pipeline.workflows.quickstart import TrialSummary
 
-    def row(model: str, lam: float, bpp: float, map50: float) -> TrialSummary:
-        return TrialSummary(f"{model}-{lam}", model, lam, None, bpp_coco_base=bpp, map50=map50)
+    return TrialSummary(f"{model}-{lam}", model, lam, None, bpp_coco_base=bpp, map50=map50)
+
+
+def test_a_base_layer_that_dominates_is_said_when_no_bd_rate_exists() -> None:
+    from pipeline.workflows.quickstart import base_layer_dominance
 
     rows = [
         row("proposed", 0.0018, 0.026, 0.867),
@@ -242,10 +246,7 @@ def test_a_base_layer_that_dominates_is_said_when_no_bd_rate_exists() -> None:
 def test_without_a_bd_figure_the_summary_gives_rates_at_shared_levels_and_the_savings_at_2_percent() -> None:
     """The quickstart's curves that share 26 % of their mAP range: no headline BD-rate; instead the rate each model
     needs at three mAP levels both reach, and the bits saved at 2 % mAP loss (n/a where choi2022 stops short)."""
-    from pipeline.workflows.quickstart import TrialSummary, base_layer_savings, rates_at_shared_levels
-
-    def row(model: str, lam: float, bpp: float, map50: float) -> TrialSummary:
-        return TrialSummary(f"{model}-{lam}", model, lam, None, bpp_coco_base=bpp, map50=map50)
+    from pipeline.workflows.quickstart import base_layer_savings, rates_at_shared_levels
 
     rows = [
         row("proposed", 0.0018, 0.01, 0.60),
