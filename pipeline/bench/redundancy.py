@@ -54,21 +54,22 @@ def run_redundancy_bench(
         from pipeline.infra.errors import UserError
 
         raise UserError(f"{checkpoint} is a single-layer codec ({model.name}): it has no (ŷ1, ŷ2) pair to measure")
+    console = Console()
+    console.log(f"coding {images} unseen scenes at 512x512 with {checkpoint} ...")
     world = split_seed(0, "test")
     xs = [
         torch.from_numpy(render_world_scene(world, 1_000_000 + n, (512, 512)).image).permute(2, 0, 1).float() / 255
         for n in range(images)
     ]
-    console = Console()
     maps = codec_maps(model, xs)
     f1 = torch.cat([to_fibers(y) for y in maps["y1_hat"]])
     f2 = torch.cat([to_fibers(y) for y in maps["y2_hat"]])
     y1, y2 = f1.t()[None, :, :, None], f2.t()[None, :, :, None]
     grid = _grid_table(console, checkpoint, images, y1, y2, clusters, fibers)
-    estimators = {
-        "kmeans": _kmeans(y1, y2, K, num_fibers),
-        "learned": _learned(maps, learned_steps),
-    }
+    console.log(f"k-means estimate at K {K}, {num_fibers} fibers, and its sanity checks ...")
+    kmeans = _kmeans(y1, y2, K, num_fibers)
+    console.log(f"learned estimator: both directions and 6 sanity fits, {learned_steps} steps each ...")
+    estimators = {"kmeans": kmeans, "learned": _learned(maps, learned_steps)}
     console.print(_directions_table(estimators))
     console.print(_sanity_table(estimators))
     report = {
@@ -232,6 +233,7 @@ def _grid_table(
     rows: list[dict[str, Any]] = []
     for k in clusters:
         for n in fibers:
+            console.log(f"k-means grid: K {k}, {n} fibers ({len(rows) + 1} of {len(clusters) * len(fibers)})")
             t0 = time.perf_counter()
             r12 = redundancy(y1, y2, K=k, num_fibers=n)
             r21 = redundancy(y2, y1, K=k, num_fibers=n)
