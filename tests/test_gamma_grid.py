@@ -119,3 +119,16 @@ def test_a_set_that_never_reaches_the_psnr_says_so() -> None:
 
     c = CostComparison(35.0, {"jpeg": math.inf}, {"jpeg": 1.8})
     assert not c.holds() and c.lines("world") == ["JPEG (Pillow) at 35 dB: world or the photos never reach it"]
+
+
+def test_the_photographic_preset_is_the_paper_regime_of_the_design() -> None:
+    """DESIGN.md's conditions that a preset can fix: images that cost what photos cost (the photographic world,
+    with a detector trained on it), the paper's loss (Eq. 2, a γ grid since under it proposed's base layer follows
+    γ only), at least 3 seeds, detection on at least 200 images and reconstruction on Kodak's 24."""
+    from pipeline.workflows.reproduce import check_study_inputs, gamma_text, study_preset
+
+    p = study_preset("mini-photographic", None, None, None, None, None, None)
+    assert p.world_style == "photographic" and check_study_inputs(p, "mini-photographic", False, None, None, None)
+    assert p.gamma_mode == "fixed" and len(p.gammas) >= 3 and "upper hull" in gamma_text(p)
+    assert len(p.seeds) >= 3 and p.coco_images >= 200 and p.kodak_images == 24
+    assert study_preset("mini", None, None, None, None, None, None).world_style == "plain"  # the old study as it was
