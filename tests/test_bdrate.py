@@ -99,7 +99,7 @@ def test_disjoint_quality_ranges_say_so_in_our_words() -> None:
     rate, _, note = bd_delta(low, high)
     assert math.isnan(rate)
     assert note == (
-        "the quality ranges do not overlap (low: -0.02 to 0.07, high: 0.76 to 1.06); "
+        "BD-rate: the quality ranges do not overlap (low: -0.02 to 0.07, high: 0.76 to 1.06); "
         "BD-quality: the curves overlap over 23.12 % of their range (the package asks for 75.00 %): n/a below that"
     )
 

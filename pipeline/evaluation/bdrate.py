@@ -114,32 +114,52 @@ def bd_delta(reference: Curve, test: Curve, method: str = METHOD, fit: bool = Fa
         warnings.simplefilter("always")
         qual = float(bjontegaard.bd_psnr(r0, q0, r1, q1, method=method, require_matching_points=False))
     # a figure over too small a shared range is extrapolation: the Bjøntegaard package warns and still returns one;
-    # it is n/a here, with the overlap in its note
-    if any(_overlap_warning(w.message) for w in rate_warnings):
+    # it is n/a here, with the overlap in its note. The overlap is measured here as the package measures it (BD-rate
+    # over quality, BD-quality over log10 rate), so the rule and the notes do not hang on the wording of its warning.
+    note = _overlap_note("BD-rate", "quality", overlap_percent(q0, q1), reference, test, q0, q1)
+    words = _overlap_note("BD-quality", "rate", overlap_percent(np.log10(r0), np.log10(r1)), reference, test, r0, r1)
+    if note:
         rate = math.nan
-    if any(_overlap_warning(w.message) for w in quality_warnings):
+    if words:
         qual = math.nan
-    if not math.isfinite(rate) and any("do not overlap" in str(w.message) for w in rate_warnings):
-        note = (
-            f"the quality ranges do not overlap ({reference.label}: {q0.min():.4g} to {q0.max():.4g}, "
-            f"{test.label}: {q1.min():.4g} to {q1.max():.4g})"
-        )
-    else:  # the package's words, said of the figure they concern
-        note = "; ".join(f"BD-rate: {_package_words(w.message)}" for w in rate_warnings)
-    if not math.isfinite(qual) and any("do not overlap" in str(w.message) for w in quality_warnings):
-        words = (
-            f"BD-quality: the rate ranges do not overlap ({reference.label}: {r0.min():.4g} to {r0.max():.4g}, "
-            f"{test.label}: {r1.min():.4g} to {r1.max():.4g})"
-        )
-    else:
-        words = "; ".join(f"BD-quality: {_package_words(w.message)}" for w in quality_warnings)
-    return rate, qual, "; ".join(n for n in (note, words) if n)
+    others = [
+        f"{figure}: {_package_words(w.message)}"
+        for figure, caught in (("BD-rate", rate_warnings), ("BD-quality", quality_warnings))
+        for w in caught
+        if not _is_overlap_warning(w.message)
+    ]
+    return rate, qual, "; ".join(n for n in (note, words, *others) if n)
 
 
-def _overlap_warning(message: Warning | str) -> bool:
-    """True for the package's warning that two curves share less than :data:`MIN_OVERLAP_PERCENT` of their range."""
-    m = re.match(r"Insufficient curve overlap: '([\d.]+)'", str(message))
-    return bool(m) and float(m.group(1)) < MIN_OVERLAP_PERCENT
+def _overlap_note(
+    figure: str, axis: str, percent: float, reference: Curve, test: Curve, a: np.ndarray, b: np.ndarray
+) -> str:
+    """Why ``figure`` is n/a when its curves share too little of their ``axis`` range; empty when it is defined."""
+    if percent <= 0:
+        return (
+            f"{figure}: the {axis} ranges do not overlap ({reference.label}: {a.min():.4g} to {a.max():.4g}, "
+            f"{test.label}: {b.min():.4g} to {b.max():.4g})"
+        )
+    if percent < MIN_OVERLAP_PERCENT:
+        return (
+            f"{figure}: the curves overlap over {percent:.2f} % of their range (the package asks for "
+            f"{MIN_OVERLAP_PERCENT:.2f} %): n/a below that"
+        )
+    return ""
+
+
+def _is_overlap_warning(message: Warning | str) -> bool:
+    """The package's own overlap warnings, which :func:`_overlap_note` replaces."""
+    text = str(message)
+    return text.startswith("Insufficient curve overlap") or "do not overlap" in text
+
+
+def overlap_percent(a: np.ndarray, b: np.ndarray) -> float:
+    """The share of their joint range that two sets of values (two curves' qualities, or log rates) both cover, in
+    % (the Bjøntegaard package's measure: shared interval over joint interval)."""
+    joint = max(a.max(), b.max()) - min(a.min(), b.min())
+    shared = max(min(a.max(), b.max()) - max(a.min(), b.min()), 0.0)
+    return 100.0 * float(shared / joint) if joint > 0 else 100.0
 
 
 def _package_words(message: Warning | str) -> str:

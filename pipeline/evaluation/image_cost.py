@@ -36,9 +36,10 @@ SEARCH: dict[str, tuple[tuple[int, int], bool]] = {"jpeg": ((1, 95), True), "hev
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two uint8 images over all channels (peak 255)."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+    """PSNR in dB of two uint8 images over all channels (peak 255): scikit-image's."""
+    from skimage.metrics import peak_signal_noise_ratio
+
+    return float("inf") if np.array_equal(a, b) else float(peak_signal_noise_ratio(a, b, data_range=255))
 
 
 @dataclass(frozen=True)
