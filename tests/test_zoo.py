@@ -1,4 +1,5 @@
-"""The bundled mini YOLOv3: it ships whole, matches its provenance, and ``--yolo-weights mini`` selects it."""
+"""The bundled mini YOLOv3s (plain and photographic world): each ships whole, matches its provenance, and
+``--yolo-weights mini`` or ``mini-photographic`` selects it."""
 
 from __future__ import annotations
 
@@ -8,28 +9,41 @@ from pathlib import Path
 import pytest
 
 from dvcm.yolo import build_yolov3
-from dvcm.zoo import MINI_DETECTOR, RANDOM_DETECTOR, detector_name, mini_detector, mini_detector_dir
+from dvcm.zoo import (
+    MINI_DETECTOR,
+    MINI_DETECTORS,
+    RANDOM_DETECTOR,
+    WORLD_STYLE_DETECTORS,
+    bundled_detector,
+    detector_name,
+    mini_detector,
+    mini_detector_dir,
+)
 from pipeline.infra.errors import UserError
 from pipeline.infra.yolo_files import yolo_files
 
 
-def test_the_bundled_detector_is_small_whole_and_named() -> None:
-    weights, cfg, provenance = mini_detector()
+@pytest.mark.parametrize("name", list(MINI_DETECTORS))
+def test_each_bundled_detector_is_small_whole_named_and_sees(name: str) -> None:
+    weights, cfg, provenance = mini_detector(name)
     assert weights.stat().st_size <= 8 * 2**20
     yolo = build_yolov3(weights, cfg=cfg)
     assert yolo.num_classes == 8 and yolo.front.out_channels == round(256 * provenance["settings"]["width"])
     assert provenance["name"].startswith("mini YOLOv3 (width") and "synthetic world" in provenance["name"]
     for key in ("world_seed", "data_digest", "command", "code_version", "test_map50", "random_weights_test_map50"):
         assert key in provenance
-    assert provenance["test_map50"] > provenance["random_weights_test_map50"]
+    assert provenance["test_map50"] > 10 * provenance["random_weights_test_map50"] + 0.2  # a detector that sees
+    assert WORLD_STYLE_DETECTORS[provenance.get("world_style", "plain")] == name  # trained on its style's world
+    assert bundled_detector(build_yolov3(weights, cfg=cfg).provenance) == name
 
 
-def test_yolo_weights_mini_selects_it_with_its_cfg() -> None:
-    weights, cfg, _ = mini_detector()
-    assert yolo_files(MINI_DETECTOR, None) == (str(weights), str(cfg))
-    assert yolo_files(MINI_DETECTOR, cfg) == (str(weights), str(cfg))
+@pytest.mark.parametrize("name", list(MINI_DETECTORS))
+def test_yolo_weights_mini_selects_it_with_its_cfg(name: str) -> None:
+    weights, cfg, _ = mini_detector(name)
+    assert yolo_files(name, None) == (str(weights), str(cfg))
+    assert yolo_files(name, cfg) == (str(weights), str(cfg))
     with pytest.raises(UserError, match="brings its own cfg"):
-        yolo_files(MINI_DETECTOR, Path(__file__))
+        yolo_files(name, Path(__file__))
 
 
 def test_a_damaged_bundle_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -41,7 +55,7 @@ def test_a_damaged_bundle_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyP
         (copy / f.name).write_bytes(f.read_bytes())
     meta = json.loads((copy / "detector.json").read_text())
     (copy / "detector.weights").write_bytes((copy / "detector.weights").read_bytes()[:-4] + b"\0\0\0\0")
-    monkeypatch.setattr("dvcm.zoo.mini_detector_dir", lambda: copy)
+    monkeypatch.setattr("dvcm.zoo.mini_detector_dir", lambda name=MINI_DETECTOR: copy)
     with pytest.raises(DarknetWeightsError, match="does not match the sha256"):
         mini_detector()
     assert meta["weights_sha256"]

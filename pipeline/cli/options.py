@@ -9,7 +9,7 @@ import typer
 
 YOLO_WEIGHTS_HELP = (
     "Darknet .weights of the YOLOv3 family; 'mini': the bundled mini YOLOv3 trained on the synthetic "
-    "world; 'random': seeded random weights"
+    "world ('mini-photographic': on its photographic style); 'random': seeded random weights"
 )
 YoloWeightsOpt = Annotated[Path | None, typer.Option("--yolo-weights", help=f"{YOLO_WEIGHTS_HELP} (default: random)")]
 YoloCfgOpt = Annotated[

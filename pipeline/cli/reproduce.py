@@ -97,7 +97,7 @@ def reproduce_command(
         str | None,
         typer.Option(
             "--world-style",
-            help="How the synthetic world looks: plain, or photographic (images that cost what photos cost to code; its study trains its detector first).",
+            help="How the synthetic world looks: plain, or photographic (images that cost what photos cost to code; with its bundled detector, mini-photographic).",
         ),
     ] = None,
     anchors: Annotated[

@@ -21,11 +21,12 @@ def resolve_yolo(provenance: dict[str, Any], weights: Path | None, cfg: Path | N
     """The YOLOv3 a checkpoint was trained with: ``--yolo-weights`` (of the network ``--yolo-cfg``
     describes, standard YOLOv3 without), the bundled mini YOLOv3 when it records that, or the seed it records."""
     from dvcm.yolo import build_yolov3
-    from dvcm.zoo import MINI_DETECTOR, is_mini_detector
+    from dvcm.zoo import bundled_detector
     from pipeline.infra.yolo_files import yolo_files
 
-    if weights is None and cfg is None and is_mini_detector(provenance):
-        weights = Path(MINI_DETECTOR)
+    bundled = bundled_detector(provenance)
+    if weights is None and cfg is None and bundled is not None:
+        weights = Path(bundled)
 
     weights_path, cfg_path = yolo_files(weights, cfg)  # checked, absolute; ``mini`` brings its cfg
     if cfg_path is None and provenance.get("cfg_sha256"):

@@ -246,7 +246,8 @@ def train_detector(
         out / WEIGHTS_NAME, darknet_bytes(model, seen=settings.steps * settings.batch_size * settings.workers)
     )
     provenance = {
-        "name": f"mini YOLOv3 (width {settings.width}, {len(WORLD_CLASSES)} classes) trained on the synthetic world",
+        "name": f"mini YOLOv3 (width {settings.width}, {len(WORLD_CLASSES)} classes) trained on the synthetic world"
+        + ("" if settings.world_style == DEFAULT_WORLD_STYLE else f" ({settings.world_style})"),
         "classes": [name for _, name in WORLD_CLASSES],
         "world_seed": settings.world_seed,
         "data_digest": world_digest(settings.world_seed, style=settings.world_style),

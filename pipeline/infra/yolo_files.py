@@ -24,16 +24,17 @@ def checked_file(flag: str, path: str | Path | None, what: str) -> str | None:
 def yolo_files(weights: str | Path | None, cfg: str | Path | None) -> tuple[str | None, str | None]:
     """(weights, cfg) of a command, each absolute or ``None``; a missing file is refused in one line.
 
-    ``--yolo-weights mini`` names the bundled mini YOLOv3 (:mod:`dvcm.zoo`) and brings its own cfg;
+    ``--yolo-weights mini`` (or ``mini-photographic``) names a bundled mini YOLOv3 (:mod:`dvcm.zoo`) and brings its
+    own cfg;
     ``--yolo-weights random`` the seeded random-weight YOLOv3 (as no weights do)."""
-    from dvcm.zoo import MINI_DETECTOR, RANDOM_DETECTOR, mini_detector
+    from dvcm.zoo import MINI_DETECTORS, RANDOM_DETECTOR, mini_detector
 
     if weights is not None and str(weights) == RANDOM_DETECTOR:
         weights = None
-    if weights is not None and str(weights) == MINI_DETECTOR:
-        mini_weights, mini_cfg, _ = mini_detector()
+    if weights is not None and str(weights) in MINI_DETECTORS:
+        mini_weights, mini_cfg, _ = mini_detector(str(weights))
         if cfg is not None and Path(cfg).expanduser().resolve() != mini_cfg.resolve():
-            raise UserError(f"--yolo-weights {MINI_DETECTOR} brings its own cfg; leave out --yolo-cfg {cfg}")
+            raise UserError(f"--yolo-weights {weights} brings its own cfg; leave out --yolo-cfg {cfg}")
         return str(mini_weights), str(mini_cfg)
     return (
         checked_file("--yolo-weights", weights, "a Darknet yolov3.weights file"),

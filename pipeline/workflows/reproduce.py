@@ -368,13 +368,13 @@ def probe_step_seconds(preset: StudyPreset, settings: Any, concurrency: int, ste
 def detector_stage(
     out: Path, train: bool, tracking_uri: str, address: str | None, con: Any, style: str = DEFAULT_WORLD_STYLE
 ) -> tuple[str, str]:
-    """(weights, cfg) of the study's detector: the bundled mini YOLOv3, or one trained into ``out/detector`` on the
-    world of ``style``."""
-    from dvcm.zoo import MINI_DETECTOR
+    """(weights, cfg) of the study's detector: the bundled mini YOLOv3 of the world's ``style``, or one trained into
+    ``out/detector`` on that world."""
+    from dvcm.zoo import WORLD_STYLE_DETECTORS
     from pipeline.infra.yolo_files import yolo_files
 
     if not train:
-        weights, cfg = yolo_files(MINI_DETECTOR, None)
+        weights, cfg = yolo_files(WORLD_STYLE_DETECTORS[style], None)
         return str(weights), str(cfg)
     from pipeline.detector.job import CFG_NAME, WEIGHTS_NAME, DetectorSettings, train_detector
 
@@ -745,14 +745,14 @@ def check_study_inputs(
     yolo_cfg: str | None,
 ) -> bool:
     """Refuse, in one line, inputs that do not go with the preset; returns whether the study trains its detector
-    (the bundled mini detector saw the plain world only: another style's study trains its own first)."""
+    (otherwise it takes the bundled one of its world's style)."""
     if preset.world:
         if data is not None or yolo_weights is not None or yolo_cfg is not None:
             raise UserError(
                 f"--preset {preset_name} studies the synthetic world with its own detector; your data "
                 "and --yolo-weights go with --preset paper"
             )
-        return train_detector or preset.world_style != DEFAULT_WORLD_STYLE
+        return train_detector
     if data is None:
         RealData.from_options(None, None, None, None)  # raises: which paths the preset needs
     if train_detector:
@@ -811,7 +811,7 @@ def run_reproduce(
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     if preset.world and plan_only:  # the plan needs the detector's front only: the bundled one stands in
-        weights, cfg = detector_stage(out, False, uri, address, con)
+        weights, cfg = detector_stage(out, False, uri, address, con, preset.world_style)
         if train_detector:
             con.print("the study would train its detector first (--train-detector); planned with the bundled one")
     elif preset.world:
