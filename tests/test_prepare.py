@@ -440,6 +440,42 @@ def test_a_second_prepare_into_the_same_folder_is_refused_while_the_first_holds_
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
+@pytest.mark.slow  # over 5 s: two real prepares, each with its own local Ray
+def test_two_prepares_started_together_in_two_folders_both_finish(tmp_path: Path) -> None:
+    """Issue 28: two dvcm jobs at once on one machine each start a local Ray; both finish, exit 0, and print no
+    traceback (before, the second could fail with "Found multiple active Ray instances")."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pipeline.cli",
+                "prepare",
+                "--dataset",
+                "sample",
+                "--root",
+                str(tmp_path / f"s{i}"),
+                "--out",
+                str(tmp_path / f"shards{i}"),
+                "--yolo-weights",
+                "mini",
+                "--num-cpus",
+                "1",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    for i, proc in enumerate(procs):
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0 and "Traceback" not in err + out, (i, err[-2000:])
+        assert json.loads((tmp_path / f"shards{i}" / "dataset.json").read_text())["splits"]["train"]["shards"]
+
+
 @pytest.mark.slow
 def test_a_frame_too_large_for_memory_is_skipped_and_listed_not_a_crash(tmp_path: Path) -> None:
     """Issue 28, defect 7: a 12000x12000 PNG in a folder tree made V_front ask for 18 GB (a RuntimeError traceback),
