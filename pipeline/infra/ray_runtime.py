@@ -52,18 +52,34 @@ def pin_own_cluster() -> None:
         pass
 
 
+def _drop_exit_on_stop(unraisable: object) -> None:
+    """``sys.unraisablehook`` of a worker: Ray stops a finished trial's actor with SIGTERM, whose handler raises
+    SystemExit; when that lands inside a weakref callback Python prints it as "Exception ignored in … SystemExit: 1"
+    with a traceback, which Ray forwards to the user's terminal (seen in the quickstart's log). Only that one is
+    dropped; every other unraisable exception is printed as before."""
+    import sys
+
+    if isinstance(getattr(unraisable, "exc_value", None), SystemExit):
+        return
+    sys.__unraisablehook__(unraisable)  # type: ignore[arg-type]
+
+
 def quiet_worker() -> None:
     """Setup hook of every worker: the CLI driver has already said what these would repeat per process.
 
     - the seeded-random-YOLOv3 warning (the CLI prints it once, before any worker starts);
     - torch's torch.jit deprecation warning (see ``quiet_warnings``);
     - Ray Train's per-report INFO lines (see below);
+    - the SystemExit of an actor stopped inside a weakref callback (:func:`_drop_exit_on_stop`);
     - Ray Train's PlacementGroupCleaner polling the State API, which needs the dashboard that a
       local instance here runs without (``include_dashboard=False``): it would log every few seconds.
     """
     pin_own_cluster()
     if os.environ.get("DVCM_VERBOSE", "") not in ("", "0"):
         return
+    import sys
+
+    sys.unraisablehook = _drop_exit_on_stop
     quiet_warnings()
     warnings.filterwarnings("ignore", message="YOLOv3 uses seeded random weights")
     # Ray Train's LoggingConfig(log_level=...) filters loggers named "ray.train.*", but two of its
