@@ -137,3 +137,25 @@ def test_the_photographic_preset_is_the_paper_regime_of_the_design() -> None:
     assert p.gamma_mode == "fixed" and len(p.gammas) >= 3 and "upper hull" in gamma_text(p)
     assert len(p.seeds) >= 3 and p.coco_images >= 200 and p.kodak_images == 24
     assert study_preset("mini", None, None, None, None, None, None).world_style == "plain"  # the old study as it was
+
+
+def test_a_gamma_grid_is_drawn_as_its_points_and_their_upper_hull() -> None:
+    """In the rate–accuracy plot a model with several points per λ (a γ grid) is a cloud, not one zig-zag line:
+    its points as markers, its curve (the upper hull the findings use) as the line."""
+    import matplotlib.pyplot as plt
+
+    from pipeline.evaluation.plots import _plot_cloud
+
+    cloud = Curve(
+        "proposed (11,32,2)",
+        (0.02, 0.03, 0.04, 0.05, 0.09),
+        (0.40, 0.33, 0.75, 0.53, 0.87),
+        meta={"kind": "model", "points": ["λ=0.0018", "λ=0.0067", "λ=0.0018", "λ=0.0067", "λ=0.0018"]},
+    )
+    fig, ax = plt.subplots()
+    _plot_cloud(ax, cloud)
+    dots, hull = ax.get_lines()
+    assert dots.get_linestyle() == "None" and len(dots.get_xdata()) == 5
+    assert tuple(hull.get_xdata()) == upper_hull(cloud).rates == (0.02, 0.04, 0.09)
+    assert [t.get_text() for t in ax.texts] == ["λ=0.0018", "λ=0.0018", "λ=0.0018"]
+    plt.close(fig)

@@ -25,7 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from dvcm.registry import config_text  # noqa: E402
-from pipeline.evaluation.bdrate import Curve  # noqa: E402
+from pipeline.evaluation.bdrate import Curve, upper_hull  # noqa: E402
 from pipeline.evaluation.metrics import METRICS  # noqa: E402
 from pipeline.infra.atomic import atomic_write_bytes  # noqa: E402
 
@@ -33,7 +33,7 @@ from pipeline.infra.atomic import atomic_write_bytes  # noqa: E402
 def _finish(fig: Any, ax: Any, path: Path, dpi: int = 110) -> Path:
     """Grid, legend and layout of a curve plot, then write it atomically and free the figure."""
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)  # beside: covers nothing
     fig.tight_layout()
     _save(fig, path, dpi=dpi)
     plt.close(fig)
@@ -117,8 +117,11 @@ def plot_metric(results: list[dict], metric: str, path: Path, extra: Sequence[Cu
     unc = _uncompressed(results, m.quality) if m.detection else None
     if not cs and unc is None:
         return None
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     for c in cs:
+        if c.meta["kind"] == "model" and len(set(c.meta["points"])) < len(c.meta["points"]):
+            _plot_cloud(ax, c)
+            continue
         style = {"model": "o-", "external": "^:"}.get(c.meta["kind"], "s--")
         ax.plot(c.rates, c.quality, style, label=c.label, markersize=5)
         if c.meta["kind"] == "model":
@@ -130,12 +133,23 @@ def plot_metric(results: list[dict], metric: str, path: Path, extra: Sequence[Cu
     if m.detection:
         det = _detector(results)
         if unc is not None:
-            ax.axhline(unc, color="k", linestyle=":", label=f"uncompressed ({det})")
+            ax.axhline(unc, color="k", linestyle=":", label="uncompressed (the detector in the title)")
         title += f"\ndetector: {det}"  # its own line: the mini detector's name is long
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     return _finish(fig, ax, path)
+
+
+def _plot_cloud(ax: Any, c: Curve) -> None:
+    """A model trained at several γ per λ (a γ grid): its points as markers, and its curve, the upper hull of the
+    points (what the study reads its findings off), as the line; only the hull's points are named."""
+    (dots,) = ax.plot(c.rates, c.quality, "o", label=f"{c.label}: every (λ, γ)", markersize=4, alpha=0.45)
+    hull = upper_hull(c)
+    ax.plot(hull.rates, hull.quality, "o-", color=dots.get_color(), label=f"{c.label}: upper hull", markersize=5)
+    names = {(x, y): n for x, y, n in zip(c.rates, c.quality, c.meta["points"])}
+    for x, y in zip(hull.rates, hull.quality):
+        ax.annotate(names.get((x, y), ""), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
 
 
 def plot_redundancy(
@@ -147,7 +161,7 @@ def plot_redundancy(
     learned = {r["label"]: r["redundancy_learned"] for r in results if r.get("redundancy_learned")}
     if not histories and not evals:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     for i, (label, hist) in enumerate(sorted(histories.items())):
         ep = [h[0] for h in hist]
         ax.plot(ep, [h[1] for h in hist], "o-", color=f"C{i}", label=f"{label}: Rdn(ŷ1|ŷ2)")
