@@ -152,6 +152,9 @@ def _plot_cloud(ax: Any, c: Curve) -> None:
         ax.annotate(names.get((x, y), ""), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
 
 
+REDUNDANCY_FLOOR = -1.0  # the redundancy plot's lowest value shown; lower ones are counted in a note on the plot
+
+
 def plot_redundancy(
     results: list[dict], histories: dict[str, list[tuple[int, float, float]]], path: Path
 ) -> Path | None:
@@ -198,9 +201,16 @@ def plot_redundancy(
     ax.set_xlabel("epoch")
     ax.set_ylabel("Rdn = 1 − H(y_i|y_j)/H(y_i)")
     low = min(0.0, ax.get_ylim()[0])
+    values = [float(y) for line in ax.get_lines() for y in line.get_ydata() if math.isfinite(float(y))]
+    off = sum(v < REDUNDANCY_FLOOR for v in values)
+    if off:  # a few biased-low values (−3, say) would squeeze the readable range [0, 1] into a sliver
+        low = REDUNDANCY_FLOOR
+        ax.text(
+            0.01, 0.02, f"{off} value(s) below {REDUNDANCY_FLOOR:g}, off the axis", transform=ax.transAxes, fontsize=7
+        )
     if low < 0:  # no entropy gives Rdn < 0: there the estimate shows the estimator's bias at few fibers
         ax.axhspan(low, 0.0, color="0.92", zorder=0, label="below 0: impossible, the estimator's bias")
-        ax.set_ylim(bottom=low)
+        ax.set_ylim(bottom=low, top=max(1.05, ax.get_ylim()[1]) if off else None)
     at_eval = (
         f"\nfilled markers at evaluation: k-means, K {evals[0][1].get('K')}, {evals[0][1].get('fibers')} fibers"
         + (", hollow: the learned estimator" if learned else "")
