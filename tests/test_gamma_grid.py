@@ -159,3 +159,18 @@ def test_a_gamma_grid_is_drawn_as_its_points_and_their_upper_hull() -> None:
     assert tuple(hull.get_xdata()) == upper_hull(cloud).rates == (0.02, 0.04, 0.09)
     assert [t.get_text() for t in ax.texts] == ["λ=0.0018", "λ=0.0018", "λ=0.0018"]
     plt.close(fig)
+
+
+def test_each_trial_s_seed_and_gamma_come_from_the_plan_not_from_its_name() -> None:
+    from pipeline.workflows.reproduce import planned_trials
+
+    assert planned_trials(_plan((0.3, 3.0))) == {
+        "proposed-11-32-2-l0.0018-g0.3-s0": (0, 0.3),
+        "proposed-11-32-2-l0.0018-g3-s0": (0, 3.0),
+        "proposed-11-32-2-l0.0932-g0.3-s0": (0, 0.3),
+        "proposed-11-32-2-l0.0932-g3-s0": (0, 3.0),
+    }
+    assert planned_trials(_plan(())) == {
+        "proposed-11-32-2-l0.0018-s0": (0, None),
+        "proposed-11-32-2-l0.0932-s0": (0, None),
+    }

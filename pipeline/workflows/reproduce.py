@@ -549,22 +549,37 @@ def evaluate_stage(
     return summaries
 
 
+def planned_trials(plan: Plan) -> dict[str, tuple[int, float | None]]:
+    """Every trial of the study by name: its (seed, γ), γ ``None`` where the study's one γ applies."""
+    from pipeline.training.grid import model_config, trial_name
+
+    out = {}
+    for model in plan.models:
+        config = model_config(model, plan.preset.configs[model])
+        for lam in plan.lambdas:
+            for seed in plan.seeds:
+                for gamma in model_gammas(plan.preset, model):
+                    out[trial_name(model, config, lam, seed=seed, gamma=gamma)] = (seed, gamma)
+    return out
+
+
 def study_points(
-    state: dict[str, Any], summaries: dict[int, dict[str, Any]]
+    plan: Plan, state: dict[str, Any], summaries: dict[int, dict[str, Any]]
 ) -> tuple[list[Any], list[tuple[float, float]]]:
-    """The findings' points (every trial) and JPEG's Kodak curve (bpp, PSNR)."""
+    """The findings' points (every trial of the plan) and JPEG's Kodak curve (bpp, PSNR)."""
     from pipeline.evaluation.findings import points_from_results
 
     results = {k: v for s in summaries.values() for k, v in s["results"].items()}
     trials = {}
-    for name, t in state["trials"].items():
+    for name, (seed, gamma) in planned_trials(plan).items():
+        t = state["trials"].get(name, {})
         res = results.get(t.get("run_id") or "")
         if res:
             trials[t["run_id"]] = {
                 "model": res["model"],
                 "lmbda": res["lmbda"],
-                "seed": int(name.rsplit("-s", 1)[1]),
-                "gamma": float(name.rsplit("-g", 1)[1].split("-s")[0]) if "-g" in name else math.nan,
+                "seed": seed,
+                "gamma": math.nan if gamma is None else gamma,
             }
     anchors = next(iter(summaries.values()))["results"].get("anchors", {})
     kodak = ((anchors.get("datasets") or {}).get("kodak") or {}).get("points", [])
@@ -598,7 +613,7 @@ def findings_stage(
     from pipeline.evaluation.report import write_report
     from pipeline.infra import tracking
 
-    points, jpeg = study_points(state, summaries)
+    points, jpeg = study_points(plan, state, summaries)
     p = plan.preset
     where = (
         f"the synthetic world's test split ({p.coco_images} COCO-like images at 512×512, {p.kodak_images} Kodak-like)"
