@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-pytestmark = pytest.mark.slow  # integration: real Ray, MLflow, Chromium or subprocess CLIs
-
 SHRINK = ["--epochs", "1", "--steps-per-epoch", "2", "--val-steps", "1", "--anchors", "jpeg"]
 
 
+@pytest.mark.slow  # integration: real Ray, MLflow, Chromium and the CLI
 def test_quickstart_runs_everything_and_reruns_cleanly(tmp_path: Path, ray_local: None) -> None:
     from mlflow import MlflowClient
 

@@ -259,13 +259,14 @@ def base_layer_curve(rows: list[TrialSummary], model: str, quality: str) -> Any:
 def rates_at_shared_levels(rows: list[TrialSummary], quality: str, label: str, levels: int = 3) -> str:
     """Where no BD figure is defined: the base-layer bpp each of proposed and choi2022 needs for ``levels`` levels
     of ``quality`` that both curves reach (evenly spaced over their shared range), in words; "" if they share none."""
-    from pipeline.evaluation.bdrate import rate_at_quality
+    from pipeline.evaluation.bdrate import monotone_fit, rate_at_quality
 
     curves = {m: base_layer_curve(rows, m, quality) for m in ("proposed", "choi2022")}
     if any(len(c.sorted()[0]) < 2 for c in curves.values()):
         return ""
-    lo = max(float(c.sorted()[1].min()) for c in curves.values())
-    hi = min(float(c.sorted()[1].max()) for c in curves.values())
+    fitted = [monotone_fit(c).sorted()[1] for c in curves.values()]  # the range rate_at_quality reads from
+    lo = max(float(q.min()) for q in fitted)
+    hi = min(float(q.max()) for q in fitted)
     if hi <= lo:
         return ""
     parts = []
