@@ -196,3 +196,17 @@ def test_rate_at_quality_and_bit_savings() -> None:
     assert math.isnan(bit_savings(c, half, 0.95)[0])
     wobbly = Curve("w", (0.1, 0.2, 0.3, 0.4), (0.5, 0.72, 0.71, 0.9))  # read on its monotone fit
     assert math.isfinite(rate_at_quality(wobbly, 0.715)[0])
+
+
+def test_the_overlap_is_measured_as_the_package_measures_it_and_read_back_from_the_note() -> None:
+    import numpy as np
+
+    from pipeline.evaluation.bdrate import overlap_percent, rate_overlap_percent
+
+    assert overlap_percent(np.array([0.0, 1.0]), np.array([0.5, 1.5])) == pytest.approx(100 * 0.5 / 1.5)
+    assert overlap_percent(np.array([0.0, 1.0]), np.array([2.0, 3.0])) == 0.0
+    assert overlap_percent(np.array([0.0, np.nan, 1.0]), np.array([0.0, 1.0])) == 100.0  # NaN left out
+    assert overlap_percent(np.array([]), np.array([0.0, 1.0])) == 0.0
+    low, high = Curve("low", (0.05, 0.06), (-0.02, 0.07)), Curve("high", (0.05, 0.11), (0.76, 1.06))
+    assert rate_overlap_percent({"note": bd_delta(low, high)[2]}) == 0.0  # disjoint: not "silent, so 100"
+    assert rate_overlap_percent({"note": ""}) == 100.0

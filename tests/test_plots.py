@@ -30,3 +30,11 @@ def test_biased_low_redundancies_do_not_squeeze_the_readable_range(tmp_path: Pat
     plots.plot_redundancy([], {"choi2022": [(1, -0.2, 0.1), (2, 0.2, 0.3)]}, tmp_path / "s.png")
     assert -1.0 < seen["ylim"][0] < -0.2 and not seen["texts"]  # nothing off the axis: drawn as it is
     plt.close("all")
+
+
+def test_a_missing_redundancy_is_drawn_as_a_gap(tmp_path: Path) -> None:
+    """An Rdn that could not be estimated is NaN, written as null in results.json and read back as None."""
+    from pipeline.evaluation.plots import plot_redundancy
+
+    res = [{"kind": "model", "label": "proposed", "redundancy": {"rdn_y1_given_y2": None, "rdn_y2_given_y1": 0.1}}]
+    assert plot_redundancy(res, {"proposed": [(1, float("nan"), 0.05), (2, -2.0, 0.06)]}, tmp_path / "r.png").is_file()

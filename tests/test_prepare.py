@@ -470,10 +470,16 @@ def test_two_prepares_started_together_in_two_folders_both_finish(tmp_path: Path
         )  # fmt: skip
         for i in range(2)
     ]
-    for i, proc in enumerate(procs):
-        out, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0 and "Traceback" not in err + out, (i, err[-2000:])
-        assert json.loads((tmp_path / f"shards{i}" / "dataset.json").read_text())["splits"]["train"]["shards"]
+    try:
+        for i, proc in enumerate(procs):
+            out, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0 and "Traceback" not in err + out, (i, err[-2000:])
+            assert json.loads((tmp_path / f"shards{i}" / "dataset.json").read_text())["splits"]["train"]["shards"]
+    finally:  # a failed first run leaves no second one behind, with its Ray
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 @pytest.mark.slow

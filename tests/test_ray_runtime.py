@@ -14,8 +14,8 @@ def test_an_actor_stopped_inside_a_weakref_callback_prints_no_traceback_but_othe
     code = textwrap.dedent(
         """
         import sys, weakref
-        from pipeline.infra.ray_runtime import _drop_exit_on_stop
-        sys.unraisablehook = _drop_exit_on_stop
+        from pipeline.infra.ray_runtime import drop_exit_on_stop
+        sys.unraisablehook = drop_exit_on_stop(sys.unraisablehook)
 
         class Thing:
             pass

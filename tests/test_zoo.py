@@ -123,3 +123,22 @@ def test_a_published_file_decodes_with_its_zoo_checkpoint_to_the_same_pixels() -
     assert (got["x_hat"].int() - expected["x_hat"].int()).abs().max() <= 1
     assert (got["x_hat"] != expected["x_hat"]).float().mean() < 1e-3
     assert torch.allclose(got["s_hat"].float(), expected["s_hat"].float(), atol=2e-3, rtol=1e-3)
+
+
+def test_the_zoo_fits_the_plain_detector_only_and_a_study_takes_its_style_s_detector(tmp_path: Path) -> None:
+    """The zoo's codecs were trained on the plain detector's s: the quickstart fine-tunes them only on its shards
+    (mini-photographic's would be refused by every checkpoint); a study takes the bundled detector of its style."""
+    from dvcm.errors import DarknetWeightsError
+    from pipeline.workflows.quickstart import zoo_fits
+    from pipeline.workflows.reproduce import detector_stage
+
+    for name in MINI_DETECTORS:
+        weights, cfg, _ = mini_detector(name)
+        yolo = build_yolov3(weights, cfg=cfg)
+        assert zoo_fits(yolo.provenance) == (name == MINI_DETECTOR)
+    assert not zoo_fits({})
+    for style, name in WORLD_STYLE_DETECTORS.items():
+        weights, cfg, _ = mini_detector(name)
+        assert detector_stage(tmp_path, False, "sqlite:///unused.db", None, None, style) == (str(weights), str(cfg))
+    with pytest.raises(DarknetWeightsError, match="no bundled detector 'glossy'; known: mini, mini-photographic"):
+        mini_detector("glossy")

@@ -35,6 +35,8 @@ RANDOM_DETECTOR_NAME = "random-weight YOLOv3"
 
 
 def mini_detector_dir(name: str = MINI_DETECTOR) -> Path:
+    if name not in MINI_DETECTORS:
+        raise DarknetWeightsError(f"no bundled detector {name!r}; known: {', '.join(MINI_DETECTORS)}")
     return Path(str(files("dvcm.zoo") / MINI_DETECTORS[name]))
 
 
@@ -53,7 +55,7 @@ def mini_detector(name: str = MINI_DETECTOR) -> tuple[Path, Path, dict[str, Any]
 
 
 @cache
-def _mini_provenance(name: str = MINI_DETECTOR) -> dict[str, Any]:
+def _mini_provenance(name: str) -> dict[str, Any]:
     meta = mini_detector_dir(name) / "detector.json"
     return json.loads(meta.read_text()) if meta.is_file() else {}
 

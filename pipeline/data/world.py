@@ -535,7 +535,7 @@ WORLD_STYLES: dict[str, str] = {
     "plain": "smooth gradient and value-noise backgrounds (JPEG and HEVC code them for a small fraction of a photo's bits)",
     "photographic": "backgrounds of textured clutter that cost about what natural photos cost to code",
 }
-DEFAULT_WORLD_STYLE = "plain"  # the bundled detector and zoo were trained on it
+DEFAULT_WORLD_STYLE = "plain"  # the codec zoo and the first bundled detector (mini) were trained on it
 
 
 def check_style(style: str) -> str:

@@ -157,21 +157,19 @@ def _is_overlap_warning(message: Warning | str) -> bool:
 def overlap_percent(a: np.ndarray, b: np.ndarray) -> float:
     """The share of their joint range that two sets of values (two curves' qualities, or log rates) both cover, in
     % (the Bjøntegaard package's measure: shared interval over joint interval)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if not (a.size and b.size):
+        return 0.0  # nothing to share
     joint = max(a.max(), b.max()) - min(a.min(), b.min())
     shared = max(min(a.max(), b.max()) - max(a.min(), b.min()), 0.0)
-    return 100.0 * float(shared / joint) if joint > 0 else 100.0
+    return 100.0 * float(shared / joint) if joint > 0 else 100.0  # both at one value: the same
 
 
 def _package_words(message: Warning | str) -> str:
-    """A ``bjontegaard`` warning, less its advice to callers of the package; its overlap in plain words."""
-    text = str(message).split(" You can silence")[0]
-    m = re.match(r"Insufficient curve overlap: '([\d.]+)'\. Minimum overlap: '([\d.]+)'\.", text)
-    if m:
-        return (
-            f"the curves overlap over {m.group(1)} % of their range (the package asks for {m.group(2)} %): "
-            "n/a below that"
-        )
-    return text
+    """A ``bjontegaard`` warning (other than on the overlap, said by :func:`_overlap_note`), less its advice to
+    callers of the package."""
+    return str(message).split(" You can silence")[0]
 
 
 def upper_hull(curve: Curve) -> Curve:
@@ -282,9 +280,13 @@ def pick_row(pair: list[dict]) -> dict | None:
 
 
 def rate_overlap_percent(row: dict) -> float:
-    """How much of their quality range the two curves of a BD row share, in %, as the ``bjontegaard`` package
-    measured it for the BD-rate (100 when it did not warn: at least the 75 % it asks for)."""
-    m = re.search(r"BD-rate: the curves overlap over ([\d.]+) %", str(row.get("note") or ""))
+    """How much of their quality range the two curves of a BD row share, in %, as its note says (:func:`bd_delta`
+    writes it below :data:`MIN_OVERLAP_PERCENT`): 0 for ranges that do not overlap, 100 when the note is silent
+    (at least the 75 % a BD figure needs)."""
+    note = str(row.get("note") or "")
+    if "BD-rate: the quality ranges do not overlap" in note:
+        return 0.0
+    m = re.search(r"BD-rate: the curves overlap over ([\d.]+) %", note)
     return float(m.group(1)) if m else 100.0
 
 

@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import warnings
+from typing import Any
 
 from pipeline.infra.errors import UserError
 
@@ -52,16 +53,18 @@ def pin_own_cluster() -> None:
         pass
 
 
-def _drop_exit_on_stop(unraisable: object) -> None:
-    """``sys.unraisablehook`` of a worker: Ray stops a finished trial's actor with SIGTERM, whose handler raises
+def drop_exit_on_stop(previous: Any) -> Any:
+    """A ``sys.unraisablehook`` for a worker: Ray stops a finished trial's actor with SIGTERM, whose handler raises
     SystemExit; when that lands inside a weakref callback Python prints it as "Exception ignored in … SystemExit: 1"
-    with a traceback, which Ray forwards to the user's terminal (seen in the quickstart's log). Only that one is
-    dropped; every other unraisable exception is printed as before."""
-    import sys
+    with a traceback, which Ray forwards to the user's terminal (seen in the quickstart's log). An unraisable
+    SystemExit is dropped; every other unraisable exception goes to ``previous`` (the hook installed before)."""
 
-    if isinstance(getattr(unraisable, "exc_value", None), SystemExit):
-        return
-    sys.__unraisablehook__(unraisable)  # type: ignore[arg-type]
+    def hook(unraisable: Any) -> None:
+        if isinstance(getattr(unraisable, "exc_value", None), SystemExit):
+            return
+        previous(unraisable)
+
+    return hook
 
 
 def quiet_worker() -> None:
@@ -70,7 +73,7 @@ def quiet_worker() -> None:
     - the seeded-random-YOLOv3 warning (the CLI prints it once, before any worker starts);
     - torch's torch.jit deprecation warning (see ``quiet_warnings``);
     - Ray Train's per-report INFO lines (see below);
-    - the SystemExit of an actor stopped inside a weakref callback (:func:`_drop_exit_on_stop`);
+    - the SystemExit of an actor stopped inside a weakref callback (:func:`drop_exit_on_stop`);
     - Ray Train's PlacementGroupCleaner polling the State API, which needs the dashboard that a
       local instance here runs without (``include_dashboard=False``): it would log every few seconds.
     """
@@ -79,7 +82,7 @@ def quiet_worker() -> None:
         return
     import sys
 
-    sys.unraisablehook = _drop_exit_on_stop
+    sys.unraisablehook = drop_exit_on_stop(sys.unraisablehook)
     quiet_warnings()
     warnings.filterwarnings("ignore", message="YOLOv3 uses seeded random weights")
     # Ray Train's LoggingConfig(log_level=...) filters loggers named "ray.train.*", but two of its

@@ -3,7 +3,8 @@
 ``--preset paper`` runs the same stages on the user's Vimeo-90K, COCO 2014, Kodak and YOLOv3 weights, on
 GPUs, with the paper's configurations and every trial trained to its plateau (no budget).
 
-1. **Detector**: the bundled mini YOLOv3 (``--yolo-weights mini``), or one trained now (``--train-detector``).
+1. **Detector**: the bundled mini YOLOv3 of the world's style (``mini`` or ``mini-photographic``), or one trained
+   now (``--train-detector``).
 2. **Data**: clips of the synthetic world's train split, prepared into shards with that front (Ray);
    the evaluation images come from the world's held-out test split (COCO-like with ground truth,
    Kodak-like).
