@@ -129,7 +129,7 @@ def test_the_zoo_fits_the_plain_detector_only_and_a_study_takes_its_style_s_dete
     """The zoo's codecs were trained on the plain detector's s: the quickstart fine-tunes them only on its shards
     (mini-photographic's would be refused by every checkpoint); a study takes the bundled detector of its style."""
     from dvcm.errors import DarknetWeightsError
-    from pipeline.workflows.quickstart import zoo_fits
+    from dvcm.zoo import codec_zoo_fits as zoo_fits
     from pipeline.workflows.reproduce import detector_stage
 
     for name in MINI_DETECTORS:

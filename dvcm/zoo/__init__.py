@@ -67,11 +67,6 @@ def bundled_detector(provenance: Mapping[str, Any]) -> str | None:
     return next((n for n in MINI_DETECTORS if sha and _mini_provenance(n).get("weights_sha256") == sha), None)
 
 
-def is_mini_detector(provenance: Mapping[str, Any]) -> bool:
-    """Whether a YOLOv3 provenance (or a checkpoint's record of it) names a bundled mini YOLOv3's weights."""
-    return bundled_detector(provenance) is not None
-
-
 def detector_name(provenance: Mapping[str, Any]) -> str:
     """What every output calls the YOLOv3 whose provenance (``YOLOv3.provenance``) this is.
 
@@ -113,3 +108,11 @@ def zoo_checkpoint(name: str) -> Path:
     if not path.is_file() or file_sha256(path) != entries[name]["sha256"]:
         raise CheckpointError(f"{path} is missing or does not match the sha256 in zoo.json; reinstall dvcm")
     return path
+
+
+def codec_zoo_fits(yolo_provenance: Mapping[str, Any]) -> bool:
+    """Whether the codec zoo was trained on the s of this detector (a YOLOv3 provenance, or shards' record of it):
+    only then can its checkpoints be fine-tuned on them (the zoo saw the plain world's detector, not
+    mini-photographic's)."""
+    front = yolo_provenance.get("weights_sha256")
+    return bool(front) and any(e.get("detector", {}).get("weights_sha256") == front for e in codec_zoo().values())

@@ -256,15 +256,6 @@ def base_layer_curve(rows: list[TrialSummary], model: str, quality: str) -> Any:
     return Curve(model, tuple(r for r, _ in pts), tuple(q for _, q in pts))
 
 
-def zoo_fits(yolo_provenance: dict[str, Any]) -> bool:
-    """Whether the bundled codec zoo was trained on the s of this detector (shards' ``provenance.yolo``): only then
-    do the trials fine-tune its checkpoints (the zoo saw the plain world's detector, not mini-photographic's)."""
-    from dvcm.zoo import codec_zoo
-
-    front = yolo_provenance.get("weights_sha256")
-    return bool(front) and any(e.get("detector", {}).get("weights_sha256") == front for e in codec_zoo().values())
-
-
 def rates_at_shared_levels(rows: list[TrialSummary], quality: str, label: str, levels: int = 3) -> str:
     """Where no BD figure is defined: the base-layer bpp each of proposed and choi2022 needs for ``levels`` levels
     of ``quality`` that both curves reach (evenly spaced over their shared range), in words; "" if they share none."""
@@ -550,11 +541,12 @@ def sweep_stage(
 ) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
     """Step 2: every model of :data:`MODELS` at every λ, in parallel (Ray Tune + Ray Train), each fine-tuning its zoo
     checkpoint; returns (name, grid, record)."""
+    from dvcm.zoo import codec_zoo_fits
     from pipeline.data.shards import read_dataset_info
     from pipeline.training.sweep import run_sweep
     from pipeline.training.sweep_state import read_state
 
-    from_zoo = zoo_fits(read_dataset_info(str(shards)).get("provenance", {}).get("yolo", {}))
+    from_zoo = codec_zoo_fits(read_dataset_info(str(shards)).get("provenance", {}).get("yolo", {}))
     defaults = {**FROM_ZOO_TRAINING, **zoo_loss()} if from_zoo else FROM_SCRATCH_TRAINING
     flags = {**flags, **{k: v for k, v in defaults.items() if flags.get(k) is None}}
     settings = resolve(TRAINING_PRESET, {}, {"shards": str(shards), **flags})
