@@ -174,3 +174,21 @@ def test_each_trial_s_seed_and_gamma_come_from_the_plan_not_from_its_name() -> N
         "proposed-11-32-2-l0.0018-s0": (0, None),
         "proposed-11-32-2-l0.0932-s0": (0, None),
     }
+
+
+def test_the_plan_says_when_round_one_gives_no_more_steps_than_the_learning_curve_was_short_of_its_ceiling_at() -> None:
+    from pipeline.workflows.reproduce import ceiling_lines
+
+    plan = _plan(())
+    first = plan.epoch_caps[0] * plan.steps_per_epoch
+
+    def measured(steps: int | None) -> list[str]:
+        return ceiling_lines(
+            dataclasses.replace(plan, preset=dataclasses.replace(plan.preset, steps_short_of_ceiling=steps))
+        )
+
+    (line,) = measured(4 * first)
+    need = plan.seconds["training (at most)"] * 4 / 3600
+    assert f"at most {first} steps" in line and f"after {4 * first} steps" in line and f"more than {need:.1f} h" in line
+    assert len(measured(first)) == 1  # as many steps as the curve was still short at: still short
+    assert measured(first - 1) == [] and measured(None) == []  # more steps than measured, or nothing measured

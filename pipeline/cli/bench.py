@@ -3,6 +3,7 @@ in one run (``pipeline.bench``); these commands only parse their flags."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -191,4 +192,55 @@ def redundancy_command(
         num_fibers,
         learned_steps,
         json_file,
+    )
+
+
+@bench.command("learning-curve")
+def learning_curve_command(
+    study: Annotated[Path, typer.Option(help="A reproduce study folder: its shards and held-out test images.")],
+    models: Annotated[str, typer.Option(help="Codecs, comma separated (dvcm.registry).")] = "proposed,choi2022",
+    lrs: Annotated[str, typer.Option(help="Learning rates, comma separated (constant: no plateau drops).")] = (
+        "1e-3,1e-4"
+    ),
+    lmbda: Annotated[float, typer.Option("--lambda", help="λ of every run.")] = 0.0932,
+    gamma: Annotated[float, typer.Option(help="γ of every run (Eq. 2, fixed).")] = 1.0,
+    steps: Annotated[int, typer.Option(help="Training steps of each run, from scratch.")] = 4000,
+    every: Annotated[int, typer.Option(help="Score a checkpoint every this many steps.")] = 500,
+    coco_images: Annotated[int, typer.Option(help="COCO-like test images scored for mAP@0.5.")] = 50,
+    kodak_images: Annotated[int, typer.Option(help="Kodak-like test images scored for PSNR.")] = 8,
+    yolo_weights: Annotated[str, typer.Option(help="The study's detector (its shards were prepared with it).")] = (
+        "mini-photographic"
+    ),
+    json_file: Annotated[Path, typer.Option("--json", help="Figures (a rerun keeps the runs it holds).")] = Path(
+        "learning_curve.json"
+    ),
+    plot: Annotated[Path, typer.Option(help="PNG of PSNR, PSNR over JPEG and mAP against steps.")] = Path(
+        "learning_curve.png"
+    ),
+    seed: Annotated[int, typer.Option(help="Seed of every run.")] = 0,
+    threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+) -> None:
+    """How many steps a trial needs, and at which lr: each (model, lr) trained from scratch on a study's shards,
+    scored every few hundred steps as `evaluate` scores (PSNR and bpp, base-layer mAP@0.5)."""
+    from dvcm.registry import codec_spec
+    from pipeline.bench.learning_curve import CurveData, CurveRun, run_learning_curve
+    from pipeline.training.grid import parse_list
+
+    try:
+        lr_values = [float(v) for v in parse_list(lrs)]
+    except ValueError:
+        raise typer.BadParameter(f"--lrs {lrs!r}: write numbers such as 1e-3,1e-4") from None
+    names = parse_list(models)
+    for name in names:
+        codec_spec(name)  # an unknown codec: one line
+    finite = [*lr_values, lmbda, gamma]
+    if not names or not lr_values or not all(math.isfinite(v) for v in finite) or min(lr_values) <= 0 or lmbda <= 0:
+        raise typer.BadParameter("give one or more models, finite positive --lrs and --lambda, and a finite --gamma")
+    if gamma < 0 or coco_images < 1 or kodak_images < 1 or threads < 1:
+        raise typer.BadParameter("--gamma at least 0; --coco-images, --kodak-images and --threads at least 1")
+    if every < 1 or steps < 2 * every or steps % every:
+        raise typer.BadParameter("--steps must be a multiple of --every, two or more of them, such as 4000 and 500")
+    runs = [CurveRun(m, lr, lmbda, gamma, steps, every, seed) for m in names for lr in lr_values]
+    run_learning_curve(
+        CurveData.of_study(study, yolo_weights), runs, coco_images, kodak_images, json_file, plot, threads
     )

@@ -79,6 +79,13 @@ def _codec(checkpoint: str, s: Settings):  # -> ScalableCodec
     return _CACHE[key]
 
 
+def forget_codec(checkpoint: str) -> None:
+    """Drop every cached copy of ``checkpoint``'s codec (a caller scoring many short-lived checkpoints in one
+    process, such as ``bench learning-curve``, would otherwise keep them all)."""
+    for key in [k for k in _CACHE if k[0] == "codec" and k[1] == checkpoint]:
+        del _CACHE[key]
+
+
 def _load_rgb(path: str):  # -> PIL.Image | None
     """8-bit RGB (16-bit scaled, see pipeline.data.images), or None for a file that is skipped."""
     from pipeline.data.images import read_rgb8

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +48,9 @@ from dvcm.zoo import MINI_DETECTOR
 from pipeline.evaluation.anchors import DEFAULT_ANCHORS
 from pipeline.infra.errors import UserError
 from pipeline.infra.yolo_files import yolo_files
-from pipeline.training.settings import LEGACY_SETTINGS, SettingsChangedError, SweepSettings, resolve, resume_record
+from pipeline.training.settings import LEGACY_SETTINGS, SweepSettings, resolve, resume_record
+from pipeline.workflows import stages
+from pipeline.workflows.stages import StudyContext, mlflow_ui_command
 
 DEFAULT_OUT = Path("dvcm-quickstart")
 DEFAULT_LAMBDAS = "0.0018,0.0932"
@@ -119,18 +120,6 @@ class QuickstartResult:
 
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def default_tracking_uri(out: Path) -> str:
-    """An SQLite store inside the quickstart folder (so a new ``--out`` is a fresh start)."""
-    return f"sqlite:///{(out / 'mlflow.db').resolve()}"
-
-
-def mlflow_ui_command(tracking_uri: str) -> str:
-    """The exact command that opens the runs of ``tracking_uri`` in the MLflow UI."""
-    if tracking_uri.startswith(("http://", "https://")):
-        return f"open {tracking_uri} in a browser (the tracking server is its own UI)"
-    return f"mlflow ui --backend-store-uri {tracking_uri}"
 
 
 def mlflow_runs_url(tracking_uri: str, experiment_id: str) -> str:
@@ -447,41 +436,17 @@ def print_summary(result: QuickstartResult) -> None:
         con.print(f"then browse: {result.runs_url}", soft_wrap=True)
 
 
-def prepare_stage(
-    out: Path,
-    yolo_weights: str | None,
-    address: str | None,
-    num_cpus: int | None,
-    progress: bool,
-    con: Any,
-    yolo_cfg: str | None = None,
-) -> tuple[Any, Path]:
+def prepare_stage(ctx: StudyContext) -> tuple[Any, Path]:
     """Step 1: the generated sample set, and its Vimeo-like clips into shards (Ray tasks)."""
-    from pipeline.data.feature_encoding import DEFAULT_ENCODING
-    from pipeline.data.prepare import recorded_encoding, run_prepare
     from pipeline.data.sample_data import generate_sample
     from pipeline.data.sources import list_source
-    from pipeline.infra.ray_runtime import init_ray
 
-    con.rule("1/5 prepare: sample data -> WebDataset shards (Ray)")
-    sample = generate_sample(out / "data", train_sequences=SAMPLE_TRAIN_SEQUENCES, val_sequences=SAMPLE_VAL_SEQUENCES)
-    init_ray(address, num_cpus)
-    shards = out / "shards"
-    rep = run_prepare(
-        list_source("sample", sample.vimeo_root, SAMPLE_FRAMES),
-        shards,
-        yolo_weights=yolo_weights,
-        frames=SAMPLE_FRAMES,
-        shard_size=8,
-        use_ray=True,
-        address=address,
-        num_cpus=num_cpus,
-        progress=progress,
-        yolo_cfg=yolo_cfg,
-        feature_encoding=recorded_encoding(shards) or DEFAULT_ENCODING,
+    ctx.con.rule("1/5 prepare: sample data -> WebDataset shards (Ray)")
+    sample = generate_sample(
+        ctx.out / "data", train_sequences=SAMPLE_TRAIN_SEQUENCES, val_sequences=SAMPLE_VAL_SEQUENCES
     )
-    con.print(f"shards in {shards}: {rep.shards_written} written, {rep.shards_skipped} already finished")
-    return sample, shards
+    listing = list_source("sample", sample.vimeo_root, SAMPLE_FRAMES)
+    return sample, stages.prepare_stage(ctx, listing, SAMPLE_FRAMES, shard_size=8)
 
 
 def zoo_start(model: str, lmbda: float) -> str | None:
@@ -529,106 +494,46 @@ def quickstart_grid(lams: list[float], from_zoo: bool = True) -> list[dict[str, 
     return grid
 
 
-def sweep_stage(
-    out: Path,
-    shards: Path,
-    flags: dict[str, Any],
-    lams: list[float],
-    uri: str,
-    address: str | None,
-    progress: bool,
-    con: Any,
-) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
+def sweep_stage(ctx: StudyContext, flags: dict[str, Any], lams: list[float]) -> tuple[str, list[dict[str, Any]], dict]:
     """Step 2: every model of :data:`MODELS` at every λ, in parallel (Ray Tune + Ray Train), each fine-tuning its zoo
     checkpoint; returns (name, grid, record)."""
     from dvcm.zoo import codec_zoo_fits
     from pipeline.data.shards import read_dataset_info
-    from pipeline.training.sweep import run_sweep
-    from pipeline.training.sweep_state import read_state
 
-    from_zoo = codec_zoo_fits(read_dataset_info(str(shards)).get("provenance", {}).get("yolo", {}))
+    from_zoo = codec_zoo_fits(read_dataset_info(str(ctx.shards)).get("provenance", {}).get("yolo", {}))
     defaults = {**FROM_ZOO_TRAINING, **zoo_loss()} if from_zoo else FROM_SCRATCH_TRAINING
     flags = {**flags, **{k: v for k, v in defaults.items() if flags.get(k) is None}}
-    settings = resolve(TRAINING_PRESET, {}, {"shards": str(shards), **flags})
+    settings = resolve(TRAINING_PRESET, {}, {"shards": str(ctx.shards), **flags})
     grid = quickstart_grid(lams, from_zoo=from_zoo)
-    con.rule(
-        f"2/5 sweep: {', '.join(MODELS)} "
-        + ("fine-tuned from the zoo" if from_zoo else "from scratch")
-        + " (Ray Tune + Ray Train)"
-    )
+    how = "fine-tuned from the zoo" if from_zoo else "from scratch"
+    ctx.con.rule(f"2/5 sweep: {', '.join(MODELS)} {how} (Ray Tune + Ray Train)")
+    scratch = "trains from scratch (the zoo's codecs are for the mini YOLOv3's s)"
     for entry in grid:
-        con.print(
-            f"{entry['trial_name']}: "
-            + (
-                f"fine-tunes {entry['zoo']}"
-                if entry.get("zoo")
-                else "trains from scratch (the zoo's codecs are for the mini YOLOv3's s)"
-            )
-        )
-    storage = out / "runs"
+        ctx.con.print(f"{entry['trial_name']}: " + (f"fine-tunes {entry['zoo']}" if entry.get("zoo") else scratch))
     name = sweep_name(settings, lams)
-    resume = read_state(storage / name) is not None
-    try:
-        state = run_sweep(name, grid, settings, storage, uri, resume=resume, address=address, show=progress)
-    except SettingsChangedError as e:  # the sweep's advice (--name) is not a quickstart option
-        raise UserError(
-            f"{out} holds a quickstart trained otherwise (an earlier dvcm?): sweep {name!r} was "
-            f"started with other training settings ({e.changes}); pass a new --out"
-        ) from None
-    failed = [n for n, t in state["trials"].items() if t.get("status") != "finished"]
-    if failed:
-        from pipeline.training.sweep import failure_summary
 
-        why = failure_summary(state, failed)
-        if why.startswith("trial "):
-            raise UserError(f"trials {', '.join(failed)} did not finish; {why}")
-        raise UserError(
-            f"trials {', '.join(failed)} did not finish; {why}see {mlflow_ui_command(uri)}, then rerun quickstart"
+    def changed(changes: str) -> str:  # the sweep's advice (--name) is not a quickstart option
+        return (
+            f"{ctx.out} holds a quickstart trained otherwise (an earlier dvcm?): sweep {name!r} was started with "
+            f"other training settings ({changes}); pass a new --out"
         )
+
+    rerun = f"see {mlflow_ui_command(ctx.uri)}, then rerun quickstart"
+    state = stages.sweep_stage(ctx, name, grid, settings, changed, rerun)
     return name, grid, state
 
 
 def evaluate_stage(
-    eval_dir: Path,
-    run_ids: list[str],
-    sample: Any,
-    yolo_weights: str | None,
-    anchors: list[str] | None,
-    uri: str,
-    progress: bool,
-    con: Any,
-    yolo_cfg: str | None = None,
-    reference: str = "gt",
+    ctx: StudyContext, eval_dir: Path, run_ids: list[str], sample: Any, anchors: list[str] | None, reference: str
 ) -> dict[str, Any]:
     """Step 3: every trial from real bitstreams, with the installed anchors (Ray tasks); returns the job's summary."""
-    from pipeline.evaluation.job import Job, run_job
-    from pipeline.evaluation.targets import coco_items, folder_items, resolve_targets
-    from pipeline.evaluation.tasks import Settings
-
-    con.rule("3/5 evaluate: real bitstreams, anchors, BD-rate, plots (Ray tasks)")
-    targets = resolve_targets([], run_ids, None, False, uri, eval_dir / ".downloads")
-    items, gt = coco_items(sample.coco_root, sample.coco_annotations, None)
-    job = Job(
-        targets=targets,
-        out=eval_dir,
-        settings=Settings(yolo_weights=yolo_weights, yolo_seed=0, yolo_cfg=yolo_cfg),
-        coco=(items, gt, sample.coco_annotations),
-        kodak=folder_items(sample.kodak_root),
-        reference=reference,
-        anchors=list(anchors) if anchors is not None else list(DEFAULT_ANCHORS),
-        bd_reference="choi2022,bmshj2018",
-        tracking_uri=uri,
-        # the k-means estimator on every fiber of the sample's 6 COCO images (the paper's: 256 images); the learned
-        # one (about a minute a trial here) is left out of the 5-minute quickstart: evaluate and reproduce run it
-        redundancy_images=6,
-        redundancy_k=4,  # K 16 (evaluate's) needs more fibers than 6 images have (bench redundancy)
-        redundancy_fibers=6144,
-        redundancy_learned_steps=0,
-    )
-    summary = run_job(job, progress=progress)
-    for line in summary["notices"]:
-        con.print(line)
-    return summary
+    ctx.con.rule("3/5 evaluate: real bitstreams, anchors, BD-rate, plots (Ray tasks)")
+    # the k-means estimator on every fiber of the sample's 6 COCO images (the paper's: 256 images), K 4 (evaluate's
+    # 16 needs more fibers than 6 images have: bench redundancy); the learned one (about a minute a trial here) is
+    # left out of the 5-minute quickstart: evaluate and reproduce run it
+    redundancy = stages.RedundancySettings(images=6, k=4, fibers=6144, learned_steps=0)
+    anchors = list(anchors) if anchors is not None else list(DEFAULT_ANCHORS)
+    return stages.evaluate_stage(ctx, eval_dir, run_ids, sample, anchors, reference, redundancy)
 
 
 def map_reference(yolo_weights: str | None, yolo_cfg: str | None) -> str:
@@ -675,16 +580,14 @@ def run_quickstart(
 
     ``yolo_cfg``: the Darknet ``.cfg`` of the YOLOv3 family ``yolo_weights`` belong to (default: standard YOLOv3).
     """
-    from rich.console import Console
-
     from pipeline.evaluation.report import write_report
     from pipeline.infra import tracking
     from pipeline.training.grid import parse_lambdas, parse_list
 
-    con = Console()
-    out = Path(out).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
     yolo_weights, yolo_cfg = yolo_files(yolo_weights, yolo_cfg)  # absolute: Ray workers build the YOLO
+    ctx = StudyContext.open(out, tracking_uri, yolo_weights, yolo_cfg, address, num_cpus, progress)
+    con, out, uri = ctx.con, ctx.out, ctx.uri
+    out.mkdir(parents=True, exist_ok=True)
     reference = map_reference(yolo_weights, yolo_cfg)
     if yolo_weights is None:
         con.print(
@@ -696,9 +599,6 @@ def run_quickstart(
         con.print(f"  weights {yolo_weights}", soft_wrap=True)
     if yolo_cfg is not None:
         con.print(f"  network {yolo_cfg}", soft_wrap=True)
-    uri = tracking.resolve_tracking_uri(
-        tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(out)
-    )
     tracking.check_reachable(uri)
     lams = parse_lambdas(lambdas if lambdas is not None else parse_list(DEFAULT_LAMBDAS))
     if len(lams) < 2:
@@ -706,7 +606,7 @@ def run_quickstart(
     seconds: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    sample, shards = prepare_stage(out, yolo_weights, address, num_cpus, progress, con, yolo_cfg)
+    sample, shards = prepare_stage(ctx)
     seconds["prepare"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -721,13 +621,13 @@ def run_quickstart(
         "yolo_weights": yolo_weights,
         "yolo_cfg": yolo_cfg,
     }
-    name, grid, state = sweep_stage(out, shards, flags, lams, uri, address, progress, con)
+    name, grid, state = sweep_stage(ctx, flags, lams)
     seconds["sweep"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     eval_dir = eval_folder(out, name)
     run_ids = [state["trials"][t["trial_name"]]["run_id"] for t in grid]
-    summary = evaluate_stage(eval_dir, run_ids, sample, yolo_weights, anchors, uri, progress, con, yolo_cfg, reference)
+    summary = evaluate_stage(ctx, eval_dir, run_ids, sample, anchors, reference)
     seconds["evaluate"] = time.perf_counter() - t0
 
     con.rule("4/5 report")
