@@ -38,12 +38,12 @@ class CurveData:
     yolo_cfg: str | None
 
     @classmethod
-    def of_study(cls, study: Path, yolo_weights: str) -> CurveData:
+    def of_study(cls, study: Path, yolo_weights: str, yolo_cfg: str | None = None) -> CurveData:
         """The folders a ``reproduce`` run writes (``shards/``, ``data/coco2014``, ``data/kodak``); ``yolo_weights`` as
         every command takes it (a file, or a bundled detector's name)."""
         from pipeline.infra.yolo_files import yolo_files
 
-        weights, cfg = yolo_files(yolo_weights, None)
+        weights, cfg = yolo_files(yolo_weights, yolo_cfg)
         data = cls(
             study / "shards",
             study / "data" / "coco2014",

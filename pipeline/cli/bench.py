@@ -16,6 +16,7 @@ from pipeline.bench.prepare import run_prepare_bench
 from pipeline.bench.redundancy import run_redundancy_bench
 from pipeline.bench.shards import run_shards_bench
 from pipeline.bench.train import run_train_bench
+from pipeline.cli.options import YoloCfgOpt
 from pipeline.cli.training import AddressOpt
 
 bench = typer.Typer(help="Benchmarks: print a table and its ratios, measured side by side.", no_args_is_help=True)
@@ -211,6 +212,7 @@ def learning_curve_command(
     yolo_weights: Annotated[str, typer.Option(help="The study's detector (its shards were prepared with it).")] = (
         "mini-photographic"
     ),
+    yolo_cfg: YoloCfgOpt = None,
     json_file: Annotated[Path, typer.Option("--json", help="Figures (a rerun keeps the runs it holds).")] = Path(
         "learning_curve.json"
     ),
