@@ -55,7 +55,7 @@ def reproduce_command(
         float | None,
         typer.Option(
             "--budget-minutes",
-            help="Wall time the study may take; the training's epoch caps follow from it (default: 60 for mini).",
+            help="Wall time the study may take; the training's epoch caps follow from it (default: the preset's, 60 for mini, 90 for mini-photographic).",
         ),
     ] = None,
     lambdas: Annotated[
@@ -63,7 +63,11 @@ def reproduce_command(
         typer.Option("--lambdas", help="λ values, comma separated (default: the paper's 0.0018,0.0067,0.025,0.0932)."),
     ] = None,
     seeds: Annotated[
-        str | None, typer.Option("--seeds", help="Seeds of the trials' weights and crops (default 0,1).")
+        str | None,
+        typer.Option(
+            "--seeds",
+            help="Seeds of the trials' weights and crops (default: the preset's, 0,1 for mini, 0,1,2 for mini-photographic).",
+        ),
     ] = None,
     models: Annotated[
         str | None,
