@@ -57,3 +57,25 @@ def test_a_learning_curve_trains_scores_and_resumes(tmp_path: Path, tiny_shards:
     # a rerun with the same file keeps the finished run: the same points, not trained again
     again = run_learning_curve(data, [run], coco_images=2, kodak_images=1, json_file=out, plot_file=plot, threads=1)
     assert again["runs"][run.key]["points"] == entry["points"]
+
+    # a warm start, as the study's later rounds: the weights of a checkpoint of the same model and configuration
+    import dataclasses
+    import warnings
+
+    from dvcm.checkpoint import save_checkpoint
+    from dvcm.errors import CheckpointError
+    from dvcm.registry import build
+    from dvcm.yolo import build_yolov3
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        yolo = build_yolov3(seed=0)
+    for name in ("proposed", "choi2022"):
+        model = build(name, front=yolo.front, yolo_provenance=dict(yolo.provenance), N=32, M1=16, M2=32, H=2)
+        save_checkpoint(tmp_path / f"{name}.pt", model)
+    warm = dataclasses.replace(run, init=str(tmp_path / "proposed.pt"))
+    doc = run_learning_curve(data, [warm], coco_images=2, kodak_images=1, json_file=out, plot_file=plot, threads=1)
+    assert warm.key == f"{run.key}-from-proposed" and doc["runs"][warm.key]["complete"] and run.key in doc["runs"]
+    other = dataclasses.replace(run, init=str(tmp_path / "choi2022.pt"))
+    with pytest.raises(CheckpointError, match="holds choi2022"):
+        run_learning_curve(data, [other], coco_images=2, kodak_images=1, json_file=out, plot_file=plot, threads=1)

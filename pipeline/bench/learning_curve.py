@@ -1,6 +1,6 @@
 """``bench learning-curve``: how many steps a trial needs, and at which lr, measured on a study's own data.
 
-Each (model, lr) trains from scratch at one (λ, γ) with the training loop the sweep runs
+Each (model, lr) trains from scratch (or from ``--init``, a warm start) at one (λ, γ) with the training loop the sweep runs
 (:func:`pipeline.training.loop.setup` and :func:`~pipeline.training.loop.train_epoch`), at a constant lr (no
 plateau drops, so the curve shows what steps alone buy). Every ``every`` steps it saves a checkpoint and scores it
 the way ``evaluate`` does (:func:`pipeline.evaluation.tasks.run_codec_chunk`, real rANS bytes): PSNR and bpp on the
@@ -73,10 +73,12 @@ class CurveRun:
     every: int
     seed: int = 0
     preset: str = "mini"  # the training preset (pipeline.training.settings): crop, batch, N, the configuration
+    init: str | None = None  # a dvcm checkpoint to start from (a warm start, as the study's later rounds)
 
     @property
     def key(self) -> str:
-        return f"{self.model}-lr{self.lr:g}-l{self.lmbda:g}-g{self.gamma:g}-s{self.seed}"
+        start = f"-from-{Path(self.init).stem}" if self.init else ""
+        return f"{self.model}-lr{self.lr:g}-l{self.lmbda:g}-g{self.gamma:g}-s{self.seed}{start}"
 
 
 def _trial(run: CurveRun, data: CurveData, yolo_provenance: dict[str, Any], storage: str):  # -> TrialConfig
@@ -178,12 +180,14 @@ def train_curve(
     import torch
 
     from dvcm.checkpoint import save_checkpoint
-    from pipeline.training.loop import place, setup, train_epoch, validate
+    from pipeline.training.loop import place, setup, train_epoch, validate, warm_start
 
     torch.set_num_threads(threads)
     points: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         w = setup(_trial(run, data, provenance, tmp), 0, 1, torch.device("cpu"))
+        if run.init:
+            warm_start(w, run.init)  # the weights only, with fresh optimizers, as a study's warm-started trial
         place(w, None)
         t0 = time.perf_counter()
         for epoch in range(1, run.steps // run.every + 1):

@@ -221,8 +221,12 @@ def learning_curve_command(
     ),
     seed: Annotated[int, typer.Option(help="Seed of every run.")] = 0,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+    init: Annotated[
+        Path | None,
+        typer.Option(help="Start every run from this dvcm checkpoint (a warm start, as a study's later rounds)."),
+    ] = None,
 ) -> None:
-    """How many steps a trial needs, and at which lr: each (model, lr) trained from scratch on a study's shards,
+    """How many steps a trial needs, and at which lr: each (model, lr) trained from scratch (or --init) on a study's shards,
     scored every few hundred steps as `evaluate` scores (PSNR and bpp, base-layer mAP@0.5)."""
     from dvcm.registry import codec_spec
     from pipeline.bench.learning_curve import CurveData, CurveRun, run_learning_curve
@@ -242,7 +246,10 @@ def learning_curve_command(
         raise typer.BadParameter("--gamma at least 0; --coco-images, --kodak-images and --threads at least 1")
     if every < 1 or steps < 2 * every or steps % every:
         raise typer.BadParameter("--steps must be a multiple of --every, two or more of them, such as 4000 and 500")
-    runs = [CurveRun(m, lr, lmbda, gamma, steps, every, seed) for m in names for lr in lr_values]
+    if init is not None and not init.is_file():
+        raise typer.BadParameter(f"--init {init}: no such checkpoint file")
+    start = str(init.resolve()) if init else None
+    runs = [CurveRun(m, lr, lmbda, gamma, steps, every, seed, init=start) for m in names for lr in lr_values]
     run_learning_curve(
         CurveData.of_study(study, yolo_weights), runs, coco_images, kodak_images, json_file, plot, threads
     )
