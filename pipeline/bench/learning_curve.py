@@ -41,17 +41,12 @@ class CurveData:
     def of_study(cls, study: Path, yolo_weights: str, yolo_cfg: str | None = None) -> CurveData:
         """The folders a ``reproduce`` run writes (``shards/``, ``data/coco2014``, ``data/kodak``); ``yolo_weights`` as
         every command takes it (a file, or a bundled detector's name)."""
+        from pipeline.data.sample_data import SampleData
         from pipeline.infra.yolo_files import yolo_files
 
         weights, cfg = yolo_files(yolo_weights, yolo_cfg)
-        data = cls(
-            study / "shards",
-            study / "data" / "coco2014",
-            study / "data" / "coco2014" / "annotations" / "instances_val2014.json",
-            study / "data" / "kodak",
-            weights,
-            cfg,
-        )
+        sample = SampleData.at(study / "data")
+        data = cls(study / "shards", sample.coco_root, sample.coco_annotations, sample.kodak_root, weights, cfg)
         missing = [str(p) for p in (data.shards, data.coco_annotations, data.kodak_root) if not p.exists()]
         if missing:
             raise UserError(
@@ -159,12 +154,9 @@ def jpeg_curve(data: CurveData, kodak: list, threads: int) -> list[dict[str, flo
 
 def jpeg_psnr_at(curve: list[dict[str, float]], bpp: float) -> float | None:
     """JPEG's PSNR at ``bpp``, interpolated in log bpp (None outside the qualities' range)."""
-    import numpy as np
+    from pipeline.evaluation import findings
 
-    points = sorted((p["bpp"], p["psnr"]) for p in curve)
-    if not points[0][0] <= bpp <= points[-1][0]:
-        return None
-    return float(np.interp(np.log(bpp), [np.log(b) for b, _ in points], [q for _, q in points]))
+    return findings.jpeg_psnr_at([(math.log(p["bpp"]), p["psnr"]) for p in curve], math.log(bpp))
 
 
 def train_curve(
@@ -209,22 +201,11 @@ def train_curve(
 SCHEMA = "dvcm-bench-learning-curve/1"
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN and infinities as null (JSON has neither)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    from pipeline.infra.atomic import atomic_write_json
+    from pipeline.infra.atomic import atomic_write_json, json_safe
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, _json_safe(doc))
+    atomic_write_json(path, json_safe(doc))
 
 
 def _read_json(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:

@@ -93,10 +93,9 @@ def run_redundancy_bench(
         ],
     }
     if json_path is not None:
-        from pipeline.evaluation.results import _json_safe
-        from pipeline.infra.atomic import atomic_write_json
+        from pipeline.infra.atomic import atomic_write_json, json_safe
 
-        atomic_write_json(Path(json_path), _json_safe(report))
+        atomic_write_json(Path(json_path), json_safe(report))
         console.print(f"written: {json_path}")
     return report
 

@@ -58,6 +58,17 @@ class SampleData:
     coco_annotations: Path
     kodak_root: Path
 
+    @classmethod
+    def at(cls, root: Path) -> SampleData:
+        """The parts' places under ``root``, laid out as the real datasets are (module docstring)."""
+        return cls(
+            root=root,
+            vimeo_root=root / "vimeo_septuplet",
+            coco_root=root / "coco2014",
+            coco_annotations=root / "coco2014" / "annotations" / "instances_val2014.json",
+            kodak_root=root / "kodak",
+        )
+
 
 def _write_vimeo(root: Path, seed: int, train: int, val: int, size: tuple[int, int], style: str) -> None:
     names = []
@@ -125,13 +136,7 @@ def generate_sample(
         "kodak_images": kodak_images,
         **({} if style == DEFAULT_WORLD_STYLE else {"style": check_style(style)}),
     }
-    parts = SampleData(
-        root=root,
-        vimeo_root=root / "vimeo_septuplet",
-        coco_root=root / "coco2014",
-        coco_annotations=root / "coco2014" / "annotations" / "instances_val2014.json",
-        kodak_root=root / "kodak",
-    )
+    parts = SampleData.at(root)
     marker = root / _MARKER
     if marker.is_file():
         try:

@@ -14,7 +14,7 @@ from typing import Any
 
 from pipeline.evaluation.metrics import METRICS, OperatingPoint, Results, point_qualities
 from pipeline.evaluation.tasks import COCO_SIZE, ROW_FIELDS
-from pipeline.infra.atomic import atomic_write_json, atomic_write_text
+from pipeline.infra.atomic import atomic_write_json, atomic_write_text, json_safe
 
 SCHEMA = "dvcm-eval/1"
 
@@ -77,19 +77,8 @@ def write_results(folder: Path, results: Results) -> None:
     w.writeheader()
     for r in results.get("per_image", []):
         w.writerow({k: r.get(k) for k in ROW_FIELDS})
-    atomic_write_json(folder / "results.json", _json_safe(results))
+    atomic_write_json(folder / "results.json", json_safe(results))
     atomic_write_text(folder / "results.csv", buf.getvalue())
-
-
-def _json_safe(obj: Any) -> Any:
-    """NaN/inf become null so that results.json is standard JSON (readable outside Python)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def load_results(folder: Path) -> Results | None:
