@@ -383,3 +383,41 @@ def test_a_store_that_refuses_access_and_an_unknown_tracking_store_are_one_line(
     res = _cli(["evaluate", "--tracking-uri", "bogus://x", "--checkpoint", "zoo:proposed-l0.0932"], {})
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
     assert res.returncode == 2 and len(lines) == 1 and "MLflow tracking store bogus://x cannot be used" in lines[0]
+
+
+def test_one_prepare_at_a_time_on_s3_and_a_dead_holders_lock_is_taken_over(
+    s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The object-store lock of ``prepare --out s3://…`` (issue 28): a lock object created only if none exists
+    (S3's If-None-Match, on moto's server), refused while its holder lives, taken over when it is gone."""
+    import socket
+
+    from pipeline.data.out_lock import LEASE_SECONDS, out_dir_lock
+
+    for k, v in s3_env.items():
+        monkeypatch.setenv(k, v)
+    fs = _s3(s3_env)
+    out = f"s3://{BUCKET}/locked"
+    lock = f"{BUCKET}/locked/.prepare.lock"
+    with out_dir_lock(out):
+        holder = json.loads(fs.cat(lock))
+        assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+        with pytest.raises(UserError, match=r"^another prepare \(host .*, pid \d+, heartbeat \d+ s ago\) is writing"):
+            with out_dir_lock(out):
+                pass
+    assert not fs.exists(lock)  # released
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    now = time.time()
+    for stale in (
+        {"host": socket.gethostname(), "pid": int(dead.stdout), "heartbeat": now},  # killed on this host
+        {"host": "elsewhere", "pid": 1, "heartbeat": now - LEASE_SECONDS - 5},  # silent for a lease
+    ):
+        fs.pipe_file(lock, json.dumps(stale).encode())
+        with out_dir_lock(out):
+            assert json.loads(fs.cat(lock))["pid"] == os.getpid()
+    fs.pipe_file(lock, json.dumps({"host": "elsewhere", "pid": 1, "heartbeat": now}).encode())
+    with pytest.raises(UserError, match="host elsewhere, pid 1"):
+        with out_dir_lock(out):
+            pass
+    fs.rm_file(lock)

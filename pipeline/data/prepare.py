@@ -17,15 +17,12 @@ and ``dataset.json`` are written last.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
 import hashlib
 import io
 import json
 import os
 import time
-import warnings
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -42,6 +39,7 @@ from pipeline.data.feature_encoding import (
     encode_features,
 )
 from pipeline.data.images import to_rgb8
+from pipeline.data.out_lock import out_dir_lock
 from pipeline.data.shards import (
     FEATURE_CHANNELS,
     FEATURE_STRIDE,
@@ -399,42 +397,6 @@ def recorded_encoding(out: str | Path) -> str | None:
     if not old:
         return None
     return old.get("feature_encoding") or old.get("feature_dtype")
-
-
-@contextlib.contextmanager
-def out_dir_lock(out: str) -> Iterator[None]:
-    """Hold ``<out>/.prepare.lock`` (an exclusive ``flock``, released by the kernel even on kill -9) while preparing:
-    a second prepare into the same local folder is refused in one line instead of deleting the first one's open
-    temp files (issue 28). Object stores have no lock: one writer per prefix."""
-    path = storage.local_path(out)
-    if path is None:
-        yield
-        return
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        handle = open(path / ".prepare.lock", "a+")  # noqa: SIM115 - held open for the whole preparation
-    except OSError as exc:
-        raise UserError(f"--out {out}: cannot make the folder ({exc.strerror or exc}); choose another --out") from None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise UserError(
-            f"another prepare is writing into --out {out}; wait for it to finish (a rerun then resumes) or choose "
-            "another --out"
-        ) from None
-    except OSError as exc:  # a file system without locks (some NFS or FUSE mounts): go on, unguarded
-        handle.close()
-        warnings.warn(
-            f"--out {out}: no lock on this file system ({exc.strerror}); run one prepare at a time there", stacklevel=2
-        )
-        yield
-        return
-    try:
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
 
 
 def claim_out_dir(out: str, fingerprint: dict, overwrite: bool) -> None:

@@ -272,6 +272,24 @@ def atomic_writer(location: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         raise
 
 
+def create_new(location: str | os.PathLike[str], data: bytes) -> bool:
+    """Write ``data`` to a remote ``location`` only if no object is there (fsspec's exclusive write: S3's
+    ``If-None-Match: *``, GCS's ``ifGenerationMatch=0``); False when one already is. A store without exclusive
+    writes raises ``NotImplementedError``."""
+    fs, p = filesystem(location)
+    try:
+        fs.pipe_file(p, data, mode="create")
+    except FileExistsError:
+        return False
+    except TypeError as exc:  # an fsspec implementation whose pipe_file takes no mode
+        raise NotImplementedError(f"{protocol(location)}:// has no exclusive write") from exc
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"cannot write {location} ({exc}); check the bucket, the endpoint and the credentials"
+        ) from None
+    return True
+
+
 def write_bytes(location: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` atomically (see :func:`atomic_writer`)."""
     with atomic_writer(location) as f:
