@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -167,6 +168,7 @@ def train_curve(
     kodak: list,
     threads: int,
     on_point: Any = None,  # callable(point) after every scored point
+    keep: Path | None = None,  # a folder: the run's last checkpoint is kept there as ``{run.key}.pt``
 ) -> list[dict[str, float]]:
     """Train ``run`` from scratch, scoring a checkpoint every ``run.every`` steps; returns the points."""
     import torch
@@ -195,6 +197,11 @@ def train_curve(
             if on_point:
                 on_point(point)
             t0 = time.perf_counter() - train_seconds  # scoring time is not training time
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            tmp_kept = keep / f".{run.key}.pt.tmp"
+            shutil.copyfile(path, tmp_kept)
+            tmp_kept.replace(keep / f"{run.key}.pt")
     return points
 
 
@@ -307,6 +314,7 @@ def run_learning_curve(
     json_file: Path,
     plot_file: Path,
     threads: int = 2,
+    keep: Path | None = None,
 ) -> dict[str, Any]:
     """Train and score every run (module docstring); keeps the runs ``json_file`` already holds in full."""
     from rich.console import Console
@@ -353,7 +361,7 @@ def run_learning_curve(
                 f"val loss {point['val_loss']:.2f}, {point['train_seconds']:.0f} s of training"
             )
 
-        train_curve(run, data, provenance, coco, kodak, threads, on_point)
+        train_curve(run, data, provenance, coco, kodak, threads, on_point, keep)
         entry["complete"] = True
         _write_json(json_file, doc)
     for key, entry in doc["runs"].items():

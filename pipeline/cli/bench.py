@@ -225,6 +225,10 @@ def learning_curve_command(
         Path | None,
         typer.Option(help="Start every run from this dvcm checkpoint (a warm start, as a study's later rounds)."),
     ] = None,
+    keep: Annotated[
+        Path | None,
+        typer.Option(help="Keep each run's last checkpoint in this folder as RUN.pt (to warm-start others from)."),
+    ] = None,
 ) -> None:
     """How many steps a trial needs, and at which lr: each (model, lr) trained from scratch (or --init) on a study's shards,
     scored every few hundred steps as `evaluate` scores (PSNR and bpp, base-layer mAP@0.5)."""
@@ -251,5 +255,12 @@ def learning_curve_command(
     start = str(init.resolve()) if init else None
     runs = [CurveRun(m, lr, lmbda, gamma, steps, every, seed, init=start) for m in names for lr in lr_values]
     run_learning_curve(
-        CurveData.of_study(study, yolo_weights), runs, coco_images, kodak_images, json_file, plot, threads
+        CurveData.of_study(study, yolo_weights, yolo_cfg),
+        runs,
+        coco_images,
+        kodak_images,
+        json_file,
+        plot,
+        threads,
+        keep,
     )
