@@ -440,46 +440,56 @@ def test_a_second_prepare_into_the_same_folder_is_refused_while_the_first_holds_
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
-@pytest.mark.slow  # over 5 s: two real prepares, each with its own local Ray
-def test_two_prepares_started_together_in_two_folders_both_finish(tmp_path: Path) -> None:
-    """Issue 28: two dvcm jobs at once on one machine each start a local Ray; both finish, exit 0, and print no
-    traceback (before, the second could fail with "Found multiple active Ray instances")."""
+def _together(commands: list[list[str]]) -> None:
+    """Run the CLI commands at once, each with its own local Ray (no RAY_ADDRESS); each must exit 0 and print no
+    traceback."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     procs = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pipeline.cli",
-                "prepare",
-                "--dataset",
-                "sample",
-                "--root",
-                str(tmp_path / f"s{i}"),
-                "--out",
-                str(tmp_path / f"shards{i}"),
-                "--yolo-weights",
-                "mini",
-                "--num-cpus",
-                "1",
-            ],
+            [sys.executable, "-m", "pipeline.cli", *cmd],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env=env,
-        )  # fmt: skip
-        for i in range(2)
+        )
+        for cmd in commands
     ]
     try:
         for i, proc in enumerate(procs):
             out, err = proc.communicate(timeout=600)
-            assert proc.returncode == 0 and "Traceback" not in err + out, (i, err[-2000:])
-            assert json.loads((tmp_path / f"shards{i}" / "dataset.json").read_text())["splits"]["train"]["shards"]
+            assert proc.returncode == 0 and "Traceback" not in err + out, (commands[i][0], i, err[-2000:])
     finally:  # a failed first run leaves no second one behind, with its Ray
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.mark.slow  # two real prepares and two sweeps, each with its own local Ray
+def test_two_jobs_started_together_in_two_folders_both_finish(tmp_path: Path) -> None:
+    """Issue 28: two dvcm jobs at once on one machine (the quickstart's shape: prepare, then a sweep through Ray Train
+    and Tune) each start a local Ray; both finish, exit 0, and print no traceback (before, the second could fail
+    with "Found multiple active Ray instances", also from Ray Train's placement-group cleaner)."""
+    _together(
+        [
+            ["prepare", "--dataset", "sample", "--root", str(tmp_path / f"s{i}"), "--out", str(tmp_path / f"shards{i}"),
+             "--yolo-weights", "mini", "--num-cpus", "1"]
+            for i in range(2)
+        ]
+    )  # fmt: skip
+    for i in range(2):
+        assert json.loads((tmp_path / f"shards{i}" / "dataset.json").read_text())["splits"]["train"]["shards"]
+    _together(
+        [
+            ["sweep", "--shards", str(tmp_path / f"shards{i}"), "--storage", str(tmp_path / f"runs{i}"),
+             "--tracking-uri", f"sqlite:///{tmp_path / f'mlflow{i}.db'}", "--yolo-weights", "mini", "--model", "proposed",
+             "--lambdas", "0.0067", "--preset", "tiny", "--epochs", "1", "--steps-per-epoch", "2", "--val-steps", "1"]
+            for i in range(2)
+        ]
+    )  # fmt: skip
+    for i in range(2):
+        state = json.loads(next((tmp_path / f"runs{i}").glob("*/sweep.json")).read_text())
+        assert [t["status"] for t in state["trials"].values()] == ["finished"], state
 
 
 @pytest.mark.slow

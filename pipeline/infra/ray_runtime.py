@@ -26,6 +26,19 @@ class _DropMessages(logging.Filter):
         return not str(record.msg).startswith(self.prefixes)
 
 
+class _WithoutTraceback(logging.Filter):
+    """Keep log records whose message starts with one of ``prefixes`` as their one line, without the traceback."""
+
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith(self.prefixes):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def quiet_warnings() -> None:
     """Warnings that every process would otherwise repeat: said once by the CLI, or not ours to fix."""
     # compressai scripts a function at import; torch 2.14 deprecates torch.jit.script.
@@ -75,7 +88,9 @@ def quiet_worker() -> None:
     - Ray Train's per-report INFO lines (see below);
     - the SystemExit of an actor stopped inside a weakref callback (:func:`drop_exit_on_stop`);
     - Ray Train's PlacementGroupCleaner polling the State API, which needs the dashboard that a
-      local instance here runs without (``include_dashboard=False``): it would log every few seconds.
+      local instance here runs without (``include_dashboard=False``): it would log every few seconds;
+    - the traceback of Ray Train's controller timing out on its autoscaling coordinator on a loaded machine (its
+      one-line warning stays).
     """
     pin_own_cluster()
     if os.environ.get("DVCM_VERBOSE", "") not in ("", "0"):
@@ -95,6 +110,12 @@ def quiet_worker() -> None:
             logging.getLogger(spec.origin).setLevel(logging.WARNING)
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").addFilter(
         _DropMessages("Failed to query Ray Train Controller actor state")
+    )
+    # On a loaded machine (two dvcm jobs at once) Ray Train's controller may wait longer than its 5 s for the
+    # autoscaling coordinator actor; it logs that (and retries) with a GetTimeoutError traceback, which Ray itself
+    # calls safe to ignore when transient. Its one line is kept.
+    logging.getLogger("ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client").addFilter(
+        _WithoutTraceback("Failed to send resource request", "Failed to cancel resource request")
     )
 
 
