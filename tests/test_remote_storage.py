@@ -421,3 +421,31 @@ def test_one_prepare_at_a_time_on_s3_and_a_dead_holders_lock_is_taken_over(
         with out_dir_lock(out):
             pass
     fs.rm_file(lock)
+
+
+def test_shards_on_s3_are_checked_before_training_as_local_ones(
+    s3_env: dict[str, str], tiny_shards: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 28, defect 3 on an object store: the sizes (one listing) and sha256 that dataset.json records are
+    checked before a sweep trains, as for a local folder; a damaged, truncated or missing shard is one line."""
+    from pipeline.data.shards import check_shard_files, read_dataset_info
+
+    for k, v in s3_env.items():
+        monkeypatch.setenv(k, v)
+    fs = _s3(s3_env)
+    fs.put(str(tiny_shards), f"{BUCKET}/checked", recursive=True)
+    url = f"s3://{BUCKET}/checked"
+    info = read_dataset_info(url)
+    assert check_shard_files(url, info) == "3 shards checked by size and sha256"
+    key = f"{BUCKET}/checked/train/shard-000000.tar"
+    data = bytearray(fs.cat(key))
+    data[2000] ^= 0xFF  # one flipped byte, same size
+    fs.pipe_file(key, bytes(data))
+    with pytest.raises(UserError, match=r"^shard train/shard-000000\.tar does not have the sha256"):
+        check_shard_files(url, info)
+    fs.pipe_file(key, bytes(data[:-1024]))  # truncated at a tar block
+    with pytest.raises(UserError, match=r"^shard train/shard-000000\.tar is \d+ bytes, dataset.json records"):
+        check_shard_files(url, info, verify=False)
+    fs.rm_file(key)
+    with pytest.raises(UserError, match="is missing"):
+        check_shard_files(url, info)

@@ -122,9 +122,14 @@ def _either(location: str | os.PathLike[str], local: Callable[[Path], T], remote
     path = local_path(location)
     if path is not None:
         return local(path)
+    return _remote(location, lambda fs, p: getattr(fs, remote)(p))
+
+
+def _remote(location: str | os.PathLike[str], call: Callable[[Any, str], T]) -> T:
+    """``call(filesystem, path)`` for a URL, the object store's refusal of credentials as one line."""
     fs, p = filesystem(location)
     try:
-        return getattr(fs, remote)(p)
+        return call(fs, p)
     except (FileNotFoundError, IsADirectoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - the object store's own errors: credentials first
@@ -183,6 +188,21 @@ def glob(root: str | os.PathLike[str], pattern: str) -> list[str]:
         return [str(p) for p in sorted(path.glob(pattern))]
     fs, p = filesystem(root)
     return sorted(fs.unstrip_protocol(m) for m in fs.glob(f"{p.rstrip('/')}/{pattern}"))
+
+
+def file_sizes(root: str | os.PathLike[str], pattern: str) -> dict[str, int]:
+    """Size in bytes of every file under ``root`` matching ``pattern``, keyed by its path relative to ``root``
+    (``train/shard-000000.tar``): one listing on an object store, not a request per file."""
+    path = local_path(root)
+    if path is not None:
+        return {p.relative_to(path).as_posix(): p.stat().st_size for p in path.glob(pattern) if p.is_file()}
+
+    def listing(fs: Any, p: str) -> dict[str, int]:
+        base = p.rstrip("/") + "/"
+        found = fs.glob(base + pattern, detail=True)
+        return {k[len(base) :]: int(v["size"]) for k, v in found.items() if v.get("type") != "directory"}
+
+    return _remote(root, listing)
 
 
 def download(location: str | os.PathLike[str], dest: str | Path) -> Path:

@@ -49,19 +49,17 @@ def check_shards(root: str, yolo_provenance: dict[str, Any], crop: int = 0, batc
     from pipeline.data import shards as shard_reader
 
     shards = storage.local_path(root)
-    if shards is None:  # remote storage: the reader itself says what is missing
-        info = shard_reader.read_dataset_info(root)
-        shard_reader.check_provenance(info, yolo_provenance)
-        shard_reader.check_frames_fit(root, crop, batch_size)
-        return info
-    if not shards.is_dir():
-        raise UserError(f"shard folder {shards} does not exist; run `dvcm-pipeline prepare ... --out {shards}` first")
-    if not (shards / "dataset.json").is_file():
-        raise UserError(
-            f"{shards} has no dataset.json; it is not a prepared shard folder (run `dvcm-pipeline prepare`)"
-        )
-    if not any(shards.rglob("*.tar")):
-        raise UserError(f"{shards} holds no .tar shards; run `dvcm-pipeline prepare` again")
+    if shards is not None:  # an object store has no folders; its missing dataset.json is the reader's one line
+        if not shards.is_dir():
+            raise UserError(
+                f"shard folder {shards} does not exist; run `dvcm-pipeline prepare ... --out {shards}` first"
+            )
+        if not (shards / "dataset.json").is_file():
+            raise UserError(
+                f"{shards} has no dataset.json; it is not a prepared shard folder (run `dvcm-pipeline prepare`)"
+            )
+        if not any(shards.rglob("*.tar")):
+            raise UserError(f"{shards} holds no .tar shards; run `dvcm-pipeline prepare` again")
     info = shard_reader.read_dataset_info(root)
     shard_reader.check_provenance(info, yolo_provenance)
     for split in ("train", "val"):
