@@ -50,6 +50,43 @@ def test_every_lambda_trains_each_gamma_warm_started_from_the_same_gamma_below()
     assert [t["trial_name"] for t in round_grid(_plan(()), 0, {"trials": {}})] == ["proposed-11-32-2-l0.0018-s0"]
 
 
+def test_with_a_trunk_every_trial_is_warm_started_from_its_model_and_seeds_trunk() -> None:
+    from pipeline.workflows.reproduce import describe_plan, planned_trials
+
+    preset = dataclasses.replace(
+        PRESETS["mini"],
+        configs={"proposed": "11,32,2", "bmshj2018": "43"},
+        gammas=(1.0, 100.0),
+        gamma_mode="fixed",
+        seeds=(0, 1),
+        trunk=(0.0932, 100.0),
+    )
+    # 2 models x 2 seeds trunks, then (2 γ + 1) x 2 λ x 2 seeds = 12 trials; 2 at a time: 2 and 6 waves
+    plan = plan_rounds(preset, (0.0018, 0.0932), (0, 1), {"proposed": 0.1, "bmshj2018": 0.1}, 2, 10, 60, 60, 1)
+    assert plan.trials_per_round == (4, 12) and plan.trials == 12
+    epoch = 10 * 0.1 + 0.4 * 0.1 + 2.0
+    assert plan.epoch_caps == (int((3540 * 0.4 / 2 - 20) // epoch), int((3540 * 0.6 / 6 - 20) // epoch))
+    trunks = round_grid(plan, 0, {"trials": {}})
+    assert [(t["trial_name"], t["lmbda"], t.get("gamma"), t["epochs"]) for t in trunks] == [
+        ("proposed-11-32-2-l0.0932-g100-s0-trunk", 0.0932, 100.0, plan.epoch_caps[0]),
+        ("proposed-11-32-2-l0.0932-g100-s1-trunk", 0.0932, 100.0, plan.epoch_caps[0]),
+        ("bmshj2018-43-l0.0932-s0-trunk", 0.0932, None, plan.epoch_caps[0]),  # it ignores γ
+        ("bmshj2018-43-l0.0932-s1-trunk", 0.0932, None, plan.epoch_caps[0]),
+    ]
+    assert not any("init_checkpoint" in t for t in trunks)  # from scratch
+    state = {"trials": {t["trial_name"]: {"final_checkpoint": f"/ck/{t['trial_name']}.pt"} for t in trunks}}
+    trials = round_grid(plan, 1, state)
+    assert sorted(t["trial_name"] for t in trials) == sorted(planned_trials(plan))  # the study's points, no trunk
+    for t in trials:
+        seed, model = t["seed"], t["model"]
+        trunk = next(n for n in state["trials"] if n.startswith(model) and n.endswith(f"-s{seed}-trunk"))
+        assert t["init_checkpoint"] == f"/ck/{trunk}.pt" and t["epochs"] == plan.epoch_caps[1], t
+    # the same (λ, γ) as a trunk is a study trial of its own name
+    assert "proposed-11-32-2-l0.0932-g100-s0" in {t["trial_name"] for t in trials}
+    text = "\n".join(describe_plan(plan, "mini"))
+    assert "1. 4 trunks at λ 0.0932, γ 100" in text and "2. 12 trials at every λ and γ" in text
+
+
 def test_each_trial_trains_with_its_own_gamma() -> None:
     from pipeline.training.settings import resolve
     from pipeline.training.trial import trial_configs

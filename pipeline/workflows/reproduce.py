@@ -77,6 +77,9 @@ class StudyPreset:
     # world (`bench learning-curve`, README); a first round that gives its trials no more steps leaves them short of
     # their ceiling, and the plan says so. None: not measured.
     steps_short_of_ceiling: int | None = None
+    # (λ, γ) of one trunk per (model, seed), trained from scratch in round 1; round 2 warm-starts every (λ, γ) trial
+    # of the study from its trunk. None: rounds of λ, lowest first, each warm-started from the λ below.
+    trunk: tuple[float, float] | None = None
 
 
 def study_configs(training_preset: str) -> dict[str, str]:
@@ -193,7 +196,20 @@ class Plan:
 
     @property
     def trials(self) -> int:
+        """The study's trials (its points; the trunks, where there are any, are not among them)."""
         return len(self.lambdas) * len(self.seeds) * sum(len(model_gammas(self.preset, m)) for m in self.models)
+
+    @property
+    def trials_per_round(self) -> tuple[int, ...]:
+        return round_sizes(self.preset, len(self.lambdas), len(self.seeds), self.models)
+
+
+def round_sizes(preset: StudyPreset, lambdas: int, seeds: int, models: tuple[str, ...]) -> tuple[int, ...]:
+    """The trials of each round: with a trunk, one per (model, seed) and then every trial; else those of each λ."""
+    per_lambda = seeds * sum(len(model_gammas(preset, m)) for m in models)
+    if preset.trunk:
+        return (len(models) * seeds, lambdas * per_lambda)
+    return (per_lambda,) * lambdas
 
 
 TRIAL_START_S = 20.0  # Ray Train's worker group, the model and the loader of one trial (measured: 13-20 s here)
@@ -213,30 +229,31 @@ def plan_rounds(
 ) -> Plan:
     """Share the training time of the budget between the rounds; the cap of a round is what fits its share.
 
-    The first round (lowest λ, from scratch) gets ``first_round_share`` of the training time, the others
-    the rest in equal parts. Within a round the (model, seed) trials run ``concurrency`` at a time; each
+    The first round (from scratch: the lowest λ, or the trunks) gets ``first_round_share`` of the training time,
+    the others the rest in equal parts. Within a round the trials run ``concurrency`` at a time; each
     trial costs its start-up, and each epoch its steps, its validation (a forward pass costs about 0.4 of a
     training step) and a fixed overhead."""
     order = tuple(sorted(lambdas))
     models = tuple(preset.configs)
     train_seconds = budget_minutes * 60.0 - overhead_seconds
-    rounds = len(order)
+    counts = round_sizes(preset, len(order), len(seeds), models)
+    rounds = len(counts)
     shares = (
         [1.0]
         if rounds == 1
         else [preset.first_round_share] + [(1 - preset.first_round_share) / (rounds - 1)] * (rounds - 1)
     )
-    waves = math.ceil(len(seeds) * sum(len(model_gammas(preset, m)) for m in models) / max(1, concurrency))
+    waves = [math.ceil(n / max(1, concurrency)) for n in counts]
     slowest = max(step_seconds.values())
     epoch_seconds = steps_per_epoch * slowest + 0.4 * val_steps * slowest + EPOCH_OVERHEAD_S
-    caps = tuple(int((train_seconds * s / waves - TRIAL_START_S) // epoch_seconds) for s in shares)
+    caps = tuple(int((train_seconds * s / w - TRIAL_START_S) // epoch_seconds) for s, w in zip(shares, waves))
     if min(caps) < 1:
-        need = overhead_seconds + max(waves * (TRIAL_START_S + epoch_seconds) / s for s in shares)
+        need = overhead_seconds + max(w * (TRIAL_START_S + epoch_seconds) / s for s, w in zip(shares, waves))
         raise UserError(
             f"--budget-minutes {budget_minutes:g} leaves too little time to train (one epoch of every round "
             f"needs about {need / 60:.1f} min here with data and evaluation); give more minutes"
         )
-    estimate = sum(waves * (TRIAL_START_S + cap * epoch_seconds) for cap in caps)
+    estimate = sum(w * (TRIAL_START_S + cap * epoch_seconds) for w, cap in zip(waves, caps))
     return Plan(
         preset,
         order,
@@ -272,13 +289,23 @@ def describe_plan(plan: Plan, detector: str) -> list[str]:
         "  models: "
         + ", ".join(f"{m} ({p.configs[m]})" for m in plan.models)
         + f"; training preset {p.training_preset}; {plan.concurrency} trials at a time",
-        "  rounds (lowest λ from scratch, each next λ warm-started from the one below):",
     ]
-    for k, (lam, cap) in enumerate(zip(plan.lambdas, plan.epoch_caps)):
-        lines.append(
-            f"    {k + 1}. λ {lam:g}: until the validation plateau, at most {cap} epochs of "
-            f"{plan.steps_per_epoch} steps" + ("" if k == 0 else f" (from λ {plan.lambdas[k - 1]:g})")
-        )
+    if p.trunk:
+        lam, gamma = p.trunk
+        lines += [
+            "  rounds (a trunk per model and seed from scratch, then every trial warm-started from its trunk):",
+            f"    1. {plan.trials_per_round[0]} trunks at λ {lam:g}, γ {gamma:g}: until the validation plateau, at "
+            f"most {plan.epoch_caps[0]} epochs of {plan.steps_per_epoch} steps",
+            f"    2. {plan.trials} trials at every λ{' and γ' if p.gammas else ''}: until the validation plateau, at "
+            f"most {plan.epoch_caps[1]} epochs of {plan.steps_per_epoch} steps (from the trunk)",
+        ]
+    else:
+        lines.append("  rounds (lowest λ from scratch, each next λ warm-started from the one below):")
+        for k, (lam, cap) in enumerate(zip(plan.lambdas, plan.epoch_caps)):
+            lines.append(
+                f"    {k + 1}. λ {lam:g}: until the validation plateau, at most {cap} epochs of "
+                f"{plan.steps_per_epoch} steps" + ("" if k == 0 else f" (from λ {plan.lambdas[k - 1]:g})")
+            )
     if not plan.step_seconds:  # no budget: nothing was probed
         lines.append("  no time budget: each trial trains until its third learning-rate drop (the paper's schedule)")
         return lines
@@ -435,29 +462,59 @@ def data_stage(ctx: StudyContext, preset: StudyPreset, data: RealData | None = N
     return sample, shards
 
 
-def round_grid(plan: Plan, k: int, state: dict[str, Any]) -> list[dict[str, Any]]:
-    """The trials of round ``k``: every (model, seed) at λ_k (and every γ of a γ grid), warm-started from round
-    k−1's checkpoint of the same (model, seed, γ) (the λ below)."""
+def trunk_name(plan: Plan, model: str, seed: int) -> str:
+    """The trunk trial of (model, seed): its (λ, γ) trial name with ``-trunk`` (γ left out where the codec ignores
+    it), so that it never takes the name of a study trial at the same (λ, γ)."""
     from pipeline.training.grid import model_config, trial_name
 
+    assert plan.preset.trunk is not None
+    lam, gamma = plan.preset.trunk
+    g = gamma if model_gammas(plan.preset, model) != (None,) else None
+    return trial_name(model, model_config(model, plan.preset.configs[model]), lam, seed=seed, gamma=g) + "-trunk"
+
+
+def round_grid(plan: Plan, k: int, state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The trials of round ``k``. Without a trunk: every (model, seed) at λ_k (and every γ of a γ grid),
+    warm-started from round k−1's checkpoint of the same (model, seed, γ) (the λ below). With one: round 0 is a trunk
+    per (model, seed) from scratch; round 1 is every trial, each warm-started from its (model, seed)'s trunk."""
+    from pipeline.training.grid import model_config, trial_name
+
+    trunk = plan.preset.trunk
     grid = []
     for model in plan.models:
         config = model_config(model, plan.preset.configs[model])
         for seed in plan.seeds:
-            for gamma in model_gammas(plan.preset, model):
-                entry: dict[str, Any] = {
-                    "trial_name": trial_name(model, config, plan.lambdas[k], seed=seed, gamma=gamma),
-                    "model": model,
-                    "config": config,
-                    "lmbda": plan.lambdas[k],
-                    "seed": seed,
-                    "epochs": plan.epoch_caps[k],
-                    **({} if gamma is None else {"gamma": gamma}),
-                }
-                if k > 0:
-                    below = state["trials"][trial_name(model, config, plan.lambdas[k - 1], seed=seed, gamma=gamma)]
-                    entry["init_checkpoint"] = below["final_checkpoint"]
-                grid.append(entry)
+            if trunk and k == 0:
+                g = trunk[1] if model_gammas(plan.preset, model) != (None,) else None
+                grid.append(
+                    {
+                        "trial_name": trunk_name(plan, model, seed),
+                        "model": model,
+                        "config": config,
+                        "lmbda": trunk[0],
+                        "seed": seed,
+                        "epochs": plan.epoch_caps[0],
+                        **({} if g is None else {"gamma": g}),
+                    }
+                )
+                continue
+            for lam in plan.lambdas if trunk else (plan.lambdas[k],):
+                for gamma in model_gammas(plan.preset, model):
+                    entry: dict[str, Any] = {
+                        "trial_name": trial_name(model, config, lam, seed=seed, gamma=gamma),
+                        "model": model,
+                        "config": config,
+                        "lmbda": lam,
+                        "seed": seed,
+                        "epochs": plan.epoch_caps[k],
+                        **({} if gamma is None else {"gamma": gamma}),
+                    }
+                    if trunk:
+                        entry["init_checkpoint"] = state["trials"][trunk_name(plan, model, seed)]["final_checkpoint"]
+                    elif k > 0:
+                        below = state["trials"][trial_name(model, config, plan.lambdas[k - 1], seed=seed, gamma=gamma)]
+                        entry["init_checkpoint"] = below["final_checkpoint"]
+                    grid.append(entry)
     return grid
 
 
@@ -473,8 +530,14 @@ def train_stage(ctx: StudyContext, plan: Plan, settings: Any) -> dict[str, Any]:
             "(e.g. --gamma 1 --gamma-mode fixed for a study of an earlier dvcm), or pass a new --out"
         )
 
-    for k, lam in enumerate(plan.lambdas):
-        ctx.con.rule(f"train: round {k + 1}/{len(plan.lambdas)}, λ {lam:g} (Ray Tune + Ray Train)")
+    rounds = len(plan.trials_per_round)
+    for k in range(rounds):
+        what = (
+            ("the trunks" if k == 0 else "every trial from its trunk")
+            if plan.preset.trunk
+            else f"λ {plan.lambdas[k]:g}"
+        )
+        ctx.con.rule(f"train: round {k + 1}/{rounds}, {what} (Ray Tune + Ray Train)")
         grid = round_grid(plan, k, state)
         state = stages.sweep_stage(ctx, STUDY_NAME, grid, settings, changed, "rerun the same command to resume")
     return state
@@ -498,7 +561,8 @@ def evaluate_stage(
         eval_dir = ctx.out / "eval" / f"seed-{seed}"
         if first is not None and (first / "anchors").is_dir() and not (eval_dir / "anchors").is_dir():
             shutil.copytree(first / "anchors", eval_dir / "anchors")  # the same images: the same anchor points
-        run_ids = [t["run_id"] for name, t in sorted(state["trials"].items()) if name.endswith(f"-s{seed}")]
+        planned = planned_trials(plan)  # the study's trials (not its trunks)
+        run_ids = [t["run_id"] for name, t in sorted(state["trials"].items()) if planned.get(name, (None,))[0] == seed]
         summaries[seed] = stages.evaluate_stage(ctx, eval_dir, run_ids, sample, anchors, "gt", redundancy)
         first = first or eval_dir
     return summaries
@@ -892,6 +956,8 @@ def study_preset(
         raise UserError("--seeds needs at least one seed")
     if any(not math.isfinite(g) or g < 0 for g in preset.gammas) or len(set(preset.gammas)) != len(preset.gammas):
         raise UserError("--gammas needs distinct values >= 0, such as 0.3,1,3")
+    if preset.trunk and not (all(map(math.isfinite, preset.trunk)) and preset.trunk[0] > 0 and preset.trunk[1] >= 0):
+        raise UserError(f"the trunk's λ must be positive and its γ at least 0, got {preset.trunk}")
     if preset.world_style not in WORLD_STYLES:
         raise UserError(f"--world-style {preset.world_style!r}: one of {', '.join(WORLD_STYLES)}")
     return preset
@@ -909,7 +975,7 @@ def study_plan(preset: StudyPreset, settings: Any, concurrency: int) -> Plan:
             preset.seeds,
             tuple(preset.configs),
             t.steps_per_epoch,
-            (t.epochs,) * len(order),
+            (t.epochs,) * len(round_sizes(preset, len(order), len(preset.seeds), tuple(preset.configs))),
             {},
             concurrency,
         )
