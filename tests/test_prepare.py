@@ -465,10 +465,10 @@ def _together(commands: list[list[str]]) -> None:
                 proc.wait()
 
 
-@pytest.mark.slow  # two real prepares and two sweeps, each with its own local Ray
+@pytest.mark.slow  # two real prepares, sweeps and evaluations at once, each with its own local Ray
 def test_two_jobs_started_together_in_two_folders_both_finish(tmp_path: Path) -> None:
-    """Issue 28: two dvcm jobs at once on one machine (the quickstart's shape: prepare, then a sweep through Ray Train
-    and Tune) each start a local Ray; both finish, exit 0, and print no traceback (before, the second could fail
+    """Issue 28: two dvcm jobs at once on one machine, each the quickstart's shape (prepare, a sweep through Ray Train
+    and Tune, evaluate), each stage with its own local Ray; both finish, exit 0, and print no traceback (before, the second could fail
     with "Found multiple active Ray instances", also from Ray Train's placement-group cleaner)."""
     _together(
         [
@@ -487,9 +487,25 @@ def test_two_jobs_started_together_in_two_folders_both_finish(tmp_path: Path) ->
             for i in range(2)
         ]
     )  # fmt: skip
+    names = []
     for i in range(2):
-        state = json.loads(next((tmp_path / f"runs{i}").glob("*/sweep.json")).read_text())
+        (sweep_file,) = (tmp_path / f"runs{i}").glob("*/sweep.json")
+        state = json.loads(sweep_file.read_text())
         assert [t["status"] for t in state["trials"].values()] == ["finished"], state
+        names.append(sweep_file.parent.name)
+    _together(
+        [
+            ["evaluate", "--sweep", names[i], "--tracking-uri", f"sqlite:///{tmp_path / f'mlflow{i}.db'}",
+             "--coco-root", str(tmp_path / f"s{i}" / "coco2014"), "--kodak-root", str(tmp_path / f"s{i}" / "kodak"),
+             "--out", str(tmp_path / f"eval{i}"), "--anchors", "jpeg", "--anchor-params", "jpeg=10,60",
+             "--yolo-weights", "mini", "--redundancy-fibers", "256", "--redundancy-images", "2",
+             "--redundancy-learned-steps", "20"]
+            for i in range(2)
+        ]
+    )  # fmt: skip
+    for i in range(2):
+        assert (tmp_path / f"eval{i}" / "bd_table.md").is_file(), sorted((tmp_path / f"eval{i}").iterdir())
+        assert len(list((tmp_path / f"eval{i}" / "curves").glob("proposed-*.json"))) == 2
 
 
 @pytest.mark.slow
