@@ -389,37 +389,45 @@ def test_one_prepare_at_a_time_on_s3_and_a_dead_holders_lock_is_taken_over(
     s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The object-store lock of ``prepare --out s3://…`` (issue 28): a lock object created only if none exists
-    (S3's If-None-Match, on moto's server), refused while its holder lives, taken over when it is gone."""
-    import socket
-
-    from pipeline.data.out_lock import LEASE_SECONDS, out_dir_lock
+    (S3's If-None-Match, on moto's server), refused while its holder lives, taken over when it is gone, and a holder
+    whose lock became another's says so instead of overwriting it."""
+    from pipeline.data import out_lock
 
     for k, v in s3_env.items():
         monkeypatch.setenv(k, v)
     fs = _s3(s3_env)
     out = f"s3://{BUCKET}/locked"
     lock = f"{BUCKET}/locked/.prepare.lock"
-    with out_dir_lock(out):
+    with out_lock.out_dir_lock(out):
         holder = json.loads(fs.cat(lock))
-        assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+        assert holder["pid"] == os.getpid() and holder["host"] == out_lock.this_machine()["host"]
         with pytest.raises(UserError, match=r"^another prepare \(host .*, pid \d+, heartbeat \d+ s ago\) is writing"):
-            with out_dir_lock(out):
+            with out_lock.out_dir_lock(out):
                 pass
     assert not fs.exists(lock)  # released
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     now = time.time()
     for stale in (
-        {"host": socket.gethostname(), "pid": int(dead.stdout), "heartbeat": now},  # killed on this host
-        {"host": "elsewhere", "pid": 1, "heartbeat": now - LEASE_SECONDS - 5},  # silent for a lease
+        {**out_lock.this_machine(), "pid": int(dead.stdout), "heartbeat": now},  # killed on this machine
+        {"host": "elsewhere", "pid": 1, "heartbeat": now - out_lock.LEASE_SECONDS - 5},  # silent for a lease
     ):
         fs.pipe_file(lock, json.dumps(stale).encode())
-        with out_dir_lock(out):
+        with out_lock.out_dir_lock(out):
             assert json.loads(fs.cat(lock))["pid"] == os.getpid()
     fs.pipe_file(lock, json.dumps({"host": "elsewhere", "pid": 1, "heartbeat": now}).encode())
     with pytest.raises(UserError, match="host elsewhere, pid 1"):
-        with out_dir_lock(out):
+        with out_lock.out_dir_lock(out):
             pass
+    fs.rm_file(lock)
+
+    monkeypatch.setattr(out_lock, "HEARTBEAT_SECONDS", 0.2)
+    with pytest.raises(UserError, match="another prepare took over the lock"):
+        with out_lock.out_dir_lock(out):
+            successor = {"host": "elsewhere", "pid": 1, "token": "theirs", "heartbeat": time.time()}
+            fs.pipe_file(lock, json.dumps(successor).encode())
+            time.sleep(1.0)
+    assert json.loads(fs.cat(lock))["token"] == "theirs"  # neither overwritten by a heartbeat nor removed
     fs.rm_file(lock)
 
 

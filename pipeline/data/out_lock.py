@@ -2,8 +2,9 @@
 
 A local folder holds an exclusive ``flock`` on it, which the kernel releases even on kill -9. An object store
 (s3://, gs://) has no flock: the lock is an object created only if none exists (fsspec's exclusive write), naming
-its holder and refreshed by a heartbeat. A lock whose holder is gone (a process of this host that no longer runs,
-or a heartbeat older than :data:`LEASE_SECONDS`) is taken over, so that a rerun after a crash resumes.
+its holder and refreshed by a heartbeat. A lock whose holder is gone (a process of this machine that no longer runs,
+or a heartbeat older than :data:`LEASE_SECONDS`) is taken over, so that a rerun after a crash resumes. This holds
+where the store honours conditional writes (AWS S3, GCS); on other protocols prepare warns and runs unguarded.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -69,14 +71,24 @@ def _folder_lock(out: str, path: Any) -> Iterator[None]:
         handle.close()
 
 
-def holder_is_gone(holder: dict[str, Any], now: float, host: str) -> bool:
-    """Whether the prepare that wrote ``holder`` (the lock object's JSON) no longer runs: its process is not alive
-    on this host, or it missed its heartbeats for :data:`LEASE_SECONDS`. A lock without a heartbeat is no prepare's."""
+def this_machine() -> dict[str, Any]:
+    """What names this process's machine and process namespace: a pid is only comparable within both."""
+    where: dict[str, Any] = {"host": socket.gethostname()}
+    with contextlib.suppress(OSError):
+        where["pid_namespace"] = os.stat("/proc/self/ns/pid").st_ino
+    return where
+
+
+def holder_is_gone(holder: dict[str, Any], now: float, here: dict[str, Any]) -> bool:
+    """Whether the prepare that wrote ``holder`` (the lock object's JSON) no longer runs: it missed its heartbeats
+    for :data:`LEASE_SECONDS` (by this machine's clock: hosts' clocks differ by far less), or its process is not
+    alive on this machine (same host and process namespace, ``here``). A lock without a heartbeat is no prepare's."""
     beat = holder.get("heartbeat")
     if not isinstance(beat, (int, float)) or now - beat > LEASE_SECONDS:
         return True
     pid = holder.get("pid")
-    if holder.get("host") == host and isinstance(pid, int) and pid > 0:
+    same = all(holder.get(k) == here.get(k) for k in ("host", "pid_namespace"))
+    if same and isinstance(pid, int) and pid > 0:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
@@ -84,11 +96,6 @@ def holder_is_gone(holder: dict[str, Any], now: float, host: str) -> bool:
         except PermissionError:  # alive, another user's
             return False
     return False
-
-
-def _lock_body(since: float) -> bytes:
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": since, "heartbeat": time.time()}
-    return json.dumps(me).encode()
 
 
 def _read_holder(location: str) -> dict[str, Any]:
@@ -99,38 +106,81 @@ def _read_holder(location: str) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
+class _ObjectLock:
+    """The lock object of one prepare: its body names the holder and carries a token of its own, so that the
+    holder can tell its lock from a successor's."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+        self.location = storage.join(out, LOCK_FILE)
+        self.token = uuid.uuid4().hex
+        self.since = time.time()
+        self.lost = threading.Event()
+
+    def body(self) -> bytes:
+        me = {**this_machine(), "pid": os.getpid(), "token": self.token, "since": self.since, "heartbeat": time.time()}
+        return json.dumps(me).encode()
+
+    def ours(self) -> bool:
+        return _read_holder(self.location).get("token") == self.token
+
+    def acquire(self) -> None:
+        """Create the lock object, or take over one whose holder is gone; :class:`UserError` while it lives."""
+        if storage.create_new(self.location, self.body()) and self.ours():
+            return
+        holder = _read_holder(self.location)
+        if not holder_is_gone(holder, time.time(), this_machine()):
+            beat = holder.get("heartbeat")
+            ago = f", heartbeat {time.time() - beat:.0f} s ago" if isinstance(beat, (int, float)) else ""
+            raise _busy(self.out, f" (host {holder.get('host')}, pid {holder.get('pid')}{ago})")
+        # its holder is gone: take it over; of two takers at once, the later create or the read-back refuses one,
+        # and a holder that still loses its lock later learns it from its next heartbeat
+        storage.remove(self.location)
+        if not (storage.create_new(self.location, self.body()) and self.ours()):
+            raise _busy(self.out)
+
+    def beat(self, stop: threading.Event) -> None:
+        """Refresh the heartbeat every :data:`HEARTBEAT_SECONDS` while the lock is ours; a lock that became
+        another's is flagged (``lost``), never overwritten."""
+        failures = 0
+        while not stop.wait(HEARTBEAT_SECONDS):
+            try:
+                if not self.ours():
+                    self.lost.set()
+                    return
+                storage.write_bytes(self.location, self.body())
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - a missed beat is retried; ten missed ones free the lock
+                failures += 1
+                if failures == 3:
+                    warnings.warn(f"--out {self.out}: the lock's heartbeat failed 3 times ({exc})", stacklevel=1)
+
+    def release(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.ours():
+                storage.remove(self.location)
+
+
 @contextlib.contextmanager
 def _object_lock(out: str) -> Iterator[None]:
-    location = storage.join(out, LOCK_FILE)
-    since = time.time()
+    lock = _ObjectLock(out)
     try:
-        taken = storage.create_new(location, _lock_body(since))
-        if not taken:
-            holder = _read_holder(location)
-            if not holder_is_gone(holder, time.time(), socket.gethostname()):
-                beat = holder.get("heartbeat")
-                ago = f", heartbeat {time.time() - beat:.0f} s ago" if isinstance(beat, (int, float)) else ""
-                raise _busy(out, f" (host {holder.get('host')}, pid {holder.get('pid')}{ago})")
-            storage.remove(location)  # its holder is gone: take it over (two takers: one create wins)
-            if not storage.create_new(location, _lock_body(since)):
-                raise _busy(out)
+        lock.acquire()
     except NotImplementedError:
         warnings.warn(f"--out {out}: this store has no exclusive writes; run one prepare at a time there", stacklevel=3)
         yield
         return
     stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(HEARTBEAT_SECONDS):
-            with contextlib.suppress(Exception):  # a missed beat is retried; ten missed ones free the lock
-                storage.write_bytes(location, _lock_body(since))
-
-    thread = threading.Thread(target=beat, name="prepare-lock-heartbeat", daemon=True)
+    thread = threading.Thread(target=lock.beat, args=(stop,), name="prepare-lock-heartbeat", daemon=True)
     thread.start()
     try:
         yield
     finally:
         stop.set()
-        thread.join(timeout=10)
-        with contextlib.suppress(Exception):
-            storage.remove(location)
+        thread.join()  # a beat in flight lands before the lock is removed
+        lock.release()
+    if lock.lost.is_set():
+        raise UserError(
+            f"another prepare took over the lock on --out {out} while this one ran (its heartbeats had failed for "
+            f"{LEASE_SECONDS / 60:.0f} min); rerun prepare once the other has finished: it checks and resumes the shards"
+        )

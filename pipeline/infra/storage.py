@@ -292,18 +292,24 @@ def atomic_writer(location: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         raise
 
 
+EXCLUSIVE_WRITE_PROTOCOLS = ("s3", "s3a", "gs", "gcs")  # fsspec implementations whose "create" is the store's own
+
+
 def create_new(location: str | os.PathLike[str], data: bytes) -> bool:
-    """Write ``data`` to a remote ``location`` only if no object is there (fsspec's exclusive write: S3's
-    ``If-None-Match: *``, GCS's ``ifGenerationMatch=0``); False when one already is. A store without exclusive
-    writes raises ``NotImplementedError``."""
-    fs, p = filesystem(location)
+    """Write ``data`` to a remote ``location`` only if no object is there (the store's conditional write: S3's
+    ``If-None-Match: *``, GCS's ``ifGenerationMatch=0``); False when one already is. ``NotImplementedError`` for a
+    protocol or store without one (fsspec's generic fallback checks and then writes, which is no lock)."""
+    import errno
+
+    if protocol(location) not in EXCLUSIVE_WRITE_PROTOCOLS:
+        raise NotImplementedError(f"{protocol(location)}:// has no exclusive write")
     try:
-        fs.pipe_file(p, data, mode="create")
+        _remote(location, lambda fs, p: fs.pipe_file(p, data, mode="create"))
     except FileExistsError:
         return False
-    except TypeError as exc:  # an fsspec implementation whose pipe_file takes no mode
-        raise NotImplementedError(f"{protocol(location)}:// has no exclusive write") from exc
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        if exc.errno in (errno.ENOSYS, errno.EOPNOTSUPP):  # an S3-compatible store that refuses the condition
+            raise NotImplementedError(f"{location}: the store refuses conditional writes") from exc
         raise UserError(
             f"cannot write {location} ({exc}); check the bucket, the endpoint and the credentials"
         ) from None
