@@ -85,6 +85,28 @@ def test_with_a_trunk_every_trial_is_warm_started_from_its_model_and_seeds_trunk
     assert "proposed-11-32-2-l0.0932-g100-s0" in {t["trial_name"] for t in trials}
     text = "\n".join(describe_plan(plan, "mini"))
     assert "1. 4 trunks at λ 0.0932, γ 100" in text and "2. 12 trials at every λ and γ" in text
+    # without a γ grid the trunk still trains at its own γ (the study's trials at the study's one γ)
+    one = dataclasses.replace(plan, preset=dataclasses.replace(preset, gammas=()))
+    assert round_grid(one, 0, {"trials": {}})[0]["gamma"] == 100.0
+    assert "gamma" not in round_grid(one, 1, state)[0]
+
+
+def test_a_study_resumed_with_another_layout_is_refused() -> None:
+    from pipeline.workflows.reproduce import layout_change
+
+    preset = dataclasses.replace(
+        PRESETS["mini"], configs={"proposed": "11,32,2"}, gamma_mode="fixed", seeds=(0,), trunk=(0.0932, 100.0)
+    )
+    trunked = plan_rounds(preset, (0.0018, 0.0932), (0,), {"proposed": 0.1}, 2, 10, 60, 60, 1)
+    chained = dataclasses.replace(trunked, preset=dataclasses.replace(preset, trunk=None))
+    chain_state = {"trials": {"proposed-11-32-2-l0.0018-s0": {}}}
+    trunk_state = {"trials": {"proposed-11-32-2-l0.0932-g100-s0-trunk": {}}}
+    assert layout_change(trunked, {"trials": {}}) is None and layout_change(trunked, trunk_state) is None
+    assert layout_change(chained, chain_state) is None
+    assert layout_change(trunked, chain_state) == "layout: λ rounds -> a trunk at λ 0.0932, γ 100"
+    assert layout_change(chained, trunk_state) == "layout: a trunk -> λ rounds"
+    other = dataclasses.replace(trunked, preset=dataclasses.replace(preset, trunk=(0.025, 10.0)))
+    assert layout_change(other, trunk_state) == "layout: a trunk -> a trunk at λ 0.025, γ 10"
 
 
 def test_each_trial_trains_with_its_own_gamma() -> None:

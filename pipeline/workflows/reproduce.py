@@ -327,8 +327,9 @@ def ceiling_lines(plan: Plan) -> list[str]:
     if short is None or first > short or not plan.seconds:
         return []
     need = plan.seconds["training (at most)"] * short / first
+    what = "the trunks" if plan.preset.trunk else "each trial"
     return [
-        f"  ceiling: round 1 gives each trial at most {first} steps from scratch; on this world proposed was still short "
+        f"  ceiling: round 1 gives {what} at most {first} steps from scratch; on this world proposed was still short "
         f"of its ceiling after {short} steps (bench learning-curve, README), so the trials will stop on their caps; "
         f"more than {need / 3600:.1f} h of training here would be needed (--budget-minutes)"
     ]
@@ -468,9 +469,17 @@ def trunk_name(plan: Plan, model: str, seed: int) -> str:
     from pipeline.training.grid import model_config, trial_name
 
     assert plan.preset.trunk is not None
-    lam, gamma = plan.preset.trunk
-    g = gamma if model_gammas(plan.preset, model) != (None,) else None
-    return trial_name(model, model_config(model, plan.preset.configs[model]), lam, seed=seed, gamma=g) + "-trunk"
+    config = model_config(model, plan.preset.configs[model])
+    return trial_name(model, config, plan.preset.trunk[0], seed=seed, gamma=trunk_gamma(plan, model)) + "-trunk"
+
+
+def trunk_gamma(plan: Plan, model: str) -> float | None:
+    """The γ the trunk of ``model`` trains at: the trunk's, for a codec whose loss weighs D_s; None for one that
+    ignores γ (the single-layer bmshj2018)."""
+    from dvcm.registry import codec_spec
+
+    assert plan.preset.trunk is not None
+    return plan.preset.trunk[1] if codec_spec(model).feature_loss else None
 
 
 def round_grid(plan: Plan, k: int, state: dict[str, Any]) -> list[dict[str, Any]]:
@@ -485,7 +494,7 @@ def round_grid(plan: Plan, k: int, state: dict[str, Any]) -> list[dict[str, Any]
         config = model_config(model, plan.preset.configs[model])
         for seed in plan.seeds:
             if trunk and k == 0:
-                g = trunk[1] if model_gammas(plan.preset, model) != (None,) else None
+                g = trunk_gamma(plan, model)
                 grid.append(
                     {
                         "trial_name": trunk_name(plan, model, seed),
@@ -518,6 +527,19 @@ def round_grid(plan: Plan, k: int, state: dict[str, Any]) -> list[dict[str, Any]
     return grid
 
 
+def layout_change(plan: Plan, state: dict[str, Any]) -> str | None:
+    """How the study in ``state`` was laid out otherwise than ``plan`` (λ rounds, or a trunk at another (λ, γ)), in
+    the sweep's words (old -> new); None when it resumes as planned, or nothing was trained yet."""
+    names = set(state.get("trials") or {})
+    trunks = {n for n in names if n.endswith("-trunk")}
+    planned = {trunk_name(plan, m, s) for m in plan.models for s in plan.seeds} if plan.preset.trunk else set()
+    old = "a trunk" if trunks else "λ rounds"
+    new = f"a trunk at λ {plan.preset.trunk[0]:g}, γ {plan.preset.trunk[1]:g}" if plan.preset.trunk else "λ rounds"
+    if trunks - planned or (planned and names and not trunks):
+        return f"layout: {old} -> {new}"
+    return None
+
+
 def train_stage(ctx: StudyContext, plan: Plan, settings: Any) -> dict[str, Any]:
     """Every round of the study as one sweep (``reproduce``): one MLflow parent run, a nested run per trial."""
     from pipeline.training.sweep_state import read_state
@@ -530,6 +552,9 @@ def train_stage(ctx: StudyContext, plan: Plan, settings: Any) -> dict[str, Any]:
             "(e.g. --gamma 1 --gamma-mode fixed for a study of an earlier dvcm), or pass a new --out"
         )
 
+    layout = layout_change(plan, state)
+    if layout:
+        raise UserError(changed(layout))
     rounds = len(plan.trials_per_round)
     for k in range(rounds):
         what = (
