@@ -200,8 +200,11 @@ def train_curve(
         if keep is not None:
             keep.mkdir(parents=True, exist_ok=True)
             tmp_kept = keep / f".{run.key}.pt.tmp"
-            shutil.copyfile(path, tmp_kept)
-            tmp_kept.replace(keep / f"{run.key}.pt")
+            try:
+                shutil.copyfile(path, tmp_kept)
+                tmp_kept.replace(keep / f"{run.key}.pt")
+            finally:
+                tmp_kept.unlink(missing_ok=True)
     return points
 
 
@@ -344,7 +347,12 @@ def run_learning_curve(
     for run in runs:
         done = doc["runs"].get(run.key)
         if done and done.get("complete") and done["run"] == dataclasses.asdict(run):
-            con.print(f"{run.key}: kept from {json_file}")
+            missing = keep is not None and not (keep / f"{run.key}.pt").is_file()
+            con.print(
+                f"{run.key}: kept from {json_file}"
+                + (f" (its checkpoint was not kept: no {keep / f'{run.key}.pt'}; give another --json to train it)"
+                   if missing else "")
+            )  # fmt: skip
             continue
         if done:
             con.print(f"{run.key}: trained again (the file holds an unfinished run, or one with other steps)")

@@ -262,18 +262,20 @@ def feature_stats(info: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 VERIFY_BYTES = 2 << 30  # shards up to this size in all are hashed before training; larger ones are checked by size
+REMOTE_VERIFY_BYTES = 256 << 20  # on an object store, where hashing downloads them (at every sweep and round)
 
 
 def check_shard_files(root: str, info: dict, verify: bool | None = None) -> str:
     """Every shard ``dataset.json`` lists must be the file it records: its size, and its sha256 when the shards
-    total at most :data:`VERIFY_BYTES` (or ``verify``). A damaged, truncated or replaced shard is refused in one
+    total at most :data:`VERIFY_BYTES` (:data:`REMOTE_VERIFY_BYTES` on an object store), or ``verify``. A damaged, truncated or replaced shard is refused in one
     line that names it. Local folders and object stores alike (their sizes from one listing). Returns what was
     checked, in words."""
     import hashlib
 
     listed = [(split, s) for split, entry in (info.get("splits") or {}).items() for s in entry.get("shards", [])]
     total = sum(int(s.get("bytes") or 0) for _, s in listed)
-    hashed = verify if verify is not None else total <= VERIFY_BYTES
+    limit = VERIFY_BYTES if storage.local_path(root) is not None else REMOTE_VERIFY_BYTES
+    hashed = verify if verify is not None else total <= limit
     sizes = storage.file_sizes(root, "*/shard-*.tar")
     for split, s in listed:
         size = sizes.get(f"{split}/{s['name']}")
