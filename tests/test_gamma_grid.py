@@ -251,3 +251,21 @@ def test_the_plan_says_when_round_one_gives_no_more_steps_than_the_learning_curv
     assert f"at most {first} steps" in line and f"after {4 * first} steps" in line and f"more than {need:.1f} h" in line
     assert len(measured(first)) == 1  # as many steps as the curve was still short at: still short
     assert measured(first - 1) == [] and measured(None) == []  # more steps than measured, or nothing measured
+
+
+def test_the_trunk_option_reads_lambda_gamma_or_none_and_the_study_checks_it() -> None:
+    import typer
+
+    from pipeline.cli.reproduce import _trunk
+    from pipeline.infra.errors import UserError
+    from pipeline.workflows.reproduce import study_preset
+
+    assert _trunk("0.0932,100") == (0.0932, 100.0) and _trunk("none") is None
+    for bad in ("0.0932", "a,b", "1,2,3"):
+        with pytest.raises(typer.BadParameter, match="--trunk"):
+            _trunk(bad)
+    assert study_preset("mini-photographic", None, None, None, None, None, None).trunk == (0.0932, 100.0)
+    assert study_preset("mini-photographic", None, None, None, None, None, {"trunk": None}).trunk is None
+    for bad_trunk in ((0.0, 1.0), (0.1, -1.0), (math.inf, 1.0)):
+        with pytest.raises(UserError, match="the trunk's λ must be positive"):
+            study_preset("mini", None, None, None, None, None, {"trunk": bad_trunk})

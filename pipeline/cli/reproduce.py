@@ -29,6 +29,17 @@ def _gammas(text: str) -> list[float]:
         raise typer.BadParameter(f"--gammas {text!r}: write numbers such as 0.3,1,3") from None
 
 
+def _trunk(text: str) -> tuple[float, float] | None:
+    """``--trunk 0.0932,100`` as (λ, γ); ``none`` for rounds of λ (checked by the study: λ > 0, γ >= 0)."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        lam, gamma = (float(v) for v in parse_list(text))
+    except ValueError:
+        raise typer.BadParameter(f"--trunk {text!r}: write λ,γ such as 0.0932,100, or none") from None
+    return lam, gamma
+
+
 def _models(preset: str, text: str | None) -> dict[str, dict[str, str]] | None:
     """``--models``: the configurations of the models named (the study's, or an ablation row's), as a preset
     override."""
@@ -85,6 +96,13 @@ def reproduce_command(
         typer.Option(
             "--gammas",
             help="A γ grid, comma separated (e.g. 0.3,1,3): every λ trains each γ, and each model's curve is the upper hull of its (λ, γ) points (the paper-faithful curve under Eq. 2).",
+        ),
+    ] = None,
+    trunk: Annotated[
+        str | None,
+        typer.Option(
+            "--trunk",
+            help="λ,γ of one trunk per model and seed, trained from scratch first; every trial then starts from its trunk. none: rounds of λ, each from the λ below (default: the preset's).",
         ),
     ] = None,
     gamma_mode: Annotated[
@@ -192,6 +210,7 @@ def reproduce_command(
             **(_models(preset, models) or {}),
             **({"world_style": world_style} if world_style else {}),
             **({"gammas": tuple(_gammas(gammas))} if gammas else {}),
+            **({"trunk": _trunk(trunk)} if trunk else {}),
         },
         command=_command_line(ctx),
         data=data,
