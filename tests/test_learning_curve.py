@@ -3,6 +3,7 @@ what it finished; the plateau reading."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -44,8 +45,12 @@ def test_a_learning_curve_trains_scores_and_resumes(tmp_path: Path, tiny_shards:
     data = CurveData.of_study(study, "random")
     run = CurveRun("proposed", 1e-3, 0.0932, 1.0, steps=4, every=2, preset="tiny")
     out, plot = tmp_path / "curve.json", tmp_path / "curve.png"
+    kept = tmp_path / "kept"
     with pytest.warns(UserWarning, match="seeded random weights"):
-        doc = run_learning_curve(data, [run], coco_images=2, kodak_images=1, json_file=out, plot_file=plot, threads=1)
+        doc = run_learning_curve(
+            data, [run], coco_images=2, kodak_images=1, json_file=out, plot_file=plot, threads=1, keep=kept
+        )
+    assert [f.name for f in kept.iterdir()] == [f"{run.key}.pt"]  # the last checkpoint, to warm-start others from
     entry = doc["runs"][run.key]
     assert entry["complete"] and [p["step"] for p in entry["points"]] == [2, 4]
     for p in entry["points"]:
@@ -57,9 +62,16 @@ def test_a_learning_curve_trains_scores_and_resumes(tmp_path: Path, tiny_shards:
     # a rerun with the same file keeps the finished run: the same points, not trained again
     again = run_learning_curve(data, [run], coco_images=2, kodak_images=1, json_file=out, plot_file=plot, threads=1)
     assert again["runs"][run.key]["points"] == entry["points"]
+    # one bench at a time per --json
+    from pipeline.bench.learning_curve import _json_lock, start_step
+
+    with _json_lock(out), pytest.raises(UserError, match="another bench learning-curve is writing --json"):
+        run_learning_curve(data, [run], coco_images=2, kodak_images=1, json_file=out, plot_file=plot, threads=1)
+    # a run warm-started from a kept checkpoint is drawn from where that run ended
+    from_kept = dataclasses.replace(run, init=str(kept / f"{run.key}.pt"))
+    assert start_step(again, {"run": dataclasses.asdict(from_kept)}) == 4
 
     # a warm start, as the study's later rounds: the weights of a checkpoint of the same model and configuration
-    import dataclasses
     import warnings
 
     from dvcm.checkpoint import save_checkpoint

@@ -14,12 +14,15 @@ keeps the runs it finished and redoes the others (a run of the same name with ot
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import math
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -260,16 +263,22 @@ def plot_curves(doc: dict[str, Any], out: Path) -> None:
     fig, (ax_psnr, ax_gain, ax_map) = plt.subplots(1, 3, figsize=(17, 4.5))
     full = doc["uncompressed_map50"]
     for key, run in doc["runs"].items():
-        steps = [p["step"] for p in run["points"]]
-        ax_psnr.plot(steps, [p["psnr"] for p in run["points"]], marker="o", label=key)
-        ax_map.plot(steps, [relative(p["map50"], full) for p in run["points"]], marker="o", label=key)
-        gains = [(p["step"], p["psnr"] - p["jpeg_psnr"]) for p in run["points"] if p.get("jpeg_psnr") is not None]
+        start = start_step(doc, run)  # a warm start is drawn (dashed) from where its checkpoint's run ended
+        style = {"marker": "o", "label": key, "ls": "--" if run["run"].get("init") else "-"}
+        steps = [start + p["step"] for p in run["points"]]
+        ax_psnr.plot(steps, [p["psnr"] for p in run["points"]], **style)
+        ax_map.plot(steps, [relative(p["map50"], full) for p in run["points"]], **style)
+        gains = [
+            (start + p["step"], p["psnr"] - p["jpeg_psnr"]) for p in run["points"] if p.get("jpeg_psnr") is not None
+        ]
         if gains:
-            ax_gain.plot(*zip(*gains), marker="o", label=key)
+            ax_gain.plot(*zip(*gains), **style)
     ax_gain.axhline(0, color="grey", lw=0.8, ls=":")
     ax_gain.set(xlabel="training steps", ylabel="PSNR − JPEG's PSNR at the same bpp, dB", title="x̂ against JPEG")
-    for level in (85, 98):
+    for level in (85, 98):  # the paper's region (Fig. 4a): the base-layer curve from at most 85 % to at least 98 %
         ax_map.axhline(level, color="grey", lw=0.8, ls=":")
+        ax_map.annotate(f"{level} %", (1.0, level), xycoords=("axes fraction", "data"), ha="right", va="bottom",
+                        fontsize=8, color="grey")  # fmt: skip
     ax_psnr.set(xlabel="training steps", ylabel="PSNR dB (Kodak-like)", title="x̂ quality against steps")
     ax_map.set(xlabel="training steps", ylabel="base-layer mAP@0.5, % of uncompressed", title="ŝ → detector")
     ax_map.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
@@ -280,10 +289,19 @@ def plot_curves(doc: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
+def start_step(doc: dict[str, Any], run: dict[str, Any]) -> int:
+    """The steps behind a run's first one: 0 from scratch; for a warm start, the last step of the run (in ``doc``)
+    whose kept checkpoint it started from, where known."""
+    init = run["run"].get("init")
+    before = doc["runs"].get(Path(init).stem) if init else None
+    return int(before["points"][-1]["step"]) if before and before["points"] else 0
+
+
 def _print_run(con: Any, key: str, run: dict[str, Any], full: float) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{key} (constant lr, from scratch)")
+    init = run["run"].get("init")
+    table = Table(title=f"{key} (constant lr, {f'warm-started from {Path(init).name}' if init else 'from scratch'})")
     cols = ("step", "train s", "val loss", "PSNR dB", "bpp", "JPEG dB at bpp", "base bpp", "mAP@0.5", "% of uncompr.")
     for col in cols:
         table.add_column(col, justify="right")
@@ -307,6 +325,21 @@ def _print_run(con: Any, key: str, run: dict[str, Any], full: float) -> None:
         f"{key}: PSNR stops rising (by more than 0.1 dB) after step {psnr_at or 'n/a (still rising)'}; "
         f"mAP@0.5 (by more than 0.01) after step {map_at or 'n/a (still rising)'}"
     )
+
+
+@contextlib.contextmanager
+def _json_lock(json_file: Path) -> Iterator[None]:
+    """One bench at a time per ``--json`` (each rewrites the whole file after every point)."""
+    json_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(json_file.parent / f".{json_file.name}.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"another bench learning-curve is writing --json {json_file}; wait for it (a rerun keeps its runs) or "
+                "give another --json"
+            ) from None
+        yield
 
 
 def run_learning_curve(
@@ -336,44 +369,47 @@ def run_learning_curve(
         "coco_images": len(coco[0]),
         "kodak_images": len(kodak),
     }
-    doc = _read_json(json_file, fingerprint)
-    doc["title"] = f"learning curves on {data.shards} ({len(coco[0])} COCO-like, {len(kodak)} Kodak-like test images)"
-    if "uncompressed_map50" not in doc:
-        doc["uncompressed_map50"] = uncompressed_map50(data, coco, threads)
-    if "jpeg" not in doc:
-        doc["jpeg"] = jpeg_curve(data, kodak, threads)
-    full = doc["uncompressed_map50"]
-    con.print(f"uncompressed mAP@0.5 of {data.yolo_weights} on the {len(coco[0])} COCO-like images: {full:.3f}")
-    for run in runs:
-        done = doc["runs"].get(run.key)
-        if done and done.get("complete") and done["run"] == dataclasses.asdict(run):
-            missing = keep is not None and not (keep / f"{run.key}.pt").is_file()
-            con.print(
-                f"{run.key}: kept from {json_file}"
-                + (f" (its checkpoint was not kept: no {keep / f'{run.key}.pt'}; give another --json to train it)"
-                   if missing else "")
-            )  # fmt: skip
-            continue
-        if done:
-            con.print(f"{run.key}: trained again (the file holds an unfinished run, or one with other steps)")
-        entry: dict[str, Any] = {"run": dataclasses.asdict(run), "points": [], "complete": False}
-        doc["runs"][run.key] = entry
+    with _json_lock(json_file):
+        doc = _read_json(json_file, fingerprint)
+        doc["title"] = (
+            f"learning curves on {data.shards} ({len(coco[0])} COCO-like, {len(kodak)} Kodak-like test images)"
+        )
+        if "uncompressed_map50" not in doc:
+            doc["uncompressed_map50"] = uncompressed_map50(data, coco, threads)
+        if "jpeg" not in doc:
+            doc["jpeg"] = jpeg_curve(data, kodak, threads)
+        full = doc["uncompressed_map50"]
+        con.print(f"uncompressed mAP@0.5 of {data.yolo_weights} on the {len(coco[0])} COCO-like images: {full:.3f}")
+        for run in runs:
+            done = doc["runs"].get(run.key)
+            if done and done.get("complete") and done["run"] == dataclasses.asdict(run):
+                missing = keep is not None and not (keep / f"{run.key}.pt").is_file()
+                con.print(
+                    f"{run.key}: kept from {json_file}"
+                    + (f" (its checkpoint was not kept: no {keep / f'{run.key}.pt'}; give another --json to train it)"
+                       if missing else "")
+                )  # fmt: skip
+                continue
+            if done:
+                con.print(f"{run.key}: trained again (the file holds an unfinished run, or one with other steps)")
+            entry: dict[str, Any] = {"run": dataclasses.asdict(run), "points": [], "complete": False}
+            doc["runs"][run.key] = entry
 
-        def on_point(point: dict[str, Any], key: str = run.key, entry: dict[str, Any] = entry) -> None:
-            point["jpeg_psnr"] = jpeg_psnr_at(doc["jpeg"], point["bpp"])
-            entry["points"].append(point)
+            def on_point(point: dict[str, Any], key: str = run.key, entry: dict[str, Any] = entry) -> None:
+                point["jpeg_psnr"] = jpeg_psnr_at(doc["jpeg"], point["bpp"])
+                entry["points"].append(point)
+                _write_json(json_file, doc)
+                con.print(
+                    f"{key} step {point['step']}: PSNR {point['psnr']:.2f} dB at {point['bpp']:.3f} bpp, base mAP@0.5 "
+                    f"{point['map50']:.3f} ({relative(point['map50'], full):.1f} %) at {point['bpp_base']:.4f} bpp, "
+                    f"val loss {point['val_loss']:.2f}, {point['train_seconds']:.0f} s of training"
+                )
+
+            train_curve(run, data, provenance, coco, kodak, threads, on_point, keep)
+            entry["complete"] = True
             _write_json(json_file, doc)
-            con.print(
-                f"{key} step {point['step']}: PSNR {point['psnr']:.2f} dB at {point['bpp']:.3f} bpp, base mAP@0.5 "
-                f"{point['map50']:.3f} ({relative(point['map50'], full):.1f} %) at {point['bpp_base']:.4f} bpp, "
-                f"val loss {point['val_loss']:.2f}, {point['train_seconds']:.0f} s of training"
-            )
-
-        train_curve(run, data, provenance, coco, kodak, threads, on_point, keep)
-        entry["complete"] = True
-        _write_json(json_file, doc)
-    for key, entry in doc["runs"].items():
-        _print_run(con, key, entry, full)
-    plot_curves(doc, plot_file)
-    con.print(f"figures: {json_file}; plot: {plot_file}")
-    return doc
+        for key, entry in doc["runs"].items():
+            _print_run(con, key, entry, full)
+        plot_curves(doc, plot_file)
+        con.print(f"figures: {json_file}; plot: {plot_file}")
+        return doc
