@@ -66,7 +66,7 @@ def reproduce_command(
         float | None,
         typer.Option(
             "--budget-minutes",
-            help="Wall time the study may take; the training's epoch caps follow from it (default: the preset's, 60 for mini, 90 for mini-photographic).",
+            help="Wall time the study may take; the training's epoch caps follow from it (default: the preset's, 60 for mini, 400 for mini-photographic).",
         ),
     ] = None,
     lambdas: Annotated[
