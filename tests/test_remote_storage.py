@@ -423,10 +423,12 @@ def test_one_prepare_at_a_time_on_s3_and_a_dead_holders_lock_is_taken_over(
 
     monkeypatch.setattr(out_lock, "HEARTBEAT_SECONDS", 0.2)
     with pytest.raises(UserError, match="another prepare took over the lock"):
-        with out_lock.out_dir_lock(out):
+        with out_lock.out_dir_lock(out) as still_ours:
+            still_ours()
             successor = {"host": "elsewhere", "pid": 1, "token": "theirs", "heartbeat": time.time()}
             fs.pipe_file(lock, json.dumps(successor).encode())
             time.sleep(1.0)
+            still_ours()  # what prepare calls after every shard: it stops writing
     assert json.loads(fs.cat(lock))["token"] == "theirs"  # neither overwritten by a heartbeat nor removed
     fs.rm_file(lock)
 

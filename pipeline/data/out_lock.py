@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pipeline.infra import storage
@@ -30,12 +30,17 @@ LEASE_SECONDS = 600.0  # ten missed heartbeats: the holder is gone
 
 
 @contextlib.contextmanager
-def out_dir_lock(out: str) -> Iterator[None]:
+def out_dir_lock(out: str) -> Iterator[Callable[[], None]]:
     """Hold ``<out>/.prepare.lock`` while preparing: a second prepare into the same ``--out`` is refused in one line
-    instead of deleting the first one's temp files or overwriting its shards (issue 28)."""
+    instead of deleting the first one's temp files or overwriting its shards (issue 28). Yields a check to call
+    after each shard: it raises the one line of a lock that another prepare took over meanwhile (object stores)."""
     path = storage.local_path(out)
-    with _folder_lock(out, path) if path is not None else _object_lock(out):
-        yield
+    with _folder_lock(out, path) if path is not None else _object_lock(out) as check:
+        yield check
+
+
+def _unguarded() -> None:
+    """The check of a lock that cannot be lost (a folder's flock) or of no lock at all."""
 
 
 def _busy(out: str, holder: str = "") -> UserError:
@@ -46,7 +51,7 @@ def _busy(out: str, holder: str = "") -> UserError:
 
 
 @contextlib.contextmanager
-def _folder_lock(out: str, path: Any) -> Iterator[None]:
+def _folder_lock(out: str, path: Any) -> Iterator[Callable[[], None]]:
     try:
         path.mkdir(parents=True, exist_ok=True)
         handle = open(path / LOCK_FILE, "a+")  # noqa: SIM115 - held open for the whole preparation
@@ -62,10 +67,10 @@ def _folder_lock(out: str, path: Any) -> Iterator[None]:
         warnings.warn(
             f"--out {out}: no lock on this file system ({exc.strerror}); run one prepare at a time there", stacklevel=3
         )
-        yield
+        yield _unguarded
         return
     try:
-        yield
+        yield _unguarded
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
@@ -99,9 +104,11 @@ def holder_is_gone(holder: dict[str, Any], now: float, here: dict[str, Any]) -> 
 
 
 def _read_holder(location: str) -> dict[str, Any]:
+    """The lock object's JSON; ``{}`` when there is none or it is no JSON object. A failed read (a timeout, a 503)
+    raises: it says nothing of the holder."""
     try:
         doc = json.loads(storage.read_bytes(location))
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (FileNotFoundError, ValueError, UnicodeDecodeError):
         return {}
     return doc if isinstance(doc, dict) else {}
 
@@ -126,18 +133,25 @@ class _ObjectLock:
 
     def acquire(self) -> None:
         """Create the lock object, or take over one whose holder is gone; :class:`UserError` while it lives."""
-        if storage.create_new(self.location, self.body()) and self.ours():
-            return
-        holder = _read_holder(self.location)
-        if not holder_is_gone(holder, time.time(), this_machine()):
-            beat = holder.get("heartbeat")
-            ago = f", heartbeat {time.time() - beat:.0f} s ago" if isinstance(beat, (int, float)) else ""
-            raise _busy(self.out, f" (host {holder.get('host')}, pid {holder.get('pid')}{ago})")
-        # its holder is gone: take it over; of two takers at once, the later create or the read-back refuses one,
-        # and a holder that still loses its lock later learns it from its next heartbeat
-        storage.remove(self.location)
-        if not (storage.create_new(self.location, self.body()) and self.ours()):
-            raise _busy(self.out)
+        try:
+            if storage.create_new(self.location, self.body()) and self.ours():
+                return
+            holder = _read_holder(self.location)
+            if not holder_is_gone(holder, time.time(), this_machine()):
+                beat = holder.get("heartbeat")
+                ago = f", heartbeat {time.time() - beat:.0f} s ago" if isinstance(beat, (int, float)) else ""
+                raise _busy(self.out, f" (host {holder.get('host')}, pid {holder.get('pid')}{ago})")
+            # its holder is gone: take it over, unless another taker was faster (the lock is no longer the stale
+            # one we read); a holder that still loses its lock learns it from its next heartbeat
+            if _read_holder(self.location) != holder:
+                raise _busy(self.out)
+            storage.remove(self.location)
+            if not (storage.create_new(self.location, self.body()) and self.ours()):
+                raise _busy(self.out)
+        except OSError as exc:
+            raise UserError(
+                f"--out {self.out}: cannot read or write its lock ({exc}); check the store, rerun"
+            ) from None
 
     def beat(self, stop: threading.Event) -> None:
         """Refresh the heartbeat every :data:`HEARTBEAT_SECONDS` while the lock is ours; a lock that became
@@ -145,7 +159,7 @@ class _ObjectLock:
         failures = 0
         while not stop.wait(HEARTBEAT_SECONDS):
             try:
-                if not self.ours():
+                if not self.ours():  # removed, or another's token: a taker judged this prepare gone
                     self.lost.set()
                     return
                 storage.write_bytes(self.location, self.body())
@@ -155,6 +169,15 @@ class _ObjectLock:
                 if failures == 3:
                     warnings.warn(f"--out {self.out}: the lock's heartbeat failed 3 times ({exc})", stacklevel=1)
 
+    def check(self) -> None:
+        """Raise the one line of a lost lock (the prepare calls it after every shard, and stops writing)."""
+        if self.lost.is_set():
+            raise UserError(
+                f"another prepare took over the lock on --out {self.out} while this one ran (its heartbeats had failed "
+                f"for {LEASE_SECONDS / 60:.0f} min), so this one stopped; rerun prepare once the other has finished: "
+                "it checks and resumes the shards"
+            )
+
     def release(self) -> None:
         with contextlib.suppress(Exception):
             if self.ours():
@@ -162,25 +185,21 @@ class _ObjectLock:
 
 
 @contextlib.contextmanager
-def _object_lock(out: str) -> Iterator[None]:
+def _object_lock(out: str) -> Iterator[Callable[[], None]]:
     lock = _ObjectLock(out)
     try:
         lock.acquire()
     except NotImplementedError:
         warnings.warn(f"--out {out}: this store has no exclusive writes; run one prepare at a time there", stacklevel=3)
-        yield
+        yield _unguarded
         return
     stop = threading.Event()
     thread = threading.Thread(target=lock.beat, args=(stop,), name="prepare-lock-heartbeat", daemon=True)
     thread.start()
     try:
-        yield
+        yield lock.check
     finally:
         stop.set()
         thread.join()  # a beat in flight lands before the lock is removed
         lock.release()
-    if lock.lost.is_set():
-        raise UserError(
-            f"another prepare took over the lock on --out {out} while this one ran (its heartbeats had failed for "
-            f"{LEASE_SECONDS / 60:.0f} min); rerun prepare once the other has finished: it checks and resumes the shards"
-        )
+    lock.check()

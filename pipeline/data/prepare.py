@@ -661,7 +661,7 @@ def run_prepare(
         use_gpu=num_gpus_per_worker > 0,
         out_dir_plan=None if overwrite else read_out_dir_plan(out),
     )
-    with out_dir_lock(out):  # a second prepare into the same --out is refused, not allowed to delete our files
+    with out_dir_lock(out) as lock_still_ours:  # a second prepare into the same --out is refused
         claim_out_dir(out, plan.fingerprint, overwrite)
         done = {(t.split, t.index): r for t in plan.tasks if (r := _finished(t)) is not None}
         todo = [t for t in plan.tasks if (t.split, t.index) not in done]
@@ -680,6 +680,7 @@ def run_prepare(
             def on_done(result: ShardResult) -> None:
                 timings.update(result.timings)
                 bar.advance(len(result.rows) + len(result.skipped))
+                lock_still_ours()  # an object store's lock that another prepare took over: stop writing
 
             try:
                 if use_ray and todo:

@@ -307,6 +307,8 @@ def create_new(location: str | os.PathLike[str], data: bytes) -> bool:
         _remote(location, lambda fs, p: fs.pipe_file(p, data, mode="create"))
     except FileExistsError:
         return False
+    except TypeError as exc:  # an older s3fs/gcsfs whose pipe_file takes no mode
+        raise NotImplementedError(f"{protocol(location)}:// of this fsspec version has no exclusive write") from exc
     except OSError as exc:
         if exc.errno in (errno.ENOSYS, errno.EOPNOTSUPP):  # an S3-compatible store that refuses the condition
             raise NotImplementedError(f"{location}: the store refuses conditional writes") from exc
