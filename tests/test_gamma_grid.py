@@ -99,14 +99,24 @@ def test_a_study_resumed_with_another_layout_is_refused() -> None:
     )
     trunked = plan_rounds(preset, (0.0018, 0.0932), (0,), {"proposed": 0.1}, 2, 10, 60, 60, 1)
     chained = dataclasses.replace(trunked, preset=dataclasses.replace(preset, trunk=None))
-    chain_state = {"trials": {"proposed-11-32-2-l0.0018-s0": {}}}
-    trunk_state = {"trials": {"proposed-11-32-2-l0.0932-g100-s0-trunk": {}}}
+    done = {"status": "finished"}
+    chain_state = {"trials": {"proposed-11-32-2-l0.0018-s0": done}}
+    trunk_state = {"trials": {"proposed-11-32-2-l0.0932-g100-s0-trunk": done}}
     assert layout_change(trunked, {"trials": {}}) is None and layout_change(trunked, trunk_state) is None
     assert layout_change(chained, chain_state) is None
     assert layout_change(trunked, chain_state) == "layout: λ rounds -> a trunk at λ 0.0932, γ 100"
     assert layout_change(chained, trunk_state) == "layout: a trunk -> λ rounds"
     other = dataclasses.replace(trunked, preset=dataclasses.replace(preset, trunk=(0.025, 10.0)))
-    assert layout_change(other, trunk_state) == "layout: a trunk -> a trunk at λ 0.025, γ 10"
+    assert layout_change(other, trunk_state) == (
+        "layout: a trunk of another (λ, γ), proposed-11-32-2-l0.0932-g100-s0-trunk -> a trunk at λ 0.025, γ 10"
+    )
+    # what never finished, and trunks of seeds or models the plan no longer trains, are no other layout
+    assert layout_change(trunked, {"trials": {"proposed-11-32-2-l0.0018-s0": {"status": "pending"}}}) is None
+    fewer = {"trials": {**trunk_state["trials"], "proposed-11-32-2-l0.0932-g100-s5-trunk": done}}
+    assert layout_change(trunked, fewer) is None
+    assert (
+        layout_change(trunked, {"trials": {**fewer["trials"], "choi2022-21-11-1-l0.0932-g100-s0-trunk": done}}) is None
+    )
 
 
 def test_each_trial_trains_with_its_own_gamma() -> None:
