@@ -289,12 +289,14 @@ def plot_curves(doc: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
-def start_step(doc: dict[str, Any], run: dict[str, Any]) -> int:
-    """The steps behind a run's first one: 0 from scratch; for a warm start, the last step of the run (in ``doc``)
-    whose kept checkpoint it started from, where known."""
+def start_step(doc: dict[str, Any], run: dict[str, Any], depth: int = 0) -> int:
+    """The steps behind a run's first one: 0 from scratch; for a warm start, where the run (in ``doc``) whose kept
+    checkpoint it started from ended, that run's own start included; 0 where that run is not in ``doc``."""
     init = run["run"].get("init")
     before = doc["runs"].get(Path(init).stem) if init else None
-    return int(before["points"][-1]["step"]) if before and before["points"] else 0
+    if not before or not before["points"] or depth > len(doc["runs"]):  # unknown, or a loop of names
+        return 0
+    return start_step(doc, before, depth + 1) + int(before["points"][-1]["step"])
 
 
 def _print_run(con: Any, key: str, run: dict[str, Any], full: float) -> None:
