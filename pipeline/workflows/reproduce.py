@@ -120,7 +120,7 @@ PRESETS: dict[str, StudyPreset] = {
     # scratch gave (30.0 against 29.4 dB, base mAP 90.0 against 89.1 %); not measured: λ below the trunk's. γ 100
     # joins the grid for the curves' high end, γ 0.1 stays for their low end. 400 minutes on 2 cores: the plan then
     # gives each trunk about 9600 steps and each trial about 1200 (measured: 6000 from scratch were still short of the
-    # ceiling; 750 warm-started passed them); at 90 minutes the plan refuses (one epoch of every round needs ~139 min).
+    # ceiling; 750 warm-started matched them); at 90 minutes the plan refuses (one epoch of every round needs ~139 min).
     "mini-photographic": StudyPreset(
         "mini",
         study_configs("mini"),
@@ -343,10 +343,9 @@ def ceiling_lines(plan: Plan) -> list[str]:
     else:
         need, who = training * short / first, "the trials"
     return [
-        f"  ceiling: round 1 gives {'the trunks' if plan.preset.trunk else 'each trial'} at most {first} steps from "
-        f"scratch; on this world proposed was still short of its ceiling after {short} steps (bench learning-curve, "
-        f"README), so {who} will stop on their caps; more than {need / 3600:.1f} h of training here would be needed "
-        "(--budget-minutes)"
+        f"  ceiling: round 1 gives {who} at most {first} steps each from scratch; on this world proposed was still "
+        f"short of its ceiling after {short} steps (bench learning-curve, README), so {who} will stop on their caps; "
+        f"more than {need / 3600:.1f} h of training here would be needed (--budget-minutes)"
     ]
 
 
@@ -497,6 +496,23 @@ def trunk_gamma(plan: Plan, model: str) -> float | None:
     return plan.preset.trunk[1] if codec_spec(model).feature_loss else None
 
 
+def _trial_entry(
+    model: str, config: dict[str, int], lam: float, seed: int, gamma: float | None, epochs: int
+) -> dict[str, Any]:
+    """One trial of a sweep grid (``gamma`` None: the study's one γ, no ``-g`` in its name)."""
+    from pipeline.training.grid import trial_name
+
+    return {
+        "trial_name": trial_name(model, config, lam, seed=seed, gamma=gamma),
+        "model": model,
+        "config": config,
+        "lmbda": lam,
+        "seed": seed,
+        "epochs": epochs,
+        **({} if gamma is None else {"gamma": gamma}),
+    }
+
+
 def round_grid(plan: Plan, k: int, state: dict[str, Any]) -> list[dict[str, Any]]:
     """The trials of round ``k``. Without a trunk: every (model, seed) at λ_k (and every γ of a γ grid),
     warm-started from round k−1's checkpoint of the same (model, seed, γ) (the λ below). With one: round 0 is a trunk
@@ -509,30 +525,12 @@ def round_grid(plan: Plan, k: int, state: dict[str, Any]) -> list[dict[str, Any]
         config = model_config(model, plan.preset.configs[model])
         for seed in plan.seeds:
             if trunk and k == 0:
-                g = trunk_gamma(plan, model)
-                grid.append(
-                    {
-                        "trial_name": trunk_name(plan, model, seed),
-                        "model": model,
-                        "config": config,
-                        "lmbda": trunk[0],
-                        "seed": seed,
-                        "epochs": plan.epoch_caps[0],
-                        **({} if g is None else {"gamma": g}),
-                    }
-                )
+                grid.append(_trial_entry(model, config, trunk[0], seed, trunk_gamma(plan, model), plan.epoch_caps[0]))
+                grid[-1]["trial_name"] = trunk_name(plan, model, seed)
                 continue
             for lam in plan.lambdas if trunk else (plan.lambdas[k],):
                 for gamma in model_gammas(plan.preset, model):
-                    entry: dict[str, Any] = {
-                        "trial_name": trial_name(model, config, lam, seed=seed, gamma=gamma),
-                        "model": model,
-                        "config": config,
-                        "lmbda": lam,
-                        "seed": seed,
-                        "epochs": plan.epoch_caps[k],
-                        **({} if gamma is None else {"gamma": gamma}),
-                    }
+                    entry = _trial_entry(model, config, lam, seed, gamma, plan.epoch_caps[k])
                     if trunk:
                         entry["init_checkpoint"] = state["trials"][trunk_name(plan, model, seed)]["final_checkpoint"]
                     elif k > 0:
