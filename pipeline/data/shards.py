@@ -267,8 +267,8 @@ REMOTE_VERIFY_BYTES = 256 << 20  # on an object store, where hashing downloads t
 
 def check_shard_files(root: str, info: dict, verify: bool | None = None) -> str:
     """Every shard ``dataset.json`` lists must be the file it records: its size, and its sha256 when the shards
-    total at most :data:`VERIFY_BYTES` (:data:`REMOTE_VERIFY_BYTES` on an object store), or ``verify``. A damaged, truncated or replaced shard is refused in one
-    line that names it. Local folders and object stores alike (their sizes from one listing). Returns what was
+    total at most :data:`VERIFY_BYTES` (:data:`REMOTE_VERIFY_BYTES` on an object store), or ``verify``. A damaged,
+    truncated or replaced shard is refused in one line that names it. Local folders and object stores alike (their sizes from one listing). Returns what was
     checked, in words."""
     import hashlib
 

@@ -26,12 +26,8 @@ class _DropMessages(logging.Filter):
         return not str(record.msg).startswith(self.prefixes)
 
 
-class _WithoutTraceback(logging.Filter):
+class _WithoutTraceback(_DropMessages):
     """Keep log records whose message starts with one of ``prefixes`` as their one line, without the traceback."""
-
-    def __init__(self, *prefixes: str) -> None:
-        super().__init__()
-        self.prefixes = prefixes
 
     def filter(self, record: logging.LogRecord) -> bool:
         if str(record.msg).startswith(self.prefixes):
